@@ -1,0 +1,178 @@
+"""The CloudEvents 1.0 envelope in Kafka binary mode, and the codec.
+
+Outbound messages are always binary mode: attributes in ``ce_*`` headers,
+the payload as JSON in the value. Inbound decoding also accepts structured
+mode (``content-type: application/cloudevents+json``), so any Kafka client in
+any language can publish with its usual CloudEvents SDK.
+
+The decoding errors form a small tree so the consumer can name the DLQ reason::
+
+    ContractError
+    ├── UndecodableMessage   bytes that are not a CloudEvent with a JSON payload
+    ├── UnknownContract      a ce_type (or version) this consumer does not read
+    └── InvalidMessage       a known type whose payload fails validation
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from podium_contracts.models import ALL_CONTRACTS, Contract
+
+SPEC_VERSION = "1.0"
+JSON = "application/json"
+STRUCTURED = "application/cloudevents+json"
+TRACEPARENT = "traceparent"
+
+Headers = list[tuple[str, bytes]]
+
+
+class ContractError(Exception):
+    """A message this consumer cannot turn into a contract model."""
+
+    reason = "contract_violation"
+
+
+class UndecodableMessage(ContractError):
+    reason = "undecodable"
+
+
+class UnknownContract(ContractError):
+    reason = "unknown_type"
+
+
+class InvalidMessage(ContractError):
+    reason = "invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """CloudEvents attributes of one message."""
+
+    id: str
+    type: str
+    source: str
+    time: datetime
+    traceparent: str | None = None
+    extra_headers: tuple[tuple[str, bytes], ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A decoded message: its envelope and its typed payload."""
+
+    envelope: Envelope
+    payload: Contract
+
+
+REGISTRY: dict[str, type[Contract]] = {c.CE_TYPE: c for c in ALL_CONTRACTS}
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode(
+    payload: Contract,
+    *,
+    source: str,
+    id: str | None = None,
+    time: datetime | None = None,
+    traceparent: str | None = None,
+) -> tuple[bytes, Headers]:
+    """Serialize a contract to a binary-mode CloudEvent: (value, headers)."""
+    ce_time = time or datetime.now(UTC)
+    headers: Headers = [
+        ("ce_specversion", SPEC_VERSION.encode()),
+        ("ce_id", (id or new_id()).encode()),
+        ("ce_type", payload.CE_TYPE.encode()),
+        ("ce_source", source.encode()),
+        ("ce_time", ce_time.isoformat().encode()),
+        ("content-type", JSON.encode()),
+    ]
+    if traceparent:
+        headers.append((TRACEPARENT, traceparent.encode()))
+    value = orjson.dumps(payload.model_dump(mode="json"))
+    return value, headers
+
+
+def _header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in headers:
+        if v is None:
+            continue
+        try:
+            out[k.lower()] = v.decode()
+        except UnicodeDecodeError as exc:
+            raise UndecodableMessage(f"header {k!r} is not UTF-8") from exc
+    return out
+
+
+def _parse_time(raw: str | None) -> datetime:
+    if not raw:
+        return datetime.now(UTC)
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UndecodableMessage(f"ce_time {raw!r} is not an RFC 3339 timestamp") from exc
+
+
+def decode(
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]],
+    registry: Mapping[str, type[Contract]] = REGISTRY,
+) -> Event:
+    """Turn a Kafka record into an Event, or raise a ContractError saying why not."""
+    hmap = _header_map(headers)
+    if value is None:
+        raise UndecodableMessage("empty value (tombstone)")
+    try:
+        body: Any = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise UndecodableMessage(f"value is not JSON: {exc}") from exc
+
+    if hmap.get("content-type", "").startswith(STRUCTURED):
+        if not isinstance(body, dict):
+            raise UndecodableMessage("structured CloudEvent must be a JSON object")
+        attrs = {k: v for k, v in body.items() if k != "data"}
+        data = body.get("data")
+        ce = {k: str(v) for k, v in attrs.items()}
+        traceparent = ce.get(TRACEPARENT) or hmap.get(TRACEPARENT)
+    else:
+        ce = {k[3:]: v for k, v in hmap.items() if k.startswith("ce_")}
+        data = body
+        traceparent = hmap.get(TRACEPARENT)
+
+    missing = [a for a in ("id", "type", "source", "specversion") if not ce.get(a)]
+    if missing:
+        raise UndecodableMessage(f"not a CloudEvent: missing {', '.join(missing)}")
+    if ce["specversion"] != SPEC_VERSION:
+        raise UndecodableMessage(f"unsupported CloudEvents specversion {ce['specversion']!r}")
+    model = registry.get(ce["type"])
+    if model is None:
+        raise UnknownContract(f"unknown ce_type {ce['type']!r}")
+    if not isinstance(data, dict):
+        raise InvalidMessage(f"{ce['type']} payload must be a JSON object")
+    try:
+        payload = model.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "payload"
+        raise InvalidMessage(
+            f"{ce['type']}: {where}: {first['msg']} ({exc.error_count()} error(s))"
+        ) from exc
+    envelope = Envelope(
+        id=ce["id"],
+        type=ce["type"],
+        source=ce["source"],
+        time=_parse_time(ce.get("time")),
+        traceparent=traceparent,
+    )
+    return Event(envelope=envelope, payload=payload)

@@ -1,0 +1,201 @@
+"""Message contracts, version 1.
+
+Every model is frozen and names its CloudEvents type in ``CE_TYPE``. Additive
+changes (a new optional field) keep the version; anything else is a new
+module with new types, and consumers keep reading the old one.
+Commands are imperative, events past tense.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JsonObject = dict[str, Any]
+
+
+class Contract(BaseModel):
+    """Base of every message payload."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    CE_TYPE: ClassVar[str]
+
+
+class Budget(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_cost_usd: float | None = Field(default=None, ge=0)
+    max_tokens: int | None = Field(default=None, ge=0)
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    cost_usd: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            cost_usd=self.cost_usd + other.cost_usd,
+            prompt_tokens=self.prompt_tokens + other.prompt_tokens,
+            completion_tokens=self.completion_tokens + other.completion_tokens,
+        )
+
+
+ErrorClass = Literal["retryable", "fatal"]
+
+
+class StepError(BaseModel):
+    """What went wrong in a step, and whether trying again can help."""
+
+    model_config = ConfigDict(frozen=True)
+
+    type: str = Field(description="timeout, rate_limited, unavailable, invalid_input, ...")
+    message: str
+    error_class: ErrorClass = "fatal"
+
+
+class DlqLocation(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    topic: str
+    record_id: str = Field(description="ce_id of the dead-lettered record")
+
+
+class TaskSubmitted(Contract):
+    """An upstream system asks podium to run a workflow."""
+
+    CE_TYPE: ClassVar[str] = "podium.task.submitted.v1"
+
+    task_id: str = Field(min_length=1, max_length=200, description="client-chosen; idempotency key")
+    workflow: str = Field(min_length=1, max_length=200)
+    input: JsonObject = Field(default_factory=dict)
+    tenant: str = Field(default="default", min_length=1, max_length=200)
+    subject: str | None = Field(default=None, description="who the task is for; memory scope")
+    priority: int = 0
+    deadline: datetime | None = None
+    budget: Budget = Field(default_factory=Budget)
+    metadata: JsonObject = Field(default_factory=dict)
+
+
+class TaskAccepted(Contract):
+    CE_TYPE: ClassVar[str] = "podium.task.accepted.v1"
+
+    task_id: str
+    workflow: str
+    workflow_version: int = 1
+    accepted_at: datetime
+
+
+class StepSummary(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    step_id: str
+    capability: str
+    pool: str
+    attempts: int
+    duration_ms: float
+
+
+class TaskCompleted(Contract):
+    CE_TYPE: ClassVar[str] = "podium.task.completed.v1"
+
+    task_id: str
+    workflow: str
+    output: Any
+    steps: list[StepSummary]
+    usage: Usage = Field(default_factory=Usage)
+    accepted_at: datetime
+    completed_at: datetime
+
+
+class TaskError(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    type: str
+    message: str
+    step_id: str | None = None
+
+
+class TaskFailed(Contract):
+    CE_TYPE: ClassVar[str] = "podium.task.failed.v1"
+
+    task_id: str
+    workflow: str
+    error: TaskError
+    dlq: DlqLocation | None = None
+    usage: Usage = Field(default_factory=Usage)
+    failed_at: datetime
+
+
+class StepRequested(Contract):
+    """The router asks a pool to run one step of one task."""
+
+    CE_TYPE: ClassVar[str] = "podium.step.requested.v1"
+
+    task_id: str
+    step_id: str = Field(description="the step's name inside its workflow")
+    workflow: str
+    capability: str
+    pool: str
+    input: JsonObject = Field(default_factory=dict)
+    attempt: int = Field(default=1, ge=1)
+    idempotency_key: str = Field(description="stable across retries and replays of this step")
+    tenant: str = "default"
+    subject: str | None = None
+    timeout_s: float | None = Field(default=None, gt=0)
+
+
+class StepCompleted(Contract):
+    CE_TYPE: ClassVar[str] = "podium.step.completed.v1"
+
+    task_id: str
+    step_id: str
+    capability: str
+    pool: str
+    output: Any
+    attempt: int
+    duration_ms: float
+    usage: Usage = Field(default_factory=Usage)
+
+
+class StepFailed(Contract):
+    """A step failed; recovery decides what happens next."""
+
+    CE_TYPE: ClassVar[str] = "podium.step.failed.v1"
+
+    task_id: str
+    step_id: str
+    capability: str
+    pool: str
+    attempt: int
+    error: StepError
+    duration_ms: float
+    request: StepRequested = Field(description="the request that failed, for retry or DLQ")
+
+
+class StepAbandoned(Contract):
+    """Recovery gave up on a step; the router fails its task."""
+
+    CE_TYPE: ClassVar[str] = "podium.step.abandoned.v1"
+
+    task_id: str
+    step_id: str
+    attempts: int
+    error: StepError
+    dlq: DlqLocation | None = None
+
+
+ALL_CONTRACTS: tuple[type[Contract], ...] = (
+    TaskSubmitted,
+    TaskAccepted,
+    TaskCompleted,
+    TaskFailed,
+    StepRequested,
+    StepCompleted,
+    StepFailed,
+    StepAbandoned,
+)

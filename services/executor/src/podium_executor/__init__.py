@@ -1,0 +1,1 @@
+"""podium executor: capability plugins, pools, timeouts."""

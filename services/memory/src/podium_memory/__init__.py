@@ -1,0 +1,1 @@
+"""podium memory: scoped memory for workflows."""

@@ -1,0 +1,1 @@
+"""podium recovery: retry policies, fallbacks, dead-lettering."""

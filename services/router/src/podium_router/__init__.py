@@ -1,0 +1,1 @@
+"""podium's router: workflow definitions, routing, and the run state machine."""

@@ -1,0 +1,22 @@
+"""The router's composition root."""
+
+from __future__ import annotations
+
+from podium_router.handlers import make_handler
+from podium_router.service import Router
+from podium_router.state import metadata
+from podium_router.workflows import WorkflowCatalog
+from podium_shared import ServiceSpec, Settings, Topics, make_engine
+
+
+def build(settings: Settings, catalog: WorkflowCatalog | None = None) -> ServiceSpec:
+    topics = Topics(settings.topic_prefix)
+    catalog = catalog or WorkflowCatalog.load(settings.workflows)
+    engine = make_engine(settings.database_url("router"), metadata)
+    return ServiceSpec(
+        name="router",
+        group=f"{settings.topic_prefix}-router",
+        topics=[topics.tasks, topics.step_results],
+        handler=make_handler(Router(catalog, topics)),
+        engine=engine,
+    )

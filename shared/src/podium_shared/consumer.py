@@ -1,0 +1,182 @@
+"""The consume loop every service runs: decode, deduplicate, handle in one
+transaction with the outbox, dead-letter poison, then commit offsets.
+
+A handler is two plain functions:
+
+- ``execute(event)`` (optional, async): the slow outside work, such as a
+  capability call, run concurrently for the messages of one batch and outside
+  any database transaction;
+- ``apply(event, result, uow)`` (sync): the state change and the messages to
+  publish, run inside the batch's transaction, one savepoint per message.
+
+A message that cannot be decoded, validated or handled goes to ``<topic>.dlq``
+through the outbox, in the same transaction; the offset is committed and the
+loop moves on, so one poison message never stalls a partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from sqlalchemy.engine import Engine
+
+from podium_contracts import ContractError, Event, Headers, decode
+from podium_shared.dlq import DlqReason, dead_letter
+from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
+
+log = structlog.get_logger(__name__)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Handler(Generic[R]):
+    apply: Callable[[Event, R | None, UnitOfWork], None]
+    execute: Callable[[Event], Awaitable[R]] | None = None
+
+
+@dataclass(slots=True)
+class LoopStats:
+    handled: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+
+def _headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
+    return [(k, v if v is not None else b"") for k, v in (record.headers or ())]
+
+
+class ConsumeLoop:
+    """Runs one consumer group member until cancelled."""
+
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        engine: Engine,
+        relay: OutboxRelay,
+        handler: Handler[Any],
+        group: str,
+        service: str,
+        poll_timeout_ms: int = 100,
+    ) -> None:
+        self._consumer = consumer
+        self._engine = engine
+        self._relay = relay
+        self._handler = handler
+        self._group = group
+        self._service = service
+        self._poll_timeout_ms = poll_timeout_ms
+        self.stats = LoopStats()
+
+    async def run(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms)
+            records = [r for recs in batches.values() for r in recs]
+            if records:
+                await self.process(records)
+
+    async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Handle one fetched batch and commit its offsets."""
+        decoded: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
+        poison: list[tuple[ConsumerRecord[bytes, bytes], ContractError]] = []
+        for r in records:
+            try:
+                decoded.append((r, decode(r.value, _headers(r))))
+            except ContractError as exc:
+                poison.append((r, exc))
+
+        with self._engine.connect() as conn:
+            done = seen_before(conn, self._group, [e.envelope.id for _, e in decoded])
+        fresh: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
+        ids_in_batch: set[str] = set()
+        for r, e in decoded:
+            if e.envelope.id in done or e.envelope.id in ids_in_batch:
+                self.stats.duplicates += 1
+                continue
+            ids_in_batch.add(e.envelope.id)
+            fresh.append((r, e))
+
+        results: list[Any] = [None] * len(fresh)
+        failures: dict[int, BaseException] = {}
+        if self._handler.execute is not None and fresh:
+            outcomes = await asyncio.gather(
+                *(self._handler.execute(e) for _, e in fresh), return_exceptions=True
+            )
+            for i, out in enumerate(outcomes):
+                if isinstance(out, asyncio.CancelledError):
+                    raise out
+                if isinstance(out, BaseException):
+                    failures[i] = out
+                else:
+                    results[i] = out
+
+        with self._engine.begin() as conn:
+            for r, exc in poison:
+                self._dead_letter(conn, r, exc.reason, type(exc).__name__, str(exc))
+            for i, (r, e) in enumerate(fresh):
+                if i in failures:
+                    self._dead_letter_failure(conn, r, failures[i])
+                    continue
+                uow = UnitOfWork(conn, source=self._service, traceparent=e.envelope.traceparent)
+                savepoint = conn.begin_nested()
+                try:
+                    record_received(conn, self._group, e.envelope.id, r.topic)
+                    self._handler.apply(e, results[i], uow)
+                    uow.flush()
+                    savepoint.commit()
+                    self.stats.handled += 1
+                except Exception as exc:
+                    savepoint.rollback()
+                    log.exception("handler failed; dead-lettering", topic=r.topic, ce_id=e.envelope.id)
+                    self._dead_letter_failure(conn, r, exc)
+        self._relay.notify()
+        await self._commit(records)
+
+    def _dead_letter_failure(self, conn: Any, r: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
+        self._dead_letter(conn, r, DlqReason.PROCESSING_ERROR, type(exc).__name__, str(exc))
+
+    def _dead_letter(
+        self, conn: Any, r: ConsumerRecord[bytes, bytes], reason: str, etype: str, message: str
+    ) -> None:
+        uow = UnitOfWork(conn, source=self._service)
+        uow.publish_raw(
+            dead_letter(
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                key=r.key,
+                value=r.value,
+                headers=_headers(r),
+                reason=DlqReason(reason),
+                error_type=etype,
+                error_message=message,
+                service=self._service,
+            )
+        )
+        uow.flush()
+        self.stats.dead_lettered += 1
+        log.warning("dead-lettered", topic=r.topic, offset=r.offset, reason=reason, error=message)
+
+    async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = OffsetAndMetadata(r.offset + 1, "")
+        assigned = self._consumer.assignment()
+        # A partition revoked by a rebalance is redelivered to its new owner;
+        # the inbox makes that harmless, so we only commit what we still own.
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("offset commit failed; records will be redelivered", error=str(exc))

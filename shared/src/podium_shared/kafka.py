@@ -1,0 +1,89 @@
+"""aiokafka clients built from settings, and topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import structlog
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+
+from podium_shared.settings import Settings
+from podium_shared.topics import TopicSpec
+
+log = structlog.get_logger(__name__)
+
+
+def _common(settings: Settings) -> dict[str, Any]:
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.require_bootstrap(),
+        "security_protocol": settings.security_protocol,
+    }
+    if settings.sasl_mechanism:
+        opts["sasl_mechanism"] = settings.sasl_mechanism
+        opts["sasl_plain_username"] = settings.sasl_username
+        opts["sasl_plain_password"] = (
+            settings.sasl_password.get_secret_value() if settings.sasl_password else None
+        )
+    if settings.security_protocol in ("SSL", "SASL_SSL"):
+        opts["ssl_context"] = ssl.create_default_context(
+            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+        )
+    return opts
+
+
+def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        **_common(settings),
+        client_id=client_id,
+        acks="all",
+        enable_idempotence=settings.producer_idempotence,
+        linger_ms=settings.producer_linger_ms,
+    )
+
+
+def make_consumer(
+    settings: Settings, *topics: str, group_id: str | None, client_id: str
+) -> AIOKafkaConsumer:
+    return AIOKafkaConsumer(
+        *topics,
+        **_common(settings),
+        group_id=group_id,
+        client_id=client_id,
+        # Offsets are committed by us, after the transaction that recorded the effect.
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        max_poll_records=settings.max_batch,
+        session_timeout_ms=10_000,
+        heartbeat_interval_ms=1_000,
+    )
+
+
+async def ensure_topics(settings: Settings, specs: list[TopicSpec], *, attempts: int = 30) -> None:
+    """Create the topics that do not exist yet; existing ones are left alone."""
+    admin = AIOKafkaAdminClient(**_common(settings), client_id="podium-admin")
+    for attempt in range(attempts):
+        try:
+            await admin.start()
+            break
+        except KafkaConnectionError:
+            if attempt == attempts - 1:
+                raise
+            await asyncio.sleep(0.2)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return
+        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor) for s in missing]
+        try:
+            await admin.create_topics(new)
+        except TopicAlreadyExistsError:
+            pass  # created concurrently by another service: fine
+        log.debug("topics created", topics=[s.name for s in missing])
+    finally:
+        await admin.close()

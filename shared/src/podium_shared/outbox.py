@@ -1,0 +1,160 @@
+"""The transactional outbox and inbox.
+
+A handler never talks to Kafka. It changes state through ``UnitOfWork.conn``
+and records the messages it wants sent with ``UnitOfWork.publish``; the
+consumer loop writes those rows, the inbox record of the consumed message and
+the state change in one transaction, and commits the Kafka offset only after
+it. The ``OutboxRelay`` publishes committed rows promptly (it is woken by the
+commit) and deletes them once the broker acknowledged them; rows a crash left
+behind are published by the relay's sweep when the service starts again.
+Consumers deduplicate by ``ce_id`` in their inbox, so a row published twice
+(crash between send and delete) has one effect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import Connection, Engine
+
+from podium_contracts import Contract, Headers, encode, new_id
+from podium_shared.db import inbox, outbox
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    topic: str
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+
+@dataclass
+class UnitOfWork:
+    """One transaction: state changes on ``conn`` plus the messages to publish."""
+
+    conn: Connection
+    source: str
+    traceparent: str | None = None
+    pending: list[OutgoingMessage] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: Contract, *, key: str) -> str:
+        """Record a contract message to send after commit; returns its ce_id."""
+        ce_id = new_id()
+        value, headers = encode(payload, source=self.source, id=ce_id, traceparent=self.traceparent)
+        self.pending.append(OutgoingMessage(topic, key.encode(), value, headers))
+        return ce_id
+
+    def publish_raw(self, message: OutgoingMessage) -> None:
+        self.pending.append(message)
+
+    def flush(self) -> None:
+        """Write the recorded messages into the outbox table (same transaction)."""
+        if not self.pending:
+            return
+        now = time.time()
+        self.conn.execute(
+            outbox.insert(),
+            [
+                {
+                    "topic": m.topic,
+                    "key": m.key,
+                    "value": m.value,
+                    "headers": [[k, v.decode("latin-1")] for k, v in m.headers],
+                    "created_at": now,
+                }
+                for m in self.pending
+            ],
+        )
+        self.pending.clear()
+
+
+def seen_before(conn: Connection, consumer: str, message_ids: Sequence[str]) -> set[str]:
+    """Which of these message ids this consumer has already processed."""
+    if not message_ids:
+        return set()
+    rows = conn.execute(
+        sa.select(inbox.c.message_id).where(
+            inbox.c.consumer == consumer, inbox.c.message_id.in_(list(message_ids))
+        )
+    )
+    return {r[0] for r in rows}
+
+
+def record_received(conn: Connection, consumer: str, message_id: str, topic: str) -> None:
+    conn.execute(
+        inbox.insert().values(
+            consumer=consumer, message_id=message_id, topic=topic, received_at=time.time()
+        )
+    )
+
+
+class Sender(Protocol):
+    async def send(
+        self, topic: str, value: bytes | None = ..., key: bytes | None = ..., headers: Any = ...
+    ) -> "asyncio.Future[Any]": ...
+
+
+class OutboxRelay:
+    """Publishes committed outbox rows and deletes them once acknowledged."""
+
+    def __init__(
+        self, engine: Engine, producer: Sender, *, sweep_interval_s: float = 1.0, batch: int = 1000
+    ) -> None:
+        self._engine = engine
+        self._producer = producer
+        self._wake = asyncio.Event()
+        self._sweep_interval_s = sweep_interval_s
+        self._batch = batch
+        self.published = 0
+
+    def notify(self) -> None:
+        """Wake the relay: a transaction with outbox rows has just committed."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._sweep_interval_s)
+            except TimeoutError:
+                pass  # the sweep: publish whatever a crash or a failed send left behind
+            self._wake.clear()
+            try:
+                while await self.publish_pending():
+                    pass
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("outbox relay failed; rows stay for the next sweep")
+                await asyncio.sleep(self._sweep_interval_s)
+
+    async def publish_pending(self) -> int:
+        """Send up to one batch of rows in id order; return how many were sent."""
+        with self._engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(outbox).order_by(outbox.c.id).limit(self._batch)
+            ).all()
+        if not rows:
+            return 0
+        futures = [
+            await self._producer.send(
+                r.topic,
+                value=r.value,
+                key=r.key,
+                headers=[(k, v.encode("latin-1")) for k, v in r.headers],
+            )
+            for r in rows
+        ]
+        await asyncio.gather(*futures)
+        with self._engine.begin() as conn:
+            conn.execute(outbox.delete().where(outbox.c.id.in_([r.id for r in rows])))
+        self.published += len(rows)
+        return len(rows)

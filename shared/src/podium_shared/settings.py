@@ -1,0 +1,64 @@
+"""Typed settings, read once from ``PODIUM_*`` environment variables and passed in."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ServiceName = Literal["router", "executor", "memory", "recovery"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PODIUM_", extra="ignore")
+
+    home: Path = Field(default=Path(".podium"), description="local data: databases, logs, spans")
+    kafka_bootstrap: str | None = Field(
+        default=None, description="host:port[,host:port]; unset means the embedded broker"
+    )
+    topic_prefix: str = Field(default="podium", pattern=r"^[A-Za-z0-9._-]+$")
+    # Tansu does not wake long polls when data arrives, so a short wait is the
+    # difference between ~3 ms and ~200 ms per hop there; real Kafka returns at once.
+    fetch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
+    producer_linger_ms: int = Field(default=0, ge=0, le=1_000)
+    # Only for real Kafka: Tansu (and aiokafka against it) fails InitProducerId.
+    producer_idempotence: bool = False
+    replication_factor: int = Field(default=1, ge=1, le=7)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+
+    router_database_url: str | None = None
+    executor_database_url: str | None = None
+    memory_database_url: str | None = None
+    recovery_database_url: str | None = None
+
+    workflows: str = Field(default="workflows", description="':'-separated folders of YAML")
+    pool: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    max_batch: int = Field(default=500, ge=1, le=10_000)
+    log_level: str = "INFO"
+
+    @field_validator("home")
+    @classmethod
+    def _absolute_home(cls, v: Path) -> Path:
+        return v.expanduser().resolve()
+
+    def database_url(self, service: ServiceName) -> str:
+        """The service's own database: its setting, else SQLite under ``home``."""
+        url: str | None = getattr(self, f"{service}_database_url")
+        if url:
+            return url
+        suffix = f"-{self.pool}" if service == "executor" else ""
+        return f"sqlite:///{self.home / f'{service}{suffix}.db'}"
+
+    def require_bootstrap(self) -> str:
+        if not self.kafka_bootstrap:
+            raise RuntimeError(
+                "PODIUM_KAFKA_BOOTSTRAP is not set: start the stack with `podium up` "
+                "or point it at a Kafka cluster"
+            )
+        return self.kafka_bootstrap

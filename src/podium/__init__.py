@@ -1,0 +1,1 @@
+"""podium: the operator CLI and the stack launcher."""

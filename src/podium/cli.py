@@ -1,0 +1,257 @@
+"""`podium`: the operator CLI. Every command has --json for scripts; usage
+errors are one line on stderr and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+import time
+import uuid
+from typing import Annotated, Any, NoReturn
+
+import orjson
+import typer
+from pydantic import ValidationError
+from typer.exceptions import TyperException
+
+from podium.client import Outcome, PodiumClient
+from podium.stack import Stack
+from podium.status import StatusError, task_status
+from podium_contracts import TaskCompleted, TaskSubmitted
+from podium_shared import Settings
+from podium_shared.logs import configure
+
+app = typer.Typer(
+    name="podium",
+    help="Orchestration layer for AI work, over Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    print(f"podium: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def emit(data: Any, as_json: bool, text: str) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        print(text)
+
+
+def load_settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        fail(f"bad setting PODIUM_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
+
+
+def parse_input(raw: str) -> dict[str, Any]:
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        fail(f"--input is not valid JSON: {exc}", 2)
+    if not isinstance(value, dict):
+        fail("--input must be a JSON object, such as '{\"text\": \"hi\"}'", 2)
+    return value
+
+
+def outcome_text(outcome: Outcome) -> str:
+    if isinstance(outcome, TaskCompleted):
+        return (f"completed {outcome.task_id}: "
+                f"{orjson.dumps(outcome.output).decode()}")
+    where = f" (dead letter: {outcome.dlq.topic} {outcome.dlq.record_id})" if outcome.dlq else ""
+    step = f" at step {outcome.error.step_id}" if outcome.error.step_id else ""
+    return f"failed {outcome.task_id}{step}: {outcome.error.type}: {outcome.error.message}{where}"
+
+
+def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    status = "completed" if isinstance(outcome, TaskCompleted) else "failed"
+    return {"status": status, **outcome.model_dump(mode="json")}
+
+
+@app.command()
+def up(
+    executors: Annotated[int, typer.Option(min=1, max=16, help="executor replicas per pool")] = 1,
+    pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Start the broker (embedded unless PODIUM_KAFKA_BOOTSTRAP is set) and the four services."""
+    settings = load_settings()
+    started = time.monotonic()
+    stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]))
+    try:
+        stack.start()
+    except (RuntimeError, TimeoutError) as exc:
+        fail(f"stack did not start: {exc}")
+    s = stack.settings
+    info = {"bootstrap": s.kafka_bootstrap, "embedded": stack.broker is not None,
+            "home": str(s.home), "services": [p.instance for p in stack.processes],
+            "ready_s": round(time.monotonic() - started, 2)}
+    emit(info, as_json,
+         f"podium ready in {info['ready_s']}s: broker {s.kafka_bootstrap}"
+         f"{' (embedded)' if stack.broker else ''}, {', '.join(info['services'])}; "
+         f"logs in {s.home / 'logs'}; export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}; "
+         "Ctrl-C to stop")
+    sys.stdout.flush()
+    stop = False
+
+    def on_signal(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop:
+            for p in stack.processes:
+                if p.proc.poll() is not None:
+                    print(f"podium: {p.instance} exited with {p.proc.returncode}; see {p.log_path}",
+                          file=sys.stderr)
+                    stop = True
+            time.sleep(0.2)
+    finally:
+        print("podium: stopping", file=sys.stderr)
+        stack.stop()
+
+
+@app.command()
+def submit(
+    workflow: Annotated[str, typer.Option("--workflow", "-w", help="workflow name")],
+    input: Annotated[str, typer.Option("--input", "-i", help="task input, a JSON object")] = "{}",
+    task_id: Annotated[str | None, typer.Option(help="idempotency key; random if unset")] = None,
+    tenant: Annotated[str, typer.Option(help="tenant")] = "default",
+    subject: Annotated[str | None, typer.Option(help="who the task is for")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="wait for and print the outcome")] = False,
+    timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait")] = 60.0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish a TaskSubmitted to podium.tasks.v1."""
+    data = parse_input(input)
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
+    try:
+        task = TaskSubmitted(task_id=task_id or uuid.uuid4().hex, workflow=workflow, input=data,
+                             tenant=tenant, subject=subject)
+    except ValidationError as exc:
+        fail(f"invalid task: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", 2)
+    code = asyncio.run(_submit(settings, task, wait, timeout, as_json))
+    raise SystemExit(code)
+
+
+async def _submit(settings: Settings, task: TaskSubmitted, wait: bool, timeout: float,
+                  as_json: bool) -> int:
+    async with PodiumClient(settings) as client:
+        await client.submit(task)
+        if not wait:
+            emit({"task_id": task.task_id, "status": "submitted"}, as_json,
+                 f"submitted {task.task_id}")
+            return 0
+        try:
+            outcome = (await client.wait_for([task.task_id], timeout))[task.task_id]
+        except TimeoutError:
+            fail(f"no outcome for {task.task_id} within {timeout}s "
+                 f"(check `podium status {task.task_id}`)")
+    emit(outcome_json(outcome), as_json, outcome_text(outcome))
+    return 0 if isinstance(outcome, TaskCompleted) else 1
+
+
+@app.command()
+def status(task_id: Annotated[str, typer.Argument(help="the task's id")], as_json: JsonFlag = False) -> None:
+    """Show a task's current state from the router's database."""
+    settings = load_settings()
+    try:
+        info = task_status(settings, task_id)
+    except StatusError as exc:
+        fail(str(exc))
+    steps = "; ".join(f"{s['step_id']} {s['status']} ({s['capability']}@{s['pool']}, "
+                      f"attempts {s['attempts']})" for s in info["steps"])
+    emit(info, as_json, f"{info['task_id']} {info['status']} workflow {info['workflow']}"
+                        f" v{info['workflow_version']}" + (f": {steps}" if steps else ""))
+
+
+@app.command()
+def demo(as_json: JsonFlag = False) -> None:
+    """Start the embedded stack, run one `hello` task to completion, and stop."""
+    settings = load_settings()
+    started = time.monotonic()
+    try:
+        with Stack(settings) as stack:
+            ready_s = time.monotonic() - started
+            task = TaskSubmitted(task_id=f"demo-{uuid.uuid4().hex[:8]}", workflow="hello",
+                                 input={"text": "hello, podium"})
+
+            async def run() -> Outcome:
+                async with PodiumClient(stack.settings) as client:
+                    t0 = time.perf_counter()
+                    await client.submit(task)
+                    out = (await client.wait_for([task.task_id], 30))[task.task_id]
+                    print(f"round trip {1000 * (time.perf_counter() - t0):.1f} ms",
+                          file=sys.stderr)
+                    return out
+
+            print(f"stack ready in {ready_s:.1f}s (broker {stack.bootstrap})", file=sys.stderr)
+            outcome = asyncio.run(run())
+    except (RuntimeError, TimeoutError) as exc:
+        fail(str(exc))
+    emit(outcome_json(outcome), as_json, outcome_text(outcome))
+    if not isinstance(outcome, TaskCompleted):
+        raise SystemExit(1)
+
+
+@app.command()
+def topics(
+    write: Annotated[bool, typer.Option("--write", help="regenerate infra/topics.yaml")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """List the topics podium declares (and their partitions)."""
+    from podium.infra import render_topics_yaml, topic_rows
+
+    settings = load_settings()
+    rows = topic_rows(settings.topic_prefix)
+    if write:
+        from pathlib import Path
+
+        Path("infra/topics.yaml").write_text(render_topics_yaml())
+    emit(rows, as_json, "\n".join(f"{r['name']}\t{r['partitions']}\t{r['key']}" for r in rows))
+
+
+@app.command()
+def bench(
+    tasks: Annotated[int, typer.Option(min=10, help="tasks in the throughput run")] = 3000,
+    samples: Annotated[int, typer.Option(min=10, help="light-load latency samples")] = 300,
+    output: Annotated[str | None, typer.Option(help="write the report to this Markdown file")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Measure end-to-end latency and throughput beside the raw broker hop."""
+    from podium.bench import run_bench
+
+    settings = load_settings()
+    report = run_bench(settings, tasks=tasks, samples=samples, output=output)
+    emit(report.as_dict(), as_json, report.markdown())
+
+
+def main() -> None:
+    configure("cli", "WARNING")
+    try:
+        result = app(standalone_mode=False)
+    except typer.Abort:
+        fail("aborted", 130)
+    except TyperException as exc:
+        ctx = getattr(exc, "ctx", None)
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `podium` alone: the help, as click does
+            print(exc.format_message(), file=sys.stderr)
+            raise SystemExit(2) from None
+        hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+        fail(f"{exc.format_message()}{hint}", exc.exit_code)
+    if isinstance(result, int) and result:
+        raise SystemExit(result)

@@ -1,0 +1,114 @@
+"""A small Kafka client for submitting tasks and waiting for their outcome,
+as any upstream system would: produce TaskSubmitted, read task-events."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from podium_contracts import (
+    ContractError,
+    Event,
+    TaskCompleted,
+    TaskFailed,
+    TaskSubmitted,
+    decode,
+    encode,
+)
+from podium_shared import Settings, Topics
+from podium_shared.kafka import make_consumer, make_producer
+
+Outcome = TaskCompleted | TaskFailed
+
+
+class PodiumClient:
+    """Submit tasks and collect their outcomes over Kafka."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.topic_prefix)
+        self.producer: AIOKafkaProducer = make_producer(settings, client_id="podium-cli")
+        self.consumer: AIOKafkaConsumer = make_consumer(
+            settings, group_id=None, client_id="podium-cli"
+        )
+        self.outcomes: dict[str, Outcome] = {}
+        self._arrived = asyncio.Condition()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> PodiumClient:
+        await self.producer.start()
+        await self.consumer.start()
+        partitions = self.consumer.partitions_for_topic(self.topics.task_events)
+        for _ in range(50):
+            if partitions:
+                break
+            await asyncio.sleep(0.1)
+            await self.consumer._client.force_metadata_update()  # noqa: SLF001
+            partitions = self.consumer.partitions_for_topic(self.topics.task_events)
+        tps = [TopicPartition(self.topics.task_events, p) for p in sorted(partitions or {0})]
+        self.consumer.assign(tps)
+        # Only outcomes of what we submit from now on matter.
+        await self.consumer.seek_to_end(*tps)
+        for tp in tps:
+            await self.consumer.position(tp)
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        await self.consumer.stop()
+        await self.producer.stop()
+
+    async def submit(self, task: TaskSubmitted) -> None:
+        value, headers = encode(task, source="podium-cli")
+        await self.producer.send_and_wait(
+            self.topics.tasks, value=value, key=task.task_id.encode(), headers=headers
+        )
+
+    async def submit_raw(self, value: bytes, headers: Iterable[tuple[str, bytes]], key: bytes | None = None,
+                         topic: str | None = None) -> None:
+        await self.producer.send_and_wait(
+            topic or self.topics.tasks, value=value, key=key, headers=list(headers)
+        )
+
+    async def wait_for(self, task_ids: Iterable[str], timeout_s: float = 30.0) -> dict[str, Outcome]:
+        wanted = set(task_ids)
+        deadline = time.monotonic() + timeout_s
+        async with self._arrived:
+            while not wanted <= self.outcomes.keys():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    missing = sorted(wanted - self.outcomes.keys())
+                    raise TimeoutError(f"no outcome within {timeout_s}s for {missing[:5]}")
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), remaining)
+                except TimeoutError:
+                    continue
+        return {t: self.outcomes[t] for t in wanted}
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=100)
+            got = False
+            for records in batches.values():
+                for r in records:
+                    event = _try_decode(r.value, r.headers)
+                    if event and isinstance(event.payload, TaskCompleted | TaskFailed):
+                        self.outcomes[event.payload.task_id] = event.payload
+                        got = True
+            if got:
+                async with self._arrived:
+                    self._arrived.notify_all()
+
+
+def _try_decode(value: bytes | None, headers: Any) -> Event | None:
+    try:
+        return decode(value, [(k, v) for k, v in (headers or ())])
+    except ContractError:
+        return None

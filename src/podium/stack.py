@@ -1,0 +1,150 @@
+"""Starts and stops a whole podium stack: the broker (embedded unless
+``PODIUM_KAFKA_BOOTSTRAP`` names a cluster) and each service as a child process.
+Used by `podium up`, the demo, the benchmarks and the integration tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+from podium_shared import EmbeddedBroker, Settings, Topics
+from podium_shared.kafka import ensure_topics
+
+SERVICES = ("router", "executor", "memory", "recovery")
+
+
+@dataclass
+class ServiceProcess:
+    name: str
+    instance: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+
+@dataclass
+class Stack:
+    settings: Settings
+    executors: int = 1
+    pools: tuple[str, ...] = ("default",)
+    env: dict[str, str] = field(default_factory=dict)
+    broker: EmbeddedBroker | None = None
+    processes: list[ServiceProcess] = field(default_factory=list)
+
+    @property
+    def bootstrap(self) -> str:
+        return self.settings.require_bootstrap()
+
+    @property
+    def log_dir(self) -> Path:
+        return self.settings.home / "logs"
+
+    def start(self, timeout_s: float = 60.0) -> Stack:
+        self.settings.home.mkdir(parents=True, exist_ok=True)
+        if not self.settings.kafka_bootstrap:
+            self.broker = EmbeddedBroker(log_path=self.log_dir / "broker.log").start()
+            self.settings = self.settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
+        topics = Topics(self.settings.topic_prefix)
+        asyncio.run(ensure_topics(self.settings, topics.declarations(("default", "memory", *self.pools))))
+        try:
+            for name in ("router", "memory", "recovery"):
+                self.spawn(name)
+            for pool in self.pools:
+                for _ in range(self.executors):
+                    self.spawn("executor", pool=pool)
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def child_env(self, pool: str | None = None) -> dict[str, str]:
+        env = {**os.environ, **self.env}
+        env["PODIUM_KAFKA_BOOTSTRAP"] = self.bootstrap
+        env["PODIUM_HOME"] = str(self.settings.home)
+        env["PODIUM_TOPIC_PREFIX"] = self.settings.topic_prefix
+        env["PODIUM_FETCH_MAX_WAIT_MS"] = str(self.settings.fetch_max_wait_ms)
+        env["PODIUM_WORKFLOWS"] = self.settings.workflows
+        if pool:
+            env["PODIUM_POOL"] = pool
+        return env
+
+    def spawn(self, name: str, pool: str | None = None) -> ServiceProcess:
+        """Start one service process; its log goes under PODIUM_HOME/logs."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        index = sum(1 for p in self.processes if p.name == name)
+        instance = f"{name}-{pool}-{index}" if pool else name
+        log_path = self.log_dir / f"{instance}.log"
+        out = log_path.open("ab")
+        proc = subprocess.Popen(
+            [sys.executable, "-m", f"podium_{name}"],
+            env=self.child_env(pool),
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches `podium up`, which stops children in order
+        )
+        out.close()
+        sp = ServiceProcess(name, instance, proc, log_path)
+        self.processes.append(sp)
+        return sp
+
+    def ready_files(self) -> list[Path]:
+        run = self.settings.home / "run"
+        out = []
+        for p in self.processes:
+            instance = f"executor-{self.pool_of(p)}-{p.proc.pid}" if p.name == "executor" else p.name
+            out.append(run / f"{instance}.ready")
+        return out
+
+    def pool_of(self, p: ServiceProcess) -> str:
+        return p.instance.split("-")[1]
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Wait until every process has joined its consumer group."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            for p in self.processes:
+                if p.proc.poll() is not None:
+                    tail = p.log_path.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{p.instance} exited with {p.proc.returncode}:\n{tail}")
+            if all(f.exists() for f in self.ready_files()):
+                return
+            time.sleep(0.05)
+        waiting = [p.instance for p, f in zip(self.processes, self.ready_files(), strict=True)
+                   if not f.exists()]
+        raise TimeoutError(f"not ready after {timeout_s}s: {', '.join(waiting)}")
+
+    def kill(self, p: ServiceProcess, sig: int = signal.SIGKILL) -> None:
+        if p.proc.poll() is None:
+            p.proc.send_signal(sig)
+            p.proc.wait(30)
+
+    def stop(self) -> None:
+        for p in self.processes:
+            if p.proc.poll() is None:
+                p.proc.send_signal(signal.SIGTERM)
+        for p in self.processes:
+            try:
+                p.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                p.proc.kill()
+                p.proc.wait()
+        self.processes.clear()
+        if self.broker:
+            self.broker.stop()
+            self.broker = None
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
