@@ -51,6 +51,8 @@ class EmbeddedBroker:
             env=env,
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
         )
+        if self.log_path:
+            out.close()  # the child has its own copy
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:

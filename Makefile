@@ -1,0 +1,54 @@
+# Two commands on a fresh machine: `make run` and `make test`. Both set everything up.
+SHELL := /bin/bash
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+export PODIUM_HOME ?= $(CURDIR)/.podium
+
+.PHONY: setup run up test test-unit test-integration bench schemas topics lint typecheck clean
+
+$(UV):
+	$(PYTHON) -m pip install --user --quiet "uv==$(UV_VERSION)"
+
+.venv/.synced: $(UV) pyproject.toml uv.lock contracts/pyproject.toml shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+	$(UV) sync --frozen --all-packages
+	@touch $@
+
+setup: .venv/.synced
+
+## run: start the embedded stack, run a demo task to completion, stop.
+run: setup
+	$(UV) run podium demo
+
+## up: the embedded stack until Ctrl-C.
+up: setup
+	$(UV) run podium up
+
+## test: the whole suite: unit, integration (real broker and processes), e2e.
+test: setup
+	$(UV) run pytest -q -p no:cacheprovider
+
+test-unit: setup
+	$(UV) run pytest -q -m unit
+
+test-integration: setup
+	$(UV) run pytest -q -m "integration or e2e"
+
+## bench: latency and throughput beside the raw broker hop; writes docs/benchmarks.md.
+bench: setup
+	$(UV) run podium bench --output docs/benchmarks.md
+
+schemas: setup
+	$(UV) run python -m podium_contracts.schemas
+
+topics: setup
+	$(UV) run podium topics --write
+
+lint: setup
+	$(UV) run ruff check .
+
+typecheck: setup
+	$(UV) run mypy contracts/src shared/src services/*/src src
+
+clean:
+	rm -rf .venv .podium

@@ -1,0 +1,82 @@
+"""Test tiers: unit (no network), integration (real broker + real service
+processes), e2e (the CLI against the whole stack). The broker is, in order:
+PODIUM_KAFKA_BOOTSTRAP if set; testcontainers' Kafka when a Docker engine
+answers; otherwise the embedded Tansu broker."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from podium.stack import Stack
+from podium_shared import EmbeddedBroker, Settings
+from podium_shared.logs import configure
+
+REPO = Path(__file__).resolve().parent.parent
+configure("tests", "WARNING")
+
+
+def _docker_answers() -> bool:
+    """Whether a Docker engine answers /_ping (asked with a plain socket: the
+    docker SDK leaks its socket when no engine is there)."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    try:
+        if host.startswith("unix://"):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            address: object = host.removeprefix("unix://")
+        elif host.startswith("tcp://"):
+            h, _, p = host.removeprefix("tcp://").partition(":")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            address = (h, int(p or 2375))
+        else:
+            return False
+        with sock:
+            sock.settimeout(2)
+            sock.connect(address)
+            sock.sendall(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n")
+            return b" 200 " in sock.recv(64)
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("PODIUM_KAFKA_BOOTSTRAP"):
+        yield os.environ["PODIUM_KAFKA_BOOTSTRAP"]
+        return
+    if _docker_answers():
+        from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
+
+        with KafkaContainer().with_kraft() as kafka:
+            yield kafka.get_bootstrap_server()
+        return
+    log = tmp_path_factory.mktemp("broker") / "broker.log"
+    with EmbeddedBroker(log_path=log) as broker:
+        yield broker.bootstrap
+
+
+def unique_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def stack_settings(bootstrap: str, home: Path, **overrides: object) -> Settings:
+    return Settings(
+        kafka_bootstrap=bootstrap,
+        home=home,
+        topic_prefix=unique_prefix(),
+        workflows=str(REPO / "workflows") + ":" + str(REPO / "tests" / "workflows"),
+        **overrides,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The four services as real processes, on their own topic prefix."""
+    home = tmp_path_factory.mktemp("podium-home")
+    with Stack(stack_settings(kafka_bootstrap, home)) as s:
+        yield s

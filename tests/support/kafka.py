@@ -1,0 +1,53 @@
+"""Reading topics directly, as an operator's tool would."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, at_least: int, timeout_s: float = 20.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic from the beginning, waiting until there are ``at_least``."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=5,
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        parts = None
+        deadline = time.monotonic() + timeout_s
+        while not parts and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()  # noqa: SLF001
+            parts = consumer.partitions_for_topic(topic)
+            if not parts:
+                await asyncio.sleep(0.1)
+        assert parts, f"topic {topic} does not exist"
+        consumer.assign([TopicPartition(topic, p) for p in parts])
+        await consumer.seek_to_beginning()
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        while len(out) < at_least and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=100)
+            for recs in batches.values():
+                out.extend(recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        parts = consumer.partitions_for_topic(topic) or set()
+        out = {}
+        for p in parts:
+            off = await consumer.committed(TopicPartition(topic, p))
+            out[p] = off if off is not None else -1
+        return out
+    finally:
+        await consumer.stop()
