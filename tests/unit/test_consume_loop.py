@@ -1,0 +1,170 @@
+"""The consume loop with a real SQLite database and a recording consumer:
+inbox dedup, outbox rows, DLQ rows and offset commits, without a broker."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from aiokafka import ConsumerRecord, TopicPartition
+
+from podium_contracts import Event, TaskAccepted, TaskSubmitted, encode
+from podium_shared import ConsumeLoop, Handler, OutboxRelay, UnitOfWork, make_engine
+from podium_shared.db import inbox, outbox
+from podium_shared.dlq import dlq_headers
+
+pytestmark = pytest.mark.unit
+
+
+@dataclass
+class RecordingConsumer:
+    topic: str = "t.tasks.v1"
+    commits: list[dict[TopicPartition, int]] = field(default_factory=list)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(self.topic, p) for p in range(4)}
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        self.commits.append({tp: o.offset for tp, o in offsets.items()})
+
+
+def record(offset: int, value: bytes | None, headers: list[tuple[str, bytes]],
+           topic: str = "t.tasks.v1", partition: int = 0) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(topic=topic, partition=partition, offset=offset, timestamp=0,
+                          timestamp_type=0, key=b"k", value=value, checksum=None,
+                          serialized_key_size=1, serialized_value_size=len(value or b""),
+                          headers=tuple(headers))
+
+
+def submitted(task_id: str, ce_id: str | None = None) -> tuple[bytes, list[tuple[str, bytes]]]:
+    return encode(TaskSubmitted(task_id=task_id, workflow="hello"), source="test", id=ce_id)
+
+
+class Relay:
+    notified = 0
+
+    def notify(self) -> None:
+        self.notified += 1
+
+
+def make_loop(tmp_path: Path, apply: Any) -> tuple[ConsumeLoop, RecordingConsumer, sa.Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    consumer = RecordingConsumer()
+    loop = ConsumeLoop(consumer=consumer, engine=engine, relay=Relay(),  # type: ignore[arg-type]
+                       handler=Handler(apply=apply), group="g", service="svc")
+    return loop, consumer, engine
+
+
+def accept(event: Event, _r: None, uow: UnitOfWork) -> None:
+    assert isinstance(event.payload, TaskSubmitted)
+    uow.publish("t.task-events.v1", TaskAccepted(
+        task_id=event.payload.task_id, workflow="hello", accepted_at=event.envelope.time,
+    ), key=event.payload.task_id)
+
+
+def outbox_rows(engine: sa.Engine) -> list[Any]:
+    with engine.connect() as c:
+        return list(c.execute(sa.select(outbox).order_by(outbox.c.id)))
+
+
+async def test_handled_messages_commit_state_outbox_and_offsets_together(tmp_path: Path) -> None:
+    loop, consumer, engine = make_loop(tmp_path, accept)
+    await loop.process([record(0, *submitted("a")), record(1, *submitted("b"))])
+    rows = outbox_rows(engine)
+    assert [r.topic for r in rows] == ["t.task-events.v1"] * 2
+    assert [r.key for r in rows] == [b"a", b"b"]
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(inbox)).scalar() == 2
+    assert consumer.commits == [{TopicPartition("t.tasks.v1", 0): 2}]
+
+
+async def test_a_redelivered_message_is_handled_once(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def count(event: Event, r: None, uow: UnitOfWork) -> None:
+        calls.append(event.envelope.id)
+
+    loop, consumer, _ = make_loop(tmp_path, count)
+    value, headers = submitted("a", ce_id="same-id")
+    await loop.process([record(0, value, headers), record(1, value, headers)])
+    await loop.process([record(0, value, headers)])  # redelivery after a crash
+    assert calls == ["same-id"]
+    assert loop.stats.duplicates == 2
+    assert consumer.commits[-1] == {TopicPartition("t.tasks.v1", 0): 1}
+
+
+async def test_poison_is_dead_lettered_with_reason_and_the_batch_goes_on(tmp_path: Path) -> None:
+    loop, consumer, engine = make_loop(tmp_path, accept)
+    await loop.process([
+        record(7, b"\xff not json", [("ce_type", b"x")]),
+        record(8, *submitted("good")),
+    ])
+    rows = outbox_rows(engine)
+    dlq, good = rows
+    assert dlq.topic == "t.tasks.v1.dlq" and dlq.value == b"\xff not json"
+    meta = dlq_headers([(k, v.encode("latin-1")) for k, v in dlq.headers])
+    assert meta["reason"] == "undecodable"
+    assert meta["original-offset"] == "7" and meta["original-topic"] == "t.tasks.v1"
+    assert good.topic == "t.task-events.v1"
+    assert consumer.commits == [{TopicPartition("t.tasks.v1", 0): 9}]
+
+
+async def test_a_handler_error_rolls_back_only_its_message(tmp_path: Path) -> None:
+    def flaky(event: Event, r: None, uow: UnitOfWork) -> None:
+        assert isinstance(event.payload, TaskSubmitted)
+        accept(event, r, uow)
+        if event.payload.task_id == "bad":
+            raise ValueError("boom")
+
+    loop, consumer, engine = make_loop(tmp_path, flaky)
+    await loop.process([record(0, *submitted("bad")), record(1, *submitted("ok"))])
+    rows = outbox_rows(engine)
+    assert [r.topic for r in rows] == ["t.tasks.v1.dlq", "t.task-events.v1"]
+    meta = dlq_headers([(k, v.encode("latin-1")) for k, v in rows[0].headers])
+    assert meta["reason"] == "processing_error" and meta["error-message"] == "boom"
+    with engine.connect() as c:  # the failed message's inbox record was rolled back with it
+        assert c.execute(sa.select(sa.func.count()).select_from(inbox)).scalar() == 1
+
+
+async def test_offsets_of_revoked_partitions_are_not_committed(tmp_path: Path) -> None:
+    loop, consumer, _ = make_loop(tmp_path, accept)
+    await loop.process([record(0, *submitted("a"), topic="other", partition=0)])
+    assert consumer.commits == []
+
+
+@dataclass
+class RecordingProducer:
+    sent: list[tuple[str, bytes | None]] = field(default_factory=list)
+    fail: bool = False
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   headers: Any = None) -> Any:
+        import asyncio
+
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            fut.set_exception(ConnectionError("broker away"))
+        else:
+            self.sent.append((topic, key))
+            fut.set_result(None)
+        return fut
+
+
+async def test_relay_publishes_in_order_and_keeps_rows_it_could_not_send(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    with engine.begin() as conn:
+        uow = UnitOfWork(conn, source="test")
+        for i in range(3):
+            uow.publish("t.x", TaskSubmitted(task_id=f"t{i}", workflow="w"), key=f"t{i}")
+        uow.flush()
+    failing = RecordingProducer(fail=True)
+    with pytest.raises(ConnectionError):
+        await OutboxRelay(engine, failing).publish_pending()
+    assert len(outbox_rows(engine)) == 3  # nothing lost: the sweep sends them later
+    producer = RecordingProducer()
+    assert await OutboxRelay(engine, producer).publish_pending() == 3
+    assert producer.sent == [("t.x", b"t0"), ("t.x", b"t1"), ("t.x", b"t2")]
+    assert outbox_rows(engine) == []
