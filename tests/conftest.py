@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from podium.stack import Stack
 from podium_shared import EmbeddedBroker, Settings
 from podium_shared.logs import configure
+
+from podium.stack import Stack
 
 REPO = Path(__file__).resolve().parent.parent
 configure("tests", "WARNING")

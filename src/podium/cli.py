@@ -12,15 +12,15 @@ from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
+from podium_contracts import TaskCompleted, TaskSubmitted
+from podium_shared import Settings
+from podium_shared.logs import configure
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
 from podium.client import Outcome, PodiumClient
 from podium.stack import Stack
 from podium.status import StatusError, task_status
-from podium_contracts import TaskCompleted, TaskSubmitted
-from podium_shared import Settings
-from podium_shared.logs import configure
 
 app = typer.Typer(
     name="podium",
@@ -60,14 +60,13 @@ def parse_input(raw: str) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         fail(f"--input is not valid JSON: {exc}", 2)
     if not isinstance(value, dict):
-        fail("--input must be a JSON object, such as '{\"text\": \"hi\"}'", 2)
+        fail('--input must be a JSON object, such as \'{"text": "hi"}\'', 2)
     return value
 
 
 def outcome_text(outcome: Outcome) -> str:
     if isinstance(outcome, TaskCompleted):
-        return (f"completed {outcome.task_id}: "
-                f"{orjson.dumps(outcome.output).decode()}")
+        return f"completed {outcome.task_id}: {orjson.dumps(outcome.output).decode()}"
     where = f" (dead letter: {outcome.dlq.topic} {outcome.dlq.record_id})" if outcome.dlq else ""
     step = f" at step {outcome.error.step_id}" if outcome.error.step_id else ""
     return f"failed {outcome.task_id}{step}: {outcome.error.type}: {outcome.error.message}{where}"
@@ -93,14 +92,22 @@ def up(
     except (RuntimeError, TimeoutError) as exc:
         fail(f"stack did not start: {exc}")
     s = stack.settings
-    info = {"bootstrap": s.kafka_bootstrap, "embedded": stack.broker is not None,
-            "home": str(s.home), "services": [p.instance for p in stack.processes],
-            "ready_s": round(time.monotonic() - started, 2)}
-    emit(info, as_json,
-         f"podium ready in {info['ready_s']}s: broker {s.kafka_bootstrap}"
-         f"{' (embedded)' if stack.broker else ''}, {', '.join(info['services'])}; "
-         f"logs in {s.home / 'logs'}; export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}; "
-         "Ctrl-C to stop")
+    services = [p.instance for p in stack.processes]
+    info = {
+        "bootstrap": s.kafka_bootstrap,
+        "embedded": stack.broker is not None,
+        "home": str(s.home),
+        "services": services,
+        "ready_s": round(time.monotonic() - started, 2),
+    }
+    emit(
+        info,
+        as_json,
+        f"podium ready in {info['ready_s']}s: broker {s.kafka_bootstrap}"
+        f"{' (embedded)' if stack.broker else ''}, {', '.join(services)}; "
+        f"logs in {s.home / 'logs'}; export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}; "
+        "Ctrl-C to stop",
+    )
     sys.stdout.flush()
     stop = False
 
@@ -114,8 +121,10 @@ def up(
         while not stop:
             for p in stack.processes:
                 if p.proc.poll() is not None:
-                    print(f"podium: {p.instance} exited with {p.proc.returncode}; see {p.log_path}",
-                          file=sys.stderr)
+                    print(
+                        f"podium: {p.instance} exited with {p.proc.returncode}; see {p.log_path}",
+                        file=sys.stderr,
+                    )
                     stop = True
             time.sleep(0.2)
     finally:
@@ -140,43 +149,62 @@ def submit(
     if not settings.kafka_bootstrap:
         fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
     try:
-        task = TaskSubmitted(task_id=task_id or uuid.uuid4().hex, workflow=workflow, input=data,
-                             tenant=tenant, subject=subject)
+        task = TaskSubmitted(
+            task_id=task_id or uuid.uuid4().hex,
+            workflow=workflow,
+            input=data,
+            tenant=tenant,
+            subject=subject,
+        )
     except ValidationError as exc:
         fail(f"invalid task: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", 2)
     code = asyncio.run(_submit(settings, task, wait, timeout, as_json))
     raise SystemExit(code)
 
 
-async def _submit(settings: Settings, task: TaskSubmitted, wait: bool, timeout: float,
-                  as_json: bool) -> int:
+async def _submit(
+    settings: Settings, task: TaskSubmitted, wait: bool, timeout: float, as_json: bool
+) -> int:
     async with PodiumClient(settings) as client:
         await client.submit(task)
         if not wait:
-            emit({"task_id": task.task_id, "status": "submitted"}, as_json,
-                 f"submitted {task.task_id}")
+            emit(
+                {"task_id": task.task_id, "status": "submitted"},
+                as_json,
+                f"submitted {task.task_id}",
+            )
             return 0
         try:
             outcome = (await client.wait_for([task.task_id], timeout))[task.task_id]
         except TimeoutError:
-            fail(f"no outcome for {task.task_id} within {timeout}s "
-                 f"(check `podium status {task.task_id}`)")
+            fail(
+                f"no outcome for {task.task_id} within {timeout}s "
+                f"(check `podium status {task.task_id}`)"
+            )
     emit(outcome_json(outcome), as_json, outcome_text(outcome))
     return 0 if isinstance(outcome, TaskCompleted) else 1
 
 
 @app.command()
-def status(task_id: Annotated[str, typer.Argument(help="the task's id")], as_json: JsonFlag = False) -> None:
+def status(
+    task_id: Annotated[str, typer.Argument(help="the task's id")], as_json: JsonFlag = False
+) -> None:
     """Show a task's current state from the router's database."""
     settings = load_settings()
     try:
         info = task_status(settings, task_id)
     except StatusError as exc:
         fail(str(exc))
-    steps = "; ".join(f"{s['step_id']} {s['status']} ({s['capability']}@{s['pool']}, "
-                      f"attempts {s['attempts']})" for s in info["steps"])
-    emit(info, as_json, f"{info['task_id']} {info['status']} workflow {info['workflow']}"
-                        f" v{info['workflow_version']}" + (f": {steps}" if steps else ""))
+    steps = "; ".join(
+        f"{s['step_id']} {s['status']} ({s['capability']}@{s['pool']}, attempts {s['attempts']})"
+        for s in info["steps"]
+    )
+    emit(
+        info,
+        as_json,
+        f"{info['task_id']} {info['status']} workflow {info['workflow']}"
+        f" v{info['workflow_version']}" + (f": {steps}" if steps else ""),
+    )
 
 
 @app.command()
@@ -187,16 +215,18 @@ def demo(as_json: JsonFlag = False) -> None:
     try:
         with Stack(settings) as stack:
             ready_s = time.monotonic() - started
-            task = TaskSubmitted(task_id=f"demo-{uuid.uuid4().hex[:8]}", workflow="hello",
-                                 input={"text": "hello, podium"})
+            task = TaskSubmitted(
+                task_id=f"demo-{uuid.uuid4().hex[:8]}",
+                workflow="hello",
+                input={"text": "hello, podium"},
+            )
 
             async def run() -> Outcome:
                 async with PodiumClient(stack.settings) as client:
                     t0 = time.perf_counter()
                     await client.submit(task)
                     out = (await client.wait_for([task.task_id], 30))[task.task_id]
-                    print(f"round trip {1000 * (time.perf_counter() - t0):.1f} ms",
-                          file=sys.stderr)
+                    print(f"round trip {1000 * (time.perf_counter() - t0):.1f} ms", file=sys.stderr)
                     return out
 
             print(f"stack ready in {ready_s:.1f}s (broker {stack.bootstrap})", file=sys.stderr)
@@ -229,7 +259,9 @@ def topics(
 def bench(
     tasks: Annotated[int, typer.Option(min=10, help="tasks in the throughput run")] = 3000,
     samples: Annotated[int, typer.Option(min=10, help="light-load latency samples")] = 300,
-    output: Annotated[str | None, typer.Option(help="write the report to this Markdown file")] = None,
+    output: Annotated[
+        str | None, typer.Option(help="write the report to this Markdown file")
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Measure end-to-end latency and throughput beside the raw broker hop."""

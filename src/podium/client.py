@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-
 from podium_contracts import (
     ContractError,
     Event,
@@ -47,7 +46,7 @@ class PodiumClient:
             if partitions:
                 break
             await asyncio.sleep(0.1)
-            await self.consumer._client.force_metadata_update()  # noqa: SLF001
+            await self.consumer._client.force_metadata_update()
             partitions = self.consumer.partitions_for_topic(self.topics.task_events)
         tps = [TopicPartition(self.topics.task_events, p) for p in sorted(partitions or {0})]
         self.consumer.assign(tps)
@@ -71,13 +70,20 @@ class PodiumClient:
             self.topics.tasks, value=value, key=task.task_id.encode(), headers=headers
         )
 
-    async def submit_raw(self, value: bytes, headers: Iterable[tuple[str, bytes]], key: bytes | None = None,
-                         topic: str | None = None) -> None:
+    async def submit_raw(
+        self,
+        value: bytes,
+        headers: Iterable[tuple[str, bytes]],
+        key: bytes | None = None,
+        topic: str | None = None,
+    ) -> None:
         await self.producer.send_and_wait(
             topic or self.topics.tasks, value=value, key=key, headers=list(headers)
         )
 
-    async def wait_for(self, task_ids: Iterable[str], timeout_s: float = 30.0) -> dict[str, Outcome]:
+    async def wait_for(
+        self, task_ids: Iterable[str], timeout_s: float = 30.0
+    ) -> dict[str, Outcome]:
         wanted = set(task_ids)
         deadline = time.monotonic() + timeout_s
         async with self._arrived:

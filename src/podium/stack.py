@@ -49,9 +49,13 @@ class Stack:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         if not self.settings.kafka_bootstrap:
             self.broker = EmbeddedBroker(log_path=self.log_dir / "broker.log").start()
-            self.settings = self.settings.model_copy(update={"kafka_bootstrap": self.broker.bootstrap})
+            self.settings = self.settings.model_copy(
+                update={"kafka_bootstrap": self.broker.bootstrap}
+            )
         topics = Topics(self.settings.topic_prefix)
-        asyncio.run(ensure_topics(self.settings, topics.declarations(("default", "memory", *self.pools))))
+        asyncio.run(
+            ensure_topics(self.settings, topics.declarations(("default", "memory", *self.pools)))
+        )
         try:
             for name in ("router", "memory", "recovery"):
                 self.spawn(name)
@@ -99,7 +103,9 @@ class Stack:
         run = self.settings.home / "run"
         out = []
         for p in self.processes:
-            instance = f"executor-{self.pool_of(p)}-{p.proc.pid}" if p.name == "executor" else p.name
+            instance = (
+                f"executor-{self.pool_of(p)}-{p.proc.pid}" if p.name == "executor" else p.name
+            )
             out.append(run / f"{instance}.ready")
         return out
 
@@ -117,8 +123,11 @@ class Stack:
             if all(f.exists() for f in self.ready_files()):
                 return
             time.sleep(0.05)
-        waiting = [p.instance for p, f in zip(self.processes, self.ready_files(), strict=True)
-                   if not f.exists()]
+        waiting = [
+            p.instance
+            for p, f in zip(self.processes, self.ready_files(), strict=True)
+            if not f.exists()
+        ]
         raise TimeoutError(f"not ready after {timeout_s}s: {', '.join(waiting)}")
 
     def kill(self, p: ServiceProcess, sig: int = signal.SIGKILL) -> None:

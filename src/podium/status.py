@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-
 from podium_router.state import run_steps, runs
 from podium_shared import Settings
 
@@ -18,8 +17,10 @@ class StatusError(Exception):
 def task_status(settings: Settings, task_id: str) -> dict[str, Any]:
     url = settings.database_url("router")
     if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise StatusError(f"no router database at {url.removeprefix('sqlite:///')} "
-                          "(is PODIUM_HOME the one `podium up` uses?)")
+        raise StatusError(
+            f"no router database at {url.removeprefix('sqlite:///')} "
+            "(is PODIUM_HOME the one `podium up` uses?)"
+        )
     engine = sa.create_engine(url)
     try:
         with engine.connect() as conn:
@@ -27,7 +28,8 @@ def task_status(settings: Settings, task_id: str) -> dict[str, Any]:
             if run is None:
                 raise StatusError(f"no task {task_id!r}")
             steps = conn.execute(
-                sa.select(run_steps).where(run_steps.c.task_id == task_id)
+                sa.select(run_steps)
+                .where(run_steps.c.task_id == task_id)
                 .order_by(run_steps.c.dispatched_at)
             ).all()
     finally:
@@ -42,8 +44,14 @@ def task_status(settings: Settings, task_id: str) -> dict[str, Any]:
         "output": run.output,
         "error": run.error,
         "steps": [
-            {"step_id": s.step_id, "capability": s.capability, "pool": s.pool,
-             "status": s.status, "attempts": s.attempts, "duration_ms": s.duration_ms}
+            {
+                "step_id": s.step_id,
+                "capability": s.capability,
+                "pool": s.pool,
+                "status": s.status,
+                "attempts": s.attempts,
+                "duration_ms": s.duration_ms,
+            }
             for s in steps
         ],
     }

@@ -15,22 +15,42 @@ from podium.stack import Stack
 pytestmark = pytest.mark.e2e
 
 
-def podium(*args: str, env: dict[str, str] | None = None, timeout: float = 60
-           ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "podium", *args], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout, check=False)
+def podium(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "podium", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=timeout,
+        check=False,
+    )
 
 
 def stack_env(stack: Stack) -> dict[str, str]:
     s = stack.settings
-    return {"PODIUM_KAFKA_BOOTSTRAP": s.require_bootstrap(), "PODIUM_HOME": str(s.home),
-            "PODIUM_TOPIC_PREFIX": s.topic_prefix}
+    return {
+        "PODIUM_KAFKA_BOOTSTRAP": s.require_bootstrap(),
+        "PODIUM_HOME": str(s.home),
+        "PODIUM_TOPIC_PREFIX": s.topic_prefix,
+    }
 
 
 def test_submit_wait_and_status(stack: Stack) -> None:
     env, task_id = stack_env(stack), f"cli-{uuid.uuid4().hex[:8]}"
-    done = podium("submit", "-w", "hello", "-i", '{"text": "from the cli"}', "--task-id", task_id,
-                  "--wait", "--json", env=env)
+    done = podium(
+        "submit",
+        "-w",
+        "hello",
+        "-i",
+        '{"text": "from the cli"}',
+        "--task-id",
+        task_id,
+        "--wait",
+        "--json",
+        env=env,
+    )
     assert done.returncode == 0, done.stderr
     outcome = orjson.loads(done.stdout)
     assert outcome["status"] == "completed" and outcome["output"] == {"text": "from the cli"}
@@ -61,7 +81,9 @@ def test_a_failed_task_exits_non_zero_and_says_why(stack: Stack) -> None:
         (["up", "--executors", "0"], "--executors"),
     ],
 )
-def test_bad_arguments_get_one_clear_line_and_a_non_zero_exit(args: list[str], message: str) -> None:
+def test_bad_arguments_get_one_clear_line_and_a_non_zero_exit(
+    args: list[str], message: str
+) -> None:
     result = podium(*args, env={"PODIUM_KAFKA_BOOTSTRAP": "127.0.0.1:1"})
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("podium: error:")

@@ -19,8 +19,13 @@ pytestmark = pytest.mark.e2e
 def test_up_reports_ready_serves_a_task_and_stops_cleanly_on_ctrl_c(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "PODIUM_KAFKA_BOOTSTRAP"}
     env["PODIUM_HOME"] = str(tmp_path)
-    with subprocess.Popen([sys.executable, "-m", "podium", "up", "--json"], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as up:
+    with subprocess.Popen(
+        [sys.executable, "-m", "podium", "up", "--json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as up:
         _drive(up, env, tmp_path)
 
 
@@ -35,8 +40,12 @@ def _drive(up: subprocess.Popen[str], env: dict[str, str], tmp_path: Path) -> No
 
         submit = subprocess.run(
             [sys.executable, "-m", "podium", "submit", "-w", "hello", "-i", '{"a": 1}', "--wait"],
-            env={**env, "PODIUM_KAFKA_BOOTSTRAP": ready["bootstrap"]}, capture_output=True,
-            text=True, timeout=60, check=False)
+            env={**env, "PODIUM_KAFKA_BOOTSTRAP": ready["bootstrap"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         assert submit.returncode == 0, submit.stderr
         assert submit.stdout.startswith("completed")
 

@@ -6,12 +6,12 @@ import uuid
 
 import orjson
 import pytest
+from podium_contracts import TaskCompleted, TaskFailed, TaskSubmitted, encode
+from podium_shared import Topics, dlq_headers
 
 from podium.client import PodiumClient
 from podium.stack import Stack
 from podium.status import task_status
-from podium_contracts import TaskCompleted, TaskFailed, TaskSubmitted, encode
-from podium_shared import Topics, dlq_headers
 from tests.support.kafka import committed_offsets, read_topic
 
 pytestmark = pytest.mark.integration
@@ -64,11 +64,13 @@ async def test_duplicate_submission_yields_one_run(stack: Stack) -> None:
         after = TaskSubmitted(task_id=tid("after"), workflow="hello")
         await client.submit(after)
         await client.wait_for([after.task_id], 30)
-    events = await read_topic(stack.bootstrap, Topics(stack.settings.topic_prefix).task_events,
-                              at_least=1)
+    events = await read_topic(
+        stack.bootstrap, Topics(stack.settings.topic_prefix).task_events, at_least=1
+    )
     mine = [orjson.loads(r.value) for r in events if r.key == task.task_id.encode()]
-    kinds = sorted(dict(r.headers)["ce_type"].decode() for r in events
-                   if r.key == task.task_id.encode())
+    kinds = sorted(
+        dict(r.headers)["ce_type"].decode() for r in events if r.key == task.task_id.encode()
+    )
     assert kinds == ["podium.task.accepted.v1", "podium.task.completed.v1"], mine
     assert task_status(stack.settings, task.task_id)["steps"][0]["attempts"] == 1
 
@@ -108,14 +110,22 @@ async def test_failed_step_reaches_recovery_and_the_task_fails_naming_the_dlq(
         (b"{not json", [("ce_type", b"podium.task.submitted.v1")], "undecodable"),
         (
             b'{"task_id": "x", "workflow": "hello"}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"poison-v9"), ("ce_source", b"test"),
-             ("ce_type", b"podium.task.submitted.v9")],
+            [
+                ("ce_specversion", b"1.0"),
+                ("ce_id", b"poison-v9"),
+                ("ce_source", b"test"),
+                ("ce_type", b"podium.task.submitted.v9"),
+            ],
             "unknown_type",
         ),
         (
             b'{"workflow": "hello"}',
-            [("ce_specversion", b"1.0"), ("ce_id", b"poison-invalid"), ("ce_source", b"test"),
-             ("ce_type", b"podium.task.submitted.v1")],
+            [
+                ("ce_specversion", b"1.0"),
+                ("ce_id", b"poison-invalid"),
+                ("ce_source", b"test"),
+                ("ce_type", b"podium.task.submitted.v1"),
+            ],
             "invalid",
         ),
     ],

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiokafka import ConsumerRecord, TopicPartition
-
 from podium_contracts import Event, TaskAccepted, TaskSubmitted, encode
 from podium_shared import ConsumeLoop, Handler, OutboxRelay, UnitOfWork, make_engine
 from podium_shared.db import inbox, outbox
@@ -31,12 +30,26 @@ class RecordingConsumer:
         self.commits.append({tp: o.offset for tp, o in offsets.items()})
 
 
-def record(offset: int, value: bytes | None, headers: list[tuple[str, bytes]],
-           topic: str = "t.tasks.v1", partition: int = 0) -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(topic=topic, partition=partition, offset=offset, timestamp=0,
-                          timestamp_type=0, key=b"k", value=value, checksum=None,
-                          serialized_key_size=1, serialized_value_size=len(value or b""),
-                          headers=tuple(headers))
+def record(
+    offset: int,
+    value: bytes | None,
+    headers: list[tuple[str, bytes]],
+    topic: str = "t.tasks.v1",
+    partition: int = 0,
+) -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(
+        topic=topic,
+        partition=partition,
+        offset=offset,
+        timestamp=0,
+        timestamp_type=0,
+        key=b"k",
+        value=value,
+        checksum=None,
+        serialized_key_size=1,
+        serialized_value_size=len(value or b""),
+        headers=tuple(headers),
+    )
 
 
 def submitted(task_id: str, ce_id: str | None = None) -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -53,16 +66,28 @@ class Relay:
 def make_loop(tmp_path: Path, apply: Any) -> tuple[ConsumeLoop, RecordingConsumer, sa.Engine]:
     engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
     consumer = RecordingConsumer()
-    loop = ConsumeLoop(consumer=consumer, engine=engine, relay=Relay(),  # type: ignore[arg-type]
-                       handler=Handler(apply=apply), group="g", service="svc")
+    loop = ConsumeLoop(
+        consumer=consumer,
+        engine=engine,
+        relay=Relay(),  # type: ignore[arg-type]
+        handler=Handler(apply=apply),
+        group="g",
+        service="svc",
+    )
     return loop, consumer, engine
 
 
 def accept(event: Event, _r: None, uow: UnitOfWork) -> None:
     assert isinstance(event.payload, TaskSubmitted)
-    uow.publish("t.task-events.v1", TaskAccepted(
-        task_id=event.payload.task_id, workflow="hello", accepted_at=event.envelope.time,
-    ), key=event.payload.task_id)
+    uow.publish(
+        "t.task-events.v1",
+        TaskAccepted(
+            task_id=event.payload.task_id,
+            workflow="hello",
+            accepted_at=event.envelope.time,
+        ),
+        key=event.payload.task_id,
+    )
 
 
 def outbox_rows(engine: sa.Engine) -> list[Any]:
@@ -98,10 +123,12 @@ async def test_a_redelivered_message_is_handled_once(tmp_path: Path) -> None:
 
 async def test_poison_is_dead_lettered_with_reason_and_the_batch_goes_on(tmp_path: Path) -> None:
     loop, consumer, engine = make_loop(tmp_path, accept)
-    await loop.process([
-        record(7, b"\xff not json", [("ce_type", b"x")]),
-        record(8, *submitted("good")),
-    ])
+    await loop.process(
+        [
+            record(7, b"\xff not json", [("ce_type", b"x")]),
+            record(8, *submitted("good")),
+        ]
+    )
     rows = outbox_rows(engine)
     dlq, good = rows
     assert dlq.topic == "t.tasks.v1.dlq" and dlq.value == b"\xff not json"
@@ -119,7 +146,7 @@ async def test_a_handler_error_rolls_back_only_its_message(tmp_path: Path) -> No
         if event.payload.task_id == "bad":
             raise ValueError("boom")
 
-    loop, consumer, engine = make_loop(tmp_path, flaky)
+    loop, _, engine = make_loop(tmp_path, flaky)
     await loop.process([record(0, *submitted("bad")), record(1, *submitted("ok"))])
     rows = outbox_rows(engine)
     assert [r.topic for r in rows] == ["t.tasks.v1.dlq", "t.task-events.v1"]
@@ -140,8 +167,9 @@ class RecordingProducer:
     sent: list[tuple[str, bytes | None]] = field(default_factory=list)
     fail: bool = False
 
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
-                   headers: Any = None) -> Any:
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None
+    ) -> Any:
         import asyncio
 
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()

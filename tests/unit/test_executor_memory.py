@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from podium_contracts import StepCompleted, StepFailed, StepRequested, decode
 from podium_executor.capabilities import BUILTINS
 from podium_executor.service import Executor
@@ -17,8 +16,16 @@ pytestmark = pytest.mark.unit
 
 
 def step(capability: str, input: dict[str, object], **kw: object) -> StepRequested:
-    return StepRequested(task_id="t1", step_id="s", workflow="w", capability=capability,
-                         pool="default", input=input, idempotency_key="t1/s", **kw)  # type: ignore[arg-type]
+    return StepRequested(
+        task_id="t1",
+        step_id="s",
+        workflow="w",
+        capability=capability,
+        pool="default",
+        input=input,
+        idempotency_key="t1/s",
+        **kw,
+    )  # type: ignore[arg-type]
 
 
 async def test_echo_and_sleep_return_their_input() -> None:
@@ -39,7 +46,10 @@ async def test_echo_and_sleep_return_their_input() -> None:
     ],
 )
 async def test_step_errors_are_classified(
-    capability: str, input: dict[str, object], timeout: float | None, error_type: str,
+    capability: str,
+    input: dict[str, object],
+    timeout: float | None,
+    error_type: str,
     error_class: str,
 ) -> None:
     out = await Executor(BUILTINS, Topics("t")).run_step(step(capability, input, timeout_s=timeout))

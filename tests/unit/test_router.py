@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
-
 from podium_contracts import StepAbandoned, StepCompleted, StepError, TaskSubmitted, decode
 from podium_router.decisions import runnable_steps, task_output
 from podium_router.service import Router
@@ -19,15 +18,17 @@ from podium_shared import Topics, UnitOfWork, make_engine
 pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 
-DIAMOND = Workflow.model_validate({
-    "name": "diamond",
-    "steps": [
-        {"id": "a", "uses": "echo"},
-        {"id": "b", "uses": "echo", "needs": ["a"]},
-        {"id": "c", "uses": "memory.recall", "needs": ["a"]},
-        {"id": "d", "uses": "echo", "needs": ["b", "c"]},
-    ],
-})
+DIAMOND = Workflow.model_validate(
+    {
+        "name": "diamond",
+        "steps": [
+            {"id": "a", "uses": "echo"},
+            {"id": "b", "uses": "echo", "needs": ["a"]},
+            {"id": "c", "uses": "memory.recall", "needs": ["a"]},
+            {"id": "d", "uses": "echo", "needs": ["b", "c"]},
+        ],
+    }
+)
 
 
 def test_runnable_steps_fan_out_and_in() -> None:
@@ -43,8 +44,11 @@ def test_runnable_steps_fan_out_and_in() -> None:
     [
         ("name: x\nsteps: []\n", "steps"),
         ("name: x\nsteps:\n  - {id: a, uses: echo, needs: [zz]}\n", "unknown steps ['zz']"),
-        ("name: x\nsteps:\n  - {id: a, uses: echo, needs: [b]}\n  - {id: b, uses: echo, needs: [a]}\n",
-         "cycle"),
+        (
+            "name: x\nsteps:\n  - {id: a, uses: echo, needs: [b]}\n"
+            "  - {id: b, uses: echo, needs: [a]}\n",
+            "cycle",
+        ),
         ("name: x\nsteps:\n  - {id: a, uses: echo, colour: red}\n", "steps.0.colour"),
         ("name: [unclosed\n", "not valid YAML"),
     ],
@@ -80,17 +84,31 @@ class Harness:
 
 def test_a_task_runs_its_dag_and_completes(tmp_path: Path) -> None:
     h = Harness(tmp_path)
-    out = h.run(h.router.accept_task, TaskSubmitted(task_id="t1", workflow="diamond", input={"q": 1}))
+    out = h.run(
+        h.router.accept_task, TaskSubmitted(task_id="t1", workflow="diamond", input={"q": 1})
+    )
     assert [(t, type(p).__name__) for t, p in out] == [
-        ("t.task-events.v1", "TaskAccepted"), ("t.steps.default.v1", "StepRequested")]
+        ("t.task-events.v1", "TaskAccepted"),
+        ("t.steps.default.v1", "StepRequested"),
+    ]
     assert out[1][1].idempotency_key == "t1/a" and out[1][1].input == {"q": 1}
 
     def done(step: str, pool: str = "default") -> StepCompleted:
-        return StepCompleted(task_id="t1", step_id=step, capability="echo", pool=pool,
-                             output={step: True}, attempt=1, duration_ms=1.0)
+        return StepCompleted(
+            task_id="t1",
+            step_id=step,
+            capability="echo",
+            pool=pool,
+            output={step: True},
+            attempt=1,
+            duration_ms=1.0,
+        )
 
     out = h.run(h.router.step_completed, done("a"))
-    assert [(t, p.step_id) for t, p in out] == [("t.steps.default.v1", "b"), ("t.steps.memory.v1", "c")]
+    assert [(t, p.step_id) for t, p in out] == [
+        ("t.steps.default.v1", "b"),
+        ("t.steps.memory.v1", "c"),
+    ]
     assert h.run(h.router.step_completed, done("b")) == []
     assert h.run(h.router.step_completed, done("b")) == []  # a duplicate result changes nothing
     out = h.run(h.router.step_completed, done("c", "memory"))
@@ -115,10 +133,15 @@ def test_unknown_workflow_and_abandoned_step_fail_the_task(tmp_path: Path) -> No
     assert failed.error.type == "unknown_workflow" and "diamond" in failed.error.message
 
     h.run(h.router.accept_task, TaskSubmitted(task_id="t1", workflow="diamond"))
-    [(_, failed)] = h.run(h.router.step_abandoned, StepAbandoned(
-        task_id="t1", step_id="a", attempts=1,
-        error=StepError(type="fatal_thing", message="no"),
-    ))
+    [(_, failed)] = h.run(
+        h.router.step_abandoned,
+        StepAbandoned(
+            task_id="t1",
+            step_id="a",
+            attempts=1,
+            error=StepError(type="fatal_thing", message="no"),
+        ),
+    )
     assert failed.error.step_id == "a" and failed.error.type == "fatal_thing"
     with h.engine.connect() as c:
         status = c.execute(sa.text("select status from runs where task_id='t1'")).scalar()

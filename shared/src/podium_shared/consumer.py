@@ -25,9 +25,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from podium_contracts import ContractError, Event, Headers, decode
 from sqlalchemy.engine import Engine
 
-from podium_contracts import ContractError, Event, Headers, decode
 from podium_shared.dlq import DlqReason, dead_letter
 from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
 
@@ -119,8 +119,8 @@ class ConsumeLoop:
                     results[i] = out
 
         with self._engine.begin() as conn:
-            for r, exc in poison:
-                self._dead_letter(conn, r, exc.reason, type(exc).__name__, str(exc))
+            for r, error in poison:
+                self._dead_letter(conn, r, error.reason, type(error).__name__, str(error))
             for i, (r, e) in enumerate(fresh):
                 if i in failures:
                     self._dead_letter_failure(conn, r, failures[i])
@@ -135,12 +135,16 @@ class ConsumeLoop:
                     self.stats.handled += 1
                 except Exception as exc:
                     savepoint.rollback()
-                    log.exception("handler failed; dead-lettering", topic=r.topic, ce_id=e.envelope.id)
+                    log.exception(
+                        "handler failed; dead-lettering", topic=r.topic, ce_id=e.envelope.id
+                    )
                     self._dead_letter_failure(conn, r, exc)
         self._relay.notify()
         await self._commit(records)
 
-    def _dead_letter_failure(self, conn: Any, r: ConsumerRecord[bytes, bytes], exc: BaseException) -> None:
+    def _dead_letter_failure(
+        self, conn: Any, r: ConsumerRecord[bytes, bytes], exc: BaseException
+    ) -> None:
         self._dead_letter(conn, r, DlqReason.PROCESSING_ERROR, type(exc).__name__, str(exc))
 
     def _dead_letter(

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from podium_contracts import Headers
+
 from podium_shared.outbox import OutgoingMessage
 from podium_shared.topics import Topics
 

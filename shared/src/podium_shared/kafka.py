@@ -9,7 +9,7 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
 from podium_shared.settings import Settings
 from podium_shared.topics import TopicSpec
@@ -79,11 +79,21 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec], *, attempts:
         missing = [s for s in specs if s.name not in existing]
         if not missing:
             return
-        new = [NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor) for s in missing]
-        try:
-            await admin.create_topics(new)
-        except TopicAlreadyExistsError:
-            pass  # created concurrently by another service: fine
+        new = [
+            NewTopic(
+                s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor
+            )
+            for s in missing
+        ]
+        response = await admin.create_topics(new)
+        # The response carries an error code per topic instead of raising.
+        failed = [
+            f"{topic}: {for_code(code).__name__} {' '.join(str(m) for m in rest if m)}".strip()
+            for topic, code, *rest in response.topic_errors
+            if code not in (0, TopicAlreadyExistsError.errno)  # created concurrently: fine
+        ]
+        if failed:
+            raise RuntimeError(f"could not create topics: {'; '.join(failed)}")
         log.debug("topics created", topics=[s.name for s in missing])
     finally:
         await admin.close()

@@ -14,6 +14,7 @@ Consumers deduplicate by ``ce_id`` in their inbox, so a row published twice
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -21,9 +22,9 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
+from podium_contracts import Contract, Headers, encode, new_id
 from sqlalchemy.engine import Connection, Engine
 
-from podium_contracts import Contract, Headers, encode, new_id
 from podium_shared.db import inbox, outbox
 
 log = structlog.get_logger(__name__)
@@ -100,7 +101,7 @@ def record_received(conn: Connection, consumer: str, message_id: str, topic: str
 class Sender(Protocol):
     async def send(
         self, topic: str, value: bytes | None = ..., key: bytes | None = ..., headers: Any = ...
-    ) -> "asyncio.Future[Any]": ...
+    ) -> asyncio.Future[Any]: ...
 
 
 class OutboxRelay:
@@ -122,10 +123,9 @@ class OutboxRelay:
 
     async def run(self) -> None:
         while True:
-            try:
+            # On timeout this is the sweep: publish whatever a crash or a failed send left.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._sweep_interval_s)
-            except TimeoutError:
-                pass  # the sweep: publish whatever a crash or a failed send left behind
             self._wake.clear()
             try:
                 while await self.publish_pending():
@@ -139,9 +139,7 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Send up to one batch of rows in id order; return how many were sent."""
         with self._engine.connect() as conn:
-            rows = conn.execute(
-                sa.select(outbox).order_by(outbox.c.id).limit(self._batch)
-            ).all()
+            rows = conn.execute(sa.select(outbox).order_by(outbox.c.id).limit(self._batch)).all()
         if not rows:
             return 0
         futures = [

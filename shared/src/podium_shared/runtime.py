@@ -44,7 +44,9 @@ class _ReadyOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         return None
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info("partitions assigned", partitions=sorted(f"{t.topic}[{t.partition}]" for t in assigned))
+        log.info(
+            "partitions assigned", partitions=sorted(f"{t.topic}[{t.partition}]" for t in assigned)
+        )
         if self._ready_file and not self._ready_file.exists():
             self._ready_file.parent.mkdir(parents=True, exist_ok=True)
             self._ready_file.write_text("ready\n")
@@ -54,7 +56,9 @@ def ready_file(settings: Settings, instance: str) -> Path:
     return settings.home / "run" / f"{instance}.ready"
 
 
-async def run_service(settings: Settings, spec: ServiceSpec, *, instance: str | None = None) -> None:
+async def run_service(
+    settings: Settings, spec: ServiceSpec, *, instance: str | None = None
+) -> None:
     """Run until SIGTERM/SIGINT; then stop consuming, drain the outbox, and exit."""
     instance = instance or spec.name
     topics = Topics(settings.topic_prefix)
@@ -69,16 +73,22 @@ async def run_service(settings: Settings, spec: ServiceSpec, *, instance: str | 
     await consumer.start()
     relay = OutboxRelay(spec.engine, producer)
     loop = ConsumeLoop(
-        consumer=consumer, engine=spec.engine, relay=relay, handler=spec.handler,
-        group=spec.group, service=spec.name,
+        consumer=consumer,
+        engine=spec.engine,
+        relay=relay,
+        handler=spec.handler,
+        group=spec.group,
+        service=spec.name,
     )
     stop = asyncio.Event()
     aio = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         aio.add_signal_handler(sig, stop.set)
 
-    tasks = [asyncio.create_task(loop.run(), name="consume"),
-             asyncio.create_task(relay.run(), name="relay")]
+    tasks = [
+        asyncio.create_task(loop.run(), name="consume"),
+        asyncio.create_task(relay.run(), name="relay"),
+    ]
     tasks += [asyncio.create_task(factory(relay)) for factory in spec.background]
     log.info("service started", topics=spec.topics, group=spec.group)
     stopper = asyncio.create_task(stop.wait())

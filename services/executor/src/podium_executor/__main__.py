@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 
-from podium_executor.bootstrap import build
 from podium_shared import Settings, run_service
 from podium_shared.logs import configure
+
+from podium_executor.bootstrap import build
 
 
 def main() -> None:

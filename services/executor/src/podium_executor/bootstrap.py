@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from podium_shared import ServiceSpec, Settings, Topics, make_engine
+
 from podium_executor.capabilities import BUILTINS, Capability
 from podium_executor.handlers import make_handler
 from podium_executor.service import Executor
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
 
 
 def build(settings: Settings, capabilities: dict[str, Capability] | None = None) -> ServiceSpec:

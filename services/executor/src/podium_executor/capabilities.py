@@ -11,9 +11,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
 from podium_contracts import StepError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 
 class CapabilityError(Exception):
@@ -34,8 +33,11 @@ class Capability:
         try:
             parsed = self.input_model.model_validate(raw_input)
         except ValidationError as exc:
-            raise CapabilityError("invalid_input", f"{self.name}: {exc.errors()[0]['msg']} "
-                                  f"at {'.'.join(map(str, exc.errors()[0]['loc']))}") from exc
+            raise CapabilityError(
+                "invalid_input",
+                f"{self.name}: {exc.errors()[0]['msg']} "
+                f"at {'.'.join(map(str, exc.errors()[0]['loc']))}",
+            ) from exc
         return await self.run(parsed)
 
 

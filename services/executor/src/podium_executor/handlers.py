@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from podium_contracts import Event, StepRequested
-from podium_executor.service import Executor, Outcome
 from podium_shared import Handler, UnitOfWork
+
+from podium_executor.service import Executor, Outcome
 
 
 def make_handler(executor: Executor) -> Handler[Outcome]:

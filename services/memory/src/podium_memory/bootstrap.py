@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from podium_shared import ServiceSpec, Settings, Topics, make_engine
+
 from podium_memory.handlers import make_handler
 from podium_memory.service import Memory
 from podium_memory.state import metadata
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
 
 
 def build(settings: Settings) -> ServiceSpec:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from podium_contracts import Event, StepRequested
-from podium_memory.service import Memory
 from podium_shared import Handler, UnitOfWork
+
+from podium_memory.service import Memory
 
 
 def make_handler(memory: Memory) -> Handler[None]:

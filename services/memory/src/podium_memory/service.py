@@ -13,12 +13,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
+from podium_contracts import StepCompleted, StepError, StepFailed, StepRequested
+from podium_shared import Topics, UnitOfWork
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy.engine import Connection
 
-from podium_contracts import StepCompleted, StepError, StepFailed, StepRequested
 from podium_memory.state import entries
-from podium_shared import Topics, UnitOfWork
 
 
 class RememberInput(BaseModel):
@@ -37,8 +37,6 @@ def scope_of(step: StepRequested) -> str:
     return f"subject:{step.subject}" if step.subject else f"workflow:{step.workflow}"
 
 
-
-
 def remember(conn: Connection, step: StepRequested) -> dict[str, Any]:
     data = RememberInput.model_validate(step.input)
     existing = conn.execute(
@@ -46,11 +44,19 @@ def remember(conn: Connection, step: StepRequested) -> dict[str, Any]:
     ).first()
     if existing:  # the same step again (a retry or a replay): remember once
         return {"id": existing[0]}
-    result = conn.execute(entries.insert().values(
-        tenant=step.tenant, scope=scope_of(step), text=data.text, metadata=data.metadata,
-        idempotency_key=step.idempotency_key, created_at=datetime.now(UTC),
-    ))
-    return {"id": result.inserted_primary_key[0]}
+    result = conn.execute(
+        entries.insert().values(
+            tenant=step.tenant,
+            scope=scope_of(step),
+            text=data.text,
+            metadata=data.metadata,
+            idempotency_key=step.idempotency_key,
+            created_at=datetime.now(UTC),
+        )
+    )
+    key = result.inserted_primary_key
+    assert key is not None
+    return {"id": key[0]}
 
 
 def recall(conn: Connection, step: StepRequested) -> dict[str, Any]:
@@ -78,8 +84,9 @@ class Memory:
         error: StepError | None = None
         output: Any = None
         if operation is None:
-            error = StepError(type="unknown_capability",
-                              message=f"memory has no capability {step.capability!r}")
+            error = StepError(
+                type="unknown_capability", message=f"memory has no capability {step.capability!r}"
+            )
         else:
             try:
                 output = operation(uow.conn, step)
@@ -87,13 +94,31 @@ class Memory:
                 error = StepError(type="invalid_input", message=str(exc.errors()[0]["msg"]))
         elapsed = (time.perf_counter() - started) * 1000
         if error is None:
-            uow.publish(self.topics.step_results, StepCompleted(
-                task_id=step.task_id, step_id=step.step_id, capability=step.capability,
-                pool=step.pool, output=output, attempt=step.attempt, duration_ms=elapsed,
-            ), key=step.task_id)
+            uow.publish(
+                self.topics.step_results,
+                StepCompleted(
+                    task_id=step.task_id,
+                    step_id=step.step_id,
+                    capability=step.capability,
+                    pool=step.pool,
+                    output=output,
+                    attempt=step.attempt,
+                    duration_ms=elapsed,
+                ),
+                key=step.task_id,
+            )
         else:
-            uow.publish(self.topics.step_failures, StepFailed(
-                task_id=step.task_id, step_id=step.step_id, capability=step.capability,
-                pool=step.pool, attempt=step.attempt, error=error, duration_ms=elapsed,
-                request=step,
-            ), key=step.task_id)
+            uow.publish(
+                self.topics.step_failures,
+                StepFailed(
+                    task_id=step.task_id,
+                    step_id=step.step_id,
+                    capability=step.capability,
+                    pool=step.pool,
+                    attempt=step.attempt,
+                    error=error,
+                    duration_ms=elapsed,
+                    request=step,
+                ),
+                key=step.task_id,
+            )

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
-from podium_recovery.bootstrap import build
 from podium_shared import Settings, run_service
 from podium_shared.logs import configure
+
+from podium_recovery.bootstrap import build
 
 
 def main() -> None:

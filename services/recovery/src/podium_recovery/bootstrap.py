@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from podium_shared import ServiceSpec, Settings, Topics, make_engine
+
 from podium_recovery.handlers import make_handler
 from podium_recovery.service import Recovery
 from podium_recovery.state import metadata
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
 
 
 def build(settings: Settings) -> ServiceSpec:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from podium_contracts import Event, StepFailed
-from podium_recovery.service import Recovery
 from podium_shared import Handler, UnitOfWork
+
+from podium_recovery.service import Recovery
 
 
 def make_handler(recovery: Recovery) -> Handler[None]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from podium_router.bootstrap import build
-from podium_router.workflows import WorkflowError
 from podium_shared import Settings, run_service
 from podium_shared.logs import configure
+
+from podium_router.bootstrap import build
+from podium_router.workflows import WorkflowError
 
 
 def main() -> None:

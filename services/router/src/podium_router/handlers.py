@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from podium_contracts import Event, StepAbandoned, StepCompleted, TaskSubmitted
-from podium_router.service import Router
 from podium_shared import Handler, UnitOfWork
+
+from podium_router.service import Router
 
 
 def make_handler(router: Router) -> Handler[None]:
