@@ -37,7 +37,7 @@ Headers = list[tuple[str, bytes]]
 class ContractError(Exception):
     """A message this consumer cannot turn into a contract model."""
 
-    reason = "contract_violation"
+    reason = "invalid"
 
 
 class UndecodableMessage(ContractError):
@@ -138,12 +138,12 @@ def decode(
     except orjson.JSONDecodeError as exc:
         raise UndecodableMessage(f"value is not JSON: {exc}") from exc
 
-    if hmap.get("content-type", "").startswith(STRUCTURED):
+    if hmap.get("content-type", "").lower().startswith(STRUCTURED):
         if not isinstance(body, dict):
             raise UndecodableMessage("structured CloudEvent must be a JSON object")
         attrs = {k: v for k, v in body.items() if k != "data"}
         data = body.get("data")
-        ce = {k: str(v) for k, v in attrs.items()}
+        ce = {k: str(v) for k, v in attrs.items() if v is not None}
         traceparent = ce.get(TRACEPARENT) or hmap.get(TRACEPARENT)
     else:
         ce = {k[3:]: v for k, v in hmap.items() if k.startswith("ce_")}

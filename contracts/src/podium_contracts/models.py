@@ -24,7 +24,9 @@ class Contract(BaseModel):
 
 
 class Budget(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Unknown fields are ignored, like every contract's: a field added in a later
+    # minor change must not make v1 readers reject the whole task.
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     max_cost_usd: float | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=0)
@@ -144,7 +146,7 @@ class StepRequested(Contract):
     input: JsonObject = Field(default_factory=dict)
     attempt: int = Field(default=1, ge=1)
     idempotency_key: str = Field(description="stable across retries and replays of this step")
-    tenant: str = "default"
+    tenant: str = Field(default="default", min_length=1, max_length=200)
     subject: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
 

@@ -1,0 +1,451 @@
+"""The AsyncAPI 3.0 document of podium's topics, generated into ``contracts/asyncapi.yaml``.
+
+The topics are declared once, in ``podium_shared.topics``; this package cannot
+import that (podium_shared depends on podium_contracts, not the reverse), so
+:data:`CHANNELS` restates them as plain data — address, key, the contracts
+each carries, who writes and reads it — and a unit test keeps the two in step.
+:data:`DLQ_REASONS` and :data:`DLQ_HEADERS` restate ``podium_shared.dlq`` the
+same way.
+
+Payloads refer to the checked-in JSON Schemas (``podium_contracts/schemas``);
+headers are the CloudEvents 1.0 Kafka binding in binary mode plus W3C
+``traceparent``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from podium_contracts.envelope import JSON, SPEC_VERSION, STRUCTURED, TRACEPARENT
+from podium_contracts.models import ALL_CONTRACTS, Contract
+
+ASYNCAPI_PATH = Path(__file__).resolve().parents[2] / "asyncapi.yaml"
+# Where the JSON Schemas are, relative to ASYNCAPI_PATH (a test checks it).
+SCHEMA_REF_DIR = "./src/podium_contracts/schemas"
+
+PODIUM = "podium"  # the application this document describes
+UPSTREAM = "upstream"  # systems outside podium that submit tasks and read outcomes
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """One topic: its address (``{pool}`` is a parameter), key, contracts, writers and readers."""
+
+    id: str
+    address: str
+    key: str
+    ce_types: tuple[str, ...]
+    description: str
+    producers: tuple[str, ...]
+    consumers: tuple[str, ...]
+    dlq: bool = True
+
+
+TOPIC_PREFIX = "podium"  # the default of PODIUM_TOPIC_PREFIX
+
+CHANNELS: tuple[ChannelSpec, ...] = (
+    ChannelSpec(
+        id="tasks",
+        address="podium.tasks.v1",
+        key="task_id",
+        ce_types=("podium.task.submitted.v1",),
+        description="Tasks submitted by upstream systems. Binary or structured CloudEvents.",
+        producers=(UPSTREAM,),
+        consumers=("router",),
+    ),
+    ChannelSpec(
+        id="taskEvents",
+        address="podium.task-events.v1",
+        key="task_id",
+        ce_types=(
+            "podium.task.accepted.v1",
+            "podium.task.completed.v1",
+            "podium.task.failed.v1",
+        ),
+        description="What happened to each task, for upstream systems.",
+        producers=("router",),
+        consumers=(UPSTREAM,),
+        dlq=False,
+    ),
+    ChannelSpec(
+        id="stepResults",
+        address="podium.step-results.v1",
+        key="task_id",
+        ce_types=("podium.step.completed.v1", "podium.step.abandoned.v1"),
+        description="Steps that finished, or that recovery gave up on, back to the router.",
+        producers=("executor", "memory", "recovery"),
+        consumers=("router",),
+    ),
+    ChannelSpec(
+        id="stepFailures",
+        address="podium.step-failures.v1",
+        key="task_id",
+        ce_types=("podium.step.failed.v1",),
+        description="Steps that failed, to recovery, which retries or abandons them.",
+        producers=("executor", "memory"),
+        consumers=("recovery",),
+    ),
+    ChannelSpec(
+        id="steps",
+        address="podium.steps.{pool}.v1",
+        key="step_id",
+        ce_types=("podium.step.requested.v1",),
+        description="Steps for one executor pool to run; one topic per pool.",
+        producers=("router",),
+        consumers=("executor", "memory"),
+    ),
+)
+
+POOL_EXAMPLES = ("default", "memory")
+
+KEY_DESCRIPTIONS = {
+    "task_id": "The task's task_id (UTF-8): every message of one task stays in order "
+    "on one partition.",
+    "step_id": "`{task_id}/{step_id}` (UTF-8): one task's steps spread over the pool's "
+    "partitions and so over its replicas.",
+}
+
+DLQ_SUFFIX = ".dlq"
+DLQ_HEADER_PREFIX = "podium-dlq-"
+DLQ_REASONS: dict[str, str] = {
+    "undecodable": "not a CloudEvent with a JSON payload",
+    "unknown_type": "a ce_type or version this consumer does not read",
+    "invalid": "a known type whose payload fails validation",
+    "processing_error": "the handler raised on this message",
+    "step_abandoned": "recovery gave up on a step (the value is its StepRequested)",
+}
+DLQ_HEADERS: dict[str, str] = {
+    "reason": "why the record is here: " + ", ".join(DLQ_REASONS),
+    "error-type": "the error's class or type (e.g. InvalidMessage, timeout)",
+    "error-message": "the error's message, at most 2000 characters",
+    "original-topic": "the topic the record was consumed from",
+    "original-partition": "its partition (-1 when dead-lettered without being consumed)",
+    "original-offset": "its offset (-1 when dead-lettered without being consumed)",
+    "service": "the service that dead-lettered it",
+    "attempts": "how many times it was tried",
+    "time": "when it was dead-lettered (RFC 3339)",
+    "error-class": "step_abandoned only: retryable or fatal",
+    "task-id": "step_abandoned only: the step's task",
+    "step-id": "step_abandoned only: the step",
+}
+# Written on every dead letter; the others only for some reasons.
+DLQ_REQUIRED_HEADERS = (
+    "reason", "error-type", "error-message", "original-topic", "original-partition",
+    "original-offset", "service", "attempts", "time",
+)
+
+_TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
+
+
+def _contracts() -> dict[str, type[Contract]]:
+    return {c.CE_TYPE: c for c in ALL_CONTRACTS}
+
+
+def _summary(model: type[Contract]) -> str:
+    doc = (model.__doc__ or "").strip()
+    if not doc or doc == Contract.__doc__:
+        return f"{model.__name__} ({model.CE_TYPE})."
+    return doc.splitlines()[0]
+
+
+def _cap(s: str) -> str:
+    return s[:1].upper() + s[1:]
+
+
+def _schema_ref(ce_type: str) -> dict[str, str]:
+    return {"$ref": f"{SCHEMA_REF_DIR}/{ce_type}.json"}
+
+
+def _channel_keys() -> dict[str, str]:
+    """ce_type → key name; a contract carried on two channels must keep one key."""
+    keys: dict[str, str] = {}
+    for ch in CHANNELS:
+        for t in ch.ce_types:
+            if keys.setdefault(t, ch.key) != ch.key:
+                raise ValueError(f"{t} is keyed by both {keys[t]} and {ch.key}")
+    return keys
+
+
+def _cloudevent_headers() -> dict[str, Any]:
+    return {
+        "type": "object",
+        "description": (
+            "CloudEvents 1.0, Kafka protocol binding, binary content mode: the attributes are "
+            "ce_* headers (UTF-8) and the value is the JSON payload. podium writes every "
+            "header below except traceparent when there is no trace; readers require "
+            "ce_specversion, ce_id, ce_type and ce_source. Unknown headers are ignored."
+        ),
+        "required": ["ce_specversion", "ce_id", "ce_type", "ce_source"],
+        "properties": {
+            "ce_specversion": {"type": "string", "const": SPEC_VERSION},
+            "ce_id": {
+                "type": "string",
+                "description": "Unique per message; consumers deduplicate on it, so a "
+                "resend of the same message must keep its id.",
+                "examples": ["3f1c6d0a9b2e4f7c8d5a1b0e9f8c7d6e"],
+            },
+            "ce_type": {
+                "type": "string",
+                "description": "The contract and its major version.",
+                "pattern": r"^podium\.[a-z-]+\.[a-z-]+\.v[0-9]+$",
+            },
+            "ce_source": {
+                "type": "string",
+                "description": "Who wrote the message: a podium service or the upstream system.",
+                "examples": ["router", "billing-service"],
+            },
+            "ce_time": {
+                "type": "string",
+                "format": "date-time",
+                "description": "RFC 3339; when absent, readers use the time they read it.",
+            },
+            "content-type": {"type": "string", "const": JSON},
+            TRACEPARENT: {
+                "type": "string",
+                "pattern": _TRACEPARENT_PATTERN,
+                "description": "W3C Trace Context; the trace continues through every service.",
+            },
+        },
+    }
+
+
+def _message(model: type[Contract], key: str) -> dict[str, Any]:
+    return {
+        "name": model.CE_TYPE,
+        "title": model.__name__,
+        "summary": _summary(model),
+        "contentType": JSON,
+        "headers": {
+            "allOf": [
+                {"$ref": "#/components/schemas/CloudEventHeaders"},
+                {"type": "object", "properties": {"ce_type": {"const": model.CE_TYPE}}},
+            ]
+        },
+        "payload": _schema_ref(model.CE_TYPE),
+        "correlationId": {"$ref": "#/components/correlationIds/taskId"},
+        "bindings": {"kafka": _key_binding(key)},
+    }
+
+
+def _structured_message(model: type[Contract], key: str) -> dict[str, Any]:
+    return {
+        "name": f"{model.CE_TYPE} (structured)",
+        "title": f"{model.__name__}, structured mode",
+        "summary": f"{_summary(model)} As one JSON CloudEvent, for clients of any CloudEvents SDK.",
+        "contentType": STRUCTURED,
+        "headers": {
+            "type": "object",
+            "required": ["content-type"],
+            "properties": {
+                "content-type": {"type": "string", "const": STRUCTURED},
+                TRACEPARENT: {"type": "string", "pattern": _TRACEPARENT_PATTERN},
+            },
+        },
+        "payload": {
+            "type": "object",
+            "required": ["specversion", "id", "type", "source", "data"],
+            "properties": {
+                "specversion": {"type": "string", "const": SPEC_VERSION},
+                "id": {"type": "string"},
+                "type": {"type": "string", "const": model.CE_TYPE},
+                "source": {"type": "string"},
+                "time": {"type": "string", "format": "date-time"},
+                "datacontenttype": {"type": "string", "const": JSON},
+                TRACEPARENT: {"type": "string", "pattern": _TRACEPARENT_PATTERN},
+                "data": _schema_ref(model.CE_TYPE),
+            },
+        },
+        "correlationId": {"$ref": "#/components/correlationIds/structuredTaskId"},
+        "bindings": {"kafka": _key_binding(key)},
+    }
+
+
+def _dead_letter_message() -> dict[str, Any]:
+    return {
+        "name": "dead-letter",
+        "title": "Dead letter",
+        "summary": "A record a consumer could not handle: its key, value and headers untouched, "
+        f"plus {DLQ_HEADER_PREFIX}* headers saying why, from where and when.",
+        "headers": {
+            "type": "object",
+            "required": [DLQ_HEADER_PREFIX + h for h in DLQ_REQUIRED_HEADERS],
+            "properties": {
+                DLQ_HEADER_PREFIX + h: (
+                    {"type": "string", "enum": list(DLQ_REASONS), "description": desc}
+                    if h == "reason"
+                    else {"type": "string", "description": desc}
+                )
+                for h, desc in DLQ_HEADERS.items()
+            },
+            "additionalProperties": {
+                "type": "string",
+                "description": "the original record's headers (ce_*, content-type, traceparent)",
+            },
+        },
+        "payload": {
+            "description": "The original value, byte for byte; it may not be JSON at all.",
+        },
+    }
+
+
+def _key_binding(key: str) -> dict[str, Any]:
+    return {
+        "key": {"type": "string", "description": KEY_DESCRIPTIONS[key]},
+        "bindingVersion": "0.5.0",
+    }
+
+
+def _parameters(address: str) -> dict[str, Any]:
+    if "{pool}" not in address:
+        return {}
+    return {
+        "parameters": {
+            "pool": {
+                "description": "The executor pool; every pool has its own topic. Pools are "
+                "named by workflow steps and routing rules.",
+                "examples": list(POOL_EXAMPLES),
+            }
+        }
+    }
+
+
+def render_document() -> dict[str, Any]:
+    """The AsyncAPI document as plain data, deterministic."""
+    contracts = _contracts()
+    keys = _channel_keys()
+    unknown = sorted({t for ch in CHANNELS for t in ch.ce_types} - contracts.keys())
+    if unknown:
+        raise ValueError(f"CHANNELS names ce_types that are not contracts: {unknown}")
+    names = {t: c.__name__ for t, c in contracts.items()}
+
+    messages: dict[str, Any] = {}
+    for ce_type, model in contracts.items():
+        if ce_type in keys:
+            messages[model.__name__] = _message(model, keys[ce_type])
+    for ch in CHANNELS:
+        if UPSTREAM in ch.producers:
+            for t in ch.ce_types:
+                messages[f"{names[t]}Structured"] = _structured_message(contracts[t], ch.key)
+    messages["DeadLetter"] = _dead_letter_message()
+
+    channels: dict[str, Any] = {}
+    operations: dict[str, Any] = {}
+    for ch in CHANNELS:
+        msg_names = [names[t] for t in ch.ce_types]
+        if UPSTREAM in ch.producers:
+            msg_names += [f"{names[t]}Structured" for t in ch.ce_types]
+        channels[ch.id] = {
+            "address": ch.address,
+            "title": ch.address,
+            "description": f"{ch.description} Key: {ch.key}. "
+            f"Written by {', '.join(ch.producers)}; read by {', '.join(ch.consumers)}.",
+            **_parameters(ch.address),
+            "messages": {m: {"$ref": f"#/components/messages/{m}"} for m in msg_names},
+        }
+        refs = [{"$ref": f"#/channels/{ch.id}/messages/{m}"} for m in msg_names]
+        ours = [p for p in ch.consumers if p != UPSTREAM]
+        if ours:
+            operations[f"receive{_cap(ch.id)}"] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{ch.id}"},
+                "summary": f"Read by {', '.join(ours)}.",
+                "messages": refs,
+            }
+        ours = [p for p in ch.producers if p != UPSTREAM]
+        if ours:
+            operations[f"send{_cap(ch.id)}"] = {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{ch.id}"},
+                "summary": f"Written by {', '.join(ours)}.",
+                "messages": [dict(r) for r in refs if not r["$ref"].endswith("Structured")],
+            }
+        if ch.dlq:
+            dlq_id = f"{ch.id}Dlq"
+            channels[dlq_id] = {
+                "address": ch.address + DLQ_SUFFIX,
+                "title": ch.address + DLQ_SUFFIX,
+                "description": f"Dead letters of {ch.address}, with their original key "
+                f"({ch.key}). One partition; read by operators and replay tools.",
+                **_parameters(ch.address),
+                "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}},
+            }
+            operations[f"send{_cap(dlq_id)}"] = {
+                "action": "send",
+                "channel": {"$ref": f"#/channels/{dlq_id}"},
+                "summary": f"The readers of {ch.address} dead-letter what they cannot handle.",
+                "messages": [{"$ref": f"#/channels/{dlq_id}/messages/DeadLetter"}],
+            }
+
+    return {
+        "asyncapi": "3.0.0",
+        "info": {
+            "title": "podium",
+            "version": "1.0.0",
+            "description": (
+                "Topics and messages of podium, an orchestration layer for AI work. "
+                "Upstream systems write TaskSubmitted to the tasks channel and read "
+                "TaskAccepted/TaskCompleted/TaskFailed from taskEvents; the other channels "
+                "are podium's own. Topic names start with PODIUM_TOPIC_PREFIX "
+                f"(default `{TOPIC_PREFIX}`). Every message is a CloudEvent 1.0 in Kafka binary "
+                "mode (ce_* headers, JSON value); readers also accept structured mode "
+                f"(content-type {STRUCTURED}). Delivery is at-least-once: deduplicate on "
+                "ce_id. Additive changes keep a contract's version; anything else is a new "
+                "ce_type. See docs/contracts.md."
+            ),
+        },
+        "defaultContentType": JSON,
+        "servers": {
+            "kafka": {
+                "host": "localhost:9092",
+                "protocol": "kafka",
+                "description": "Any Kafka-compatible cluster (PODIUM_KAFKA_BOOTSTRAP).",
+            }
+        },
+        "channels": channels,
+        "operations": operations,
+        "components": {
+            "schemas": {"CloudEventHeaders": _cloudevent_headers()},
+            "messages": messages,
+            "correlationIds": {
+                "taskId": {
+                    "description": "Every message belongs to one task.",
+                    "location": "$message.payload#/task_id",
+                },
+                "structuredTaskId": {
+                    "description": "Every message belongs to one task.",
+                    "location": "$message.payload#/data/task_id",
+                },
+            },
+        },
+    }
+
+
+HEADER = (
+    "# Generated by `python -m podium_contracts.schemas` from podium_contracts; do not edit.\n"
+    "# Topic names use the default prefix; PODIUM_TOPIC_PREFIX changes it.\n"
+)
+
+
+class _NoAliases(yaml.SafeDumper):
+    """Write repeated objects in full: anchors and aliases confuse AsyncAPI tools."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def render() -> str:
+    """The AsyncAPI document as YAML text, deterministic."""
+    body = yaml.dump(
+        render_document(), Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=100,
+        default_flow_style=False,
+    )
+    return HEADER + body
+
+
+def write(path: Path = ASYNCAPI_PATH) -> Path:
+    path.write_text(render(), encoding="utf-8")
+    return path
