@@ -12,7 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
-from podium_contracts import TaskCompleted, TaskSubmitted
+from podium_contracts import TaskCancelled, TaskCancelRequested, TaskCompleted, TaskSubmitted
 from podium_shared import Settings
 from podium_shared.logs import configure
 from pydantic import ValidationError
@@ -20,7 +20,7 @@ from typer.exceptions import TyperException
 
 from podium.client import Outcome, PodiumClient
 from podium.stack import Stack
-from podium.status import StatusError, task_status
+from podium.status import StatusError, list_tasks, task_history, task_status
 
 app = typer.Typer(
     name="podium",
@@ -67,13 +67,15 @@ def parse_input(raw: str) -> dict[str, Any]:
 def outcome_text(outcome: Outcome) -> str:
     if isinstance(outcome, TaskCompleted):
         return f"completed {outcome.task_id}: {orjson.dumps(outcome.output).decode()}"
+    if isinstance(outcome, TaskCancelled):
+        return f"cancelled {outcome.task_id}: {outcome.reason}"
     where = f" (dead letter: {outcome.dlq.topic} {outcome.dlq.record_id})" if outcome.dlq else ""
     step = f" at step {outcome.error.step_id}" if outcome.error.step_id else ""
     return f"failed {outcome.task_id}{step}: {outcome.error.type}: {outcome.error.message}{where}"
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
-    status = "completed" if isinstance(outcome, TaskCompleted) else "failed"
+    status = {TaskCompleted: "completed", TaskCancelled: "cancelled"}.get(type(outcome), "failed")
     return {"status": status, **outcome.model_dump(mode="json")}
 
 
@@ -187,11 +189,33 @@ async def _submit(
 
 @app.command()
 def status(
-    task_id: Annotated[str, typer.Argument(help="the task's id")], as_json: JsonFlag = False
+    task_id: Annotated[str | None, typer.Argument(help="one task; omit to list tasks")] = None,
+    state: Annotated[
+        str | None, typer.Option("--status", help="running, completed, failed, cancelled")
+    ] = None,
+    workflow: Annotated[str | None, typer.Option(help="only this workflow")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only this tenant")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=10_000, help="newest first")] = 50,
+    as_json: JsonFlag = False,
 ) -> None:
-    """Show a task's current state from the router's database."""
+    """Show one task's current state, or list tasks with filters."""
     settings = load_settings()
+    if state and state not in ("running", "completed", "failed", "cancelled"):
+        fail(f"--status must be running, completed, failed or cancelled, not {state!r}", 2)
     try:
+        if task_id is None:
+            rows = list_tasks(settings, status=state, workflow=workflow, tenant=tenant, limit=limit)
+            emit(
+                rows,
+                as_json,
+                "\n".join(
+                    f"{r['task_id']}\t{r['status']}\t{r['workflow']} v{r['workflow_version']}"
+                    f"\t{r['accepted_at']}"
+                    for r in rows
+                )
+                or "no tasks",
+            )
+            return
         info = task_status(settings, task_id)
     except StatusError as exc:
         fail(str(exc))
@@ -204,6 +228,60 @@ def status(
         as_json,
         f"{info['task_id']} {info['status']} workflow {info['workflow']}"
         f" v{info['workflow_version']}" + (f": {steps}" if steps else ""),
+    )
+
+
+@app.command()
+def history(
+    task_id: Annotated[str, typer.Argument(help="the task's id")], as_json: JsonFlag = False
+) -> None:
+    """What ran, what failed, why, and what happens next: the task's audit trail."""
+    settings = load_settings()
+    try:
+        info = task_history(settings, task_id)
+    except StatusError as exc:
+        fail(str(exc))
+    lines = [
+        f"{info['task_id']} {info['status']} workflow {info['workflow']} "
+        f"v{info['workflow_version']}"
+    ]
+    for e in info["history"]:
+        where = " ".join(
+            x
+            for x in (
+                e["step_id"] and f"step {e['step_id']}",
+                e["attempt"] and f"attempt {e['attempt']}",
+                e["capability"] and f"{e['capability']}@{e['pool']}",
+                e["model"] and f"model {e['model']}",
+            )
+            if x
+        )
+        lines.append(f"  {e['at']}  {e['event']:<20} {where}  {e['cause']}".rstrip())
+    lines.append(f"next: {info['next']}")
+    emit(info, as_json, "\n".join(lines))
+
+
+@app.command()
+def cancel(
+    task_id: Annotated[str, typer.Argument(help="the task's id")],
+    reason: Annotated[str, typer.Option(help="recorded in the history")] = "",
+    as_json: JsonFlag = False,
+) -> None:
+    """Publish TaskCancelRequested: stop dispatching and end the task as cancelled."""
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
+    request = TaskCancelRequested(task_id=task_id, reason=reason)
+
+    async def send() -> None:
+        async with PodiumClient(settings) as client:
+            await client.publish(request, key=task_id)
+
+    asyncio.run(send())
+    emit(
+        {"task_id": task_id, "status": "cancel requested"},
+        as_json,
+        f"cancel requested for {task_id}",
     )
 
 

@@ -10,8 +10,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from podium_contracts import (
+    Contract,
     ContractError,
     Event,
+    TaskCancelled,
     TaskCompleted,
     TaskFailed,
     TaskSubmitted,
@@ -21,7 +23,7 @@ from podium_contracts import (
 from podium_shared import Settings, Topics
 from podium_shared.kafka import make_consumer, make_producer
 
-Outcome = TaskCompleted | TaskFailed
+Outcome = TaskCompleted | TaskFailed | TaskCancelled
 
 
 class PodiumClient:
@@ -65,9 +67,13 @@ class PodiumClient:
         await self.producer.stop()
 
     async def submit(self, task: TaskSubmitted) -> None:
-        value, headers = encode(task, source="podium-cli")
+        await self.publish(task, key=task.task_id)
+
+    async def publish(self, message: Contract, *, key: str, topic: str | None = None) -> None:
+        """Send a contract message (to the tasks topic unless told otherwise)."""
+        value, headers = encode(message, source="podium-cli")
         await self.producer.send_and_wait(
-            self.topics.tasks, value=value, key=task.task_id.encode(), headers=headers
+            topic or self.topics.tasks, value=value, key=key.encode(), headers=headers
         )
 
     async def submit_raw(
@@ -105,7 +111,9 @@ class PodiumClient:
             for records in batches.values():
                 for r in records:
                     event = _try_decode(r.value, r.headers)
-                    if event and isinstance(event.payload, TaskCompleted | TaskFailed):
+                    if event and isinstance(
+                        event.payload, TaskCompleted | TaskFailed | TaskCancelled
+                    ):
                         self.outcomes[event.payload.task_id] = event.payload
                         got = True
             if got:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from podium_contracts import StepAbandoned, StepCompleted, StepError, TaskSubmitted, decode
-from podium_router.decisions import runnable_steps, task_output
+from podium_router.decisions import runnable_steps, task_output, template_context
 from podium_router.service import Router
 from podium_router.state import metadata
 from podium_router.workflows import Workflow, WorkflowCatalog, WorkflowError, load_file
@@ -36,7 +36,8 @@ def test_runnable_steps_fan_out_and_in() -> None:
     assert [s.id for s in runnable_steps(DIAMOND, {"a"}, {"a"})] == ["b", "c"]
     assert [s.id for s in runnable_steps(DIAMOND, {"a", "b", "c"}, {"a", "b"})] == []
     assert [s.id for s in runnable_steps(DIAMOND, {"a", "b", "c"}, {"a", "b", "c"})] == ["d"]
-    assert task_output(DIAMOND, {"a": 1, "b": 2, "c": 3, "d": 4}) == 4
+    context = template_context({}, {}, {"a": 1, "b": 2, "c": 3, "d": 4})
+    assert task_output(DIAMOND, context) == 4
 
 
 @pytest.mark.parametrize(

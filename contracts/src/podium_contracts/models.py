@@ -67,6 +67,28 @@ class DlqLocation(BaseModel):
     record_id: str = Field(description="ce_id of the dead-lettered record")
 
 
+class RetryPolicy(BaseModel):
+    """How recovery retries a step that failed with a retryable error."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff: Literal["exponential", "fixed"] = "exponential"
+    initial_s: float = Field(default=1.0, gt=0)
+    max_s: float = Field(default=60.0, gt=0)
+    jitter: bool = True
+
+
+class FallbackPolicy(BaseModel):
+    """Where a step's retries go after ``after_attempts`` failures."""
+
+    model_config = ConfigDict(frozen=True)
+
+    pool: str | None = None
+    model: str | None = None
+    after_attempts: int = Field(default=1, ge=1)
+
+
 class TaskSubmitted(Contract):
     """An upstream system asks podium to run a workflow."""
 
@@ -74,6 +96,7 @@ class TaskSubmitted(Contract):
 
     task_id: str = Field(min_length=1, max_length=200, description="client-chosen; idempotency key")
     workflow: str = Field(min_length=1, max_length=200)
+    workflow_version: int | None = Field(default=None, ge=1, description="default: the newest")
     input: JsonObject = Field(default_factory=dict)
     tenant: str = Field(default="default", min_length=1, max_length=200)
     subject: str | None = Field(default=None, description="who the task is for; memory scope")
@@ -149,6 +172,9 @@ class StepRequested(Contract):
     tenant: str = Field(default="default", min_length=1, max_length=200)
     subject: str | None = None
     timeout_s: float | None = Field(default=None, gt=0)
+    model: str | None = Field(default=None, description="chosen by a routing rule, for llm.*")
+    retry: RetryPolicy | None = None
+    fallback: FallbackPolicy | None = None
 
 
 class StepCompleted(Contract):
@@ -191,6 +217,38 @@ class StepAbandoned(Contract):
     dlq: DlqLocation | None = None
 
 
+class TaskCancelRequested(Contract):
+    """Stop dispatching a task's steps and end it as cancelled."""
+
+    CE_TYPE: ClassVar[str] = "podium.task.cancel-requested.v1"
+
+    task_id: str = Field(min_length=1, max_length=200)
+    reason: str = ""
+
+
+class TaskCancelled(Contract):
+    CE_TYPE: ClassVar[str] = "podium.task.cancelled.v1"
+
+    task_id: str
+    workflow: str
+    reason: str
+    cancelled_at: datetime
+
+
+class StepRetryScheduled(Contract):
+    """Recovery will dispatch another attempt of a step at ``due_at``."""
+
+    CE_TYPE: ClassVar[str] = "podium.step.retry-scheduled.v1"
+
+    task_id: str
+    step_id: str
+    attempt: int = Field(description="the attempt that will run")
+    pool: str
+    model: str | None = None
+    due_at: datetime
+    error: StepError
+
+
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskSubmitted,
     TaskAccepted,
@@ -200,4 +258,7 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     StepCompleted,
     StepFailed,
     StepAbandoned,
+    TaskCancelRequested,
+    TaskCancelled,
+    StepRetryScheduled,
 )

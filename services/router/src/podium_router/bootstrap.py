@@ -7,6 +7,7 @@ from podium_shared import ServiceSpec, Settings, Topics, make_engine
 from podium_router.handlers import make_handler
 from podium_router.service import Router
 from podium_router.state import metadata
+from podium_router.watchdog import make_watchdog
 from podium_router.workflows import WorkflowCatalog
 
 
@@ -14,10 +15,12 @@ def build(settings: Settings, catalog: WorkflowCatalog | None = None) -> Service
     topics = Topics(settings.topic_prefix)
     catalog = catalog or WorkflowCatalog.load(settings.workflows)
     engine = make_engine(settings.database_url("router"), metadata)
+    router = Router(catalog, topics)
     return ServiceSpec(
         name="router",
         group=f"{settings.topic_prefix}-router",
         topics=[topics.tasks, topics.step_results],
-        handler=make_handler(Router(catalog, topics)),
+        handler=make_handler(router),
         engine=engine,
+        background=[make_watchdog(router, engine)],
     )

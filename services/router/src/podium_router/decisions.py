@@ -1,10 +1,13 @@
-"""The router's decisions as plain functions: what runs next, what the task returns."""
+"""The router's decisions as plain functions: what runs next, with what input,
+what the task returns, and whether a limit has been crossed."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
+from podium_router.templates import render
 from podium_router.workflows import StepDef, Workflow
 
 
@@ -13,19 +16,58 @@ def runnable_steps(workflow: Workflow, started: set[str], completed: set[str]) -
     return [s for s in workflow.steps if s.id not in started and set(s.needs) <= completed]
 
 
-def step_input(step: StepDef, task_input: Mapping[str, Any]) -> dict[str, Any]:
-    """A step's input: its ``with`` block, else the task's input."""
-    return dict(step.with_) if step.with_ is not None else dict(task_input)
+def template_context(
+    task: Mapping[str, Any], task_input: Mapping[str, Any], outputs: Mapping[str, Any]
+) -> dict[str, Any]:
+    """What templates and `when` rules can see: the input, finished steps, the task."""
+    return {
+        "input": task_input,
+        "steps": {step_id: {"output": out} for step_id, out in outputs.items()},
+        "task": task,
+    }
 
 
-def task_output(workflow: Workflow, outputs: Mapping[str, Any]) -> Any:
-    """The final step's output, or a mapping of them when several steps end the graph."""
+def step_input(step: StepDef, context: Mapping[str, Any]) -> dict[str, Any]:
+    """A step's input: its rendered ``with`` block, else the task's input."""
+    if step.with_ is None:
+        return dict(context["input"])
+    rendered = render(step.with_, context)
+    assert isinstance(rendered, dict)
+    return rendered
+
+
+def task_output(workflow: Workflow, context: Mapping[str, Any]) -> Any:
+    """The workflow's ``output`` template, else the final step's output (or a
+    mapping of them when several steps end the graph)."""
+    if workflow.output is not None:
+        return render(workflow.output, context)
+    steps = context["steps"]
     finals = workflow.final_steps
     if len(finals) == 1:
-        return outputs[finals[0].id]
-    return {s.id: outputs[s.id] for s in finals}
+        return steps[finals[0].id]["output"]
+    return {s.id: steps[s.id]["output"] for s in finals}
 
 
 def idempotency_key(task_id: str, step_id: str) -> str:
     """Stable across retries and replays of the same step of the same task."""
     return f"{task_id}/{step_id}"
+
+
+def budget_exceeded(
+    cost_usd: float, tokens: int, max_cost_usd: float | None, max_tokens: int | None
+) -> str | None:
+    """Why the task's budget is spent, or None."""
+    if max_cost_usd is not None and cost_usd > max_cost_usd:
+        return f"cost ${cost_usd:.4f} exceeds the budget of ${max_cost_usd:.4f}"
+    if max_tokens is not None and tokens > max_tokens:
+        return f"{tokens} tokens exceed the budget of {max_tokens}"
+    return None
+
+
+def step_timeout(
+    step_timeout_s: float | None, deadline: datetime | None, now: datetime
+) -> float | None:
+    """A step may not outlive its task: its timeout is capped by the task's deadline."""
+    remaining = (deadline - now).total_seconds() if deadline else None
+    candidates = [t for t in (step_timeout_s, remaining) if t is not None]
+    return max(min(candidates), 0.001) if candidates else None

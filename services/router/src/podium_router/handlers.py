@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from podium_contracts import Event, StepAbandoned, StepCompleted, TaskSubmitted
+from podium_contracts import (
+    Event,
+    StepAbandoned,
+    StepCompleted,
+    StepRetryScheduled,
+    TaskCancelRequested,
+    TaskSubmitted,
+)
 from podium_shared import Handler, UnitOfWork
 
 from podium_router.service import Router
@@ -15,8 +22,12 @@ def make_handler(router: Router) -> Handler[None]:
                 router.accept_task(task, uow)
             case StepCompleted() as result:
                 router.step_completed(result, uow)
+            case StepRetryScheduled() as retry:
+                router.retry_scheduled(retry, uow)
             case StepAbandoned() as abandoned:
                 router.step_abandoned(abandoned, uow)
+            case TaskCancelRequested() as cancel:
+                router.cancel_task(cancel, uow)
             case other:
                 raise TypeError(f"the router does not handle {type(other).__name__}")
 

@@ -1,17 +1,26 @@
-"""The router's use cases: accept a task, advance its run, end it."""
+"""The router's use cases: accept a task, advance its run, end it, and watch
+for steps and tasks that outlive their time. Decisions live in decisions.py
+and routing.py; this module applies them to the stored state and records
+every transition in the history."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
 from podium_contracts import (
+    DlqLocation,
     StepAbandoned,
     StepCompleted,
+    StepError,
+    StepFailed,
     StepRequested,
+    StepRetryScheduled,
     StepSummary,
     TaskAccepted,
+    TaskCancelled,
+    TaskCancelRequested,
     TaskCompleted,
     TaskError,
     TaskFailed,
@@ -20,19 +29,39 @@ from podium_contracts import (
 )
 from podium_shared import Topics, UnitOfWork
 
-from podium_router.decisions import idempotency_key, runnable_steps, step_input, task_output
+from podium_router.decisions import (
+    budget_exceeded,
+    idempotency_key,
+    runnable_steps,
+    step_input,
+    step_timeout,
+    task_output,
+    template_context,
+)
+from podium_router.expressions import ExpressionError
 from podium_router.repository import RunRepository
-from podium_router.routing import pool_for
-from podium_router.state import RunStatus, StepStatus
-from podium_router.workflows import Workflow, WorkflowCatalog
+from podium_router.routing import Route, choose_route
+from podium_router.state import TERMINAL_RUN, RunStatus, StepStatus
+from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
 
 log = structlog.get_logger(__name__)
+
+Row = Any
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything stored is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
 
 
 class Router:
     def __init__(self, catalog: WorkflowCatalog, topics: Topics) -> None:
         self.catalog = catalog
         self.topics = topics
+
+    # -- tasks -------------------------------------------------------------------------------
 
     def accept_task(self, task: TaskSubmitted, uow: UnitOfWork) -> None:
         """Start a run for a new task; a repeated task_id starts nothing."""
@@ -41,17 +70,27 @@ class Router:
             log.info("duplicate submission ignored", task_id=task.task_id)
             return
         now = datetime.now(UTC)
-        workflow = self.catalog.latest(task.workflow)
+        workflow = self.catalog.get(task.workflow, task.workflow_version)
+        repo.add_run(
+            task_id=task.task_id,
+            workflow=task.workflow,
+            workflow_version=workflow.version if workflow else 0,
+            definition=workflow.model_dump(mode="json", by_alias=True) if workflow else {},
+            tenant=task.tenant,
+            subject=task.subject,
+            priority=task.priority,
+            metadata=task.metadata,
+            input=task.input,
+            deadline=task.deadline,
+            budget_cost_usd=task.budget.max_cost_usd,
+            budget_tokens=task.budget.max_tokens,
+            cost_usd=0.0,
+            tokens=0,
+            accepted_at=now,
+        )
         if workflow is None:
-            repo.add_run(
-                task_id=task.task_id,
-                workflow=task.workflow,
-                workflow_version=0,
-                definition={},
-                tenant=task.tenant,
-                subject=task.subject,
-                input=task.input,
-                accepted_at=now,
+            wanted = f"{task.workflow!r}" + (
+                f" version {task.workflow_version}" if task.workflow_version else ""
             )
             self._fail(
                 repo,
@@ -60,20 +99,17 @@ class Router:
                 task.workflow,
                 TaskError(
                     type="unknown_workflow",
-                    message=f"no workflow named {task.workflow!r} "
-                    f"(known: {', '.join(self.catalog.names)})",
+                    message=f"no workflow named {wanted} (known: {', '.join(self.catalog.names)})",
                 ),
+                now,
             )
             return
-        repo.add_run(
-            task_id=task.task_id,
-            workflow=workflow.name,
+        repo.record(
+            task.task_id,
+            now,
+            "accepted",
             workflow_version=workflow.version,
-            definition=workflow.model_dump(mode="json", by_alias=True),
-            tenant=task.tenant,
-            subject=task.subject,
-            input=task.input,
-            accepted_at=now,
+            cause=f"submitted for {workflow.name} v{workflow.version}",
         )
         uow.publish(
             self.topics.task_events,
@@ -85,44 +121,142 @@ class Router:
             ),
             key=task.task_id,
         )
-        self._dispatch_ready(repo, uow, task.task_id, workflow, set(), set())
+        run = repo.get_run(task.task_id)
+        self._advance(repo, uow, run, workflow, now)
+
+    def cancel_task(self, request: TaskCancelRequested, uow: UnitOfWork) -> None:
+        """Stop dispatching and end the task as cancelled."""
+        repo = RunRepository(uow.conn)
+        run = repo.get_run(request.task_id)
+        now = datetime.now(UTC)
+        if run is None or run.status in TERMINAL_RUN:
+            if run is not None:
+                repo.record(
+                    run.task_id,
+                    now,
+                    "cancel_ignored",
+                    cause=f"cancel requested but the task is already {run.status}",
+                )
+            return
+        repo.cancel_open_steps(run.task_id, now)
+        reason = request.reason or "cancel requested"
+        repo.finish_run(
+            run.task_id, RunStatus.CANCELLED, now, error={"type": "cancelled", "message": reason}
+        )
+        repo.record(
+            run.task_id,
+            now,
+            "cancelled",
+            cause=reason,
+            next="nothing: late step results are ignored",
+        )
+        uow.publish(
+            self.topics.task_events,
+            TaskCancelled(
+                task_id=run.task_id, workflow=run.workflow, reason=reason, cancelled_at=now
+            ),
+            key=run.task_id,
+        )
+
+    # -- steps -------------------------------------------------------------------------------
 
     def step_completed(self, result: StepCompleted, uow: UnitOfWork) -> None:
         """Record a step's output, then dispatch what it unblocked or finish the task."""
         repo = RunRepository(uow.conn)
         run = repo.get_run(result.task_id)
+        now = datetime.now(UTC)
         if run is None or run.status != RunStatus.RUNNING:
-            log.info("result for a run that is not running", task_id=result.task_id)
+            if run is not None:
+                repo.record(
+                    run.task_id,
+                    now,
+                    "late_result_ignored",
+                    step_id=result.step_id,
+                    attempt=result.attempt,
+                    cause=f"the task is {run.status}",
+                )
             return
-        if not repo.finish_step(
+        if not repo.update_step(
             result.task_id,
             result.step_id,
-            StepStatus.COMPLETED,
+            only_if={StepStatus.DISPATCHED, StepStatus.FAILED},
+            status=StepStatus.COMPLETED,
             output=result.output,
             usage=result.usage.model_dump(),
             duration_ms=result.duration_ms,
             attempts=result.attempt,
-            finished_at=datetime.now(UTC),
+            finished_at=now,
+            deadline_at=None,
         ):
-            return  # a late duplicate of a step already settled
-        workflow = Workflow.model_validate(run.definition)
-        steps = repo.steps(result.task_id)
-        started = {s.step_id for s in steps}
-        completed = {s.step_id for s in steps if s.status == StepStatus.COMPLETED}
-        if completed == {s.id for s in workflow.steps}:
-            self._complete(repo, uow, run, workflow, steps)
-        else:
-            self._dispatch_ready(
+            return  # a duplicate, or a result for a step already settled
+        usage = result.usage
+        cost = run.cost_usd + usage.cost_usd
+        tokens = run.tokens + usage.prompt_tokens + usage.completion_tokens
+        repo.update_run(run.task_id, cost_usd=cost, tokens=tokens)
+        repo.record(
+            run.task_id,
+            now,
+            "step_completed",
+            step_id=result.step_id,
+            attempt=result.attempt,
+            pool=result.pool,
+            capability=result.capability,
+            cause=f"{result.duration_ms:.1f} ms"
+            + (
+                f", ${usage.cost_usd:.4f}, {usage.prompt_tokens + usage.completion_tokens} tokens"
+                if usage.cost_usd or usage.prompt_tokens
+                else ""
+            ),
+        )
+        over = budget_exceeded(cost, tokens, run.budget_cost_usd, run.budget_tokens)
+        if over:
+            self._fail(
                 repo,
                 uow,
                 run.task_id,
-                workflow,
-                started,
-                completed,
-                run.input,
-                run.tenant,
-                run.subject,
+                run.workflow,
+                TaskError(type="budget_exceeded", message=over, step_id=result.step_id),
+                now,
             )
+            return
+        self._advance(
+            repo, uow, repo.get_run(run.task_id), Workflow.model_validate(run.definition), now
+        )
+
+    def retry_scheduled(self, retry: StepRetryScheduled, uow: UnitOfWork) -> None:
+        """Recovery will run the step again: watch the new attempt."""
+        repo = RunRepository(uow.conn)
+        run = repo.get_run(retry.task_id)
+        if run is None or run.status != RunStatus.RUNNING:
+            return
+        step = repo.get_step(retry.task_id, retry.step_id)
+        if step is None or step.status == StepStatus.COMPLETED:
+            return
+        now = datetime.now(UTC)
+        due = _aware(retry.due_at) or now
+        deadline = due + timedelta(seconds=step.timeout_s) if step.timeout_s else None
+        repo.update_step(
+            retry.task_id,
+            retry.step_id,
+            status=StepStatus.DISPATCHED,
+            attempts=retry.attempt,
+            pool=retry.pool,
+            model=retry.model,
+            deadline_at=deadline,
+        )
+        wait = max((due - now).total_seconds(), 0)
+        repo.record(
+            run.task_id,
+            now,
+            "retry_scheduled",
+            step_id=retry.step_id,
+            attempt=retry.attempt,
+            pool=retry.pool,
+            capability=step.capability,
+            model=retry.model,
+            cause=f"attempt {retry.attempt - 1} failed: {retry.error.type}: {retry.error.message}",
+            next=f"attempt {retry.attempt} on pool {retry.pool} in {wait:.1f}s",
+        )
 
     def step_abandoned(self, abandoned: StepAbandoned, uow: UnitOfWork) -> None:
         """Recovery gave up on a step: fail its task, naming the DLQ record."""
@@ -130,73 +264,219 @@ class Router:
         run = repo.get_run(abandoned.task_id)
         if run is None or run.status != RunStatus.RUNNING:
             return
-        repo.finish_step(
+        now = datetime.now(UTC)
+        if not repo.update_step(
             abandoned.task_id,
             abandoned.step_id,
-            StepStatus.ABANDONED,
+            only_if={StepStatus.DISPATCHED, StepStatus.FAILED},
+            status=StepStatus.ABANDONED,
             attempts=abandoned.attempts,
-            finished_at=datetime.now(UTC),
+            finished_at=now,
+            deadline_at=None,
+        ):
+            return  # it completed after all (a late result won the race)
+        where = (
+            f"; dead letter {abandoned.dlq.topic} {abandoned.dlq.record_id}"
+            if abandoned.dlq
+            else ""
+        )
+        error_type, message = abandoned.error.type, abandoned.error.message
+        deadline = _aware(run.deadline)
+        if deadline is not None and now >= deadline and error_type == "timeout":
+            # The step's timeout was the task's remaining time: say which limit it was.
+            error_type = "deadline_exceeded"
+            message = f"deadline {deadline.isoformat()} passed during step {abandoned.step_id}"
+        repo.record(
+            run.task_id,
+            now,
+            "step_abandoned",
+            step_id=abandoned.step_id,
+            attempt=abandoned.attempts,
+            cause=f"{abandoned.error.type}: {abandoned.error.message}{where}",
         )
         self._fail(
             repo,
             uow,
             run.task_id,
             run.workflow,
-            TaskError(
-                type=abandoned.error.type,
-                message=abandoned.error.message,
-                step_id=abandoned.step_id,
-            ),
+            TaskError(type=error_type, message=message, step_id=abandoned.step_id),
+            now,
             dlq=abandoned.dlq,
         )
 
-    def _dispatch_ready(
+    # -- the watchdog ------------------------------------------------------------------------
+
+    def watchdog(self, uow: UnitOfWork, now: datetime | None = None) -> int:
+        """Fail steps that outlived their timeout and tasks past their deadline."""
+        now = now or datetime.now(UTC)
+        repo = RunRepository(uow.conn)
+        acted = 0
+        for run in repo.overdue_runs(now):
+            self._fail(
+                repo,
+                uow,
+                run.task_id,
+                run.workflow,
+                TaskError(
+                    type="deadline_exceeded",
+                    message=f"deadline {run.deadline.isoformat()} passed",
+                ),
+                now,
+            )
+            repo.cancel_open_steps(run.task_id, now)
+            acted += 1
+        for step in repo.overdue_steps(now):
+            request = StepRequested.model_validate(step.request)
+            request = request.model_copy(
+                update={"attempt": step.attempts, "pool": step.pool, "model": step.model}
+            )
+            repo.update_step(step.task_id, step.step_id, status=StepStatus.FAILED, deadline_at=None)
+            error = StepError(
+                type="timeout",
+                error_class="retryable",
+                message=f"no result within {step.timeout_s}s (router watchdog)",
+            )
+            repo.record(
+                step.task_id,
+                now,
+                "step_timed_out",
+                step_id=step.step_id,
+                attempt=step.attempts,
+                pool=step.pool,
+                capability=step.capability,
+                cause=error.message,
+                next="handed to recovery",
+            )
+            uow.publish(
+                self.topics.step_failures,
+                StepFailed(
+                    task_id=step.task_id,
+                    step_id=step.step_id,
+                    capability=step.capability,
+                    pool=step.pool,
+                    attempt=step.attempts,
+                    error=error,
+                    duration_ms=(step.timeout_s or 0) * 1000,
+                    request=request,
+                ),
+                key=step.task_id,
+            )
+            acted += 1
+        return acted
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _advance(
+        self, repo: RunRepository, uow: UnitOfWork, run: Row, workflow: Workflow, now: datetime
+    ) -> None:
+        """Dispatch every step that became runnable, or complete the task.
+
+        Every input and route is worked out before anything is dispatched, so a
+        template error fails the task without half of a fan-out already sent."""
+        steps = repo.steps(run.task_id)
+        completed = {s.step_id: s.output for s in steps if s.status == StepStatus.COMPLETED}
+        context = template_context(
+            {
+                "task_id": run.task_id,
+                "workflow": run.workflow,
+                "tenant": run.tenant,
+                "subject": run.subject,
+                "priority": run.priority,
+                "metadata": run.metadata,
+            },
+            run.input,
+            completed,
+        )
+        current: str | None = None
+        try:
+            if len(completed) == len(workflow.steps):
+                output = task_output(workflow, context)
+                self._complete(repo, uow, run, steps, output, now)
+                return
+            plans = []
+            for step in runnable_steps(workflow, {s.step_id for s in steps}, set(completed)):
+                current = step.id
+                plans.append((step, choose_route(step, context), step_input(step, context)))
+        except ExpressionError as exc:
+            where = f"step {current}" if current else "workflow output"
+            self._fail(
+                repo,
+                uow,
+                run.task_id,
+                run.workflow,
+                TaskError(type="template_error", message=f"{where}: {exc}", step_id=current),
+                now,
+            )
+            return
+        for step, route, data in plans:
+            self._dispatch(repo, uow, run, workflow, step, route, data, now)
+
+    def _dispatch(
         self,
         repo: RunRepository,
         uow: UnitOfWork,
-        task_id: str,
+        run: Row,
         workflow: Workflow,
-        started: set[str],
-        completed: set[str],
-        task_input: dict[str, Any] | None = None,
-        tenant: str | None = None,
-        subject: str | None = None,
+        step: StepDef,
+        route: Route,
+        data: dict[str, Any],
+        now: datetime,
     ) -> None:
-        if task_input is None:
-            run = repo.get_run(task_id)
-            assert run is not None
-            task_input, tenant, subject = run.input, run.tenant, run.subject
-        now = datetime.now(UTC)
-        for step in runnable_steps(workflow, started, completed):
-            pool = pool_for(step)
-            repo.add_step(
-                task_id=task_id, step_id=step.id, capability=step.uses, pool=pool, dispatched_at=now
-            )
-            uow.publish(
-                self.topics.steps(pool),
-                StepRequested(
-                    task_id=task_id,
-                    step_id=step.id,
-                    workflow=workflow.name,
-                    capability=step.uses,
-                    pool=pool,
-                    input=step_input(step, task_input),
-                    idempotency_key=idempotency_key(task_id, step.id),
-                    tenant=tenant or "default",
-                    subject=subject,
-                    timeout_s=step.timeout,
-                ),
-                key=f"{task_id}/{step.id}",
-            )
+        timeout = step_timeout(step.timeout, _aware(run.deadline), now)
+        request = StepRequested(
+            task_id=run.task_id,
+            step_id=step.id,
+            workflow=workflow.name,
+            capability=step.uses,
+            pool=route.pool,
+            input=data,
+            idempotency_key=idempotency_key(run.task_id, step.id),
+            tenant=run.tenant,
+            subject=run.subject,
+            timeout_s=timeout,
+            model=route.model,
+            retry=step.retry.policy() if step.retry else None,
+            fallback=step.fallback.policy() if step.fallback else None,
+        )
+        repo.add_step(
+            task_id=run.task_id,
+            step_id=step.id,
+            capability=step.uses,
+            pool=route.pool,
+            model=route.model,
+            request=request.model_dump(mode="json"),
+            timeout_s=timeout,
+            deadline_at=now + timedelta(seconds=timeout) if timeout else None,
+            dispatched_at=now,
+        )
+        repo.record(
+            run.task_id,
+            now,
+            "step_dispatched",
+            step_id=step.id,
+            attempt=1,
+            pool=route.pool,
+            capability=step.uses,
+            model=route.model,
+            workflow_version=workflow.version,
+            cause=route.reason,
+            next=f"waiting for {step.uses} on pool {route.pool}"
+            + (f" (timeout {timeout:.1f}s)" if timeout else ""),
+        )
+        uow.publish(self.topics.steps(route.pool), request, key=f"{run.task_id}/{step.id}")
 
     def _complete(
-        self, repo: RunRepository, uow: UnitOfWork, run: Any, workflow: Workflow, steps: list[Any]
+        self,
+        repo: RunRepository,
+        uow: UnitOfWork,
+        run: Row,
+        steps: list[Row],
+        output: Any,
+        now: datetime,
     ) -> None:
-        now = datetime.now(UTC)
-        outputs = {s.step_id: s.output for s in steps}
-        output = task_output(workflow, outputs)
         usage = sum((Usage.model_validate(s.usage or {}) for s in steps), Usage())
         repo.finish_run(run.task_id, RunStatus.COMPLETED, now, output=output)
+        repo.record(run.task_id, now, "completed", cause=f"{len(steps)} steps completed")
         uow.publish(
             self.topics.task_events,
             TaskCompleted(
@@ -214,7 +494,7 @@ class Router:
                     for s in steps
                 ],
                 usage=usage,
-                accepted_at=run.accepted_at,
+                accepted_at=_aware(run.accepted_at),
                 completed_at=now,
             ),
             key=run.task_id,
@@ -227,10 +507,19 @@ class Router:
         task_id: str,
         workflow: str,
         error: TaskError,
-        dlq: Any = None,
+        now: datetime,
+        dlq: DlqLocation | None = None,
     ) -> None:
-        now = datetime.now(UTC)
         repo.finish_run(task_id, RunStatus.FAILED, now, error=error.model_dump())
+        repo.record(
+            task_id,
+            now,
+            "failed",
+            step_id=error.step_id,
+            cause=f"{error.type}: {error.message}",
+            next="nothing: the task is over"
+            + (f"; replay {dlq.record_id} from {dlq.topic} after a fix" if dlq else ""),
+        )
         uow.publish(
             self.topics.task_events,
             TaskFailed(task_id=task_id, workflow=workflow, error=error, dlq=dlq, failed_at=now),

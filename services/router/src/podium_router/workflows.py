@@ -1,20 +1,97 @@
 """Workflow definitions: YAML files loaded and validated at start-up.
 
-Errors name the file and the field, so a bad definition is refused before the
-router consumes anything.
+Errors name the file, the line and the field, so a bad definition is refused
+before the router consumes anything. Expressions and templates are checked
+here too: a workflow that loads can only fail on the data it is given.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from podium_contracts import FallbackPolicy, RetryPolicy
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from podium_router.expressions import ExpressionError, check
+from podium_router.templates import check_template
 
 
 class WorkflowError(Exception):
-    """A workflow file that cannot be loaded; the message names file and field."""
+    """A workflow file that cannot be loaded; the message names file, line and field."""
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: Any) -> float:
+    """``30s``, ``500ms``, ``2m``, ``1h`` or a number of seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.match(value)):
+        return float(m.group(1)) * _UNIT[m.group(2)]
+    raise ValueError(f"{value!r} is not a duration such as 30s, 500ms, 2m or 1h")
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), Field(gt=0)]
+
+
+class RouteRule(BaseModel):
+    """One routing rule: the first whose ``when`` holds (or that has none) wins."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    when: str | None = None
+    pool: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    model: str | None = None
+
+    @field_validator("when")
+    @classmethod
+    def _safe(cls, v: str | None) -> str | None:
+        if v is not None:
+            check(v)
+        return v
+
+
+class RetrySpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: int = Field(default=3, ge=1, le=100)
+    backoff: Literal["exponential", "fixed"] = "exponential"
+    initial: Duration = 1.0
+    max: Duration = 60.0
+    jitter: bool = True
+
+    def policy(self) -> RetryPolicy:
+        return RetryPolicy(
+            max_attempts=self.max_attempts,
+            backoff=self.backoff,
+            initial_s=self.initial,
+            max_s=self.max,
+            jitter=self.jitter,
+        )
+
+
+class FallbackSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    pool: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    model: str | None = None
+    after_attempts: int = Field(default=1, ge=1)
+
+    def policy(self) -> FallbackPolicy:
+        return FallbackPolicy(pool=self.pool, model=self.model, after_attempts=self.after_attempts)
 
 
 class StepDef(BaseModel):
@@ -22,19 +99,36 @@ class StepDef(BaseModel):
 
     id: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$")
     uses: str = Field(min_length=1, description="capability name")
-    pool: str | None = None
+    pool: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     needs: tuple[str, ...] = ()
     with_: dict[str, Any] | None = Field(default=None, alias="with")
-    timeout: float | None = Field(default=None, gt=0, description="seconds")
+    route: tuple[RouteRule, ...] = ()
+    timeout: Duration | None = None
+    retry: RetrySpec | None = None
+    fallback: FallbackSpec | None = None
+
+    @field_validator("with_")
+    @classmethod
+    def _safe_templates(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        if v is not None:
+            check_template(v)
+        return v
 
 
 class Workflow(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field(min_length=1)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     version: int = Field(default=1, ge=1)
     description: str = ""
     steps: tuple[StepDef, ...] = Field(min_length=1)
+    output: Any = None
+
+    @field_validator("output")
+    @classmethod
+    def _safe_output(cls, v: Any) -> Any:
+        check_template(v)
+        return v
 
     @model_validator(mode="after")
     def _valid_graph(self) -> Workflow:
@@ -61,25 +155,55 @@ class Workflow(BaseModel):
 
     @property
     def final_steps(self) -> list[StepDef]:
-        """Steps nothing else needs: their output is the task's output."""
+        """Steps nothing else needs: their output is the task's output by default."""
         needed = {n for s in self.steps for n in s.needs}
         return [s for s in self.steps if s.id not in needed]
 
 
+def _lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
+    """Map each field path of a YAML document to its line number (1-based)."""
+    out = {path: node.start_mark.line + 1}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            out |= _lines(value, (*path, key.value))
+            out[(*path, key.value)] = key.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            out |= _lines(item, (*path, i))
+    return out
+
+
+def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
+    loc = tuple("with" if p == "with_" else p for p in loc)
+    while loc and loc not in lines:
+        loc = loc[:-1]
+    return lines.get(loc, 1)
+
+
 def load_file(path: Path) -> Workflow:
+    text = path.read_text()
     try:
-        raw = yaml.safe_load(path.read_text())
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise WorkflowError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict):
-        raise WorkflowError(f"{path}: a workflow must be a YAML mapping")
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark else ""
+        raise WorkflowError(f"{path}{where}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict) or node is None:
+        raise WorkflowError(f"{path}:1: a workflow must be a YAML mapping")
     try:
         return Workflow.model_validate(raw)
     except ValidationError as exc:
+        lines = _lines(node)
         problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'workflow'}: {e['msg']}" for e in exc.errors()
+            f"line {_line_of(lines, tuple(e['loc']))}: "
+            f"{'.'.join(str(p) for p in e['loc']).replace('with_', 'with') or 'workflow'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors()
         )
         raise WorkflowError(f"{path}: {problems}") from exc
+    except ExpressionError as exc:  # pragma: no cover - wrapped by pydantic above
+        raise WorkflowError(f"{path}: {exc}") from exc
 
 
 class WorkflowCatalog:
@@ -104,9 +228,15 @@ class WorkflowCatalog:
                 found.append(load_file(path))
         return cls(found)
 
-    def latest(self, name: str) -> Workflow | None:
+    def get(self, name: str, version: int | None = None) -> Workflow | None:
+        """A named version, or the newest when no version is asked for."""
         versions = self._by_name.get(name)
-        return versions[max(versions)] if versions else None
+        if not versions:
+            return None
+        return versions.get(version) if version is not None else versions[max(versions)]
+
+    def latest(self, name: str) -> Workflow | None:
+        return self.get(name)
 
     @property
     def names(self) -> list[str]:

@@ -1,0 +1,240 @@
+"""Safe expressions over task and step data, for `when` rules and templates.
+
+The language is a small subset of Python expressions, checked node by node
+against a whitelist before anything is evaluated: literals, names bound in the
+context (``input``, ``steps``, ``task``), ``.field`` and ``[index]`` lookups on
+JSON data, comparisons, ``and``/``or``/``not``, arithmetic, ``in``, the ternary
+``a if c else b``, and calls to a few pure functions (``len``, ``lower``,
+``upper``, ``str``, ``int``, ``float``, ``bool``, ``contains``, ``startswith``,
+``endswith``, ``min``, ``max``, ``abs``, ``round``, ``default``).
+
+There is no attribute access on Python objects (``.field`` reads a mapping key),
+no comprehension, lambda, assignment or import, and sizes are bounded, so task
+input can never execute code or exhaust the router.
+"""
+
+from __future__ import annotations
+
+import ast
+import operator
+from collections.abc import Callable, Mapping
+from functools import lru_cache
+from typing import Any
+
+MAX_SOURCE = 2_000
+MAX_NODES = 200
+MAX_RESULT = 1_000_000  # characters or items a single operation may produce
+
+
+class ExpressionError(Exception):
+    """An expression that is not allowed, or that failed on this data."""
+
+
+class MissingField(ExpressionError):
+    """The expression names data the task does not have."""
+
+
+_MISSING = object()
+
+
+def _default(value: Any, fallback: Any) -> Any:
+    return fallback if value is None else value
+
+
+def _len(value: Any) -> int:
+    if isinstance(value, str | list | dict | tuple):
+        return len(value)
+    raise ExpressionError(f"len() of {type(value).__name__}")
+
+
+FUNCTIONS: dict[str, Callable[..., Any]] = {
+    "len": _len,
+    "lower": lambda s: str(s).lower(),
+    "upper": lambda s: str(s).upper(),
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": bool,
+    "abs": abs,
+    "round": round,
+    "min": min,
+    "max": max,
+    "contains": lambda container, item: item in container,
+    "startswith": lambda s, prefix: str(s).startswith(prefix),
+    "endswith": lambda s, suffix: str(s).endswith(suffix),
+    "default": _default,
+}
+
+_BINOPS: dict[type[ast.operator], Callable[[Any, Any], Any]] = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+}
+_CMPOPS: dict[type[ast.cmpop], Callable[[Any, Any], bool]] = {
+    ast.Eq: operator.eq,
+    ast.NotEq: operator.ne,
+    ast.Lt: operator.lt,
+    ast.LtE: operator.le,
+    ast.Gt: operator.gt,
+    ast.GtE: operator.ge,
+    ast.In: lambda a, b: a in b,
+    ast.NotIn: lambda a, b: a not in b,
+    ast.Is: lambda a, b: a is b,
+    ast.IsNot: lambda a, b: a is not b,
+}
+_ALLOWED = (
+    ast.Expression,
+    ast.Constant,
+    ast.Name,
+    ast.Load,
+    ast.Attribute,
+    ast.Subscript,
+    ast.Compare,
+    ast.BoolOp,
+    ast.And,
+    ast.Or,
+    ast.UnaryOp,
+    ast.Not,
+    ast.USub,
+    ast.UAdd,
+    ast.BinOp,
+    ast.IfExp,
+    ast.Call,
+    ast.List,
+    ast.Tuple,
+    ast.Dict,
+    ast.Slice,
+    *_BINOPS,
+    *_CMPOPS,
+)
+
+
+@lru_cache(maxsize=4096)
+def compile_expression(source: str) -> ast.Expression:
+    """Parse and check an expression once; raises ExpressionError if not allowed."""
+    if len(source) > MAX_SOURCE:
+        raise ExpressionError(f"expression longer than {MAX_SOURCE} characters")
+    try:
+        tree = ast.parse(source.strip(), mode="eval")
+    except SyntaxError as exc:
+        raise ExpressionError(f"syntax error in {source!r}: {exc.msg}") from exc
+    nodes = list(ast.walk(tree))
+    if len(nodes) > MAX_NODES:
+        raise ExpressionError(f"expression has more than {MAX_NODES} parts")
+    for node in nodes:
+        if not isinstance(node, _ALLOWED):
+            raise ExpressionError(f"{type(node).__name__} is not allowed in {source!r}")
+        if isinstance(node, ast.Call) and (
+            not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS or node.keywords
+        ):
+            raise ExpressionError(f"only these functions may be called: {', '.join(FUNCTIONS)}")
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            raise ExpressionError(f"field {node.attr!r} is not allowed")
+    return tree
+
+
+def evaluate(source: str, context: Mapping[str, Any]) -> Any:
+    """Evaluate a checked expression against JSON-like data."""
+    tree = compile_expression(source)
+    try:
+        return _eval(tree.body, context, source)
+    except ExpressionError:
+        raise
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError, IndexError) as exc:
+        raise ExpressionError(f"{source!r} failed: {exc}") from exc
+
+
+def _lookup(container: Any, key: Any, source: str, path: str) -> Any:
+    if isinstance(container, Mapping):
+        if key in container:
+            return container[key]
+        raise MissingField(f"{path} is missing (in {source!r})")
+    if isinstance(container, list | str) and isinstance(key, int):
+        try:
+            return container[key]
+        except IndexError:
+            raise MissingField(f"{path} is out of range (in {source!r})") from None
+    raise MissingField(f"{path}: cannot look up {key!r} in {type(container).__name__}")
+
+
+def _path(node: ast.expr) -> str:
+    return ast.unparse(node)
+
+
+def _bounded(value: Any) -> Any:
+    if isinstance(value, str | list | tuple | dict) and len(value) > MAX_RESULT:
+        raise ExpressionError(f"result larger than {MAX_RESULT}")
+    return value
+
+
+def _eval(node: ast.expr, ctx: Mapping[str, Any], src: str) -> Any:
+    match node:
+        case ast.Constant(value=value):
+            return value
+        case ast.Name(id=name):
+            if name in ("true", "false", "null"):
+                return {"true": True, "false": False, "null": None}[name]
+            if name not in ctx:
+                raise MissingField(f"{name} is not defined (in {src!r})")
+            return ctx[name]
+        case ast.Attribute(value=inner, attr=attr):
+            return _lookup(_eval(inner, ctx, src), attr, src, _path(node))
+        case ast.Subscript(value=inner, slice=index):
+            container = _eval(inner, ctx, src)
+            if isinstance(index, ast.Slice):
+                parts = [
+                    None if p is None else _eval(p, ctx, src)
+                    for p in (index.lower, index.upper, index.step)
+                ]
+                if not isinstance(container, list | str):
+                    raise ExpressionError(f"cannot slice {type(container).__name__}")
+                return container[slice(*parts)]
+            return _lookup(container, _eval(index, ctx, src), src, _path(node))
+        case ast.BoolOp(op=op, values=values):
+            result: Any = isinstance(op, ast.And)
+            for v in values:
+                result = _eval(v, ctx, src)
+                if isinstance(op, ast.And) != bool(result):
+                    return result
+            return result
+        case ast.UnaryOp(op=op, operand=operand):
+            value = _eval(operand, ctx, src)
+            if isinstance(op, ast.Not):
+                return not value
+            return -value if isinstance(op, ast.USub) else +value
+        case ast.BinOp(left=left, op=op, right=right):
+            a, b = _eval(left, ctx, src), _eval(right, ctx, src)
+            if isinstance(op, ast.Mult) and (
+                (isinstance(a, str | list) and isinstance(b, int) and len(a) * b > MAX_RESULT)
+                or (isinstance(b, str | list) and isinstance(a, int) and len(b) * a > MAX_RESULT)
+            ):
+                raise ExpressionError(f"result larger than {MAX_RESULT}")
+            return _bounded(_BINOPS[type(op)](a, b))
+        case ast.Compare(left=left, ops=ops, comparators=comparators):
+            current = _eval(left, ctx, src)
+            for cmp, comp in zip(ops, comparators, strict=True):
+                right_value = _eval(comp, ctx, src)
+                if not _CMPOPS[type(cmp)](current, right_value):
+                    return False
+                current = right_value
+            return True
+        case ast.IfExp(test=test, body=body, orelse=orelse):
+            return _eval(body if _eval(test, ctx, src) else orelse, ctx, src)
+        case ast.Call(func=ast.Name(id=fname), args=args):
+            return _bounded(FUNCTIONS[fname](*(_eval(a, ctx, src) for a in args)))
+        case ast.List(elts=elts) | ast.Tuple(elts=elts):
+            return [_eval(e, ctx, src) for e in elts]
+        case ast.Dict(keys=keys, values=values):
+            return {
+                _eval(k, ctx, src) if k is not None else None: _eval(v, ctx, src)
+                for k, v in zip(keys, values, strict=True)
+            }
+    raise ExpressionError(f"cannot evaluate {type(node).__name__}")  # pragma: no cover
+
+
+def check(source: str) -> None:
+    """Raise ExpressionError if the expression is not allowed (used at load time)."""
+    compile_expression(source)

@@ -1,0 +1,60 @@
+"""Templates in step inputs and workflow outputs: ``{{ expression }}``.
+
+A string that is exactly one ``{{ … }}`` takes the expression's value as is
+(an object stays an object); a string with text around placeholders is
+interpolated, with non-string values written as JSON. Templates are applied
+recursively through mappings and lists. Expressions are those of
+:mod:`podium_router.expressions`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from podium_router.expressions import ExpressionError, check, evaluate
+
+PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+WHOLE = re.compile(r"^\s*\{\{(.*?)\}\}\s*$", re.DOTALL)
+
+
+class TemplateError(ExpressionError):
+    pass
+
+
+def render(value: Any, context: Mapping[str, Any]) -> Any:
+    if isinstance(value, str):
+        return _render_string(value, context)
+    if isinstance(value, Mapping):
+        return {k: render(v, context) for k, v in value.items()}
+    if isinstance(value, list):
+        return [render(v, context) for v in value]
+    return value
+
+
+def _render_string(text: str, context: Mapping[str, Any]) -> Any:
+    whole = WHOLE.match(text)
+    if whole and "{{" not in whole.group(1):
+        return evaluate(whole.group(1), context)
+
+    def one(match: re.Match[str]) -> str:
+        result = evaluate(match.group(1), context)
+        return result if isinstance(result, str) else orjson.dumps(result).decode()
+
+    return PLACEHOLDER.sub(one, text)
+
+
+def check_template(value: Any) -> None:
+    """Raise ExpressionError for any placeholder that is not an allowed expression."""
+    if isinstance(value, str):
+        for match in PLACEHOLDER.finditer(value):
+            check(match.group(1))
+    elif isinstance(value, Mapping):
+        for v in value.values():
+            check_template(v)
+    elif isinstance(value, list):
+        for v in value:
+            check_template(v)

@@ -1,0 +1,133 @@
+"""The safe expression and template evaluator, including hostile inputs."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from podium_router.expressions import ExpressionError, MissingField, evaluate
+from podium_router.templates import render
+
+pytestmark = pytest.mark.unit
+
+CTX: dict[str, Any] = {
+    "input": {"text": "Hello World", "n": 3, "items": [1, 2, 3], "nested": {"k": "v"}, "e": ""},
+    "steps": {"history": {"output": {"entries": [{"text": "old"}]}}},
+    "task": {"tenant": "acme", "priority": 5},
+}
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("len(input.text) > 5", True),
+        ("len(input.text) > 2000", False),
+        ("input.n * 2 + 1", 7),
+        ("input.items[0]", 1),
+        ("input.items[-1]", 3),
+        ("input.items[1:]", [2, 3]),
+        ("input['nested']['k']", "v"),
+        ("input.nested.k == 'v' and task.priority >= 5", True),
+        ("not input.e", True),
+        ("'World' in input.text", True),
+        ("contains(input.items, 2)", True),
+        ("lower(input.text)", "hello world"),
+        ("startswith(input.text, 'Hell')", True),
+        ("'big' if input.n > 2 else 'small'", "big"),
+        ("default(task.missing_ok, 1) if false else 2", 2),
+        ("steps.history.output.entries[0].text", "old"),
+        ("[input.n, 'x']", [3, "x"]),
+        ("{'a': input.n}", {"a": 3}),
+        ("true and null is None", True),
+        ("max(input.items) - min(input.items)", 2),
+        ("1 < input.n < 5", True),
+    ],
+)
+def test_allowed_expressions(source: str, expected: Any) -> None:
+    assert evaluate(source, CTX) == expected
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "__import__('os').system('true')",
+        "open('/etc/passwd').read()",
+        "eval('1')",
+        "exec('x=1')",
+        "input.__class__",
+        "input.text.__class__.__mro__",
+        "().__class__.__bases__[0].__subclasses__()",
+        "[c for c in input.items]",
+        "{k: 1 for k in input}",
+        "lambda: 1",
+        "(x := 1)",
+        "input.text.upper()",  # methods of Python objects are not reachable
+        "getattr(input, 'text')",
+        "type(input)",
+        "len(input.text, key=1)",
+        "f'{input}'",
+        "2 ** 1000000",
+        "'a' * 10 ** 9",
+        "input.items * 10000000",
+        "yield 1",
+        "await x",
+        "1; 2",
+        "import os",
+        "x" * 3000,
+        "+".join(["1"] * 300),
+    ],
+)
+def test_hostile_expressions_are_refused_quickly(source: str) -> None:
+    started = time.perf_counter()
+    with pytest.raises(ExpressionError):
+        evaluate(source, CTX)
+    assert time.perf_counter() - started < 0.5
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["input.nope", "steps.missing.output", "input.items[10]", "undefined_name", "input.n.k"],
+)
+def test_missing_fields_say_which(source: str) -> None:
+    with pytest.raises(MissingField) as err:
+        evaluate(source, CTX)
+    assert source.split(".")[0].split("[")[0] in str(err.value)
+
+
+def test_runtime_errors_become_expression_errors() -> None:
+    for source in ("input.n / 0", "int('nope')", "input.text + 1", "int('9' * 5000)"):
+        with pytest.raises(ExpressionError):
+            evaluate(source, CTX)
+
+
+def test_templates_keep_types_when_whole_and_interpolate_otherwise() -> None:
+    spec = {
+        "query": "{{ input.text }}",
+        "limit": "{{ input.n }}",
+        "context": "{{ steps.history.output }}",
+        "line": "n={{ input.n }} items={{ input.items }} text={{ input.text }}",
+        "list": ["{{ input.n }}", "plain", 4],
+        "nested": {"deep": "{{ task.tenant }}"},
+    }
+    assert render(spec, CTX) == {
+        "query": "Hello World",
+        "limit": 3,
+        "context": {"entries": [{"text": "old"}]},
+        "line": "n=3 items=[1,2,3] text=Hello World",
+        "list": [3, "plain", 4],
+        "nested": {"deep": "acme"},
+    }
+
+
+def test_task_input_is_data_never_code() -> None:
+    hostile = {"input": {"text": "{{ __import__('os').system('touch /tmp/pwned') }}"}}
+    # Input is substituted as a value; it is never rendered as a template itself.
+    assert render("{{ input.text }}", hostile) == hostile["input"]["text"]
+    assert render("x {{ input.text }}", hostile) == "x " + hostile["input"]["text"]
+
+
+def test_template_with_missing_field_raises() -> None:
+    with pytest.raises(MissingField):
+        render({"q": "{{ input.absent }}"}, CTX)
