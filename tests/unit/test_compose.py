@@ -592,7 +592,7 @@ DOCKERFILE_MUTATIONS: dict[str, tuple[Callable[[str], str], str]] = {
                       "ARG SERVICE"),
     "literal wrong package": (lambda t: t.replace("--package podium-${SERVICE}",
                                                   "--package podium-router"), "--package"),
-    "not --frozen": (lambda t: t.replace("uv sync --frozen", "uv sync"), "--frozen"),
+    "not --locked": (lambda t: t.replace("uv sync --locked", "uv sync"), "--locked"),
     "wrong module": (lambda t: t.replace('"podium_memory"', '"podium_router"'), "CMD"),
     "runs as root": (lambda t: t.replace("USER podium:podium", "USER root"), "non-root"),
     "unpinned uv": (lambda t: re.sub(r"astral-sh/uv:[\d.]+", "astral-sh/uv:latest", t),
