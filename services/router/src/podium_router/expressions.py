@@ -26,8 +26,10 @@ MAX_NODES = 200
 MAX_RESULT = 1_000_000  # characters or items a single operation may produce
 
 
-class ExpressionError(Exception):
-    """An expression that is not allowed, or that failed on this data."""
+class ExpressionError(ValueError):
+    """An expression that is not allowed, or that failed on this data.
+
+    A ValueError, so pydantic reports it against the field that holds it."""
 
 
 class MissingField(ExpressionError):

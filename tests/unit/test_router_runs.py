@@ -1,0 +1,355 @@
+"""The run state machine against a real SQLite database: routing, data flow,
+limits, cancellation, the watchdog and the history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from podium_contracts import (
+    Budget,
+    StepAbandoned,
+    StepCompleted,
+    StepError,
+    StepFailed,
+    StepRequested,
+    StepRetryScheduled,
+    TaskCancelRequested,
+    TaskSubmitted,
+    Usage,
+    decode,
+)
+from podium_router.service import Router
+from podium_router.state import history, metadata
+from podium_router.workflows import Workflow, WorkflowCatalog, WorkflowError, load_file
+from podium_shared import Topics, UnitOfWork, make_engine
+
+pytestmark = pytest.mark.unit
+
+TRIAGE = {
+    "name": "ticket-triage",
+    "version": 1,
+    "steps": [
+        {
+            "id": "history",
+            "uses": "memory.recall",
+            "with": {"query": "{{ input.text }}", "limit": 5},
+        },
+        {"id": "sentiment", "uses": "echo", "with": {"text": "{{ input.text }}"}},
+        {
+            "id": "classify",
+            "uses": "llm.chat",
+            "needs": ["history", "sentiment"],
+            "with": {
+                "text": "{{ input.text }}",
+                "context": "{{ steps.history.output }}",
+                "mood": "{{ steps.sentiment.output.text }}",
+            },
+            "route": [
+                {"when": "len(input.text) > 20", "pool": "large", "model": "big-model"},
+                {"pool": "default", "model": "small-model"},
+            ],
+            "timeout": "30s",
+            "retry": {"max_attempts": 4, "backoff": "exponential", "initial": "1s", "max": "30s"},
+            "fallback": {"pool": "backup", "after_attempts": 2},
+        },
+    ],
+    "output": {
+        "label": "{{ steps.classify.output.label }}",
+        "n": "{{ len(steps.history.output) }}",
+    },
+}
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, *workflows: dict[str, Any]) -> None:
+        self.engine = make_engine(f"sqlite:///{tmp_path / 'router.db'}", metadata)
+        self.router = Router(
+            WorkflowCatalog([Workflow.model_validate(w) for w in workflows]), Topics("t")
+        )
+
+    def run(self, fn: Any, *args: Any) -> list[tuple[str, Any]]:
+        with self.engine.begin() as conn:
+            uow = UnitOfWork(conn, source="router")
+            fn(*args, uow) if args else fn(uow)
+            sent = list(uow.pending)
+        return [(m.topic, decode(m.value, m.headers).payload) for m in sent]
+
+    def events(self, task_id: str) -> list[str]:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.select(history.c.event)
+                .where(history.c.task_id == task_id)
+                .order_by(history.c.id)
+            )
+            return [r[0] for r in rows]
+
+
+def done(
+    task: str, step: str, output: Any, pool: str = "default", usage: Usage | None = None
+) -> StepCompleted:
+    return StepCompleted(
+        task_id=task,
+        step_id=step,
+        capability="x",
+        pool=pool,
+        output=output,
+        attempt=1,
+        duration_ms=2.0,
+        usage=usage or Usage(),
+    )
+
+
+def test_routes_data_flow_and_output_template(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    out = h.run(
+        h.router.accept_task,
+        TaskSubmitted(
+            task_id="t1",
+            workflow="ticket-triage",
+            input={"text": "my invoice is wrong, please help"},
+        ),
+    )
+    sent = {p.step_id: (topic, p) for topic, p in out if isinstance(p, StepRequested)}
+    assert sent["history"][0] == "t.steps.memory.v1"
+    assert sent["history"][1].input == {"query": "my invoice is wrong, please help", "limit": 5}
+    assert sent["sentiment"][1].input == {"text": "my invoice is wrong, please help"}
+
+    assert h.run(h.router.step_completed, done("t1", "history", [{"text": "old"}], "memory")) == []
+    [(topic, classify)] = h.run(h.router.step_completed, done("t1", "sentiment", {"text": "sad"}))
+    assert topic == "t.steps.large.v1" and classify.model == "big-model"
+    assert classify.input == {
+        "text": "my invoice is wrong, please help",
+        "context": [{"text": "old"}],
+        "mood": "sad",
+    }
+    assert classify.timeout_s == 30.0
+    assert classify.retry.max_attempts == 4 and classify.fallback.pool == "backup"
+    [(_, completed)] = h.run(
+        h.router.step_completed, done("t1", "classify", {"label": "billing"}, "large")
+    )
+    assert completed.output == {"label": "billing", "n": 1}
+    assert h.events("t1") == [
+        "accepted",
+        "step_dispatched",
+        "step_dispatched",
+        "step_completed",
+        "step_completed",
+        "step_dispatched",
+        "step_completed",
+        "completed",
+    ]
+
+
+def test_second_rule_matches_short_input(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    h.run(
+        h.router.accept_task,
+        TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "short"}),
+    )
+    h.run(h.router.step_completed, done("t1", "history", [], "memory"))
+    [(topic, req)] = h.run(h.router.step_completed, done("t1", "sentiment", {"text": "ok"}))
+    assert topic == "t.steps.default.v1" and req.model == "small-model"
+
+
+def test_missing_template_field_fails_the_task_not_the_router(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    out = h.run(
+        h.router.accept_task,
+        TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"other": 1}),
+    )
+    assert len(out) == 2  # TaskAccepted and TaskFailed: no step was dispatched
+    failed = out[-1][1]
+    assert failed.error.type == "template_error" and "input.text" in failed.error.message
+    assert failed.error.step_id == "history"
+
+
+def test_budget_overrun_stops_dispatch(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    h.run(
+        h.router.accept_task,
+        TaskSubmitted(
+            task_id="t1",
+            workflow="ticket-triage",
+            input={"text": "x"},
+            budget=Budget(max_tokens=100),
+        ),
+    )
+    h.run(h.router.step_completed, done("t1", "history", [], "memory"))
+    out = h.run(
+        h.router.step_completed,
+        done("t1", "sentiment", {"text": "x"}, usage=Usage(prompt_tokens=90, completion_tokens=20)),
+    )
+    [(topic, failed)] = out
+    assert topic == "t.task-events.v1" and failed.error.type == "budget_exceeded"
+    assert "110 tokens exceed the budget of 100" in failed.error.message
+
+
+def test_cost_budget(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    h.run(
+        h.router.accept_task,
+        TaskSubmitted(
+            task_id="t1",
+            workflow="ticket-triage",
+            input={"text": "x"},
+            budget=Budget(max_cost_usd=0.01),
+        ),
+    )
+    [(_, failed)] = h.run(
+        h.router.step_completed, done("t1", "history", [], "memory", usage=Usage(cost_usd=0.02))
+    )
+    assert failed.error.type == "budget_exceeded" and "$0.0200" in failed.error.message
+
+
+def test_watchdog_hands_overdue_steps_to_recovery_and_fails_late_tasks(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    now = datetime.now(UTC)
+    h.run(
+        h.router.accept_task,
+        TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),
+    )
+    h.run(h.router.step_completed, done("t1", "history", [], "memory"))
+    h.run(h.router.step_completed, done("t1", "sentiment", {"text": "x"}))
+    assert h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=29))) == []
+    [(topic, failure)] = h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=31)))
+    assert topic == "t.step-failures.v1" and isinstance(failure, StepFailed)
+    assert failure.error.type == "timeout" and failure.error.error_class == "retryable"
+    assert failure.request.step_id == "classify" and failure.request.retry is not None
+    assert (
+        h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=60))) == []
+    )  # once, not every tick
+
+    # recovery retries: the router watches the new attempt from its due time
+    h.run(
+        h.router.retry_scheduled,
+        StepRetryScheduled(
+            task_id="t1",
+            step_id="classify",
+            attempt=2,
+            pool="backup",
+            due_at=now + timedelta(seconds=40),
+            error=failure.error,
+        ),
+    )
+    assert h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=65))) == []
+    [(_, again)] = h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=71)))
+    assert again.attempt == 2 and again.pool == "backup"
+
+    h.run(
+        h.router.accept_task,
+        TaskSubmitted(
+            task_id="t2",
+            workflow="ticket-triage",
+            input={"text": "x"},
+            deadline=now + timedelta(seconds=5),
+        ),
+    )
+    out = h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=6)))
+    failed = [p for _, p in out if type(p).__name__ == "TaskFailed"]
+    assert [f.error.type for f in failed] == ["deadline_exceeded"]
+
+
+def test_step_timeout_is_capped_by_the_task_deadline(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    out = h.run(
+        h.router.accept_task,
+        TaskSubmitted(
+            task_id="t1",
+            workflow="ticket-triage",
+            input={"text": "x"},
+            deadline=datetime.now(UTC) + timedelta(seconds=3),
+        ),
+    )
+    steps = [p for _, p in out if isinstance(p, StepRequested)]
+    assert all(s.timeout_s is not None and 2 < s.timeout_s <= 3 for s in steps)
+
+
+def test_abandoned_step_fails_the_task_with_the_dlq_record(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    h.run(
+        h.router.accept_task,
+        TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),
+    )
+    from podium_contracts import DlqLocation
+
+    [(_, failed)] = h.run(
+        h.router.step_abandoned,
+        StepAbandoned(
+            task_id="t1",
+            step_id="history",
+            attempts=3,
+            error=StepError(type="unavailable", message="down", error_class="retryable"),
+            dlq=DlqLocation(topic="t.steps.memory.v1.dlq", record_id="r1"),
+        ),
+    )
+    assert failed.error.step_id == "history" and failed.dlq.record_id == "r1"
+    # a late result for the other step changes nothing
+    assert h.run(h.router.step_completed, done("t1", "sentiment", {"text": "x"})) == []
+    assert h.events("t1")[-2:] == ["failed", "late_result_ignored"]
+
+
+def test_cancel_stops_dispatch_and_ignores_late_results(tmp_path: Path) -> None:
+    h = Harness(tmp_path, TRIAGE)
+    h.run(
+        h.router.accept_task,
+        TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),
+    )
+    [(topic, cancelled)] = h.run(
+        h.router.cancel_task, TaskCancelRequested(task_id="t1", reason="user left")
+    )
+    assert topic == "t.task-events.v1" and cancelled.reason == "user left"
+    assert h.run(h.router.step_completed, done("t1", "history", [], "memory")) == []
+    assert h.run(h.router.step_completed, done("t1", "sentiment", {"text": "x"})) == []
+    assert h.run(h.router.cancel_task, TaskCancelRequested(task_id="t1")) == []
+    assert h.run(lambda uow: h.router.watchdog(uow, datetime.now(UTC) + timedelta(hours=1))) == []
+
+
+def test_a_running_task_finishes_on_the_version_it_started_with(tmp_path: Path) -> None:
+    v1 = {"name": "w", "version": 1, "steps": [{"id": "a", "uses": "echo"}]}
+    v2 = {
+        "name": "w",
+        "version": 2,
+        "steps": [{"id": "a", "uses": "echo"}, {"id": "b", "uses": "echo", "needs": ["a"]}],
+    }
+    h = Harness(tmp_path, v1)
+    h.run(h.router.accept_task, TaskSubmitted(task_id="old", workflow="w"))
+    # the router restarts with v2 loaded beside v1
+    h.router = Router(
+        WorkflowCatalog([Workflow.model_validate(v1), Workflow.model_validate(v2)]), Topics("t")
+    )
+    [(_, completed)] = h.run(h.router.step_completed, done("old", "a", {"ok": 1}))
+    assert type(completed).__name__ == "TaskCompleted"
+    out = h.run(h.router.accept_task, TaskSubmitted(task_id="new", workflow="w"))
+    assert out[0][1].workflow_version == 2
+    out = h.run(
+        h.router.accept_task, TaskSubmitted(task_id="pinned", workflow="w", workflow_version=1)
+    )
+    assert out[0][1].workflow_version == 1
+    [(_, missing)] = h.run(
+        h.router.accept_task, TaskSubmitted(task_id="v9", workflow="w", workflow_version=9)
+    )
+    assert "version 9" in missing.error.message
+
+
+def test_load_errors_name_file_line_and_field(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(
+        "name: bad\nsteps:\n  - id: a\n    uses: echo\n    timeout: soon\n"
+        "  - id: b\n    uses: echo\n    route:\n      - when: \"__import__('os')\"\n"
+    )
+    with pytest.raises(WorkflowError) as err:
+        load_file(path)
+    message = str(err.value)
+    assert str(path) in message
+    assert "line 5: steps.0.timeout" in message and "not a duration" in message
+    assert "line 9: steps.1.route.0.when" in message and "only these functions" in message
+
+
+def test_example_workflows_load() -> None:
+    repo = Path(__file__).resolve().parents[2]
+    catalog = WorkflowCatalog.load(str(repo / "workflows"))
+    assert {"hello", "ticket-triage"} <= set(catalog.names)
