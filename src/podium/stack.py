@@ -10,14 +10,30 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any, TypeVar
 
 from podium_shared import EmbeddedBroker, Settings, Topics
 from podium_shared.kafka import ensure_topics
 
 SERVICES = ("router", "executor", "memory", "recovery")
+
+T = TypeVar("T")
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine to completion, also when called from inside an event loop
+    (an async test, a notebook): then it runs on a worker thread of its own."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 @dataclass
@@ -53,7 +69,7 @@ class Stack:
                 update={"kafka_bootstrap": self.broker.bootstrap}
             )
         topics = Topics(self.settings.topic_prefix)
-        asyncio.run(
+        run_sync(
             ensure_topics(self.settings, topics.declarations(("default", "memory", *self.pools)))
         )
         try:

@@ -1,0 +1,152 @@
+"""The router over the real broker and processes: DAGs, crashes, limits, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import orjson
+import pytest
+
+from podium.client import PodiumClient
+from podium.stack import Stack
+from podium.status import StatusError, task_history, task_status
+from podium_contracts import (
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskFailed,
+    TaskSubmitted,
+)
+from podium_shared import Topics
+from tests.conftest import stack_settings
+from tests.support.kafka import read_topic
+
+pytestmark = pytest.mark.integration
+
+
+def tid(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def _steps(stack: Stack, task_id: str) -> list[object]:
+    try:
+        return list(task_status(stack.settings, task_id)["steps"])
+    except StatusError:
+        return []
+
+
+async def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_parallel_dag_completes_with_the_right_data_flow(stack: Stack) -> None:
+    task = TaskSubmitted(task_id=tid("dag"), workflow="fan-out", input={"seconds": 0.3, "k": 1})
+    async with PodiumClient(stack.settings) as client:
+        started = time.monotonic()
+        await client.submit(task)
+        outcome = (await client.wait_for([task.task_id], 30))[task.task_id]
+        elapsed = time.monotonic() - started
+    assert isinstance(outcome, TaskCompleted), outcome
+    assert outcome.output == {"left": "left", "right": "right"}
+    assert elapsed < 0.6 + 1.0, "the two 0.3 s sleeps ran one after the other"
+    steps = {s["step_id"]: s for s in task_status(stack.settings, task.task_id)["steps"]}
+    assert set(steps) == {"start", "left", "right", "join"}
+    events = task_history(stack.settings, task.task_id)["history"]
+    dispatched = [e for e in events if e["event"] == "step_dispatched"]
+    at = {e["step_id"]: e["at"] for e in dispatched}
+    assert at["left"] == at["right"]  # fanned out in one transaction
+    assert [e["event"] for e in events][-1] == "completed"
+
+
+async def test_a_deadline_fails_the_task_with_its_reason(stack: Stack) -> None:
+    task = TaskSubmitted(task_id=tid("late"), workflow="test-slow", input={"seconds": 5},
+                         deadline=datetime.now(UTC) + timedelta(seconds=1.5))
+    async with PodiumClient(stack.settings) as client:
+        await client.submit(task)
+        outcome = (await client.wait_for([task.task_id], 20))[task.task_id]
+    assert isinstance(outcome, TaskFailed)
+    assert outcome.error.type == "deadline_exceeded", outcome.error
+    assert "deadline" in outcome.error.message
+
+
+async def test_cancel_ends_the_task_as_cancelled(stack: Stack) -> None:
+    task = TaskSubmitted(task_id=tid("cancel"), workflow="test-slow", input={"seconds": 3})
+    async with PodiumClient(stack.settings) as client:
+        await client.submit(task)
+        await wait_until(lambda: _steps(stack, task.task_id) != [], 10)
+        await client.publish(TaskCancelRequested(task_id=task.task_id, reason="not needed"),
+                             key=task.task_id)
+        outcome = (await client.wait_for([task.task_id], 20))[task.task_id]
+        assert isinstance(outcome, TaskCancelled) and outcome.reason == "not needed"
+        time.sleep(3.5)  # the sleep step finishes; its late result must change nothing
+    info = task_history(stack.settings, task.task_id)
+    assert info["status"] == "cancelled"
+    assert info["history"][-1]["event"] == "late_result_ignored"
+
+
+def test_a_bad_workflow_file_is_refused_at_start_up(tmp_path: Path, kafka_bootstrap: str) -> None:
+    (tmp_path / "broken.yaml").write_text("name: broken\nsteps:\n  - id: a\n    usess: echo\n")
+    env = {**os.environ, "PODIUM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+           "PODIUM_HOME": str(tmp_path), "PODIUM_WORKFLOWS": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-m", "podium_router"], env=env, timeout=30,
+                            capture_output=True, text=True, check=False)
+    assert result.returncode == 2
+    assert str(tmp_path / "broken.yaml") in result.stderr
+    assert "line 4" in result.stderr and "steps.0.usess" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+async def test_router_killed_mid_batch_resumes_and_every_task_completes_exactly_once(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    with Stack(stack_settings(kafka_bootstrap, tmp_path)) as stack:
+        topics = Topics(stack.settings.topic_prefix)
+        tasks = [TaskSubmitted(task_id=tid(f"crash{i}"), workflow="fan-out",
+                               input={"seconds": 0.2, "i": i}) for i in range(20)]
+        async with PodiumClient(stack.settings) as client:
+            for t in tasks:
+                await client.submit(t)
+            # kill while most of the batch is in flight
+            await wait_until(lambda: len(client.outcomes) >= 3, 30)
+            router = next(p for p in stack.processes if p.name == "router")
+            stack.kill(router)
+            stack.processes.remove(router)
+            in_flight = 20 - len(client.outcomes)
+            stack.spawn("router")
+            stack.wait_ready(60)
+            outcomes = await client.wait_for([t.task_id for t in tasks], 60)
+        assert in_flight > 0
+        assert all(isinstance(o, TaskCompleted) for o in outcomes.values()), outcomes
+        for t in tasks:
+            assert outcomes[t.task_id].output == {"left": "left", "right": "right"}
+
+        # exactly once: one logical completion per task, no step dispatched twice
+        events = await read_topic(stack.bootstrap, topics.task_events, at_least=40)
+        completions: dict[str, set[str]] = defaultdict(set)
+        for r in events:
+            h = dict(r.headers)
+            if h["ce_type"] == b"podium.task.completed.v1":
+                completions[r.key.decode()].add(h["ce_id"].decode())
+        assert {t.task_id: len(completions[t.task_id]) for t in tasks} == {
+            t.task_id: 1 for t in tasks}
+        requests = await read_topic(stack.bootstrap, topics.steps("default"), at_least=80)
+        dispatches: dict[str, set[str]] = defaultdict(set)
+        for r in requests:
+            dispatches[r.key.decode()].add(dict(r.headers)["ce_id"].decode())
+        mine = {k: v for k, v in dispatches.items() if k.split("/")[0].startswith("crash")}
+        assert len(mine) == 80 and all(len(ids) == 1 for ids in mine.values())
+        for t in tasks:
+            body = orjson.dumps(task_status(stack.settings, t.task_id)["steps"])
+            assert body.count(b'"attempts":1') == 4
