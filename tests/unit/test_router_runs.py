@@ -353,3 +353,24 @@ def test_example_workflows_load() -> None:
     repo = Path(__file__).resolve().parents[2]
     catalog = WorkflowCatalog.load(str(repo / "workflows"))
     assert {"hello", "ticket-triage"} <= set(catalog.names)
+
+
+def test_a_replayed_step_that_succeeds_reopens_its_failed_task(tmp_path: Path) -> None:
+    from podium_contracts import DlqLocation
+
+    h = Harness(tmp_path, TRIAGE)
+    h.run(h.router.accept_task, TaskSubmitted(task_id="t1", workflow="ticket-triage",
+                                              input={"text": "x"}))
+    h.run(h.router.step_completed, done("t1", "sentiment", {"text": "x"}))
+    h.run(h.router.step_abandoned, StepAbandoned(
+        task_id="t1", step_id="history", attempts=3,
+        error=StepError(type="unavailable", message="down", error_class="retryable"),
+        dlq=DlqLocation(topic="t.steps.memory.v1.dlq", record_id="r1")))
+    # after the fix, the DLQ record is replayed and the step succeeds
+    [(topic, classify)] = h.run(h.router.step_completed, done("t1", "history", [], "memory"))
+    assert topic == "t.steps.default.v1" and classify.step_id == "classify"
+    [(_, completed)] = h.run(h.router.step_completed, done("t1", "classify", {"label": "bug"}))
+    assert type(completed).__name__ == "TaskCompleted"
+    assert "reopened" in h.events("t1")
+    # a second replay of the same record changes nothing
+    assert h.run(h.router.step_completed, done("t1", "history", [], "memory")) == []

@@ -223,6 +223,21 @@ class Router:
             repo, uow, repo.get_run(run.task_id), Workflow.model_validate(run.definition), now
         )
 
+    @staticmethod
+    def _reopens(repo: RunRepository, run: Row, result: StepCompleted, now: datetime) -> bool:
+        """A replayed step that now succeeds reopens the task it failed."""
+        if run.status != RunStatus.FAILED or (run.error or {}).get("step_id") != result.step_id:
+            return False
+        step = repo.get_step(run.task_id, result.step_id)
+        if step is None or step.status != StepStatus.ABANDONED:
+            return False
+        repo.update_step(run.task_id, result.step_id, status=StepStatus.DISPATCHED)
+        repo.update_run(run.task_id, status=RunStatus.RUNNING, error=None, finished_at=None)
+        repo.record(run.task_id, now, "reopened", step_id=result.step_id, attempt=result.attempt,
+                    cause=f"step {result.step_id} succeeded on replay",
+                    next="carrying on from that step")
+        return True
+
     def retry_scheduled(self, retry: StepRetryScheduled, uow: UnitOfWork) -> None:
         """Recovery will run the step again: watch the new attempt."""
         repo = RunRepository(uow.conn)
