@@ -359,13 +359,21 @@ def test_a_replayed_step_that_succeeds_reopens_its_failed_task(tmp_path: Path) -
     from podium_contracts import DlqLocation
 
     h = Harness(tmp_path, TRIAGE)
-    h.run(h.router.accept_task, TaskSubmitted(task_id="t1", workflow="ticket-triage",
-                                              input={"text": "x"}))
+    h.run(
+        h.router.accept_task,
+        TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),
+    )
     h.run(h.router.step_completed, done("t1", "sentiment", {"text": "x"}))
-    h.run(h.router.step_abandoned, StepAbandoned(
-        task_id="t1", step_id="history", attempts=3,
-        error=StepError(type="unavailable", message="down", error_class="retryable"),
-        dlq=DlqLocation(topic="t.steps.memory.v1.dlq", record_id="r1")))
+    h.run(
+        h.router.step_abandoned,
+        StepAbandoned(
+            task_id="t1",
+            step_id="history",
+            attempts=3,
+            error=StepError(type="unavailable", message="down", error_class="retryable"),
+            dlq=DlqLocation(topic="t.steps.memory.v1.dlq", record_id="r1"),
+        ),
+    )
     # after the fix, the DLQ record is replayed and the step succeeds
     [(topic, classify)] = h.run(h.router.step_completed, done("t1", "history", [], "memory"))
     assert topic == "t.steps.default.v1" and classify.step_id == "classify"

@@ -165,6 +165,8 @@ class Router:
         repo = RunRepository(uow.conn)
         run = repo.get_run(result.task_id)
         now = datetime.now(UTC)
+        if run is not None and self._reopens(repo, run, result, now):
+            run = repo.get_run(result.task_id)
         if run is None or run.status != RunStatus.RUNNING:
             if run is not None:
                 repo.record(
@@ -233,9 +235,15 @@ class Router:
             return False
         repo.update_step(run.task_id, result.step_id, status=StepStatus.DISPATCHED)
         repo.update_run(run.task_id, status=RunStatus.RUNNING, error=None, finished_at=None)
-        repo.record(run.task_id, now, "reopened", step_id=result.step_id, attempt=result.attempt,
-                    cause=f"step {result.step_id} succeeded on replay",
-                    next="carrying on from that step")
+        repo.record(
+            run.task_id,
+            now,
+            "reopened",
+            step_id=result.step_id,
+            attempt=result.attempt,
+            cause=f"step {result.step_id} succeeded on replay",
+            next="carrying on from that step",
+        )
         return True
 
     def retry_scheduled(self, retry: StepRetryScheduled, uow: UnitOfWork) -> None:
