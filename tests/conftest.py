@@ -12,10 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from podium_shared import EmbeddedBroker, Settings
-from podium_shared.logs import configure
 
 from podium.stack import Stack
+from podium_shared import EmbeddedBroker, Settings
+from podium_shared.logs import configure
 
 REPO = Path(__file__).resolve().parent.parent
 configure("tests", "WARNING")
@@ -80,3 +80,41 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     home = tmp_path_factory.mktemp("podium-home")
     with Stack(stack_settings(kafka_bootstrap, home)) as s:
         yield s
+
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "PODIUM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A scratch PostgreSQL database for this test session, dropped afterwards."""
+    import sqlalchemy as sa
+
+    name = f"podium_test_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same tests against SQLite and PostgreSQL (each test gets empty tables)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+        return
+    import sqlalchemy as sa
+
+    url: str = request.getfixturevalue("postgres_url")
+    yield url
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:  # empty the database for the next test
+        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    engine.dispose()

@@ -91,6 +91,10 @@ class Stack:
         env["PODIUM_TOPIC_PREFIX"] = self.settings.topic_prefix
         env["PODIUM_FETCH_MAX_WAIT_MS"] = str(self.settings.fetch_max_wait_ms)
         env["PODIUM_WORKFLOWS"] = self.settings.workflows
+        for service in SERVICES:
+            url = getattr(self.settings, f"{service}_database_url")
+            if url:
+                env[f"PODIUM_{service.upper()}_DATABASE_URL"] = url
         if pool:
             env["PODIUM_POOL"] = pool
         return env
@@ -99,7 +103,7 @@ class Stack:
         """Start one service process; its log goes under PODIUM_HOME/logs."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         index = sum(1 for p in self.processes if p.name == name)
-        instance = f"{name}-{pool}-{index}" if pool else name
+        instance = f"{name}-{pool}-{index}" if pool else (f"{name}-{index}" if index else name)
         log_path = self.log_dir / f"{instance}.log"
         out = log_path.open("ab")
         proc = subprocess.Popen(
@@ -120,7 +124,9 @@ class Stack:
         out = []
         for p in self.processes:
             instance = (
-                f"executor-{self.pool_of(p)}-{p.proc.pid}" if p.name == "executor" else p.name
+                f"executor-{self.pool_of(p)}-{p.proc.pid}"
+                if p.name == "executor"
+                else f"{p.name}-{p.proc.pid}"
             )
             out.append(run / f"{instance}.ready")
         return out

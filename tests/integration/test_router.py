@@ -71,8 +71,12 @@ async def test_parallel_dag_completes_with_the_right_data_flow(stack: Stack) -> 
 
 
 async def test_a_deadline_fails_the_task_with_its_reason(stack: Stack) -> None:
-    task = TaskSubmitted(task_id=tid("late"), workflow="test-slow", input={"seconds": 5},
-                         deadline=datetime.now(UTC) + timedelta(seconds=1.5))
+    task = TaskSubmitted(
+        task_id=tid("late"),
+        workflow="test-slow",
+        input={"seconds": 5},
+        deadline=datetime.now(UTC) + timedelta(seconds=1.5),
+    )
     async with PodiumClient(stack.settings) as client:
         await client.submit(task)
         outcome = (await client.wait_for([task.task_id], 20))[task.task_id]
@@ -86,8 +90,9 @@ async def test_cancel_ends_the_task_as_cancelled(stack: Stack) -> None:
     async with PodiumClient(stack.settings) as client:
         await client.submit(task)
         await wait_until(lambda: _steps(stack, task.task_id) != [], 10)
-        await client.publish(TaskCancelRequested(task_id=task.task_id, reason="not needed"),
-                             key=task.task_id)
+        await client.publish(
+            TaskCancelRequested(task_id=task.task_id, reason="not needed"), key=task.task_id
+        )
         outcome = (await client.wait_for([task.task_id], 20))[task.task_id]
         assert isinstance(outcome, TaskCancelled) and outcome.reason == "not needed"
         time.sleep(3.5)  # the sleep step finishes; its late result must change nothing
@@ -98,10 +103,20 @@ async def test_cancel_ends_the_task_as_cancelled(stack: Stack) -> None:
 
 def test_a_bad_workflow_file_is_refused_at_start_up(tmp_path: Path, kafka_bootstrap: str) -> None:
     (tmp_path / "broken.yaml").write_text("name: broken\nsteps:\n  - id: a\n    usess: echo\n")
-    env = {**os.environ, "PODIUM_KAFKA_BOOTSTRAP": kafka_bootstrap,
-           "PODIUM_HOME": str(tmp_path), "PODIUM_WORKFLOWS": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "podium_router"], env=env, timeout=30,
-                            capture_output=True, text=True, check=False)
+    env = {
+        **os.environ,
+        "PODIUM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "PODIUM_HOME": str(tmp_path),
+        "PODIUM_WORKFLOWS": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "podium_router"],
+        env=env,
+        timeout=30,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 2
     assert str(tmp_path / "broken.yaml") in result.stderr
     assert "line 4" in result.stderr and "steps.0.usess" in result.stderr
@@ -113,8 +128,12 @@ async def test_router_killed_mid_batch_resumes_and_every_task_completes_exactly_
 ) -> None:
     with Stack(stack_settings(kafka_bootstrap, tmp_path)) as stack:
         topics = Topics(stack.settings.topic_prefix)
-        tasks = [TaskSubmitted(task_id=tid(f"crash{i}"), workflow="fan-out",
-                               input={"seconds": 0.2, "i": i}) for i in range(20)]
+        tasks = [
+            TaskSubmitted(
+                task_id=tid(f"crash{i}"), workflow="fan-out", input={"seconds": 0.2, "i": i}
+            )
+            for i in range(20)
+        ]
         async with PodiumClient(stack.settings) as client:
             for t in tasks:
                 await client.submit(t)
@@ -140,7 +159,8 @@ async def test_router_killed_mid_batch_resumes_and_every_task_completes_exactly_
             if h["ce_type"] == b"podium.task.completed.v1":
                 completions[r.key.decode()].add(h["ce_id"].decode())
         assert {t.task_id: len(completions[t.task_id]) for t in tasks} == {
-            t.task_id: 1 for t in tasks}
+            t.task_id: 1 for t in tasks
+        }
         requests = await read_topic(stack.bootstrap, topics.steps("default"), at_least=80)
         dispatches: dict[str, set[str]] = defaultdict(set)
         for r in requests:
@@ -150,3 +170,28 @@ async def test_router_killed_mid_batch_resumes_and_every_task_completes_exactly_
         for t in tasks:
             body = orjson.dumps(task_status(stack.settings, t.task_id)["steps"])
             assert body.count(b'"attempts":1') == 4
+
+
+async def test_two_router_replicas_share_the_work_on_postgresql(
+    kafka_bootstrap: str, tmp_path: Path, postgres_url: str
+) -> None:
+    settings = stack_settings(kafka_bootstrap, tmp_path, router_database_url=postgres_url)
+    with Stack(settings) as stack:
+        second = stack.spawn("router")
+        stack.wait_ready(60)
+        tasks = [
+            TaskSubmitted(task_id=tid(f"pg{i}"), workflow="chain3", input={"i": i})
+            for i in range(40)
+        ]
+        async with PodiumClient(stack.settings) as client:
+            for t in tasks:
+                await client.submit(t)
+            outcomes = await client.wait_for([t.task_id for t in tasks], 60)
+        assert all(isinstance(o, TaskCompleted) for o in outcomes.values())
+        assert outcomes[tasks[7].task_id].output == {"from_two": {"from_one": {"i": 7}}}
+        # both replicas did part of the work
+        logs = [p.log_path.read_text() for p in stack.processes if p.name == "router"]
+        assert second.log_path.name == "router-1.log"
+        assert all('"partitions assigned"' in log for log in logs)
+        assigned = [log.rsplit('"partitions assigned"', 1)[0].rsplit("{", 1)[1] for log in logs]
+        assert all("tasks.v1" in a for a in assigned), assigned

@@ -3,12 +3,14 @@ limits, cancellation, the watchdog and the history."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import sqlalchemy as sa
+
 from podium_contracts import (
     Budget,
     StepAbandoned,
@@ -65,8 +67,11 @@ TRIAGE = {
 
 
 class Harness:
-    def __init__(self, tmp_path: Path, *workflows: dict[str, Any]) -> None:
-        self.engine = make_engine(f"sqlite:///{tmp_path / 'router.db'}", metadata)
+    made: ClassVar[list[Harness]] = []
+
+    def __init__(self, database_url: str, *workflows: dict[str, Any]) -> None:
+        self.engine = make_engine(database_url, metadata)
+        Harness.made.append(self)
         self.router = Router(
             WorkflowCatalog([Workflow.model_validate(w) for w in workflows]), Topics("t")
         )
@@ -78,6 +83,9 @@ class Harness:
             sent = list(uow.pending)
         return [(m.topic, decode(m.value, m.headers).payload) for m in sent]
 
+    def close(self) -> None:
+        self.engine.dispose()
+
     def events(self, task_id: str) -> list[str]:
         with self.engine.connect() as c:
             rows = c.execute(
@@ -86,6 +94,13 @@ class Harness:
                 .order_by(history.c.id)
             )
             return [r[0] for r in rows]
+
+
+@pytest.fixture(autouse=True)
+def _dispose_engines() -> Iterator[None]:
+    yield
+    while Harness.made:
+        Harness.made.pop().engine.dispose()
 
 
 def done(
@@ -103,8 +118,8 @@ def done(
     )
 
 
-def test_routes_data_flow_and_output_template(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_routes_data_flow_and_output_template(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     out = h.run(
         h.router.accept_task,
         TaskSubmitted(
@@ -144,8 +159,8 @@ def test_routes_data_flow_and_output_template(tmp_path: Path) -> None:
     ]
 
 
-def test_second_rule_matches_short_input(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_second_rule_matches_short_input(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     h.run(
         h.router.accept_task,
         TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "short"}),
@@ -155,8 +170,8 @@ def test_second_rule_matches_short_input(tmp_path: Path) -> None:
     assert topic == "t.steps.default.v1" and req.model == "small-model"
 
 
-def test_missing_template_field_fails_the_task_not_the_router(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_missing_template_field_fails_the_task_not_the_router(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     out = h.run(
         h.router.accept_task,
         TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"other": 1}),
@@ -167,8 +182,8 @@ def test_missing_template_field_fails_the_task_not_the_router(tmp_path: Path) ->
     assert failed.error.step_id == "history"
 
 
-def test_budget_overrun_stops_dispatch(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_budget_overrun_stops_dispatch(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     h.run(
         h.router.accept_task,
         TaskSubmitted(
@@ -188,8 +203,8 @@ def test_budget_overrun_stops_dispatch(tmp_path: Path) -> None:
     assert "110 tokens exceed the budget of 100" in failed.error.message
 
 
-def test_cost_budget(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_cost_budget(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     h.run(
         h.router.accept_task,
         TaskSubmitted(
@@ -205,8 +220,8 @@ def test_cost_budget(tmp_path: Path) -> None:
     assert failed.error.type == "budget_exceeded" and "$0.0200" in failed.error.message
 
 
-def test_watchdog_hands_overdue_steps_to_recovery_and_fails_late_tasks(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_watchdog_hands_overdue_steps_to_recovery_and_fails_late_tasks(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     now = datetime.now(UTC)
     h.run(
         h.router.accept_task,
@@ -253,8 +268,8 @@ def test_watchdog_hands_overdue_steps_to_recovery_and_fails_late_tasks(tmp_path:
     assert [f.error.type for f in failed] == ["deadline_exceeded"]
 
 
-def test_step_timeout_is_capped_by_the_task_deadline(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_step_timeout_is_capped_by_the_task_deadline(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     out = h.run(
         h.router.accept_task,
         TaskSubmitted(
@@ -268,8 +283,8 @@ def test_step_timeout_is_capped_by_the_task_deadline(tmp_path: Path) -> None:
     assert all(s.timeout_s is not None and 2 < s.timeout_s <= 3 for s in steps)
 
 
-def test_abandoned_step_fails_the_task_with_the_dlq_record(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_abandoned_step_fails_the_task_with_the_dlq_record(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     h.run(
         h.router.accept_task,
         TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),
@@ -292,8 +307,8 @@ def test_abandoned_step_fails_the_task_with_the_dlq_record(tmp_path: Path) -> No
     assert h.events("t1")[-2:] == ["failed", "late_result_ignored"]
 
 
-def test_cancel_stops_dispatch_and_ignores_late_results(tmp_path: Path) -> None:
-    h = Harness(tmp_path, TRIAGE)
+def test_cancel_stops_dispatch_and_ignores_late_results(database_url: str) -> None:
+    h = Harness(database_url, TRIAGE)
     h.run(
         h.router.accept_task,
         TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),
@@ -308,14 +323,14 @@ def test_cancel_stops_dispatch_and_ignores_late_results(tmp_path: Path) -> None:
     assert h.run(lambda uow: h.router.watchdog(uow, datetime.now(UTC) + timedelta(hours=1))) == []
 
 
-def test_a_running_task_finishes_on_the_version_it_started_with(tmp_path: Path) -> None:
+def test_a_running_task_finishes_on_the_version_it_started_with(database_url: str) -> None:
     v1 = {"name": "w", "version": 1, "steps": [{"id": "a", "uses": "echo"}]}
     v2 = {
         "name": "w",
         "version": 2,
         "steps": [{"id": "a", "uses": "echo"}, {"id": "b", "uses": "echo", "needs": ["a"]}],
     }
-    h = Harness(tmp_path, v1)
+    h = Harness(database_url, v1)
     h.run(h.router.accept_task, TaskSubmitted(task_id="old", workflow="w"))
     # the router restarts with v2 loaded beside v1
     h.router = Router(
@@ -355,10 +370,10 @@ def test_example_workflows_load() -> None:
     assert {"hello", "ticket-triage"} <= set(catalog.names)
 
 
-def test_a_replayed_step_that_succeeds_reopens_its_failed_task(tmp_path: Path) -> None:
+def test_a_replayed_step_that_succeeds_reopens_its_failed_task(database_url: str) -> None:
     from podium_contracts import DlqLocation
 
-    h = Harness(tmp_path, TRIAGE)
+    h = Harness(database_url, TRIAGE)
     h.run(
         h.router.accept_task,
         TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),

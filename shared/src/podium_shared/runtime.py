@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +61,8 @@ async def run_service(
     settings: Settings, spec: ServiceSpec, *, instance: str | None = None
 ) -> None:
     """Run until SIGTERM/SIGINT; then stop consuming, drain the outbox, and exit."""
-    instance = instance or spec.name
+    # One readiness file per process, so replicas of a service never share one.
+    instance = instance or f"{spec.name}-{os.getpid()}"
     topics = Topics(settings.topic_prefix)
     await ensure_topics(settings, topics.declarations(spec.pools))
     ready = ready_file(settings, instance)
