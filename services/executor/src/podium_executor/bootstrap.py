@@ -2,21 +2,84 @@
 
 from __future__ import annotations
 
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
+import time
+from dataclasses import dataclass
 
-from podium_executor.capabilities import BUILTINS, Capability
-from podium_executor.handlers import make_handler
+import httpx
+from podium_shared import Handler, Settings, Topics, make_engine
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+
+from podium_executor.breaker import Breakers
+from podium_executor.capabilities import Capability, Resources, discover
+from podium_executor.handlers import Ran, make_handler
+from podium_executor.ledger import Ledger, metadata
+from podium_executor.ratelimit import TokenBucket
 from podium_executor.service import Executor
+from podium_executor.settings import ExecutorSettings
 
 
-def build(settings: Settings, capabilities: dict[str, Capability] | None = None) -> ServiceSpec:
+@dataclass
+class ExecutorApp:
+    """Everything one replica runs, built from settings."""
+
+    pool: str
+    group: str
+    topic: str
+    pools: tuple[str, ...]
+    engine: Engine
+    executor: Executor
+    handler: Handler[Ran]
+    http: httpx.AsyncClient
+    settings: ExecutorSettings
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        self.engine.dispose()
+
+
+def shared_engine(url: str, attempts: int = 10) -> Engine:
+    """``make_engine`` for a database the pool's replicas share: replicas starting
+    together race to create the schema, and the loser sees "already exists"."""
+    for attempt in range(attempts):
+        try:
+            return make_engine(url, metadata)
+        except OperationalError as exc:
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.05 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def build(
+    settings: Settings,
+    executor_settings: ExecutorSettings | None = None,
+    capabilities: dict[str, Capability] | None = None,
+) -> ExecutorApp:
+    xs = executor_settings or ExecutorSettings(pool=settings.pool)
+    if xs.pool != settings.pool:
+        settings = settings.model_copy(update={"pool": xs.pool})
     topics = Topics(settings.topic_prefix)
-    pool = settings.pool
-    return ServiceSpec(
-        name="executor",
-        group=f"{settings.topic_prefix}-executor-{pool}",
-        topics=[topics.steps(pool)],
-        handler=make_handler(Executor(capabilities or BUILTINS, topics)),
-        engine=make_engine(settings.database_url("executor")),
-        pools=tuple(sorted({"default", "memory", pool})),
+    engine = shared_engine(settings.database_url("executor"))
+    http = httpx.AsyncClient(follow_redirects=False)
+    executor = Executor(
+        capabilities if capabilities is not None else discover(Resources(xs, http)),
+        topics,
+        ledger=Ledger(engine),
+        breakers=Breakers(xs.breaker_failures, xs.breaker_cooldown_s),
+        rate_limit=(
+            TokenBucket(xs.rate_limit_per_s, xs.rate_limit_burst) if xs.rate_limit_per_s else None
+        ),
+        default_timeout_s=xs.default_timeout_s,
+    )
+    return ExecutorApp(
+        pool=xs.pool,
+        group=f"{settings.topic_prefix}-executor-{xs.pool}",
+        topic=topics.steps(xs.pool),
+        pools=tuple(sorted({"default", "memory", xs.pool})),
+        engine=engine,
+        executor=executor,
+        handler=make_handler(executor),
+        http=http,
+        settings=xs,
     )

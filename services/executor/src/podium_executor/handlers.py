@@ -7,15 +7,17 @@ from podium_shared import Handler, UnitOfWork
 
 from podium_executor.service import Executor, Outcome
 
+Ran = tuple[StepRequested, Outcome]
 
-def make_handler(executor: Executor) -> Handler[Outcome]:
-    async def execute(event: Event) -> Outcome:
+
+def make_handler(executor: Executor) -> Handler[Ran]:
+    async def execute(event: Event) -> Ran:
         if not isinstance(event.payload, StepRequested):
             raise TypeError(f"the executor does not handle {type(event.payload).__name__}")
-        return await executor.run_step(event.payload)
+        return event.payload, await executor.run_step(event.payload)
 
-    def apply(_event: Event, outcome: Outcome | None, uow: UnitOfWork) -> None:
-        assert outcome is not None
-        executor.report(outcome, uow)
+    def apply(_event: Event, ran: Ran | None, uow: UnitOfWork) -> None:
+        assert ran is not None
+        executor.report(*ran, uow)
 
     return Handler(apply=apply, execute=execute)

@@ -1,53 +1,62 @@
-"""Run one step and decide what to report: StepCompleted or StepFailed."""
+"""Run one step and decide what to report: StepCompleted or StepFailed.
+
+The order for one step: the effect ledger (a recorded key returns its result
+without calling anything), the capability and its input, the provider's
+circuit, the pool's rate limit, then the call within the step's timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
-from podium_contracts import StepCompleted, StepError, StepFailed, StepRequested
+import orjson
+import structlog
+from podium_contracts import StepCompleted, StepError, StepFailed, StepRequested, Usage
 from podium_shared import Topics, UnitOfWork
 
-from podium_executor.capabilities import Capability, CapabilityError
+from podium_executor.breaker import Breakers, CircuitOpen
+from podium_executor.capabilities.base import Capability, Result, StepContext
+from podium_executor.errors import PROVIDER_FAILURES, CapabilityError, ErrorType, fatal, retryable
+from podium_executor.ledger import Ledger
+from podium_executor.ratelimit import TokenBucket
+
+log = structlog.get_logger(__name__)
 
 Outcome = StepCompleted | StepFailed
 
 
 class Executor:
-    def __init__(self, capabilities: dict[str, Capability], topics: Topics) -> None:
+    def __init__(
+        self,
+        capabilities: dict[str, Capability],
+        topics: Topics,
+        *,
+        ledger: Ledger | None = None,
+        breakers: Breakers | None = None,
+        rate_limit: TokenBucket | None = None,
+        default_timeout_s: float | None = None,
+    ) -> None:
         self.capabilities = capabilities
         self.topics = topics
+        self.ledger = ledger
+        self.breakers = breakers
+        self.rate_limit = rate_limit
+        self.default_timeout_s = default_timeout_s
 
     async def run_step(self, step: StepRequested) -> Outcome:
-        """Call the step's capability within its timeout; never raises for step errors."""
+        """Run the step, or return its recorded result; never raises for step errors."""
         started = time.perf_counter()
+        if self.ledger is not None:
+            recorded = self.ledger.lookup(step)
+            if recorded is not None:
+                log.info("idempotency key seen; recorded result", key=step.idempotency_key)
+                return recorded
         try:
-            capability = self.capabilities.get(step.capability)
-            if capability is None:
-                raise CapabilityError(
-                    "unknown_capability",
-                    f"pool {step.pool!r} has no capability {step.capability!r} "
-                    f"(has: {', '.join(sorted(self.capabilities))})",
-                )
-            output = await asyncio.wait_for(capability(step.input), step.timeout_s)
+            output, usage = await self._call(step)
         except CapabilityError as exc:
             return self._failed(step, exc.error, started)
-        except TimeoutError:
-            return self._failed(
-                step,
-                StepError(
-                    type="timeout",
-                    message=f"no result within {step.timeout_s}s",
-                    error_class="retryable",
-                ),
-                started,
-            )
-        except Exception as exc:
-            return self._failed(
-                step,
-                StepError(type="capability_error", message=f"{type(exc).__name__}: {exc}"),
-                started,
-            )
         return StepCompleted(
             task_id=step.task_id,
             step_id=step.step_id,
@@ -56,16 +65,72 @@ class Executor:
             output=output,
             attempt=step.attempt,
             duration_ms=(time.perf_counter() - started) * 1000,
+            usage=usage,
         )
 
-    def report(self, outcome: Outcome, uow: UnitOfWork) -> None:
-        """Successes go to the router, failures to recovery."""
-        topic = (
-            self.topics.step_results
-            if isinstance(outcome, StepCompleted)
-            else self.topics.step_failures
-        )
-        uow.publish(topic, outcome, key=outcome.task_id)
+    async def _call(self, step: StepRequested) -> tuple[Any, Usage]:
+        capability = self.capabilities.get(step.capability)
+        if capability is None:
+            raise fatal(
+                ErrorType.UNKNOWN_CAPABILITY,
+                f"pool {step.pool!r} has no capability {step.capability!r} "
+                f"(has: {', '.join(sorted(self.capabilities))})",
+            )
+        parsed = capability.parse(step.input)
+        provider = capability.provider_of(parsed)
+        if self.breakers is not None:
+            try:
+                self.breakers.before_call(provider)
+            except CircuitOpen as exc:
+                raise retryable(ErrorType.UNAVAILABLE, str(exc)) from exc
+        verdict: bool | None = None
+        try:
+            if self.rate_limit is not None:
+                await self.rate_limit.acquire()
+            result = await self._within_timeout(capability, parsed, step)
+            output, usage = (
+                (result.output, result.usage) if isinstance(result, Result) else (result, Usage())
+            )
+            output = _json_safe(output, capability.name)
+            verdict = True
+            return output, usage
+        except CapabilityError as exc:
+            verdict = False if exc.error.type in PROVIDER_FAILURES else None
+            raise
+        finally:
+            self._tell_breaker(provider, verdict)
+
+    async def _within_timeout(
+        self, capability: Capability, parsed: Any, step: StepRequested
+    ) -> Any:
+        timeout = step.timeout_s or self.default_timeout_s
+        try:
+            return await asyncio.wait_for(capability.run(parsed, StepContext.of(step)), timeout)
+        except CapabilityError:
+            raise
+        except TimeoutError as exc:
+            raise retryable(ErrorType.TIMEOUT, f"no result within {timeout}s") from exc
+        except Exception as exc:
+            raise fatal(ErrorType.CAPABILITY_ERROR, f"{type(exc).__name__}: {exc}") from exc
+
+    def _tell_breaker(self, provider: str, verdict: bool | None) -> None:
+        if self.breakers is None:
+            return
+        if verdict is True:
+            self.breakers.succeeded(provider)
+        elif verdict is False:
+            self.breakers.failed(provider)
+        else:
+            self.breakers.released(provider)
+
+    def report(self, step: StepRequested, outcome: Outcome, uow: UnitOfWork) -> None:
+        """Record a success in the ledger and send it to the router; failures go to recovery."""
+        if isinstance(outcome, StepCompleted):
+            if self.ledger is not None:
+                outcome = self.ledger.record(uow.conn, step, outcome)
+            uow.publish(self.topics.step_results, outcome, key=outcome.task_id)
+        else:
+            uow.publish(self.topics.step_failures, outcome, key=outcome.task_id)
 
     @staticmethod
     def _failed(step: StepRequested, error: StepError, started: float) -> StepFailed:
@@ -79,3 +144,11 @@ class Executor:
             duration_ms=(time.perf_counter() - started) * 1000,
             request=step,
         )
+
+
+def _json_safe(output: Any, name: str) -> Any:
+    """The output as it will be published (and recorded): plain JSON values."""
+    try:
+        return orjson.loads(orjson.dumps(output))
+    except TypeError as exc:
+        raise fatal(ErrorType.CAPABILITY_ERROR, f"{name}: output is not JSON: {exc}") from exc

@@ -1,0 +1,52 @@
+"""How a step can fail, and whether trying again can help.
+
+    CapabilityError(type, message)        raised by a capability, reported in StepFailed
+      retryable: timeout, rate_limited, unavailable
+      fatal:     invalid_input, capability_error, unknown_capability
+
+Recovery retries the retryable classes (with backoff, then the fallback pool)
+and dead-letters the fatal ones at once. Any other exception a capability
+raises is reported as a fatal ``capability_error`` naming the exception.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from podium_contracts import StepError
+
+
+class ErrorType(StrEnum):
+    TIMEOUT = "timeout"  # no result within the step's timeout
+    RATE_LIMITED = "rate_limited"  # the provider said "slow down" (HTTP 429)
+    UNAVAILABLE = "unavailable"  # provider down, unreachable, or its circuit is open
+    INVALID_INPUT = "invalid_input"  # the step's input does not fit the capability
+    CAPABILITY_ERROR = "capability_error"  # the call failed in a way a retry will not fix
+    UNKNOWN_CAPABILITY = "unknown_capability"  # the pool has no capability by that name
+
+
+RETRYABLE = frozenset({ErrorType.TIMEOUT, ErrorType.RATE_LIMITED, ErrorType.UNAVAILABLE})
+
+# Failures that say something about the provider's health (the breaker counts
+# them); invalid input and unknown capabilities are the caller's fault.
+PROVIDER_FAILURES = RETRYABLE | {ErrorType.CAPABILITY_ERROR}
+
+
+class CapabilityError(Exception):
+    """A step failure with its type; the class follows from the type unless given."""
+
+    def __init__(self, type: str, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is None:
+            retryable = type in RETRYABLE
+        self.error = StepError(
+            type=type, message=message, error_class="retryable" if retryable else "fatal"
+        )
+
+
+def retryable(type: ErrorType, message: str) -> CapabilityError:
+    return CapabilityError(type, message, retryable=True)
+
+
+def fatal(type: ErrorType, message: str) -> CapabilityError:
+    return CapabilityError(type, message, retryable=False)

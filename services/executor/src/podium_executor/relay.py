@@ -1,0 +1,109 @@
+"""An outbox relay that claims rows, for replicas sharing one database.
+
+Replicas of a pool share its database (the effect ledger must be shared), so
+their relays see the same outbox rows. Each relay first claims unclaimed rows
+in one statement (``INSERT … SELECT``, serialised by the database), publishes
+only its own claims, then deletes them with the rows. A claim older than the
+lease is dropped: the rows of a replica killed between claiming and deleting
+are published by another replica after ``lease_s``. A relay that is merely slow
+past its lease may publish a row twice; consumers deduplicate by ``ce_id``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from podium_shared import OutboxRelay
+from podium_shared.db import outbox
+from podium_shared.outbox import Sender
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from podium_executor.ledger import metadata
+
+claims = sa.Table(
+    "outbox_claims",
+    metadata,
+    sa.Column("outbox_id", sa.Integer, primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("claimed_at", sa.Float, nullable=False),
+)
+
+
+class ClaimingRelay(OutboxRelay):
+    def __init__(
+        self,
+        engine: Engine,
+        producer: Sender,
+        *,
+        owner: str,
+        lease_s: float = 10.0,
+        sweep_interval_s: float = 1.0,
+        batch: int = 1000,
+    ) -> None:
+        super().__init__(engine, producer, sweep_interval_s=sweep_interval_s, batch=batch)
+        self.owner = owner
+        self.lease_s = lease_s
+
+    def claim(self) -> Sequence[Any]:
+        """Claim up to one batch of unclaimed rows; return every row this relay holds."""
+        now = time.time()
+        with self._engine.begin() as conn:
+            conn.execute(claims.delete().where(claims.c.claimed_at < now - self.lease_s))
+            conn.execute(self._claim_statement(conn, now))
+        with self._engine.connect() as conn:
+            return conn.execute(
+                sa.select(outbox)
+                .join(claims, claims.c.outbox_id == outbox.c.id)
+                .where(claims.c.owner == self.owner)
+                .order_by(outbox.c.id)
+                .limit(self._batch)
+            ).all()
+
+    def _claim_statement(self, conn: Connection, now: float) -> Any:
+        unclaimed = (
+            sa.select(outbox.c.id, sa.literal(self.owner), sa.literal(now))
+            .where(outbox.c.id.not_in(sa.select(claims.c.outbox_id)))
+            .order_by(outbox.c.id)
+            .limit(self._batch)
+        )
+        columns = ["outbox_id", "owner", "claimed_at"]
+        if conn.dialect.name == "postgresql":
+            return (
+                postgresql.insert(claims).from_select(columns, unclaimed).on_conflict_do_nothing()
+            )
+        if conn.dialect.name == "sqlite":
+            return sqlite.insert(claims).from_select(columns, unclaimed).on_conflict_do_nothing()
+        return claims.insert().from_select(columns, unclaimed)
+
+    async def publish_pending(self) -> int:
+        rows = self.claim()
+        if not rows:
+            return 0
+        futures = [
+            await self._producer.send(
+                r.topic,
+                value=r.value,
+                key=r.key,
+                headers=[(k, v.encode("latin-1")) for k, v in r.headers],
+            )
+            for r in rows
+        ]
+        await asyncio.gather(*futures)
+        ids = [r.id for r in rows]
+        # Only rows still claimed by us: if our lease lapsed, another relay owns them
+        # now (and SQLite may even have reused an id for a new row).
+        mine = sa.select(claims.c.outbox_id).where(
+            claims.c.owner == self.owner, claims.c.outbox_id.in_(ids)
+        )
+        with self._engine.begin() as conn:
+            conn.execute(outbox.delete().where(outbox.c.id.in_(mine)))
+            conn.execute(
+                claims.delete().where(claims.c.owner == self.owner, claims.c.outbox_id.in_(ids))
+            )
+        self.published += len(rows)
+        return len(rows)

@@ -1,0 +1,396 @@
+"""A consume loop with up to N messages in flight, beyond the partition count.
+
+``ConsumeLoop`` handles one fetched batch at a time, so one slow message holds
+back the whole batch. This loop starts a task per message as soon as a slot is
+free, and commits each partition's offset only up to the last message that is
+fully finished *and every message before it* (the contiguous commit point):
+
+    partition 3:  10 ✔  11 ✔  12 …  13 ✔  14 …      → commits 12
+    (a crash now redelivers 12, 13 and 14; the inbox skips 13)
+
+The pieces are those of ``ConsumeLoop``: decode, inbox dedup, the handler's
+``execute`` outside any transaction and ``apply`` inside one with the outbox,
+and dead-lettering. Finished messages are written by one writer task, many per
+transaction, one savepoint each.
+
+On revocation (``ReleaseOnRevoke``) and shutdown the messages of the lost
+partitions get a bounded wait to finish; whatever is still running then is
+cancelled and its offset is not committed, so the next owner runs it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import sqlalchemy as sa
+import structlog
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+from podium_contracts import ContractError, Event, decode
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+
+from podium_shared.consumer import Handler, LoopStats, _headers
+from podium_shared.db import inbox
+from podium_shared.dlq import DlqReason, dead_letter
+from podium_shared.outbox import OutboxRelay, UnitOfWork, seen_before
+
+log = structlog.get_logger(__name__)
+
+
+def insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
+    """Insert one row unless its primary key exists; True when it was inserted."""
+    if conn.dialect.name == "sqlite":
+        stmt: Any = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    elif conn.dialect.name == "postgresql":
+        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    else:  # pragma: no cover - other databases are not supported yet
+        stmt = table.insert().values(**values)
+    return bool(conn.execute(stmt).rowcount)
+
+
+class PartitionOffsets:
+    """The offsets of one partition in flight, in fetch order."""
+
+    def __init__(self) -> None:
+        self._open: deque[int] = deque()
+        self._finished: set[int] = set()
+        self._point: int | None = None
+        self.committed: int | None = None  # the last offset we committed (next to read)
+
+    def started(self, offset: int) -> None:
+        self._open.append(offset)
+
+    def finished(self, offset: int) -> None:
+        self._finished.add(offset)
+
+    def commit_point(self) -> int | None:
+        """The offset to commit: one past the last finished offset with none open before it."""
+        while self._open and self._open[0] in self._finished:
+            offset = self._open.popleft()
+            self._finished.discard(offset)
+            self._point = offset + 1
+        return self._point
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._open)
+
+
+def _new_future() -> asyncio.Future[None]:
+    return asyncio.get_running_loop().create_future()
+
+
+@dataclass(eq=False, slots=True)
+class _Message:
+    record: ConsumerRecord[bytes, bytes]
+    tp: TopicPartition
+    offsets: PartitionOffsets
+    event: Event | None = None
+    poison: ContractError | None = None
+    result: Any = None
+    failure: BaseException | None = None
+    written: asyncio.Future[None] = field(default_factory=_new_future)
+
+
+class ConcurrentConsumeLoop:
+    """Runs one consumer group member with up to ``concurrency`` messages in flight."""
+
+    def __init__(
+        self,
+        *,
+        consumer: AIOKafkaConsumer,
+        engine: Engine,
+        relay: OutboxRelay,
+        handler: Handler[Any],
+        group: str,
+        service: str,
+        concurrency: int,
+        poll_timeout_ms: int = 100,
+        release_timeout_s: float = 10.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self._consumer = consumer
+        self._engine = engine
+        self._relay = relay
+        self._handler = handler
+        self._group = group
+        self._service = service
+        self._concurrency = concurrency
+        self._poll_timeout_ms = poll_timeout_ms
+        self.release_timeout_s = release_timeout_s
+        self._offsets: dict[TopicPartition, PartitionOffsets] = {}
+        self._tasks: dict[asyncio.Task[None], _Message] = {}
+        self._ids_in_flight: set[str] = set()
+        self._to_write: list[_Message] = []
+        self._write_wake = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = False
+        self._commit_wake = asyncio.Event()
+        self._background: list[asyncio.Task[None]] = []
+        self.stats = LoopStats()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def run(self) -> None:
+        """Fetch and start messages until cancelled or ``shutdown`` is called."""
+        # Writing and committing offsets run beside fetching, and apart from each
+        # other: a slow offset commit never holds back the next write (or slot).
+        self._background = [
+            asyncio.create_task(self._write_loop(), name="consume-writer"),
+            asyncio.create_task(self._commit_loop(), name="consume-committer"),
+        ]
+        try:
+            while not self._stopping:
+                free = self._concurrency - len(self._tasks)
+                if free <= 0:
+                    await self._wait_for_slot()
+                    continue
+                if self._consumer.paused():
+                    self._consumer.resume(*self._consumer.paused())
+                batches = await self._consumer.getmany(
+                    timeout_ms=self._poll_timeout_ms, max_records=free
+                )
+                records = [r for recs in batches.values() for r in recs]
+                if records and not self._stopping:
+                    self._start(records)
+        except asyncio.CancelledError:
+            for t in self._background:
+                t.cancel()
+            raise
+        # After shutdown() the writer keeps going until what is in flight is written.
+
+    async def _wait_for_slot(self) -> None:
+        # Paused partitions keep the group membership alive (aiokafka leaves the
+        # group when getmany is not called within max_poll_interval_ms) without
+        # taking more records than we have slots for.
+        self._slot_freed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._slot_freed.wait(), 1.0)
+        if len(self._tasks) >= self._concurrency:
+            self._consumer.pause(*self._consumer.assignment())
+            await self._consumer.getmany(timeout_ms=0)
+
+    def _start(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        messages: list[_Message] = []
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets = self._offsets.setdefault(tp, PartitionOffsets())
+            offsets.started(r.offset)
+            m = _Message(r, tp, offsets)
+            try:
+                m.event = decode(r.value, _headers(r))
+            except ContractError as exc:
+                m.poison = exc
+            messages.append(m)
+        ids = [m.event.envelope.id for m in messages if m.event is not None]
+        with self._engine.connect() as conn:
+            done = seen_before(conn, self._group, ids)
+        for m in messages:
+            if m.event is not None:
+                ce_id = m.event.envelope.id
+                if ce_id in done or ce_id in self._ids_in_flight:
+                    self.stats.duplicates += 1
+                    m.offsets.finished(m.record.offset)
+                    continue
+                self._ids_in_flight.add(ce_id)
+            task = asyncio.create_task(self._handle(m), name=f"message-{m.tp.partition}")
+            self._tasks[task] = m
+            task.add_done_callback(self._task_done)
+        self._commit_wake.set()  # duplicates may have moved a commit point
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        m = self._tasks.pop(task)
+        if m.event is not None:
+            self._ids_in_flight.discard(m.event.envelope.id)
+        self._slot_freed.set()
+
+    async def _handle(self, m: _Message) -> None:
+        if m.event is not None and self._handler.execute is not None:
+            try:
+                m.result = await self._handler.execute(m.event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                m.failure = exc
+        self._to_write.append(m)
+        self._write_wake.set()
+        await m.written
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._write_wake.wait()
+            self._write_wake.clear()
+            await self.flush()
+
+    async def _commit_loop(self) -> None:
+        while True:
+            await self._commit_wake.wait()
+            self._commit_wake.clear()
+            await self._commit(self._consumer.assignment())
+
+    async def flush(self) -> None:
+        """Write every finished message in one transaction; wake the committer."""
+        batch, self._to_write = self._to_write, []
+        if batch:
+            try:
+                self._write(batch)
+            except Exception:
+                # The database refused the whole batch (locked, gone): keep it and retry.
+                log.exception("writing finished messages failed; retrying")
+                self._to_write = batch + self._to_write
+                await asyncio.sleep(0.5)
+                self._write_wake.set()
+                return
+            for m in batch:
+                m.offsets.finished(m.record.offset)
+                if not m.written.done():
+                    m.written.set_result(None)
+            self._relay.notify()
+            self._commit_wake.set()
+
+    def _write(self, batch: list[_Message]) -> None:
+        with self._engine.begin() as conn:
+            for m in batch:
+                if m.poison is not None:
+                    self._dead_letter(conn, m.record, m.poison.reason, m.poison)
+                elif m.failure is not None or m.event is None:
+                    exc = m.failure or RuntimeError("no event")
+                    self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
+                else:
+                    self._apply(conn, m, m.event)
+
+    def _apply(self, conn: Connection, m: _Message, e: Event) -> None:
+        savepoint = conn.begin_nested()
+        try:
+            # Another member may have handled it during a rebalance: then it is a duplicate.
+            if not insert_ignore(
+                conn,
+                inbox,
+                {
+                    "consumer": self._group,
+                    "message_id": e.envelope.id,
+                    "topic": m.record.topic,
+                    "received_at": time.time(),
+                },
+            ):
+                savepoint.commit()
+                self.stats.duplicates += 1
+                return
+            uow = UnitOfWork(conn, source=self._service, traceparent=e.envelope.traceparent)
+            self._handler.apply(e, m.result, uow)
+            uow.flush()
+            savepoint.commit()
+            self.stats.handled += 1
+        except Exception as exc:
+            savepoint.rollback()
+            log.exception(
+                "handler failed; dead-lettering", topic=m.record.topic, ce_id=e.envelope.id
+            )
+            self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
+
+    def _dead_letter(
+        self, conn: Connection, r: ConsumerRecord[bytes, bytes], reason: str, exc: BaseException
+    ) -> None:
+        uow = UnitOfWork(conn, source=self._service)
+        uow.publish_raw(
+            dead_letter(
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                key=r.key,
+                value=r.value,
+                headers=_headers(r),
+                reason=DlqReason(reason),
+                error_type=type(exc).__name__,
+                error_message=str(exc),
+                service=self._service,
+            )
+        )
+        uow.flush()
+        self.stats.dead_lettered += 1
+        log.warning("dead-lettered", topic=r.topic, offset=r.offset, reason=reason, error=str(exc))
+
+    async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
+        offsets: dict[TopicPartition, OffsetAndMetadata] = {}
+        for tp in partitions:
+            tracked = self._offsets.get(tp)
+            if tracked is None:
+                continue
+            point = tracked.commit_point()
+            if point is not None and point != tracked.committed:
+                offsets[tp] = OffsetAndMetadata(point, "")
+        if not offsets:
+            return
+        try:
+            await self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # Not committed means redelivered; the inbox makes that harmless.
+            log.warning("offset commit failed; records will be redelivered", error=str(exc))
+            return
+        for tp, o in offsets.items():
+            self._offsets[tp].committed = o.offset
+
+    async def release(self, partitions: Iterable[TopicPartition], timeout_s: float) -> int:
+        """Let the messages of these partitions finish within ``timeout_s``, commit
+        what finished, and cancel the rest (not committed: the next owner runs them).
+        Returns how many were cancelled."""
+        lost = set(partitions)
+        tasks = [t for t, m in self._tasks.items() if m.tp in lost]
+        pending: set[asyncio.Task[None]] = set()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+            for t in pending:
+                t.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        await self.flush()
+        await self._commit(lost)
+        for tp in lost:
+            self._offsets.pop(tp, None)
+        if pending:
+            log.warning("released unfinished messages", count=len(pending))
+        return len(pending)
+
+    async def shutdown(self, timeout_s: float) -> int:
+        """Stop fetching; finish or release everything in flight; stop the writer."""
+        self._stopping = True
+        self._slot_freed.set()
+        cancelled = await self.release(list(self._offsets), timeout_s)
+        for t in self._background:
+            t.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        return cancelled
+
+
+class ReleaseOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Rebalance hooks: finish or release revoked work; report assignments."""
+
+    def __init__(
+        self,
+        loop: ConcurrentConsumeLoop,
+        on_assigned: Callable[[set[TopicPartition]], None] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._on_assigned = on_assigned
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            await self._loop.release(revoked, self._loop.release_timeout_s)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info(
+            "partitions assigned", partitions=sorted(f"{t.topic}[{t.partition}]" for t in assigned)
+        )
+        if self._on_assigned is not None:
+            self._on_assigned(assigned)

@@ -1,0 +1,123 @@
+"""Circuit breakers, the rate limit and the error classes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import pytest
+from podium_contracts import StepCompleted, StepFailed, StepRequested
+from podium_executor.breaker import Breakers, CircuitOpen, State
+from podium_executor.capabilities import BUILTINS
+from podium_executor.errors import CapabilityError, ErrorType
+from podium_executor.ratelimit import TokenBucket
+from podium_executor.service import Executor
+from podium_shared import Topics
+
+pytestmark = pytest.mark.unit
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown() -> None:
+    clock = Clock()
+    b = Breakers(failures=3, cooldown_s=10, clock=clock)
+    for _ in range(2):
+        b.before_call("p")
+        b.failed("p")
+    b.before_call("p")
+    b.succeeded("p")  # a success resets the count
+    for _ in range(3):
+        b.before_call("p")
+        b.failed("p")
+    assert b.state("p") is State.OPEN
+    with pytest.raises(CircuitOpen, match=r"next trial in 10\.0s"):
+        b.before_call("p")
+    b.before_call("other")  # providers are independent
+    clock.now += 10
+    b.before_call("p")  # the one trial call
+    assert b.state("p") is State.HALF_OPEN
+    with pytest.raises(CircuitOpen):
+        b.before_call("p")  # others fail fast while the trial runs
+    b.failed("p")
+    assert b.state("p") is State.OPEN
+    clock.now += 10
+    b.before_call("p")
+    b.succeeded("p")
+    assert b.state("p") is State.CLOSED
+
+
+def down(_ctx: Any = None) -> StepRequested:
+    return StepRequested(
+        task_id="t",
+        step_id="s",
+        workflow="w",
+        capability="fail",
+        pool="p",
+        input={"error": "retryable", "message": "down"},
+        idempotency_key="t/s",
+    )
+
+
+async def test_open_circuit_fails_fast_as_retryable_unavailable() -> None:
+    ex = Executor(BUILTINS, Topics("t"), breakers=Breakers(failures=2, cooldown_s=60))
+    first, _, third = [await ex.run_step(down()) for _ in range(3)]
+    assert isinstance(first, StepFailed) and first.error.message == "down"
+    assert isinstance(third, StepFailed)
+    assert (third.error.type, third.error.error_class) == ("unavailable", "retryable")
+    assert "circuit for provider 'fail' is open" in third.error.message
+    ok = await ex.run_step(down().model_copy(update={"capability": "echo", "input": {}}))
+    assert isinstance(ok, StepCompleted)  # another provider is unaffected
+
+
+async def test_invalid_input_does_not_count_against_the_provider() -> None:
+    ex = Executor(BUILTINS, Topics("t"), breakers=Breakers(failures=1, cooldown_s=60))
+    bad = down().model_copy(update={"capability": "sleep", "input": {"seconds": "x"}})
+    for _ in range(3):
+        out = await ex.run_step(bad)
+        assert isinstance(out, StepFailed) and out.error.type == "invalid_input"
+    good = down().model_copy(update={"capability": "sleep", "input": {"seconds": 0}})
+    assert isinstance(await ex.run_step(good), StepCompleted)
+
+
+async def test_token_bucket_paces_calls_after_the_burst() -> None:
+    bucket = TokenBucket(rate=50, burst=5)
+    started = time.perf_counter()
+    await asyncio.gather(*(bucket.acquire() for _ in range(15)))
+    elapsed = time.perf_counter() - started
+    assert 0.18 <= elapsed < 0.6  # 5 at once, then 10 at 50/s
+
+
+async def test_rate_limit_applies_to_capability_calls() -> None:
+    ex = Executor(BUILTINS, Topics("t"), rate_limit=TokenBucket(rate=20, burst=1))
+    echo = down().model_copy(update={"capability": "echo", "input": {}})
+    started = time.perf_counter()
+    outs = await asyncio.gather(*(ex.run_step(echo) for _ in range(5)))
+    assert all(isinstance(o, StepCompleted) for o in outs)
+    assert time.perf_counter() - started >= 0.19
+
+
+def test_error_class_follows_the_type() -> None:
+    assert CapabilityError(ErrorType.RATE_LIMITED, "x").error.error_class == "retryable"
+    assert CapabilityError(ErrorType.INVALID_INPUT, "x").error.error_class == "fatal"
+    assert CapabilityError("custom", "x", retryable=True).error.error_class == "retryable"
+
+
+async def test_output_that_is_not_json_is_a_capability_error() -> None:
+    from podium_executor.capabilities import Capability
+    from podium_executor.capabilities.basic import AnyInput
+
+    async def weird(_data: AnyInput, _ctx: Any) -> Any:
+        return {"x": object()}
+
+    ex = Executor({"weird": Capability("weird", AnyInput, weird)}, Topics("t"))
+    out = await ex.run_step(down().model_copy(update={"capability": "weird", "input": {}}))
+    assert isinstance(out, StepFailed) and out.error.type == "capability_error"
+    assert "not JSON" in out.error.message

@@ -1,0 +1,159 @@
+"""The effect ledger and the claiming relay on a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from podium_contracts import StepCompleted, StepFailed, StepRequested, decode
+from podium_executor.bootstrap import shared_engine
+from podium_executor.capabilities import Capability, StepContext
+from podium_executor.capabilities.basic import AnyInput
+from podium_executor.ledger import Ledger
+from podium_executor.relay import ClaimingRelay, claims
+from podium_executor.service import Executor
+from podium_shared import Topics, UnitOfWork
+from podium_shared.db import outbox
+
+pytestmark = pytest.mark.unit
+
+
+def step(key: str = "t1/s", attempt: int = 1, capability: str = "count") -> StepRequested:
+    task_id = key.split("/")[0]
+    return StepRequested(
+        task_id=task_id,
+        step_id="s",
+        workflow="w",
+        capability=capability,
+        pool="default",
+        input={"x": 1},
+        idempotency_key=key,
+        attempt=attempt,
+    )
+
+
+class Counting:
+    def __init__(self, fail_first: int = 0) -> None:
+        self.calls = 0
+        self.fail_first = fail_first
+
+    async def run(self, data: AnyInput, ctx: StepContext) -> Any:
+        self.calls += 1
+        if self.calls <= self.fail_first:
+            raise RuntimeError("boom")
+        return {"call": self.calls, "key": ctx.idempotency_key}
+
+
+def executor(tmp_path: Path, counting: Counting) -> tuple[Executor, sa.Engine]:
+    engine = shared_engine(f"sqlite:///{tmp_path / 'executor.db'}")
+    caps = {"count": Capability("count", AnyInput, counting.run)}
+    return Executor(caps, Topics("t"), ledger=Ledger(engine)), engine
+
+
+def report(ex: Executor, engine: sa.Engine, s: StepRequested, outcome: Any) -> Any:
+    with engine.begin() as conn:
+        uow = UnitOfWork(conn, source="executor")
+        ex.report(s, outcome, uow)
+        [message] = uow.pending
+    return decode(message.value, message.headers).payload
+
+
+async def test_a_recorded_key_returns_its_result_without_acting_again(tmp_path: Path) -> None:
+    counting = Counting()
+    ex, engine = executor(tmp_path, counting)
+    first = await ex.run_step(step())
+    assert isinstance(first, StepCompleted)
+    report(ex, engine, step(), first)
+    again = await ex.run_step(step(attempt=2))  # a retry or a DLQ replay of the same step
+    assert isinstance(again, StepCompleted)
+    assert counting.calls == 1
+    assert again.output == {"call": 1, "key": "t1/s"} and again.attempt == 2
+    other = await ex.run_step(step("t2/s"))
+    assert isinstance(other, StepCompleted) and counting.calls == 2
+
+
+async def test_concurrent_executions_report_the_first_recorded_result(tmp_path: Path) -> None:
+    counting = Counting()
+    ex, engine = executor(tmp_path, counting)
+    a, b = await asyncio.gather(ex.run_step(step()), ex.run_step(step()))  # both before a record
+    assert counting.calls == 2
+    sent_a = report(ex, engine, step(), a)
+    sent_b = report(ex, engine, step(), b)
+    assert sent_a.output == sent_b.output == a.output
+
+
+async def test_failures_are_not_recorded_so_a_retry_runs_again(tmp_path: Path) -> None:
+    counting = Counting(fail_first=1)
+    ex, engine = executor(tmp_path, counting)
+    failed = await ex.run_step(step())
+    assert isinstance(failed, StepFailed) and failed.error.type == "capability_error"
+    sent = report(ex, engine, step(), failed)
+    assert isinstance(sent, StepFailed)
+    retried = await ex.run_step(step(attempt=2))
+    assert isinstance(retried, StepCompleted) and counting.calls == 2
+
+
+class Sender:
+    def __init__(self) -> None:
+        self.sent: list[bytes | None] = []
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[Any]:
+        self.sent.append(value)
+        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+def add_rows(engine: sa.Engine, n: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            outbox.insert(),
+            [
+                {
+                    "topic": "t",
+                    "key": b"k",
+                    "value": str(i).encode(),
+                    "headers": [],
+                    "created_at": 0,
+                }
+                for i in range(n)
+            ],
+        )
+
+
+async def test_relays_sharing_a_database_publish_each_row_once(tmp_path: Path) -> None:
+    engine = shared_engine(f"sqlite:///{tmp_path / 'executor.db'}")
+    add_rows(engine, 50)
+    senders = [Sender(), Sender()]
+    relays = [ClaimingRelay(engine, s, owner=f"r{i}", batch=7) for i, s in enumerate(senders)]
+
+    async def drain(relay: ClaimingRelay) -> None:
+        while await relay.publish_pending():
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(drain(r) for r in relays))
+    sent = senders[0].sent + senders[1].sent
+    assert sorted(sent) == sorted(str(i).encode() for i in range(50))  # each exactly once
+    assert all(s.sent for s in senders)  # both took a share
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(claims)).scalar_one() == 0
+
+
+async def test_a_dead_relays_claims_expire_and_its_rows_are_published(tmp_path: Path) -> None:
+    engine = shared_engine(f"sqlite:///{tmp_path / 'executor.db'}")
+    add_rows(engine, 3)
+    dead = ClaimingRelay(engine, Sender(), owner="dead", lease_s=0.2)
+    assert len(dead.claim()) == 3  # claimed, then killed before sending
+    alive_sender = Sender()
+    alive = ClaimingRelay(engine, alive_sender, owner="alive", lease_s=0.2)
+    assert await alive.publish_pending() == 0  # still leased
+    time.sleep(0.25)
+    assert await alive.publish_pending() == 3
+    assert await dead.publish_pending() == 0  # its lease is gone: it deletes nothing
+    assert len(alive_sender.sent) == 3
