@@ -13,14 +13,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from podium_contracts import StepFailed, TaskCompleted, TaskSubmitted, decode
-from podium_shared import Topics
 
 from podium.client import PodiumClient
 from podium.stack import ServiceProcess, Stack
+from podium_contracts import StepFailed, TaskCompleted, TaskSubmitted, decode
+from podium_shared import Topics
 from tests.conftest import stack_settings
+from tests.support.fake_openai import FakeOpenAI
 from tests.support.kafka import committed_offsets, read_topic
-from tests.unit.test_executor_llm import FakeOpenAI
 
 pytestmark = pytest.mark.integration
 

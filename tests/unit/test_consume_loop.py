@@ -196,3 +196,23 @@ async def test_relay_publishes_in_order_and_keeps_rows_it_could_not_send(tmp_pat
     assert await OutboxRelay(engine, producer).publish_pending() == 3
     assert producer.sent == [("t.x", b"t0"), ("t.x", b"t1"), ("t.x", b"t2")]
     assert outbox_rows(engine) == []
+
+
+def test_the_inbox_takes_a_message_once_and_says_so(tmp_path: Path) -> None:
+    from podium_shared.outbox import record_received
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    with engine.begin() as conn:
+        assert record_received(conn, "g", "m1", "t") is True
+        assert record_received(conn, "g", "m1", "t") is False  # a concurrent duplicate
+        assert record_received(conn, "other-group", "m1", "t") is True
+    engine.dispose()
+
+
+def test_make_engine_is_safe_to_call_again_on_the_same_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'svc.db'}"
+    first, second = make_engine(url), make_engine(url)
+    with second.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar() == 0
+    first.dispose()
+    second.dispose()

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+
 from podium_contracts import StepCompleted, StepFailed, StepRequested, decode
-from podium_executor.bootstrap import shared_engine
 from podium_executor.capabilities import Capability, StepContext
 from podium_executor.capabilities.basic import AnyInput
-from podium_executor.ledger import Ledger
+from podium_executor.ledger import Ledger, metadata
 from podium_executor.relay import ClaimingRelay, claims
 from podium_executor.service import Executor
-from podium_shared import Topics, UnitOfWork
+from podium_shared import Topics, UnitOfWork, make_engine
 from podium_shared.db import outbox
 
 pytestmark = pytest.mark.unit
@@ -49,7 +49,7 @@ class Counting:
 
 
 def executor(tmp_path: Path, counting: Counting) -> tuple[Executor, sa.Engine]:
-    engine = shared_engine(f"sqlite:///{tmp_path / 'executor.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
     caps = {"count": Capability("count", AnyInput, counting.run)}
     return Executor(caps, Topics("t"), ledger=Ledger(engine)), engine
 
@@ -128,7 +128,7 @@ def add_rows(engine: sa.Engine, n: int) -> None:
 
 
 async def test_relays_sharing_a_database_publish_each_row_once(tmp_path: Path) -> None:
-    engine = shared_engine(f"sqlite:///{tmp_path / 'executor.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
     add_rows(engine, 50)
     senders = [Sender(), Sender()]
     relays = [ClaimingRelay(engine, s, owner=f"r{i}", batch=7) for i, s in enumerate(senders)]
@@ -146,7 +146,7 @@ async def test_relays_sharing_a_database_publish_each_row_once(tmp_path: Path) -
 
 
 async def test_a_dead_relays_claims_expire_and_its_rows_are_published(tmp_path: Path) -> None:
-    engine = shared_engine(f"sqlite:///{tmp_path / 'executor.db'}")
+    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
     add_rows(engine, 3)
     dead = ClaimingRelay(engine, Sender(), owner="dead", lease_s=0.2)
     assert len(dead.claim()) == 3  # claimed, then killed before sending

@@ -22,38 +22,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from podium_contracts import ContractError, Event, decode
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from podium_shared.consumer import Handler, LoopStats, _headers
-from podium_shared.db import inbox
-from podium_shared.dlq import DlqReason, dead_letter
-from podium_shared.outbox import OutboxRelay, UnitOfWork, seen_before
+from podium_contracts import ContractError, Event, decode
+from podium_shared.consumer import Handler, LoopStats, dead_letter_record, record_headers
+from podium_shared.dlq import DlqReason
+from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
 
 log = structlog.get_logger(__name__)
-
-
-def insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
-    """Insert one row unless its primary key exists; True when it was inserted."""
-    if conn.dialect.name == "sqlite":
-        stmt: Any = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    elif conn.dialect.name == "postgresql":
-        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - other databases are not supported yet
-        stmt = table.insert().values(**values)
-    return bool(conn.execute(stmt).rowcount)
 
 
 class PartitionOffsets:
@@ -189,7 +174,7 @@ class ConcurrentConsumeLoop:
             offsets.started(r.offset)
             m = _Message(r, tp, offsets)
             try:
-                m.event = decode(r.value, _headers(r))
+                m.event = decode(r.value, record_headers(r))
             except ContractError as exc:
                 m.poison = exc
             messages.append(m)
@@ -274,16 +259,7 @@ class ConcurrentConsumeLoop:
         savepoint = conn.begin_nested()
         try:
             # Another member may have handled it during a rebalance: then it is a duplicate.
-            if not insert_ignore(
-                conn,
-                inbox,
-                {
-                    "consumer": self._group,
-                    "message_id": e.envelope.id,
-                    "topic": m.record.topic,
-                    "received_at": time.time(),
-                },
-            ):
+            if not record_received(conn, self._group, e.envelope.id, m.record.topic):
                 savepoint.commit()
                 self.stats.duplicates += 1
                 return
@@ -302,24 +278,15 @@ class ConcurrentConsumeLoop:
     def _dead_letter(
         self, conn: Connection, r: ConsumerRecord[bytes, bytes], reason: str, exc: BaseException
     ) -> None:
-        uow = UnitOfWork(conn, source=self._service)
-        uow.publish_raw(
-            dead_letter(
-                topic=r.topic,
-                partition=r.partition,
-                offset=r.offset,
-                key=r.key,
-                value=r.value,
-                headers=_headers(r),
-                reason=DlqReason(reason),
-                error_type=type(exc).__name__,
-                error_message=str(exc),
-                service=self._service,
-            )
+        dead_letter_record(
+            conn,
+            r,
+            reason=reason,
+            error_type=type(exc).__name__,
+            message=str(exc),
+            service=self._service,
         )
-        uow.flush()
         self.stats.dead_lettered += 1
-        log.warning("dead-lettered", topic=r.topic, offset=r.offset, reason=reason, error=str(exc))
 
     async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}

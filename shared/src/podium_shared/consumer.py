@@ -25,9 +25,9 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
-from podium_contracts import ContractError, Event, Headers, decode
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
+from podium_contracts import ContractError, Event, Headers, decode
 from podium_shared.dlq import DlqReason, dead_letter
 from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
 
@@ -49,8 +49,40 @@ class LoopStats:
     dead_lettered: int = 0
 
 
-def _headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
+def record_headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
+    """A consumed record's headers as (name, bytes) pairs."""
     return [(k, v if v is not None else b"") for k, v in (record.headers or ())]
+
+
+def dead_letter_record(
+    conn: Connection,
+    record: ConsumerRecord[bytes, bytes],
+    *,
+    reason: str,
+    error_type: str,
+    message: str,
+    service: str,
+) -> None:
+    """Queue a consumed record for its DLQ in this transaction, via the outbox."""
+    uow = UnitOfWork(conn, source=service)
+    uow.publish_raw(
+        dead_letter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            headers=record_headers(record),
+            reason=DlqReason(reason),
+            error_type=error_type,
+            error_message=message,
+            service=service,
+        )
+    )
+    uow.flush()
+    log.warning(
+        "dead-lettered", topic=record.topic, offset=record.offset, reason=reason, error=message
+    )
 
 
 class ConsumeLoop:
@@ -89,7 +121,7 @@ class ConsumeLoop:
         poison: list[tuple[ConsumerRecord[bytes, bytes], ContractError]] = []
         for r in records:
             try:
-                decoded.append((r, decode(r.value, _headers(r))))
+                decoded.append((r, decode(r.value, record_headers(r))))
             except ContractError as exc:
                 poison.append((r, exc))
 
@@ -128,7 +160,10 @@ class ConsumeLoop:
                 uow = UnitOfWork(conn, source=self._service, traceparent=e.envelope.traceparent)
                 savepoint = conn.begin_nested()
                 try:
-                    record_received(conn, self._group, e.envelope.id, r.topic)
+                    if not record_received(conn, self._group, e.envelope.id, r.topic):
+                        savepoint.commit()  # handled by another member meanwhile
+                        self.stats.duplicates += 1
+                        continue
                     self._handler.apply(e, results[i], uow)
                     uow.flush()
                     savepoint.commit()
@@ -143,31 +178,22 @@ class ConsumeLoop:
         await self._commit(records)
 
     def _dead_letter_failure(
-        self, conn: Any, r: ConsumerRecord[bytes, bytes], exc: BaseException
+        self, conn: Connection, r: ConsumerRecord[bytes, bytes], exc: BaseException
     ) -> None:
         self._dead_letter(conn, r, DlqReason.PROCESSING_ERROR, type(exc).__name__, str(exc))
 
     def _dead_letter(
-        self, conn: Any, r: ConsumerRecord[bytes, bytes], reason: str, etype: str, message: str
+        self,
+        conn: Connection,
+        r: ConsumerRecord[bytes, bytes],
+        reason: str,
+        etype: str,
+        message: str,
     ) -> None:
-        uow = UnitOfWork(conn, source=self._service)
-        uow.publish_raw(
-            dead_letter(
-                topic=r.topic,
-                partition=r.partition,
-                offset=r.offset,
-                key=r.key,
-                value=r.value,
-                headers=_headers(r),
-                reason=DlqReason(reason),
-                error_type=etype,
-                error_message=message,
-                service=self._service,
-            )
+        dead_letter_record(
+            conn, r, reason=reason, error_type=etype, message=message, service=self._service
         )
-        uow.flush()
         self.stats.dead_lettered += 1
-        log.warning("dead-lettered", topic=r.topic, offset=r.offset, reason=reason, error=message)
 
     async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}

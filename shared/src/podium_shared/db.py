@@ -4,11 +4,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
 
@@ -51,7 +54,27 @@ def make_engine(url: str, table_metadata: sa.MetaData | None = None) -> Engine:
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     else:
         engine = sa.create_engine(url, pool_pre_ping=True)
-    metadata.create_all(engine)
-    if table_metadata is not None:
-        table_metadata.create_all(engine)
+    for attempt in range(5):
+        try:
+            metadata.create_all(engine)
+            if table_metadata is not None:
+                table_metadata.create_all(engine)
+            break
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            # Replicas starting together race between "does it exist" and "create";
+            # the loser sees "already exists" and finds the tables on the next look.
+            if attempt == 4:
+                raise
+            time.sleep(0.1 * (attempt + 1))
     return engine
+
+
+def insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
+    """Insert one row unless its primary key exists; True when it was inserted."""
+    if conn.dialect.name == "sqlite":
+        stmt: Any = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    elif conn.dialect.name == "postgresql":
+        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    else:  # pragma: no cover - other databases are not supported
+        stmt = table.insert().values(**values)
+    return bool(conn.execute(stmt).rowcount)

@@ -11,7 +11,6 @@ from datetime import UTC, datetime
 from enum import StrEnum
 
 from podium_contracts import Headers
-
 from podium_shared.outbox import OutgoingMessage
 from podium_shared.topics import Topics
 

@@ -22,10 +22,10 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
-from podium_contracts import Contract, Headers, encode, new_id
 from sqlalchemy.engine import Connection, Engine
 
-from podium_shared.db import inbox, outbox
+from podium_contracts import Contract, Headers, encode, new_id
+from podium_shared.db import inbox, insert_ignore, outbox
 
 log = structlog.get_logger(__name__)
 
@@ -90,11 +90,18 @@ def seen_before(conn: Connection, consumer: str, message_ids: Sequence[str]) -> 
     return {r[0] for r in rows}
 
 
-def record_received(conn: Connection, consumer: str, message_id: str, topic: str) -> None:
-    conn.execute(
-        inbox.insert().values(
-            consumer=consumer, message_id=message_id, topic=topic, received_at=time.time()
-        )
+def record_received(conn: Connection, consumer: str, message_id: str, topic: str) -> bool:
+    """Write the inbox record of a consumed message; False if it was there already
+    (another member handled it, e.g. during a rebalance)."""
+    return insert_ignore(
+        conn,
+        inbox,
+        {
+            "consumer": consumer,
+            "message_id": message_id,
+            "topic": topic,
+            "received_at": time.time(),
+        },
     )
 
 

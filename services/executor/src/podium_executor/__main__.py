@@ -7,12 +7,11 @@ import argparse
 import asyncio
 from collections.abc import Sequence
 
-from podium_shared import Settings
-from podium_shared.logs import configure
-
 from podium_executor.bootstrap import build
 from podium_executor.runner import run_executor
 from podium_executor.settings import ExecutorSettings
+from podium_shared import Settings
+from podium_shared.logs import configure
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import httpx
-from podium_shared import Handler, Settings, Topics, make_engine
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 
 from podium_executor.breaker import Breakers
 from podium_executor.capabilities import Capability, Resources, discover
@@ -17,6 +14,7 @@ from podium_executor.ledger import Ledger, metadata
 from podium_executor.ratelimit import TokenBucket
 from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
+from podium_shared import Handler, Settings, Topics, make_engine
 
 
 @dataclass
@@ -38,19 +36,6 @@ class ExecutorApp:
         self.engine.dispose()
 
 
-def shared_engine(url: str, attempts: int = 10) -> Engine:
-    """``make_engine`` for a database the pool's replicas share: replicas starting
-    together race to create the schema, and the loser sees "already exists"."""
-    for attempt in range(attempts):
-        try:
-            return make_engine(url, metadata)
-        except OperationalError as exc:
-            if "already exists" not in str(exc) or attempt == attempts - 1:
-                raise
-            time.sleep(0.05 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
 def build(
     settings: Settings,
     executor_settings: ExecutorSettings | None = None,
@@ -60,7 +45,7 @@ def build(
     if xs.pool != settings.pool:
         settings = settings.model_copy(update={"pool": xs.pool})
     topics = Topics(settings.topic_prefix)
-    engine = shared_engine(settings.database_url("executor"))
+    engine = make_engine(settings.database_url("executor"), metadata)
     http = httpx.AsyncClient(follow_redirects=False)
     executor = Executor(
         capabilities if capabilities is not None else discover(Resources(xs, http)),

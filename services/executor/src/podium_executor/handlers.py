@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from podium_contracts import Event, StepRequested
-from podium_shared import Handler, UnitOfWork
-
 from podium_executor.service import Executor, Outcome
+from podium_shared import Handler, UnitOfWork
 
 Ran = tuple[StepRequested, Outcome]
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from podium_contracts import StepCompleted, StepRequested, Usage
-from podium_shared.concurrent_consumer import insert_ignore
 from sqlalchemy.engine import Connection, Engine
+
+from podium_contracts import StepCompleted, StepRequested, Usage
+from podium_shared.db import insert_ignore
 
 metadata = sa.MetaData()
 

@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
-from podium_shared import OutboxRelay
-from podium_shared.db import outbox
-from podium_shared.outbox import Sender
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from podium_executor.ledger import metadata
+from podium_shared import OutboxRelay
+from podium_shared.db import outbox
+from podium_shared.outbox import Sender
 
 claims = sa.Table(
     "outbox_claims",

@@ -12,13 +12,13 @@ import signal
 
 import structlog
 from aiokafka import TopicPartition
+
+from podium_executor.bootstrap import ExecutorApp
+from podium_executor.relay import ClaimingRelay
 from podium_shared import Settings, Topics
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 from podium_shared.runtime import ready_file
-
-from podium_executor.bootstrap import ExecutorApp
-from podium_executor.relay import ClaimingRelay
 
 log = structlog.get_logger(__name__)
 

@@ -13,14 +13,14 @@ from typing import Any
 
 import orjson
 import structlog
-from podium_contracts import StepCompleted, StepError, StepFailed, StepRequested, Usage
-from podium_shared import Topics, UnitOfWork
 
+from podium_contracts import StepCompleted, StepError, StepFailed, StepRequested, Usage
 from podium_executor.breaker import Breakers, CircuitOpen
 from podium_executor.capabilities.base import Capability, Result, StepContext
 from podium_executor.errors import PROVIDER_FAILURES, CapabilityError, ErrorType, fatal, retryable
 from podium_executor.ledger import Ledger
 from podium_executor.ratelimit import TokenBucket
+from podium_shared import Topics, UnitOfWork
 
 log = structlog.get_logger(__name__)
 

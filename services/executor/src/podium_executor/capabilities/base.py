@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar, get_type_hints
 
 import httpx
-from podium_contracts import StepRequested, Usage
 from pydantic import BaseModel, ValidationError
 
+from podium_contracts import StepRequested, Usage
 from podium_executor.errors import CapabilityError, ErrorType, fatal
 from podium_executor.settings import ExecutorSettings
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import httpx
-from podium_contracts import Usage
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from podium_contracts import Usage
 from podium_executor.capabilities.base import Capability, Resources, Result, StepContext
 from podium_executor.capabilities.http import host_of, status_error, transport_error
 from podium_executor.errors import ErrorType, fatal, retryable
