@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from podium_shared import ServiceSpec, Settings, Topics, make_engine
 
+from podium_memory.conversation import Summarizer
 from podium_memory.handlers import make_handler
+from podium_memory.retention import purge_task
 from podium_memory.service import Memory
+from podium_memory.settings import MemorySettings
 from podium_memory.state import metadata
 
 
-def build(settings: Settings) -> ServiceSpec:
+def build(
+    settings: Settings,
+    memory_settings: MemorySettings | None = None,
+    summarizer: Summarizer | None = None,
+) -> ServiceSpec:
     topics = Topics(settings.topic_prefix)
+    memory_settings = memory_settings or MemorySettings()
+    engine = make_engine(settings.database_url("memory"), metadata)
     return ServiceSpec(
         name="memory",
         group=f"{settings.topic_prefix}-memory",
-        topics=[topics.steps("memory")],
-        handler=make_handler(Memory(topics)),
-        engine=make_engine(settings.database_url("memory"), metadata),
+        topics=[topics.steps("memory"), topics.task_events],
+        handler=make_handler(Memory(topics, memory_settings, summarizer)),
+        engine=engine,
+        background=[purge_task(engine, memory_settings)],
     )

@@ -1,8 +1,8 @@
-"""The memory service's edge."""
+"""The memory service's edge: memory steps, and task events for episodes."""
 
 from __future__ import annotations
 
-from podium_contracts import Event, StepRequested
+from podium_contracts import Event, StepRequested, TaskAccepted, TaskCompleted, TaskFailed
 from podium_shared import Handler, UnitOfWork
 
 from podium_memory.service import Memory
@@ -10,8 +10,12 @@ from podium_memory.service import Memory
 
 def make_handler(memory: Memory) -> Handler[None]:
     def apply(event: Event, _result: None, uow: UnitOfWork) -> None:
-        if not isinstance(event.payload, StepRequested):
-            raise TypeError(f"memory does not handle {type(event.payload).__name__}")
-        memory.run_step(event.payload, uow)
+        payload = event.payload
+        if isinstance(payload, StepRequested):
+            memory.run_step(payload, uow)
+        elif isinstance(payload, TaskCompleted | TaskFailed):
+            memory.record_episode(payload, uow)
+        elif not isinstance(payload, TaskAccepted):
+            raise TypeError(f"memory does not handle {type(payload).__name__}")
 
     return Handler(apply=apply)

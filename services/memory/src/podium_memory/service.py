@@ -1,86 +1,165 @@
-"""Memory capabilities, run inside the consumer's transaction so a remembered
-fact, the inbox record and the step result commit together.
-
-This is the skeleton's memory: remember and a substring recall within the
-task's own tenant and subject. Relevance ranking, more scopes, forgetting and
-retention come with the memory issue.
-"""
+"""Memory use cases, run inside the consumer's transaction so a remembered
+fact, the inbox record and the step result commit together."""
 
 from __future__ import annotations
 
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
-from podium_contracts import StepCompleted, StepError, StepFailed, StepRequested
+import structlog
+from podium_contracts import (
+    StepCompleted,
+    StepError,
+    StepFailed,
+    StepRequested,
+    TaskCompleted,
+    TaskFailed,
+)
 from podium_shared import Topics, UnitOfWork
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
-from sqlalchemy.engine import Connection
+from pydantic import ValidationError
 
-from podium_memory.state import entries
+from podium_memory.budget import within_budget
+from podium_memory.conversation import ExtractiveSummarizer, Summarizer, fold
+from podium_memory.episodes import episode
+from podium_memory.fulltext import query_terms
+from podium_memory.inputs import ConversationInput, ForgetInput, RecallInput, RememberInput
+from podium_memory.retention import expires_at
+from podium_memory.scopes import (
+    Scope,
+    ScopeForbidden,
+    ScopeKind,
+    ScopeRef,
+    default_scope,
+    resolve,
+    resolve_all,
+)
+from podium_memory.settings import MemorySettings
+from podium_memory.store import EntryType, MemoryStore, NewEntry, SessionState
 
+log = structlog.get_logger(__name__)
 
-class RememberInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    text: str = Field(min_length=1, max_length=100_000)
-    metadata: dict[str, Any] = Field(default_factory=dict)
-
-
-class RecallInput(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str = ""
-    limit: int = Field(default=5, ge=1, le=100)
-
-
-def scope_of(step: StepRequested) -> str:
-    return f"subject:{step.subject}" if step.subject else f"workflow:{step.workflow}"
-
-
-def remember(conn: Connection, step: StepRequested) -> dict[str, Any]:
-    data = RememberInput.model_validate(step.input)
-    existing = conn.execute(
-        sa.select(entries.c.id).where(entries.c.idempotency_key == step.idempotency_key)
-    ).first()
-    if existing:  # the same step again (a retry or a replay): remember once
-        return {"id": existing[0]}
-    result = conn.execute(
-        entries.insert().values(
-            tenant=step.tenant,
-            scope=scope_of(step),
-            text=data.text,
-            metadata=data.metadata,
-            idempotency_key=step.idempotency_key,
-            created_at=datetime.now(UTC),
-        )
-    )
-    key = result.inserted_primary_key
-    assert key is not None
-    return {"id": key[0]}
-
-
-def recall(conn: Connection, step: StepRequested) -> dict[str, Any]:
-    data = RecallInput.model_validate(step.input)
-    query = sa.select(entries.c.id, entries.c.text, entries.c.metadata).where(
-        entries.c.tenant == step.tenant, entries.c.scope == scope_of(step)
-    )
-    if data.query:
-        escaped = data.query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        query = query.where(entries.c.text.like(f"%{escaped}%", escape="\\"))
-    rows = conn.execute(query.order_by(entries.c.created_at.desc()).limit(data.limit))
-    return {"entries": [{"id": r.id, "text": r.text, "metadata": r.metadata} for r in rows]}
-
-
-OPERATIONS = {"memory.remember": remember, "memory.recall": recall}
+Operation = Callable[[MemoryStore, StepRequested, float], dict[str, Any]]
 
 
 class Memory:
-    def __init__(self, topics: Topics) -> None:
+    """The memory capabilities and the episode recorder."""
+
+    def __init__(
+        self,
+        topics: Topics,
+        settings: MemorySettings | None = None,
+        summarizer: Summarizer | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.topics = topics
+        self.settings = settings or MemorySettings()
+        self.summarizer = summarizer or ExtractiveSummarizer(self.settings.summary_max_chars)
+        self.clock = clock
+        self.operations: dict[str, Operation] = {
+            "memory.remember": self.remember,
+            "memory.recall": self.recall,
+            "memory.forget": self.forget,
+            "memory.conversation": self.conversation,
+        }
+
+    # -- capabilities ------------------------------------------------------------
+
+    def remember(self, store: MemoryStore, step: StepRequested, now: float) -> dict[str, Any]:
+        """Store a fact in the step's scope, once per idempotency key."""
+        data = RememberInput.model_validate(step.input)
+        scope = resolve(step, data.scope) if data.scope else default_scope(step)
+        entry_id, _ = store.add(
+            NewEntry(
+                scope=scope,
+                type=EntryType.FACT,
+                text=data.text,
+                metadata=data.metadata,
+                idempotency_key=step.idempotency_key,
+                created_at=now,
+                expires_at=expires_at(self.settings, scope.kind.value, now, data.ttl_s),
+            ),
+            cap=self.settings.max_entries_per_scope,
+        )
+        return {"id": entry_id, "scope": scope.as_dict()}
+
+    def recall(self, store: MemoryStore, step: StepRequested, now: float) -> dict[str, Any]:
+        """The most relevant visible entries of the step's scopes, within limit and budget."""
+        data = RecallInput.model_validate(step.input)
+        scopes = resolve_all(step, data.scopes)
+        limit = data.limit or self.settings.recall_limit
+        # With a token budget an entry may be skipped, so look further down the ranking.
+        fetch = limit * 4 if data.max_tokens else limit
+        types = [t.value for t in data.types or []]
+        terms = query_terms(data.query)
+        if terms:
+            ranked = store.search(
+                step.tenant,
+                scopes,
+                terms,
+                now=now,
+                half_life_s=self.settings.recency_half_life_s,
+                limit=fetch,
+                types=types,
+            )
+        else:
+            ranked = store.latest(step.tenant, scopes, now=now, limit=fetch, types=types)
+        return {"entries": [e.as_dict() for e in within_budget(ranked, limit, data.max_tokens)]}
+
+    def forget(self, store: MemoryStore, step: StepRequested, now: float) -> dict[str, Any]:
+        """Erase by ids, by scopes, or the whole tenant (which must be the step's own)."""
+        data = ForgetInput.model_validate(step.input)
+        if data.tenant is not None:
+            if data.tenant != step.tenant:
+                raise ScopeForbidden("a step may forget only its own tenant")
+            return {"forgotten": store.forget_tenant(step.tenant)}
+        scopes = resolve_all(step, data.scopes)
+        if data.ids:
+            return {"forgotten": store.forget_ids(step.tenant, scopes, data.ids)}
+        return {"forgotten": store.forget_scopes(step.tenant, scopes)}
+
+    def conversation(self, store: MemoryStore, step: StepRequested, now: float) -> dict[str, Any]:
+        """Append a turn (optional), fold what left the window, return window and summary."""
+        data = ConversationInput.model_validate(step.input)
+        scope = resolve(step, ScopeRef(kind=ScopeKind.SESSION, id=data.session))
+        window = data.window or self.settings.conversation_window
+        expiry = expires_at(self.settings, ScopeKind.SESSION.value, now)
+        if data.append is not None:
+            store.add(
+                NewEntry(
+                    scope=scope,
+                    type=EntryType.TURN,
+                    text=data.append.text,
+                    metadata={"role": data.append.role},
+                    idempotency_key=step.idempotency_key,
+                    created_at=now,
+                    expires_at=expiry,
+                ),
+                cap=self.settings.max_entries_per_scope,
+            )
+        state = store.session(scope, now=now) or SessionState("", 0, 0)
+        live = store.turns_after(scope, state.folded_through, now=now)
+        folded, kept = fold(state, live, window, self.summarizer)
+        if data.append is not None or folded != state:
+            store.save_session(scope, folded, now=now, expires_at=expiry)
+        return {
+            "session": data.session,
+            "summary": folded.summary,
+            "folded_turns": folded.folded_turns,
+            "turns": [
+                {"id": e.id, "role": e.metadata.get("role", "user"), "text": e.text} for e in kept
+            ],
+        }
+
+    # -- edges -------------------------------------------------------------------
 
     def run_step(self, step: StepRequested, uow: UnitOfWork) -> None:
+        """Run one memory step and queue its StepCompleted or StepFailed."""
         started = time.perf_counter()
-        operation = OPERATIONS.get(step.capability)
+        now = self.clock()
+        store = MemoryStore(uow.conn)
+        store.note_task_owner(step.task_id, step.tenant, step.subject, now)
+        operation = self.operations.get(step.capability)
         error: StepError | None = None
         output: Any = None
         if operation is None:
@@ -89,9 +168,14 @@ class Memory:
             )
         else:
             try:
-                output = operation(uow.conn, step)
+                output = operation(store, step, now)
             except ValidationError as exc:
-                error = StepError(type="invalid_input", message=str(exc.errors()[0]["msg"]))
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                message = f"{where}: {first['msg']}" if where else str(first["msg"])
+                error = StepError(type="invalid_input", message=message)
+            except ScopeForbidden as exc:
+                error = StepError(type="forbidden", message=str(exc))
         elapsed = (time.perf_counter() - started) * 1000
         if error is None:
             uow.publish(
@@ -107,18 +191,47 @@ class Memory:
                 ),
                 key=step.task_id,
             )
-        else:
-            uow.publish(
-                self.topics.step_failures,
-                StepFailed(
-                    task_id=step.task_id,
-                    step_id=step.step_id,
-                    capability=step.capability,
-                    pool=step.pool,
-                    attempt=step.attempt,
-                    error=error,
-                    duration_ms=elapsed,
-                    request=step,
-                ),
-                key=step.task_id,
-            )
+            return
+        uow.publish(
+            self.topics.step_failures,
+            StepFailed(
+                task_id=step.task_id,
+                step_id=step.step_id,
+                capability=step.capability,
+                pool=step.pool,
+                attempt=step.attempt,
+                error=error,
+                duration_ms=elapsed,
+                request=step,
+            ),
+            key=step.task_id,
+        )
+
+    def record_episode(self, event: TaskCompleted | TaskFailed, uow: UnitOfWork) -> bool:
+        """Remember what a finished task did in its workflow's scope; False if its tenant
+        is unknown (a task with no memory step: task events carry no tenant)."""
+        store = MemoryStore(uow.conn)
+        tenant: str | None = getattr(event, "tenant", None)
+        if tenant is None:
+            owner = store.task_owner(event.task_id)
+            if owner is None:
+                log.info("episode not recorded: tenant unknown", task_id=event.task_id)
+                return False
+            tenant = owner[0]
+        now = self.clock()
+        scope = Scope(tenant, ScopeKind.WORKFLOW, event.workflow)
+        text, meta = episode(event)
+        store.add(
+            NewEntry(
+                scope=scope,
+                type=EntryType.EPISODE,
+                text=text,
+                metadata=meta,
+                idempotency_key=f"episode:{event.task_id}",
+                created_at=now,
+                expires_at=expires_at(self.settings, ScopeKind.WORKFLOW.value, now),
+            ),
+            cap=self.settings.max_entries_per_scope,
+        )
+        store.drop_task_owner(event.task_id)
+        return True

@@ -1,0 +1,61 @@
+"""Episodic memory: what a finished task did, as a recallable entry.
+
+Task events carry no input and no tenant, so an episode records what they do
+carry (workflow, outcome, steps, usage, an output digest and preview) and the
+tenant comes from the task's memory steps (see ``memory_task_owners``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+from podium_contracts import TaskCompleted, TaskFailed
+
+PREVIEW_CHARS = 300
+
+
+def digest(value: Any) -> str:
+    """A short stable digest of a JSON value (sorted keys)."""
+    raw = orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str)
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def preview(value: Any) -> str:
+    text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS, default=str).decode()
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 1] + "…"
+
+
+def episode(event: TaskCompleted | TaskFailed) -> tuple[str, dict[str, Any]]:
+    """The entry text and metadata for a finished task."""
+    usage = event.usage.model_dump()
+    if isinstance(event, TaskCompleted):
+        steps = [s.step_id for s in event.steps]
+        text = (
+            f"workflow {event.workflow} task {event.task_id} completed "
+            f"in {len(steps)} steps ({', '.join(steps)}); cost ${event.usage.cost_usd:.4f}; "
+            f"output: {preview(event.output)}"
+        )
+        return text, {
+            "task_id": event.task_id,
+            "workflow": event.workflow,
+            "outcome": "completed",
+            "output_digest": digest(event.output),
+            "steps": [s.model_dump() for s in event.steps],
+            "usage": usage,
+            "finished_at": event.completed_at.isoformat(),
+        }
+    text = (
+        f"workflow {event.workflow} task {event.task_id} failed: "
+        f"{event.error.type}: {event.error.message}"
+        + (f" at step {event.error.step_id}" if event.error.step_id else "")
+    )
+    return text, {
+        "task_id": event.task_id,
+        "workflow": event.workflow,
+        "outcome": "failed",
+        "error": event.error.model_dump(),
+        "usage": usage,
+        "finished_at": event.failed_at.isoformat(),
+    }

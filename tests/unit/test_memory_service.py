@@ -1,0 +1,265 @@
+"""Memory capabilities through Memory.run_step and the handler, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from podium_contracts import (
+    StepAbandoned,
+    StepCompleted,
+    StepError,
+    StepFailed,
+    StepRequested,
+    StepSummary,
+    TaskAccepted,
+    TaskCompleted,
+    TaskError,
+    TaskFailed,
+    decode,
+    encode,
+)
+from podium_memory.handlers import make_handler
+from podium_memory.service import Memory
+from podium_memory.settings import MemorySettings
+from podium_shared import Topics, UnitOfWork
+from sqlalchemy.engine import Engine
+
+from tests.unit.test_memory_store import DIALECTS, NOW, memory_engine
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture(params=DIALECTS)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    with memory_engine(request.param, tmp_path) as e:
+        yield e
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = NOW
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Harness:
+    def __init__(self, engine: Engine, **settings: Any) -> None:
+        self.engine = engine
+        self.clock = Clock()
+        self.memory = Memory(Topics("t"), MemorySettings(**settings), clock=self.clock)
+        self.handler = make_handler(self.memory)
+        self.n = 0
+
+    def deliver(self, payload: Any) -> list[Any]:
+        value, headers = encode(payload, source="test")
+        with self.engine.begin() as conn:
+            uow = UnitOfWork(conn, source="memory")
+            self.handler.apply(decode(value, headers), None, uow)
+            out = list(uow.pending)
+        return [decode(m.value, m.headers).payload for m in out]
+
+    def step(
+        self, capability: str, input: dict[str, Any], *, key: str | None = None, **kw: Any
+    ) -> Any:
+        self.n += 1
+        fields: dict[str, Any] = {
+            "task_id": f"task-{self.n}",
+            "tenant": "acme",
+            "subject": "ada",
+            "workflow": "w",
+            **kw,
+        }
+        step = StepRequested(
+            step_id="s",
+            capability=capability,
+            pool="memory",
+            input=input,
+            idempotency_key=key or f"key-{self.n}",
+            **fields,
+        )
+        [result] = self.deliver(step)
+        return result
+
+    def ok(self, capability: str, input: dict[str, Any], **kw: Any) -> Any:
+        result = self.step(capability, input, **kw)
+        assert isinstance(result, StepCompleted), result
+        return result.output
+
+    def failed(self, capability: str, input: dict[str, Any], **kw: Any) -> str:
+        result = self.step(capability, input, **kw)
+        assert isinstance(result, StepFailed), result
+        assert result.error.error_class == "fatal"
+        return result.error.type
+
+    def texts(self, input: dict[str, Any], **kw: Any) -> list[str]:
+        return [e["text"] for e in self.ok("memory.recall", input, **kw)["entries"]]
+
+
+@pytest.fixture
+def h(engine: Engine) -> Harness:
+    return Harness(engine)
+
+
+def test_remember_then_recall_by_relevance_in_the_subject_scope(h: Harness) -> None:
+    out = h.ok("memory.remember", {"text": "Ada prefers tea over coffee", "metadata": {"k": 1}})
+    assert out["scope"] == {"kind": "subject", "id": "ada"}
+    h.ok("memory.remember", {"text": "Ada lives in London"})
+    [entry] = h.ok("memory.recall", {"query": "what does she drink? tea"})["entries"]
+    assert entry["text"] == "Ada prefers tea over coffee" and entry["metadata"] == {"k": 1}
+    assert entry["type"] == "fact" and entry["tokens"] == 7
+    assert h.texts({"query": "tea"}, subject="bob") == []
+    assert h.texts({"query": "tea"}, tenant="globex") == []
+
+
+def test_a_retried_step_remembers_once(h: Harness) -> None:
+    first = h.ok("memory.remember", {"text": "remembered exactly once"}, key="t/s")
+    again = h.ok("memory.remember", {"text": "remembered exactly once"}, key="t/s")
+    assert first == again
+    assert h.texts({"query": "remembered"}) == ["remembered exactly once"]
+
+
+def test_limit_and_token_budget(h: Harness) -> None:
+    h.ok("memory.remember", {"text": "budget " + "x" * 400})  # ~102 tokens
+    for i in range(4):
+        h.ok("memory.remember", {"text": f"budget note {i}"})
+    assert len(h.texts({"query": "budget", "limit": 2})) == 2
+    small = h.texts({"query": "budget", "max_tokens": 20})
+    assert small and all(len(t) < 100 for t in small)
+    assert sum(len(t) for t in small) / 4 <= 20
+    assert len(h.texts({"query": "", "limit": 10})) == 5  # no words: the newest entries
+
+
+def test_entitlements_refuse_other_subjects_workflows_and_tenants(h: Harness) -> None:
+    other_subject = {"kind": "subject", "id": "bob"}
+    other_workflow = {"kind": "workflow", "id": "payroll"}
+    assert h.failed("memory.recall", {"scopes": [other_subject]}) == "forbidden"
+    assert h.failed("memory.remember", {"text": "x", "scope": other_workflow}) == "forbidden"
+    assert h.failed("memory.forget", {"tenant": "globex"}) == "forbidden"
+    assert h.failed("memory.recall", {"scopes": [{"kind": "subject"}]}, subject=None) == "forbidden"
+    assert h.failed("memory.recall", {"scopes": [{"kind": "project"}]}) == "forbidden"
+    assert h.failed("memory.recall", {"scopes": [{"kind": "tenant"}]}) == "invalid_input"
+    assert h.failed("memory.recall", {"qeury": "typo"}) == "invalid_input"
+    assert h.failed("memory.remember", {}) == "invalid_input"
+    assert h.failed("memory.summon", {}) == "unknown_capability"
+
+
+def test_project_and_workflow_scopes_are_shared_and_sessions_are_private(h: Harness) -> None:
+    project = {"kind": "project", "id": "apollo"}
+    h.ok("memory.remember", {"text": "apollo ships friday", "scope": project})
+    h.ok("memory.remember", {"text": "workflow lesson learnt", "scope": {"kind": "workflow"}})
+    assert h.texts({"query": "apollo ships", "scopes": [project]}, subject="bob") == [
+        "apollo ships friday"
+    ]
+    assert h.texts({"query": "apollo"}, subject="bob") == []  # not named: not searched
+    assert h.texts({"query": "lesson", "scopes": [{"kind": "workflow"}]}, subject=None) == [
+        "workflow lesson learnt"
+    ]
+    assert h.texts({"query": "apollo", "scopes": [project]}, tenant="globex") == []
+    h.ok("memory.conversation", {"session": "s1", "append": {"text": "my pin is 1234"}})
+    bob = h.ok("memory.conversation", {"session": "s1"}, subject="bob")
+    assert bob["turns"] == [] and bob["summary"] == ""
+
+
+def test_forget_by_id_scope_and_tenant(h: Harness) -> None:
+    kept = h.ok("memory.remember", {"text": "keep this fact"})["id"]
+    gone = h.ok("memory.remember", {"text": "drop this fact"})["id"]
+    h.ok("memory.remember", {"text": "globex fact"}, tenant="globex")
+    assert h.ok("memory.forget", {"ids": [gone, 999_999]}) == {"forgotten": 1}
+    assert h.ok("memory.forget", {"ids": [kept]}, subject="bob") == {"forgotten": 0}
+    assert h.texts({"query": "fact"}) == ["keep this fact"]
+    assert h.ok("memory.forget", {"scopes": [{"kind": "subject"}]}) == {"forgotten": 1}
+    h.ok("memory.remember", {"text": "another fact", "scope": {"kind": "project", "id": "p"}})
+    assert h.ok("memory.forget", {"tenant": "acme"}) == {"forgotten": 1}
+    assert h.texts({"query": "fact", "scopes": [{"kind": "project", "id": "p"}]}) == []
+    assert h.texts({"query": "fact"}, tenant="globex") == ["globex fact"]
+
+
+def test_ttl_hides_at_once_and_a_requested_ttl_can_only_shorten_it(engine: Engine) -> None:
+    h = Harness(engine, ttl_subject_s=100)
+    h.ok("memory.remember", {"text": "scope ttl fact"})
+    h.ok("memory.remember", {"text": "short ttl fact", "ttl_s": 10})
+    h.ok("memory.remember", {"text": "long ttl fact", "ttl_s": 1_000})
+    h.clock.now += 50
+    assert h.texts({"query": "fact"}) == ["long ttl fact", "scope ttl fact"]
+    h.clock.now += 51
+    assert h.texts({"query": "fact"}) == []
+
+
+def test_conversation_keeps_a_window_and_folds_older_turns(h: Harness) -> None:
+    said = ["Hi, I am Ada. I like tea.", "Hello Ada!", "Book me a table.", "For when?", "Friday."]
+    out: dict[str, Any] = {}
+    for i, text in enumerate(said):
+        role = "user" if i % 2 == 0 else "assistant"
+        out = h.ok(
+            "memory.conversation",
+            {"session": "s1", "window": 2, "append": {"role": role, "text": text}},
+            key=f"c/{i}",
+        )
+    assert [t["text"] for t in out["turns"]] == ["For when?", "Friday."]
+    assert out["summary"] == "user: Hi, I am Ada.\nassistant: Hello Ada!\nuser: Book me a table."
+    assert out["folded_turns"] == 3
+    again = h.ok(
+        "memory.conversation",
+        {"session": "s1", "window": 2, "append": {"role": "user", "text": "Friday."}},
+        key="c/4",
+    )
+    assert again == out  # the same step again appends nothing
+    read = h.ok("memory.conversation", {"session": "s1", "window": 2})
+    assert read == out
+    assert h.texts({"query": "table", "scopes": [{"kind": "session", "id": "s1"}]}) == [
+        "Book me a table."
+    ]
+
+
+def _completed(task_id: str) -> TaskCompleted:
+    now = datetime.now(UTC)
+    return TaskCompleted(
+        task_id=task_id,
+        workflow="w",
+        output={"answer": 42},
+        steps=[
+            StepSummary(
+                step_id="s", capability="memory.recall", pool="memory", attempts=1, duration_ms=1.0
+            )
+        ],
+        accepted_at=now,
+        completed_at=now,
+    )
+
+
+def test_finished_tasks_become_episodes_in_their_workflow_scope(h: Harness) -> None:
+    h.ok("memory.recall", {"query": "anything"}, task_id="run-1")
+    assert (
+        h.deliver(TaskAccepted(task_id="run-1", workflow="w", accepted_at=datetime.now(UTC))) == []
+    )
+    assert h.deliver(_completed("run-1")) == []
+    assert h.deliver(_completed("run-1")) == []  # redelivered: still one episode
+    h.ok("memory.recall", {}, task_id="run-2", subject="bob")
+    failed = TaskFailed(
+        task_id="run-2",
+        workflow="w",
+        error=TaskError(type="timeout", message="too slow", step_id="s"),
+        failed_at=datetime.now(UTC),
+    )
+    h.deliver(failed)
+    h.deliver(_completed("never-seen"))  # no memory step: tenant unknown, nothing recorded
+    workflow = {"scopes": [{"kind": "workflow"}], "types": ["episode"], "limit": 10}
+    episodes = h.ok("memory.recall", {**workflow, "query": "completed failed"})["entries"]
+    assert sorted(e["metadata"]["task_id"] for e in episodes) == ["run-1", "run-2"]
+    done = next(e for e in episodes if e["metadata"]["task_id"] == "run-1")
+    assert done["metadata"]["outcome"] == "completed" and '{"answer":42}' in done["text"]
+    assert len(done["metadata"]["output_digest"]) == 16
+    assert h.texts({**workflow, "query": "completed"}, tenant="globex") == []
+
+
+def test_the_handler_refuses_what_memory_does_not_consume(h: Harness) -> None:
+    abandoned = StepAbandoned(
+        task_id="t", step_id="s", attempts=1, error=StepError(type="x", message="y")
+    )
+    with pytest.raises(TypeError, match="StepAbandoned"):
+        h.deliver(abandoned)
