@@ -18,6 +18,7 @@ from podium_shared.logs import configure
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
+from podium.cli_dlq import dlq_app
 from podium.client import Outcome, PodiumClient
 from podium.stack import Stack
 from podium.status import StatusError, list_tasks, task_history, task_status
@@ -30,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.add_typer(dlq_app, name="dlq")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 
@@ -132,6 +134,25 @@ def up(
     finally:
         print("podium: stopping", file=sys.stderr)
         stack.stop()
+
+
+@app.command()
+def executor(
+    pool: Annotated[str | None, typer.Option(help="pool to serve (default: PODIUM_POOL)")] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option(min=1, max=4096, help="steps in flight (default: PODIUM_CONCURRENCY)"),
+    ] = None,
+) -> None:
+    """Run one executor replica of a pool until SIGTERM/Ctrl-C (start as many as you like)."""
+    from podium_executor.__main__ import main as executor_main
+
+    argv: list[str] = []
+    if pool:
+        argv += ["--pool", pool]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    executor_main(argv)
 
 
 @app.command()

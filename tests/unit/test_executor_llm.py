@@ -100,3 +100,10 @@ async def test_unreachable_and_unconfigured_provider(fake_openai: FakeOpenAI) ->
     wrong_path = ExecutorSettings(llm_base_url=fake_openai.base_url + "/nope", llm_model="m")
     out = await run(wrong_path, chat("hi"))
     assert isinstance(out, StepFailed) and out.error.type == "invalid_input"
+
+
+async def test_the_routed_or_fallback_model_wins(fake_openai: FakeOpenAI) -> None:
+    step = chat("hello", model="input-model").model_copy(update={"model": "fallback-model"})
+    outcome = await run(settings_for(fake_openai), step)
+    assert isinstance(outcome, StepCompleted), outcome
+    assert fake_openai.requests[-1]["model"] == "fallback-model"

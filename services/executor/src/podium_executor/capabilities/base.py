@@ -31,6 +31,7 @@ class StepContext:
     idempotency_key: str  # stable across retries and replays: pass it to external systems
     tenant: str = "default"
     subject: str | None = None
+    model: str | None = None  # chosen by a routing rule, or by recovery's fallback
 
     @classmethod
     def of(cls, step: StepRequested) -> StepContext:
@@ -42,6 +43,7 @@ class StepContext:
             idempotency_key=step.idempotency_key,
             tenant=step.tenant,
             subject=step.subject,
+            model=step.model,
         )
 
 

@@ -95,7 +95,8 @@ def make_llm_chat(resources: Resources) -> Capability:
     async def run(data: ChatInput, ctx: StepContext) -> Result:
         if not base_url:
             raise fatal(ErrorType.CAPABILITY_ERROR, "llm.chat: PODIUM_LLM_BASE_URL is not set")
-        model = data.model or settings.llm_model
+        # The routed (or fallback) model wins over the input's, which wins over the default.
+        model = ctx.model or data.model or settings.llm_model
         if not model:
             raise fatal(ErrorType.INVALID_INPUT, "llm.chat: no model (set PODIUM_LLM_MODEL)")
         body: dict[str, Any] = {
