@@ -135,6 +135,9 @@ class TaskCompleted(Contract):
     usage: Usage = Field(default_factory=Usage)
     accepted_at: datetime
     completed_at: datetime
+    tenant: str | None = None
+    subject: str | None = None
+    input_digest: str | None = Field(default=None, description="sha256 of the task's input")
 
 
 class TaskError(BaseModel):
@@ -154,6 +157,9 @@ class TaskFailed(Contract):
     dlq: DlqLocation | None = None
     usage: Usage = Field(default_factory=Usage)
     failed_at: datetime
+    tenant: str | None = None
+    subject: str | None = None
+    input_digest: str | None = Field(default=None, description="sha256 of the task's input")
 
 
 class StepRequested(Contract):

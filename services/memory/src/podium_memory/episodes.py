@@ -1,8 +1,9 @@
 """Episodic memory: what a finished task did, as a recallable entry.
 
-Task events carry no input and no tenant, so an episode records what they do
-carry (workflow, outcome, steps, usage, an output digest and preview) and the
-tenant comes from the task's memory steps (see ``memory_task_owners``).
+An episode records what a task event carries: workflow, outcome, steps,
+usage, digests of the input and the output, and a preview of the output. The
+tenant is the event's; events from older routers lack it, and then it comes
+from the task's memory steps (see ``memory_task_owners``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def episode(event: TaskCompleted | TaskFailed) -> tuple[str, dict[str, Any]]:
             "task_id": event.task_id,
             "workflow": event.workflow,
             "outcome": "completed",
+            "input_digest": event.input_digest,
             "output_digest": digest(event.output),
             "steps": [s.model_dump() for s in event.steps],
             "usage": usage,
@@ -55,6 +57,7 @@ def episode(event: TaskCompleted | TaskFailed) -> tuple[str, dict[str, Any]]:
         "task_id": event.task_id,
         "workflow": event.workflow,
         "outcome": "failed",
+        "input_digest": event.input_digest,
         "error": event.error.model_dump(),
         "usage": usage,
         "finished_at": event.failed_at.isoformat(),

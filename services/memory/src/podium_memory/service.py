@@ -209,9 +209,10 @@ class Memory:
 
     def record_episode(self, event: TaskCompleted | TaskFailed, uow: UnitOfWork) -> bool:
         """Remember what a finished task did in its workflow's scope; False if its tenant
-        is unknown (a task with no memory step: task events carry no tenant)."""
+        is unknown (an event from a router older than the tenant field, for a task with
+        no memory step)."""
         store = MemoryStore(uow.conn)
-        tenant: str | None = getattr(event, "tenant", None)
+        tenant: str | None = event.tenant
         if tenant is None:
             owner = store.task_owner(event.task_id)
             if owner is None:

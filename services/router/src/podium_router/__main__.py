@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from podium_shared import Settings, run_service
-from podium_shared.logs import configure
-
 from podium_router.bootstrap import build
 from podium_router.workflows import WorkflowError
+from podium_shared import Settings, run_service
+from podium_shared.logs import configure
 
 
 def main() -> None:

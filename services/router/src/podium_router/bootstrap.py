@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
-
 from podium_router.handlers import make_handler
 from podium_router.service import Router
 from podium_router.state import metadata
 from podium_router.watchdog import make_watchdog
 from podium_router.workflows import WorkflowCatalog
+from podium_shared import ServiceSpec, Settings, Topics, make_engine
 
 
 def build(settings: Settings, catalog: WorkflowCatalog | None = None) -> ServiceSpec:

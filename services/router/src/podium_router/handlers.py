@@ -10,9 +10,8 @@ from podium_contracts import (
     TaskCancelRequested,
     TaskSubmitted,
 )
-from podium_shared import Handler, UnitOfWork
-
 from podium_router.service import Router
+from podium_shared import Handler, UnitOfWork
 
 
 def make_handler(router: Router) -> Handler[None]:

@@ -5,10 +5,13 @@ every transition in the history."""
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 import structlog
+
 from podium_contracts import (
     DlqLocation,
     StepAbandoned,
@@ -27,8 +30,6 @@ from podium_contracts import (
     TaskSubmitted,
     Usage,
 )
-from podium_shared import Topics, UnitOfWork
-
 from podium_router.decisions import (
     budget_exceeded,
     idempotency_key,
@@ -43,6 +44,7 @@ from podium_router.repository import RunRepository
 from podium_router.routing import Route, choose_route
 from podium_router.state import TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
+from podium_shared import Topics, UnitOfWork
 
 log = structlog.get_logger(__name__)
 
@@ -54,6 +56,12 @@ def _aware(value: datetime | None) -> datetime | None:
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value
+
+
+def _owner(run: Row) -> dict[str, Any]:
+    """Whose task it was, for consumers of task events (memory's episodes)."""
+    digest = hashlib.sha256(orjson.dumps(run.input, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    return {"tenant": run.tenant, "subject": run.subject, "input_digest": digest}
 
 
 class Router:
@@ -519,6 +527,7 @@ class Router:
                 usage=usage,
                 accepted_at=_aware(run.accepted_at),
                 completed_at=now,
+                **_owner(run),
             ),
             key=run.task_id,
         )
@@ -534,6 +543,7 @@ class Router:
         dlq: DlqLocation | None = None,
     ) -> None:
         repo.finish_run(task_id, RunStatus.FAILED, now, error=error.model_dump())
+        run = repo.get_run(task_id, lock=False)
         repo.record(
             task_id,
             now,
@@ -545,6 +555,13 @@ class Router:
         )
         uow.publish(
             self.topics.task_events,
-            TaskFailed(task_id=task_id, workflow=workflow, error=error, dlq=dlq, failed_at=now),
+            TaskFailed(
+                task_id=task_id,
+                workflow=workflow,
+                error=error,
+                dlq=dlq,
+                failed_at=now,
+                **(_owner(run) if run is not None else {}),
+            ),
             key=task_id,
         )

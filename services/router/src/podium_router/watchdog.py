@@ -8,10 +8,10 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
-from podium_shared import OutboxRelay, UnitOfWork
 from sqlalchemy.engine import Engine
 
 from podium_router.service import Router
+from podium_shared import OutboxRelay, UnitOfWork
 
 log = structlog.get_logger(__name__)
 

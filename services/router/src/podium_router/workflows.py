@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from podium_contracts import FallbackPolicy, RetryPolicy
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -23,6 +22,7 @@ from pydantic import (
     model_validator,
 )
 
+from podium_contracts import FallbackPolicy, RetryPolicy
 from podium_router.expressions import ExpressionError, check
 from podium_router.templates import check_template
 
