@@ -2,13 +2,15 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.9
-UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+# uv from PATH, else a pinned copy in a project-local venv (works on any fresh machine).
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export PODIUM_HOME ?= $(CURDIR)/.podium
 
 .PHONY: setup run up test test-unit test-integration bench schemas topics lint typecheck clean
 
-$(UV):
-	$(PYTHON) -m pip install --user --quiet "uv==$(UV_VERSION)"
+$(CURDIR)/.tools/bin/uv:
+	$(PYTHON) -m venv $(CURDIR)/.tools
+	$(CURDIR)/.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 .venv/.synced: $(UV) pyproject.toml uv.lock contracts/pyproject.toml shared/pyproject.toml $(wildcard services/*/pyproject.toml)
 	$(UV) sync --frozen --all-packages
