@@ -111,6 +111,20 @@ class Sender(Protocol):
     ) -> asyncio.Future[Any]: ...
 
 
+async def send_rows(producer: Sender, rows: Sequence[Any]) -> None:
+    """Send outbox rows in order and wait until the broker acknowledged all of them."""
+    futures = [
+        await producer.send(
+            r.topic,
+            value=r.value,
+            key=r.key,
+            headers=[(k, v.encode("latin-1")) for k, v in r.headers],
+        )
+        for r in rows
+    ]
+    await asyncio.gather(*futures)
+
+
 class OutboxRelay:
     """Publishes committed outbox rows and deletes them once acknowledged."""
 
@@ -149,16 +163,7 @@ class OutboxRelay:
             rows = conn.execute(sa.select(outbox).order_by(outbox.c.id).limit(self._batch)).all()
         if not rows:
             return 0
-        futures = [
-            await self._producer.send(
-                r.topic,
-                value=r.value,
-                key=r.key,
-                headers=[(k, v.encode("latin-1")) for k, v in r.headers],
-            )
-            for r in rows
-        ]
-        await asyncio.gather(*futures)
+        await send_rows(self._producer, rows)
         with self._engine.begin() as conn:
             conn.execute(outbox.delete().where(outbox.c.id.in_([r.id for r in rows])))
         self.published += len(rows)

@@ -11,7 +11,6 @@ past its lease may publish a row twice; consumers deduplicate by ``ce_id``.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from podium_executor.ledger import metadata
 from podium_shared import OutboxRelay
 from podium_shared.db import outbox
-from podium_shared.outbox import Sender
+from podium_shared.outbox import Sender, send_rows
 
 claims = sa.Table(
     "outbox_claims",
@@ -84,16 +83,7 @@ class ClaimingRelay(OutboxRelay):
         rows = self.claim()
         if not rows:
             return 0
-        futures = [
-            await self._producer.send(
-                r.topic,
-                value=r.value,
-                key=r.key,
-                headers=[(k, v.encode("latin-1")) for k, v in r.headers],
-            )
-            for r in rows
-        ]
-        await asyncio.gather(*futures)
+        await send_rows(self._producer, rows)
         ids = [r.id for r in rows]
         # Only rows still claimed by us: if our lease lapsed, another relay owns them
         # now (and SQLite may even have reused an id for a new row).
