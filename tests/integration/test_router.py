@@ -195,3 +195,45 @@ async def test_two_router_replicas_share_the_work_on_postgresql(
         assert all('"partitions assigned"' in log for log in logs)
         assigned = [log.rsplit('"partitions assigned"', 1)[0].rsplit("{", 1)[1] for log in logs]
         assert all("tasks.v1" in a for a in assigned), assigned
+
+
+async def test_a_budget_overrun_fails_the_task_with_its_reason(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    from tests.support.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as llm:
+        env = {
+            "PODIUM_LLM_BASE_URL": llm.base_url,
+            "PODIUM_LLM_MODEL": "gpt-4o-mini",
+            "PODIUM_LLM_API_KEY": "sk-test",
+        }
+        with Stack(stack_settings(kafka_bootstrap, tmp_path), env=env) as stack:
+            words = "one two three four five six seven eight nine ten"
+            # the fake reports one prompt token per word and two completion tokens
+            within = TaskSubmitted(
+                task_id=tid("budget-ok"),
+                workflow="test-budget",
+                input={"text": words},
+                budget={"max_tokens": 100},
+            )
+            over = TaskSubmitted(
+                task_id=tid("budget-over"),
+                workflow="test-budget",
+                input={"text": words},
+                budget={"max_tokens": 5},
+            )
+            async with PodiumClient(stack.settings) as client:
+                await client.submit(within)
+                await client.submit(over)
+                outcomes = await client.wait_for([within.task_id, over.task_id], 30)
+            assert isinstance(outcomes[within.task_id], TaskCompleted)
+            # the second prompt is "echo: " and the ten words
+            assert outcomes[within.task_id].usage.prompt_tokens == 10 + 11
+            failed = outcomes[over.task_id]
+            assert isinstance(failed, TaskFailed), failed
+            assert failed.error.type == "budget_exceeded" and failed.error.step_id == "first"
+            assert "12 tokens exceed the budget of 5" in failed.error.message
+            steps = task_status(stack.settings, over.task_id)["steps"]
+            assert [s["step_id"] for s in steps] == ["first"]  # nothing more was dispatched
+        assert sum(1 for r in llm.requests if r["messages"][-1]["content"] == words) == 2
