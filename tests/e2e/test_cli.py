@@ -77,7 +77,8 @@ def test_a_failed_task_exits_non_zero_and_says_why(stack: Stack) -> None:
         (["submit", "-w", "hello", "-i", "{oops"], "--input is not valid JSON"),
         (["submit", "-w", "hello", "-i", "[1, 2]"], "--input must be a JSON object"),
         (["submit", "-i", "{}"], "Missing option '--workflow'"),
-        (["status"], "Missing argument"),
+        (["status", "--status", "bogus"], "--status must be running, completed, failed or"),
+        (["history"], "Missing argument 'task_id'"),
         (["up", "--executors", "0"], "--executors"),
     ],
 )
