@@ -18,6 +18,7 @@ from podium_shared.logs import configure
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
+from podium.cli_dlq import dlq_app
 from podium.client import Outcome, PodiumClient
 from podium.stack import Stack
 from podium.status import StatusError, list_tasks, task_history, task_status
@@ -30,6 +31,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+app.add_typer(dlq_app, name="dlq")
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 

@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
+import random
 
 from podium_recovery.handlers import make_handler
 from podium_recovery.service import Recovery
-from podium_recovery.state import metadata
+from podium_recovery.settings import RecoverySettings
+from podium_recovery.state import metadata, migrate
+from podium_recovery.timers import make_timer_loop
+from podium_shared import ServiceSpec, Settings, Topics, make_engine
 
 
-def build(settings: Settings) -> ServiceSpec:
+def build(
+    settings: Settings,
+    recovery_settings: RecoverySettings | None = None,
+    rng: random.Random | None = None,
+) -> ServiceSpec:
+    rs = recovery_settings or RecoverySettings()
     topics = Topics(settings.topic_prefix)
+    engine = make_engine(settings.database_url("recovery"), metadata)
+    migrate(engine)
     return ServiceSpec(
         name="recovery",
         group=f"{settings.topic_prefix}-recovery",
         topics=[topics.step_failures],
-        handler=make_handler(Recovery(topics)),
-        engine=make_engine(settings.database_url("recovery"), metadata),
+        handler=make_handler(Recovery(topics, rs, rng=rng)),
+        engine=engine,
+        background=[make_timer_loop(engine, interval_s=rs.timer_interval_s, batch=rs.timer_batch)],
     )

@@ -1,11 +1,10 @@
-"""Recovery's edge."""
+"""Recovery's edge: a decoded StepFailed → one use case."""
 
 from __future__ import annotations
 
 from podium_contracts import Event, StepFailed
-from podium_shared import Handler, UnitOfWork
-
 from podium_recovery.service import Recovery
+from podium_shared import Handler, UnitOfWork
 
 
 def make_handler(recovery: Recovery) -> Handler[None]:

@@ -1,60 +1,133 @@
-"""Recovery's use case: record a failure and act on the decision."""
+"""Recovery's use case: decide what a failed step gets, act on it in the
+consuming transaction, and record the decision."""
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
+import sqlalchemy as sa
 import structlog
-from podium_contracts import DlqLocation, StepAbandoned, StepFailed, encode, new_id
-from podium_shared import DlqReason, Topics, UnitOfWork, dead_letter
 
-from podium_recovery.decisions import Decision, decide
+from podium_contracts import (
+    DlqLocation,
+    StepAbandoned,
+    StepError,
+    StepFailed,
+    StepRetryScheduled,
+    encode,
+    new_id,
+)
+from podium_recovery.decisions import Abandon, Decision, Retry, decide
+from podium_recovery.settings import RecoverySettings
 from podium_recovery.state import failures
+from podium_recovery.timers import schedule
+from podium_shared import DlqReason, Topics, UnitOfWork, dead_letter
 
 log = structlog.get_logger(__name__)
 
+SERVICE = "recovery"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
 
 class Recovery:
-    def __init__(self, topics: Topics) -> None:
+    def __init__(
+        self,
+        topics: Topics,
+        settings: RecoverySettings | None = None,
+        *,
+        clock: Callable[[], datetime] = _now,
+        rng: random.Random | None = None,
+    ) -> None:
         self.topics = topics
+        self.settings = settings or RecoverySettings()
+        self._defaults = self.settings.default_policy()
+        self._clock = clock
+        self._rng = rng or random.Random()
 
-    def step_failed(self, failure: StepFailed, uow: UnitOfWork) -> None:
-        decision = decide(failure)
-        dlq_id: str | None = None
-        if decision is Decision.ABANDON:
-            dlq_id = self._abandon(failure, uow)
-        uow.conn.execute(
-            failures.insert().values(
-                task_id=failure.task_id,
-                step_id=failure.step_id,
-                attempt=failure.attempt,
-                error_type=failure.error.type,
-                error_class=failure.error.error_class,
-                message=failure.error.message,
-                decision=decision,
-                dlq_record_id=dlq_id,
-                at=datetime.now(UTC),
+    def step_failed(self, failure: StepFailed, uow: UnitOfWork) -> Decision | None:
+        """Retry the step later or abandon it; None when this failure was already handled."""
+        now = self._clock()
+        if self._retry_already_scheduled(uow, failure):
+            # Two reports of one attempt (the router's watchdog and a late executor
+            # failure): the retry exists already; a second would run the step twice.
+            self._record(uow, failure, now, decision="duplicate", detail="retry already scheduled")
+            log.info("duplicate failure ignored", task_id=failure.task_id, step_id=failure.step_id)
+            return None
+        decision = decide(failure, self._defaults, now, self._rng, jitter=self.settings.jitter_mode)
+        if isinstance(decision, Retry):
+            self._retry(failure, decision, uow)
+            self._record(
+                uow,
+                failure,
+                now,
+                decision="retry",
+                detail=f"attempt {decision.attempt} on pool {decision.pool}"
+                + (" (fallback)" if decision.fallback else "")
+                + f" in {decision.delay_s:.3f}s",
+                retry_pool=decision.pool,
+                retry_model=decision.model,
+                delay_s=decision.delay_s,
+                due_at=decision.due_at,
             )
-        )
+        else:
+            record_id = self._abandon(failure, decision, uow)
+            self._record(
+                uow,
+                failure,
+                now,
+                decision="abandon",
+                detail=decision.detail,
+                dlq_record_id=record_id,
+            )
         log.info(
             "step failure handled",
             task_id=failure.task_id,
             step_id=failure.step_id,
-            decision=decision,
+            attempt=failure.attempt,
+            decision=type(decision).__name__.lower(),
             error=failure.error.type,
         )
+        return decision
 
-    def _abandon(self, failure: StepFailed, uow: UnitOfWork) -> str:
-        """Dead-letter the step's request and tell the router the step is abandoned."""
-        original = self.topics.steps(failure.request.pool)
-        record_id = new_id()
-        value, headers = encode(
-            failure.request, source="recovery", id=record_id, traceparent=uow.traceparent
+    def _retry(self, failure: StepFailed, retry: Retry, uow: UnitOfWork) -> None:
+        """Store the timer of the next attempt and tell the router to watch it."""
+        schedule(
+            uow.conn,
+            self.topics,
+            retry.request(failure.request),
+            retry.due_at,
+            traceparent=uow.traceparent,
         )
+        uow.publish(
+            self.topics.step_results,
+            StepRetryScheduled(
+                task_id=failure.task_id,
+                step_id=failure.step_id,
+                attempt=retry.attempt,
+                pool=retry.pool,
+                model=retry.model,
+                due_at=retry.due_at,
+                error=failure.error,
+            ),
+            key=failure.task_id,
+        )
+
+    def _abandon(self, failure: StepFailed, abandon: Abandon, uow: UnitOfWork) -> str:
+        """Dead-letter the step's request and tell the router the step is abandoned."""
+        request = failure.request
+        original = self.topics.steps(request.pool)
+        record_id = new_id()  # also the replayed request's ce_id, new to every inbox
+        value, headers = encode(request, source=SERVICE, id=record_id, traceparent=uow.traceparent)
         uow.publish_raw(
             dead_letter(
                 topic=original,
-                partition=-1,
+                partition=-1,  # rebuilt from StepFailed, not consumed from the pool's topic
                 offset=-1,
                 key=f"{failure.task_id}/{failure.step_id}".encode(),
                 value=value,
@@ -62,25 +135,62 @@ class Recovery:
                 reason=DlqReason.STEP_ABANDONED,
                 error_type=failure.error.type,
                 error_message=failure.error.message,
-                service="recovery",
+                service=SERVICE,
                 attempts=failure.attempt,
                 extra={
                     "error-class": failure.error.error_class,
                     "task-id": failure.task_id,
                     "step-id": failure.step_id,
+                    "abandoned": abandon.why.value,
                 },
             )
         )
-        location = DlqLocation(topic=self.topics.dlq(original), record_id=record_id)
         uow.publish(
             self.topics.step_results,
             StepAbandoned(
                 task_id=failure.task_id,
                 step_id=failure.step_id,
                 attempts=failure.attempt,
-                error=failure.error,
-                dlq=location,
+                error=StepError(
+                    type=failure.error.type,
+                    message=f"{failure.error.message} ({abandon.detail})",
+                    error_class=failure.error.error_class,
+                ),
+                dlq=DlqLocation(topic=self.topics.dlq(original), record_id=record_id),
             ),
             key=failure.task_id,
         )
         return record_id
+
+    @staticmethod
+    def _retry_already_scheduled(uow: UnitOfWork, failure: StepFailed) -> bool:
+        row = uow.conn.execute(
+            sa.select(failures.c.id)
+            .where(
+                failures.c.task_id == failure.task_id,
+                failures.c.step_id == failure.step_id,
+                failures.c.attempt == failure.attempt,
+                failures.c.decision == "retry",
+            )
+            .limit(1)
+        ).first()
+        return row is not None
+
+    @staticmethod
+    def _record(
+        uow: UnitOfWork, failure: StepFailed, now: datetime, *, decision: str, **extra: Any
+    ) -> None:
+        uow.conn.execute(
+            failures.insert().values(
+                task_id=failure.task_id,
+                step_id=failure.step_id,
+                attempt=failure.attempt,
+                pool=failure.request.pool,
+                error_type=failure.error.type,
+                error_class=failure.error.error_class,
+                message=failure.error.message,
+                decision=decision,
+                at=now,
+                **extra,
+            )
+        )

@@ -1,0 +1,259 @@
+"""`podium dlq list | show | replay`: the dead-letter topics, for operators."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from podium.dlq import (
+    DlqError,
+    DlqRecord,
+    Filters,
+    ReplayReport,
+    dlq_topics,
+    parse_since,
+    read_records,
+    replay,
+    resolve_topic,
+    select,
+    summarize,
+    task_states,
+)
+from podium_shared import Settings
+from podium_shared.kafka import make_consumer, make_producer
+
+dlq_app = typer.Typer(
+    name="dlq",
+    help="List, inspect and replay dead-letter topics.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+PROGRESS_FROM = 100  # records: smaller replays finish before a bar is worth drawing
+T = TypeVar("T")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+TopicArg = Annotated[str, typer.Argument(help="a DLQ topic, with or without the prefix")]
+ErrorTypeOpt = Annotated[
+    str | None, typer.Option("--error-type", help="error type, error class or DLQ reason")
+]
+SinceOpt = Annotated[
+    str | None, typer.Option("--since", help="dead-lettered since: RFC 3339 or an age (10m, 2h)")
+]
+TaskOpt = Annotated[str | None, typer.Option("--task", help="only this task's records")]
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="the oldest N that match")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    from podium.cli import fail  # imported late: cli imports this module
+
+    fail(message, code)
+
+
+def _settings() -> Settings:
+    from podium.cli import load_settings
+
+    settings = load_settings()
+    if not settings.kafka_bootstrap:
+        _fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
+    return settings
+
+
+def _emit(data: Any, as_json: bool, text: str) -> None:
+    from podium.cli import emit
+
+    emit(data, as_json, text)
+
+
+def _filters(
+    error_type: str | None,
+    since: str | None,
+    task: str | None,
+    limit: int | None,
+    ids: list[str] | None = None,
+) -> Filters:
+    try:
+        since_at = parse_since(since) if since else None
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    return Filters(
+        error_type=error_type, since=since_at, task=task, ids=frozenset(ids or ()), limit=limit
+    )
+
+
+def _run(work: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return asyncio.run(work())  # type: ignore[arg-type]
+    except DlqError as exc:
+        _fail(str(exc), 2 if str(exc).startswith("no topic") else 1)
+
+
+async def _read(settings: Settings, topic: str) -> list[DlqRecord]:
+    # A consumer per topic: one assigned to a topic tracks only that topic's metadata.
+    consumer = make_consumer(settings, group_id=None, client_id="podium-dlq")
+    await consumer.start()
+    try:
+        return await read_records(consumer, topic)
+    finally:
+        await consumer.stop()
+
+
+async def _topics(settings: Settings, topic: str | None) -> list[str]:
+    consumer = make_consumer(settings, group_id=None, client_id="podium-dlq")
+    await consumer.start()
+    try:
+        if topic:
+            return [await resolve_topic(consumer, topic, settings.topic_prefix)]
+        return await dlq_topics(consumer, settings.topic_prefix)
+    finally:
+        await consumer.stop()
+
+
+async def _selected(
+    settings: Settings, topic: str, filters: Filters
+) -> tuple[str, list[DlqRecord]]:
+    (name,) = await _topics(settings, topic)
+    return name, select(await _read(settings, name), filters)
+
+
+@dlq_app.command("list")
+def list_(
+    topic: Annotated[str | None, typer.Argument(help="one DLQ topic; omit for all")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """The DLQ topics with their counts, oldest and newest, grouped by error."""
+    settings = _settings()
+
+    async def work() -> list[dict[str, Any]]:
+        return [summarize(n, await _read(settings, n)) for n in await _topics(settings, topic)]
+
+    summaries = _run(work)
+    lines = []
+    for s in summaries:
+        span = f"  {s['oldest']} .. {s['newest']}" if s["count"] else ""
+        lines.append(f"{s['topic']}\t{s['count']}{span}")
+        lines += [
+            f"  {g['count']:>8}  {g['reason']}"
+            + (f" {g['error_class']}" if g["error_class"] else "")
+            + (f" {g['error_type']}" if g["error_type"] else "")
+            for g in s["groups"]
+        ]
+    _emit(summaries, as_json, "\n".join(lines) or "no dead-letter topics")
+
+
+@dlq_app.command()
+def show(
+    topic: TopicArg,
+    error_type: ErrorTypeOpt = None,
+    since: SinceOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = 20,
+    as_json: JsonFlag = False,
+) -> None:
+    """Records with their headers and decoded payloads."""
+    settings = _settings()
+    filters = _filters(error_type, since, task, limit)
+    _, records = _run(lambda: _selected(settings, topic, filters))
+    data = [r.as_dict() for r in records]
+    blocks = []
+    for d in data:
+        head = (
+            f"{d['id']}  {d['topic']}[{d['partition']}]@{d['offset']}  {d['time']}\n"
+            f"  {d['reason']}: {d['error_type']}"
+            + (f" ({d['error_class']})" if d["error_class"] else "")
+            + f": {d['error_message']}\n"
+            f"  from {d['original_topic']}, attempts {d['attempts']}"
+            + (f", task {d['task_id']}" if d["task_id"] else "")
+            + (f", step {d['step_id']}" if d["step_id"] else "")
+        )
+        headers = "\n".join(f"    {k}: {v}" for k, v in d["headers"].items())
+        body = (
+            orjson.dumps(d["payload"], option=orjson.OPT_INDENT_2).decode()
+            if d["payload"] is not None
+            else repr(d.get("value"))
+        )
+        blocks.append(f"{head}\n  key: {d['key']}\n  headers:\n{headers}\n  payload: {body}")
+    _emit(data, as_json, "\n\n".join(blocks) or "no matching records")
+
+
+def _progress(total: int, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("replay"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        disable=not enabled,
+    )
+
+
+def _summary_text(report: ReplayReport, to: str | None) -> str:
+    verb = "would replay" if report.dry_run else "replayed"
+    where = f" to {to}" if to else " to their original topics"
+    text = f"{verb} {len(report.replayed)} of {report.selected} from {report.topic}{where}"
+    if report.replayed and not report.dry_run:
+        text += f" in {report.seconds:.2f}s ({report.records_per_s:.0f} records/s)"
+    skipped = report.skipped_by_reason()
+    if skipped:
+        text += f"; skipped {len(report.skipped)}: " + ", ".join(
+            f"{n} {why}" for why, n in skipped.items()
+        )
+        text += "".join(
+            f"\n  skipped {s['id']} (task {s['task_id']}): {s['why']}" for s in report.skipped[:20]
+        )
+    return text
+
+
+@dlq_app.command("replay")
+def replay_(
+    topic: TopicArg,
+    error_type: ErrorTypeOpt = None,
+    since: SinceOpt = None,
+    task: TaskOpt = None,
+    limit: LimitOpt = None,
+    ids: Annotated[
+        list[str] | None, typer.Option("--id", help="a record's ce_id or partition:offset")
+    ] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="publish here instead of the original topic")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be sent")] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Send the selected records back for another try (the DLQ itself is unchanged)."""
+    settings = _settings()
+    filters = _filters(error_type, since, task, limit, ids)
+
+    async def work() -> ReplayReport:
+        name, records = await _selected(settings, topic, filters)
+        states = task_states(settings, (t for r in records if (t := r.task_id)))
+        producer = make_producer(settings, client_id="podium-dlq")
+        await producer.start()
+        try:
+            show_bar = not as_json and not dry_run and len(records) >= PROGRESS_FROM
+            with _progress(len(records), show_bar) as bar:
+                job = bar.add_task("replay", total=len(records))
+                return await replay(
+                    producer,
+                    name,
+                    records,
+                    states=states,
+                    to=to,
+                    dry_run=dry_run,
+                    progress=lambda n: bar.advance(job, n),
+                )
+        finally:
+            await producer.stop()
+
+    report = _run(work)
+    _emit(report.as_dict(), as_json, _summary_text(report, to))
+    sys.stdout.flush()

@@ -1,0 +1,414 @@
+"""Dead-letter topics for operators: list, inspect and replay them.
+
+Plain functions over an aiokafka consumer and producer. A DLQ record is the
+original key, value and headers plus ``podium-dlq-*`` headers (see
+``podium_shared.dlq``); a replay publishes the original part, byte for byte,
+back to the original topic (or another one) and leaves the DLQ as it is.
+
+Why a replay never runs a step's effect twice: the record keeps its ``ce_id``.
+A ``step_abandoned`` record's ``ce_id`` is fresh (recovery minted it when it
+dead-lettered the request), so the executor's inbox has never seen it and runs
+the step once; a second replay of the same record carries the same ``ce_id``
+and the inbox drops it; and the capability gets the step's idempotency key,
+stable across retries and replays, so an effect is recorded once per key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import sqlalchemy as sa
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+
+from podium.status import StatusError, router_db
+from podium_contracts import Headers
+from podium_router.state import runs
+from podium_shared import Settings
+from podium_shared.dlq import PREFIX
+from podium_shared.topics import DLQ_SUFFIX
+
+
+class DlqError(Exception):
+    """An operator error worth one line: unknown topic, unreadable task state."""
+
+
+def _text(raw: bytes | None) -> str:
+    if raw is None:
+        return ""
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
+class DlqRecord:
+    """One record of a dead-letter topic."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    headers: Headers
+
+    @property
+    def meta(self) -> dict[str, str]:
+        """The ``podium-dlq-*`` headers, without the prefix."""
+        return {k.removeprefix(PREFIX): _text(v) for k, v in self.headers if k.startswith(PREFIX)}
+
+    def original_headers(self) -> Headers:
+        return [(k, v) for k, v in self.headers if not k.startswith(PREFIX)]
+
+    @property
+    def ce_id(self) -> str | None:
+        found = [v for k, v in self.headers if k == "ce_id"]
+        return _text(found[0]) if found and found[0] else None
+
+    @property
+    def locator(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+    @property
+    def id(self) -> str:
+        """The record's ce_id (what TaskFailed names), else partition:offset."""
+        return self.ce_id or self.locator
+
+    @property
+    def time(self) -> datetime:
+        """When it was dead-lettered."""
+        raw = self.meta.get("time")
+        if raw:
+            try:
+                at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+                return at if at.tzinfo else at.replace(tzinfo=UTC)
+            except ValueError:
+                pass
+        return datetime.fromtimestamp(self.timestamp_ms / 1000, UTC)
+
+    def payload(self) -> Any:
+        """The value as JSON, or None when it is not JSON."""
+        if self.value is None:
+            return None
+        try:
+            return orjson.loads(self.value)
+        except orjson.JSONDecodeError:
+            return None
+
+    @property
+    def task_id(self) -> str | None:
+        meta = self.meta
+        if meta.get("task-id"):
+            return meta["task-id"]
+        body = self.payload()
+        if not isinstance(body, dict):
+            return None
+        inner = body.get("data")  # a structured-mode CloudEvent
+        task = (inner if isinstance(inner, dict) else body).get("task_id")
+        return task if isinstance(task, str) else None
+
+    def matches_error(self, wanted: str) -> bool:
+        meta = self.meta
+        return wanted in (meta.get("error-type"), meta.get("error-class"), meta.get("reason"))
+
+    def as_dict(self) -> dict[str, Any]:
+        meta = self.meta
+        body = self.payload()
+        out: dict[str, Any] = {
+            "id": self.id,
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "time": self.time.isoformat(),
+            "reason": meta.get("reason"),
+            "error_type": meta.get("error-type"),
+            "error_class": meta.get("error-class"),
+            "error_message": meta.get("error-message"),
+            "attempts": meta.get("attempts"),
+            "original_topic": meta.get("original-topic"),
+            "task_id": self.task_id,
+            "step_id": meta.get("step-id"),
+            "key": _text(self.key) if self.key is not None else None,
+            "headers": {k: _text(v) for k, v in self.headers},
+            "payload": body,
+        }
+        if body is None and self.value is not None:
+            out["value"] = _text(self.value)
+        return out
+
+
+def from_consumer_record(r: ConsumerRecord[bytes, bytes]) -> DlqRecord:
+    return DlqRecord(
+        topic=r.topic,
+        partition=r.partition,
+        offset=r.offset,
+        timestamp_ms=r.timestamp,
+        key=r.key,
+        value=r.value,
+        headers=[(k, v if v is not None else b"") for k, v in (r.headers or ())],
+    )
+
+
+# -- selecting ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Filters:
+    """Which records: all given conditions hold; ``limit`` keeps the oldest N."""
+
+    error_type: str | None = None  # the error type, error class or DLQ reason
+    since: datetime | None = None
+    task: str | None = None
+    ids: frozenset[str] = frozenset()  # ce_ids or partition:offset locators
+    limit: int | None = None
+
+    def matches(self, r: DlqRecord) -> bool:
+        if self.error_type is not None and not r.matches_error(self.error_type):
+            return False
+        if self.since is not None and r.time < self.since:
+            return False
+        if self.task is not None and r.task_id != self.task:
+            return False
+        return not self.ids or r.id in self.ids or r.locator in self.ids
+
+
+def select(records: Iterable[DlqRecord], filters: Filters) -> list[DlqRecord]:
+    chosen = [r for r in records if filters.matches(r)]
+    return chosen[: filters.limit] if filters.limit is not None else chosen
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(raw: str, now: datetime | None = None) -> datetime:
+    """An RFC 3339 time, or an age such as 30s, 10m, 2h, 7d (before now)."""
+    now = now or datetime.now(UTC)
+    text = raw.strip()
+    if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in _UNITS:
+        return now - timedelta(seconds=float(text[:-1]) * _UNITS[text[-1]])
+    try:
+        at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(
+            f"--since {raw!r} is neither a time (2026-11-01T12:00:00Z) nor an age (10m, 2h, 7d)"
+        ) from exc
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+
+async def dlq_topics(consumer: AIOKafkaConsumer, prefix: str) -> list[str]:
+    """The dead-letter topics under ``prefix``."""
+    names: set[str] = await consumer.topics()
+    return sorted(t for t in names if t.startswith(f"{prefix}.") and t.endswith(DLQ_SUFFIX))
+
+
+async def resolve_topic(consumer: AIOKafkaConsumer, name: str, prefix: str) -> str:
+    """``name`` as given, or under the prefix (``steps.default.v1.dlq``)."""
+    names: set[str] = await consumer.topics()
+    for candidate in (name, f"{prefix}.{name}"):
+        if candidate in names:
+            return candidate
+    known = ", ".join(await dlq_topics(consumer, prefix)) or "none yet"
+    raise DlqError(f"no topic {name!r} (dead-letter topics: {known})")
+
+
+async def read_records(
+    consumer: AIOKafkaConsumer, topic: str, *, timeout_s: float = 120.0
+) -> list[DlqRecord]:
+    """Every record of ``topic``, from the beginning until no more arrive."""
+    parts = consumer.partitions_for_topic(topic)
+    for _ in range(50):
+        if parts:
+            break
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await asyncio.sleep(0.1)
+    if not parts:
+        raise DlqError(f"topic {topic!r} has no partitions")
+    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+    consumer.assign(tps)
+    # Tansu 0.6 answers ListOffsets(latest) with the last batch's *base* offset, so
+    # the end offset is a floor: a partition is read once we are past it and two
+    # polls in a row brought nothing more.
+    ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+    await consumer.seek_to_beginning(*tps)
+    out: list[DlqRecord] = []
+    idle = dict.fromkeys(tps, 0)
+    deadline = time.monotonic() + timeout_s
+    while idle:
+        if time.monotonic() > deadline:
+            raise DlqError(f"reading {topic} took over {timeout_s}s; {len(out)} records read")
+        batches = await consumer.getmany(*idle, timeout_ms=100)
+        for recs in batches.values():
+            out.extend(from_consumer_record(r) for r in recs)
+        for tp in list(idle):
+            if batches.get(tp):
+                idle[tp] = 0
+            elif await consumer.position(tp) >= ends[tp]:
+                idle[tp] += 1
+                if idle[tp] >= 2:
+                    del idle[tp]
+    out.sort(key=lambda r: (r.timestamp_ms, r.partition, r.offset))
+    return out
+
+
+def summarize(topic: str, records: Sequence[DlqRecord]) -> dict[str, Any]:
+    """Count, oldest and newest, and counts per (reason, error class, error type)."""
+    groups = Counter(
+        (r.meta.get("reason", "?"), r.meta.get("error-class", ""), r.meta.get("error-type", ""))
+        for r in records
+    )
+    times = [r.time for r in records]
+    return {
+        "topic": topic,
+        "count": len(records),
+        "oldest": min(times).isoformat() if times else None,
+        "newest": max(times).isoformat() if times else None,
+        "groups": [
+            {"reason": reason, "error_class": cls or None, "error_type": etype or None, "count": n}
+            for (reason, cls, etype), n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+        ],
+    }
+
+
+# -- replaying ---------------------------------------------------------------------------------
+
+# Tasks in these states are over for good: replaying their steps can only waste work.
+SKIP_STATES = {"completed": "task already completed", "cancelled": "task was cancelled"}
+
+
+def task_states(settings: Settings, task_ids: Iterable[str]) -> dict[str, str]:
+    """The router's status of each task it knows (read-only, like `podium status`)."""
+    wanted = sorted(set(task_ids))
+    if not wanted:
+        return {}
+    found: dict[str, str] = {}
+    try:
+        with router_db(settings) as conn:
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = conn.execute(
+                    sa.select(runs.c.task_id, runs.c.status).where(runs.c.task_id.in_(chunk))
+                )
+                found.update({r.task_id: str(r.status) for r in rows})
+    except (StatusError, sa.exc.SQLAlchemyError) as exc:
+        raise DlqError(f"cannot read task states from the router database: {exc}") from exc
+    return found
+
+
+@dataclass
+class ReplayReport:
+    topic: str
+    selected: int
+    dry_run: bool
+    replayed: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def records_per_s(self) -> float:
+        return len(self.replayed) / self.seconds if self.seconds > 0 else 0.0
+
+    def skipped_by_reason(self) -> dict[str, int]:
+        return dict(Counter(s["why"] for s in self.skipped))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "selected": self.selected,
+            "dry_run": self.dry_run,
+            "replayed": len(self.replayed),
+            "skipped": len(self.skipped),
+            "skipped_by_reason": self.skipped_by_reason(),
+            "seconds": round(self.seconds, 3),
+            "records_per_s": round(self.records_per_s, 1),
+            "replayed_records": self.replayed,
+            "skipped_records": self.skipped,
+        }
+
+
+def plan_replay(
+    records: Sequence[DlqRecord], states: dict[str, str], to: str | None
+) -> tuple[list[tuple[DlqRecord, str]], list[dict[str, Any]]]:
+    """Which records go where, and which are skipped and why."""
+    sends: list[tuple[DlqRecord, str]] = []
+    skipped: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for r in records:
+        target = to or r.meta.get("original-topic")
+        task = r.task_id
+        why = None
+        if not target:
+            why = "no podium-dlq-original-topic header (give --to)"
+        elif r.ce_id is not None and r.ce_id in seen:
+            why = "same ce_id as a record replayed in this run"
+        elif task is not None and states.get(task) in SKIP_STATES:
+            why = SKIP_STATES[states[task]]
+        if why:
+            skipped.append({"id": r.id, "offset": r.locator, "task_id": task, "why": why})
+            continue
+        assert target is not None
+        if r.ce_id is not None:
+            seen.add(r.ce_id)
+        sends.append((r, target))
+    return sends, skipped
+
+
+async def send_all(
+    producer: AIOKafkaProducer,
+    messages: Sequence[tuple[str, bytes | None, bytes | None, Headers]],
+    progress: Callable[[int], None] | None = None,
+    chunk: int = 1000,
+) -> None:
+    """Send (topic, key, value, headers) pipelined, waiting for acks per chunk."""
+    for i in range(0, len(messages), chunk):
+        part = messages[i : i + chunk]
+        futures = [
+            await producer.send(topic, value=value, key=key, headers=list(headers))
+            for topic, key, value, headers in part
+        ]
+        await asyncio.gather(*futures)
+        if progress is not None:
+            progress(len(part))
+
+
+async def replay(
+    producer: AIOKafkaProducer,
+    topic: str,
+    records: Sequence[DlqRecord],
+    *,
+    states: dict[str, str],
+    to: str | None = None,
+    dry_run: bool = False,
+    progress: Callable[[int], None] | None = None,
+) -> ReplayReport:
+    """Publish each selected record's original key, value and headers again."""
+    started = time.perf_counter()
+    sends, skipped = plan_replay(records, states, to)
+    report = ReplayReport(topic=topic, selected=len(records), dry_run=dry_run, skipped=skipped)
+    if progress is not None and skipped:
+        progress(len(skipped))
+    if not dry_run:
+        await send_all(
+            producer,
+            [(target, r.key, r.value, r.original_headers()) for r, target in sends],
+            progress,
+        )
+    elif progress is not None:
+        progress(len(sends))
+    report.replayed = [
+        {"id": r.id, "offset": r.locator, "task_id": r.task_id, "to": target} for r, target in sends
+    ]
+    report.seconds = time.perf_counter() - started
+    return report

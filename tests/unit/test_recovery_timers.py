@@ -1,0 +1,277 @@
+"""Recovery's use case and its durable timers against a real SQLite database."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from podium_contracts import (
+    RetryPolicy,
+    StepAbandoned,
+    StepError,
+    StepFailed,
+    StepRequested,
+    StepRetryScheduled,
+    decode,
+)
+from podium_recovery import Abandon, Recovery, RecoverySettings, Retry
+from podium_recovery.state import failures, metadata, migrate, timers
+from podium_recovery.timers import LostRace, fire_due, make_timer_loop, pending, schedule
+from podium_shared import OutboxRelay, Topics, UnitOfWork, dlq_headers, make_engine
+from podium_shared.db import outbox
+
+pytestmark = pytest.mark.unit
+
+NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+TOPICS = Topics("t")
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    e = make_engine(f"sqlite:///{tmp_path / 'recovery.db'}", metadata)
+    yield e
+    e.dispose()
+
+
+def request(attempt: int = 1, **kw: object) -> StepRequested:
+    return StepRequested(
+        task_id="t1",
+        step_id="s1",
+        workflow="wf",
+        capability="flaky",
+        pool="default",
+        attempt=attempt,
+        idempotency_key="t1/s1",
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def failure(attempt: int = 1, error_class: str = "retryable", **kw: object) -> StepFailed:
+    return StepFailed(
+        task_id="t1",
+        step_id="s1",
+        capability="flaky",
+        pool="default",
+        attempt=attempt,
+        error=StepError(type="unavailable", message="down", error_class=error_class),  # type: ignore[arg-type]
+        duration_ms=1.0,
+        request=request(attempt, **kw),
+    )
+
+
+def outbox_rows(engine: Engine) -> list[sa.Row[tuple[object, ...]]]:
+    with engine.connect() as conn:
+        return list(conn.execute(sa.select(outbox).order_by(outbox.c.id)).all())
+
+
+def handle(engine: Engine, recovery: Recovery, f: StepFailed) -> object:
+    with engine.begin() as conn:
+        uow = UnitOfWork(conn, source="recovery")
+        decision = recovery.step_failed(f, uow)
+        uow.flush()
+    return decision
+
+
+def recovery() -> Recovery:
+    return Recovery(TOPICS, RecoverySettings(), clock=lambda: NOW, rng=random.Random(3))
+
+
+def test_a_retry_stores_a_timer_and_tells_the_router_in_the_same_transaction(
+    engine: Engine,
+) -> None:
+    decision = handle(engine, recovery(), failure(1))
+    assert isinstance(decision, Retry)
+    rows = outbox_rows(engine)
+    assert [r.topic for r in rows] == [TOPICS.step_results]
+    event = decode(rows[0].value, [(k, v.encode("latin-1")) for k, v in rows[0].headers])
+    assert isinstance(event.payload, StepRetryScheduled)
+    assert (event.payload.attempt, event.payload.due_at) == (2, decision.due_at)
+    with engine.connect() as conn:
+        timer = conn.execute(sa.select(timers)).one()
+        recorded = conn.execute(sa.select(failures)).one()
+    assert timer.topic == TOPICS.steps("default") and timer.key == b"t1/s1"
+    assert timer.due_at == decision.due_at.timestamp()
+    assert (recorded.decision, recorded.retry_pool, recorded.delay_s) == (
+        "retry",
+        "default",
+        decision.delay_s,
+    )
+
+
+def test_a_fatal_failure_is_dead_lettered_with_its_headers_and_abandoned(engine: Engine) -> None:
+    decision = handle(engine, recovery(), failure(1, "fatal"))
+    assert isinstance(decision, Abandon)
+    dlq, abandoned = outbox_rows(engine)
+    assert dlq.topic == TOPICS.dlq(TOPICS.steps("default")) and dlq.key == b"t1/s1"
+    headers = [(k, v.encode("latin-1")) for k, v in dlq.headers]
+    meta = dlq_headers(headers)
+    assert meta["reason"] == "step_abandoned" and meta["error-class"] == "fatal"
+    assert meta["task-id"] == "t1" and meta["step-id"] == "s1" and meta["attempts"] == "1"
+    assert meta["original-topic"] == TOPICS.steps("default") and meta["abandoned"] == "fatal"
+    original = decode(dlq.value, headers)
+    assert isinstance(original.payload, StepRequested) and original.payload.attempt == 1
+    event = decode(abandoned.value, [(k, v.encode("latin-1")) for k, v in abandoned.headers])
+    assert isinstance(event.payload, StepAbandoned)
+    assert event.payload.dlq is not None and event.payload.dlq.record_id == original.envelope.id
+    with engine.connect() as conn:
+        assert pending(conn) == 0
+        row = conn.execute(sa.select(failures)).one()
+    assert (row.decision, row.dlq_record_id) == ("abandon", original.envelope.id)
+
+
+def test_a_second_report_of_the_same_attempt_schedules_no_second_retry(engine: Engine) -> None:
+    r = recovery()
+    assert isinstance(handle(engine, r, failure(1)), Retry)
+    assert handle(engine, r, failure(1)) is None
+    with engine.connect() as conn:
+        assert pending(conn) == 1
+        decisions = [x.decision for x in conn.execute(sa.select(failures).order_by(failures.c.id))]
+    assert decisions == ["retry", "duplicate"]
+    # but a replayed step that fails again after being abandoned is decided afresh
+    assert isinstance(handle(engine, r, failure(3)), Abandon)
+    assert isinstance(handle(engine, r, failure(3)), Abandon)
+
+
+def test_a_timer_fires_once_when_due_and_carries_its_fixed_ce_id(engine: Engine) -> None:
+    with engine.begin() as conn:
+        ce_id = schedule(conn, TOPICS, request(2, retry=RetryPolicy()), NOW + timedelta(seconds=5))
+    with engine.begin() as conn:
+        assert fire_due(conn, (NOW + timedelta(seconds=4.9)).timestamp()) == 0
+    assert outbox_rows(engine) == []
+    with engine.begin() as conn:
+        assert fire_due(conn, (NOW + timedelta(seconds=5)).timestamp()) == 1
+    with engine.begin() as conn:
+        assert fire_due(conn, (NOW + timedelta(hours=1)).timestamp()) == 0
+    (row,) = outbox_rows(engine)
+    assert row.topic == TOPICS.steps("default") and row.key == b"t1/s1"
+    event = decode(row.value, [(k, v.encode("latin-1")) for k, v in row.headers])
+    assert event.envelope.id == ce_id
+    assert isinstance(event.payload, StepRequested) and event.payload.attempt == 2
+
+
+def test_a_failed_firing_transaction_keeps_the_timer(engine: Engine) -> None:
+    with engine.begin() as conn:
+        schedule(conn, TOPICS, request(2), NOW)
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        assert fire_due(conn, NOW.timestamp()) == 1
+        raise RuntimeError("crash before commit")
+    with engine.connect() as conn:
+        assert pending(conn) == 1
+    assert outbox_rows(engine) == []
+
+
+def test_two_firers_racing_on_one_database_fire_each_timer_once(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    first, second = make_engine(url, metadata), make_engine(url, metadata)
+    try:
+        with first.begin() as conn:
+            for i in range(200):
+                schedule(conn, TOPICS, request(2).model_copy(update={"step_id": f"s{i}"}), NOW)
+        fired = [0, 0]
+        start = threading.Barrier(2)
+
+        def fire(index: int, engine: Engine) -> None:
+            start.wait()
+            while True:
+                try:
+                    with engine.begin() as conn:
+                        n = fire_due(conn, NOW.timestamp(), limit=7)
+                except (sa.exc.OperationalError, LostRace):
+                    continue  # the other firer won these rows, or holds the lock: again
+                if n == 0:
+                    return
+                fired[index] += n
+
+        threads = [
+            threading.Thread(target=fire, args=(i, e)) for i, e in enumerate((first, second))
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        rows = outbox_rows(first)
+        assert sum(fired) == 200 == len(rows)
+        assert len({r.key for r in rows}) == 200
+    finally:
+        first.dispose()
+        second.dispose()
+
+
+class _Producer:
+    """Records sends; the relay only needs ``send`` returning an awaitable."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, bytes | None]] = []
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: object = None,
+    ) -> asyncio.Future[None]:
+        self.sent.append((topic, key))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+
+async def test_the_timer_loop_fires_due_timers_through_the_outbox(engine: Engine) -> None:
+    clock = [NOW.timestamp()]
+    with engine.begin() as conn:
+        schedule(conn, TOPICS, request(2), NOW + timedelta(seconds=1))
+    producer = _Producer()
+    relay = OutboxRelay(engine, producer)
+    loop = asyncio.create_task(
+        make_timer_loop(engine, interval_s=0.01, clock=lambda: clock[0])(relay)
+    )
+    relaying = asyncio.create_task(relay.run())
+    try:
+        await asyncio.sleep(0.1)
+        assert producer.sent == []
+        clock[0] += 1
+        for _ in range(100):
+            if producer.sent:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.1)
+        assert producer.sent == [(TOPICS.steps("default"), b"t1/s1")]
+    finally:
+        loop.cancel()
+        relaying.cancel()
+        await asyncio.gather(loop, relaying, return_exceptions=True)
+    with engine.connect() as conn:
+        assert pending(conn) == 0
+
+
+def test_migrate_adds_the_new_columns_to_a_skeleton_database(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = sa.MetaData()
+    sa.Table(
+        "failures",
+        old,
+        sa.Column("id", sa.Integer, primary_key=True),
+        *(
+            sa.Column(n, sa.String(200), nullable=False)
+            for n in ("task_id", "step_id", "error_type", "error_class", "message", "decision")
+        ),
+        sa.Column("attempt", sa.Integer, nullable=False),
+        sa.Column("dlq_record_id", sa.String(200)),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    )
+    engine = make_engine(url, old)
+    try:
+        migrate(engine)
+        columns = {c["name"] for c in sa.inspect(engine).get_columns("failures")}
+        assert {"retry_pool", "delay_s", "due_at", "detail", "pool"} <= columns
+        migrate(engine)  # idempotent
+    finally:
+        engine.dispose()
