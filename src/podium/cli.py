@@ -19,6 +19,7 @@ from pydantic import ValidationError
 from typer.exceptions import TyperException
 
 from podium.cli_dlq import dlq_app
+from podium.cli_trace import trace_command
 from podium.client import Outcome, PodiumClient
 from podium.stack import Stack
 from podium.status import StatusError, list_tasks, task_history, task_status
@@ -32,6 +33,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(dlq_app, name="dlq")
+app.command(name="trace")(trace_command)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 

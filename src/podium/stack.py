@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,12 +37,25 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         return pool.submit(asyncio.run, coro).result()
 
 
+def free_port() -> int:
+    """A TCP port free on loopback right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
 @dataclass
 class ServiceProcess:
     name: str
     instance: str
     proc: subprocess.Popen[bytes]
     log_path: Path
+    metrics_port: int | None = None  # its /metrics endpoint on 127.0.0.1
+
+    @property
+    def metrics_url(self) -> str | None:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
 
 
 @dataclass
@@ -52,6 +66,7 @@ class Stack:
     env: dict[str, str] = field(default_factory=dict)
     broker: EmbeddedBroker | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
+    metrics: bool = True  # a /metrics port per process, from the free ports
 
     @property
     def bootstrap(self) -> str:
@@ -106,16 +121,21 @@ class Stack:
         instance = f"{name}-{pool}-{index}" if pool else (f"{name}-{index}" if index else name)
         log_path = self.log_dir / f"{instance}.log"
         out = log_path.open("ab")
+        env = self.child_env(pool)
+        metrics_port = free_port() if self.metrics else None
+        if metrics_port:
+            env["PODIUM_METRICS_PORT"] = str(metrics_port)
+            env["PODIUM_METRICS_HOST"] = "127.0.0.1"
         proc = subprocess.Popen(
             [sys.executable, "-m", f"podium_{name}"],
-            env=self.child_env(pool),
+            env=env,
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches `podium up`, which stops children in order
         )
         out.close()
-        sp = ServiceProcess(name, instance, proc, log_path)
+        sp = ServiceProcess(name, instance, proc, log_path, metrics_port)
         self.processes.append(sp)
         return sp
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from podium_shared import Settings
+from podium_shared.telemetry import TelemetrySettings
 from pydantic_settings import BaseSettings
 
 pytestmark = pytest.mark.unit
@@ -131,8 +132,9 @@ def mounts(service: dict[str, Any]) -> list[tuple[str | None, str]]:
 
 
 def settings_classes(service: str) -> list[type[BaseSettings]]:
-    """The shared Settings, and the service's own (``podium_<service>.settings``) if any."""
-    classes: list[type[BaseSettings]] = [Settings]
+    """The shared Settings and TelemetrySettings, and the service's own
+    (``podium_<service>.settings``) if any."""
+    classes: list[type[BaseSettings]] = [Settings, TelemetrySettings]
     name = f"podium_{service}.settings"
     if importlib.util.find_spec(name) is not None:
         module = importlib.import_module(name)
@@ -368,8 +370,71 @@ def executor_scaling_problems(svc: dict[str, Any]) -> list[str]:
     return problems
 
 
+COLLECTOR = "otel-collector"
+JAEGER = "jaeger"
+
+
+def collector_problems(doc: dict[str, Any]) -> list[str]:
+    """Traces flow service → OTel collector (OTLP/HTTP) → Jaeger (OTLP/gRPC), UI on loopback."""
+    services = doc.get("services") or {}
+    collector, jaeger = services.get(COLLECTOR), services.get(JAEGER)
+    if collector is None or jaeger is None:
+        return [f"no {COLLECTOR!r} or {JAEGER!r} service"]
+    problems = []
+    image = str(collector.get("image", ""))
+    if not image.startswith("otel/opentelemetry-collector-contrib:") or not PINNED_TAG.match(image):
+        problems.append(f"{COLLECTOR}: image {image!r} is not the contrib collector pinned")
+    image = str(jaeger.get("image", ""))
+    if not image.startswith(("jaegertracing/jaeger:", "jaegertracing/all-in-one:")) \
+            or not PINNED_TAG.match(image):
+        problems.append(f"{JAEGER}: image {image!r} is not Jaeger pinned to x.y.z")
+    if ("127.0.0.1", 16686, 16686) not in published_ports(jaeger):
+        problems.append(f"{JAEGER}: the UI must be published on 127.0.0.1:16686")
+    # The collector's config: mounted from infra/, and its Jaeger exporter points at jaeger.
+    config: dict[str, Any] = {}
+    flags = [str(c) for c in collector.get("command") or []]
+    target = next((f.split("=", 1)[1] for f in flags if f.startswith("--config=")), None)
+    sources = {t: v.split(":")[0] for v in collector.get("volumes") or []
+               for t in [str(v).split(":")[1]]}
+    if target is None or target not in sources:
+        problems.append(f"{COLLECTOR}: --config is not a mounted file")
+    elif not (REPO / sources[target]).is_file():
+        problems.append(f"{COLLECTOR}: config {sources[target]} does not exist")
+    else:
+        config = yaml.safe_load((REPO / sources[target]).read_text())
+    http = (((config.get("receivers") or {}).get("otlp") or {}).get("protocols") or {}).get("http")
+    http_port = int(str((http or {}).get("endpoint", ":0")).rsplit(":", 1)[1])
+    if not http_port:
+        problems.append(f"{COLLECTOR}: no OTLP/HTTP receiver")
+    pipeline = ((config.get("service") or {}).get("pipelines") or {}).get("traces") or {}
+    exporters = config.get("exporters") or {}
+    if not any(str((exporters.get(e) or {}).get("endpoint", "")).startswith(f"{JAEGER}:")
+               for e in pipeline.get("exporters") or []):
+        problems.append(f"{COLLECTOR}: the traces pipeline does not export to {JAEGER}")
+    if "otlp" not in (pipeline.get("receivers") or []):
+        problems.append(f"{COLLECTOR}: the traces pipeline does not receive OTLP")
+    for name in SERVICES:
+        svc = services.get(name) or {}
+        env = environment(svc)
+        if env.get("PODIUM_TRACING") != "otlp":
+            problems.append(f"services.{name}: PODIUM_TRACING must be otlp")
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+        if endpoint != f"http://{COLLECTOR}:{http_port}":
+            problems.append(f"services.{name}: OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not "
+                            f"the collector's OTLP/HTTP receiver")
+        if COLLECTOR not in (svc.get("depends_on") or {}):
+            problems.append(f"services.{name}: must depend on {COLLECTOR}")
+        port = env.get("PODIUM_METRICS_PORT", "0")
+        if port == "0" or port not in [str(p) for p in svc.get("expose") or []]:
+            problems.append(f"services.{name}: PODIUM_METRICS_PORT {port} is not exposed")
+        if env.get("PODIUM_METRICS_HOST") != "0.0.0.0":
+            problems.append(f"services.{name}: /metrics must listen on 0.0.0.0 in a container")
+    return problems
+
+
 def compose_problems(doc: dict[str, Any]) -> list[str]:
-    return spec_problems(doc) + kafka_problems(doc) + podium_problems(doc)
+    return (spec_problems(doc) + kafka_problems(doc) + podium_problems(doc)
+            + collector_problems(doc))
 
 
 # ── Dockerfile checks ────────────────────────────────────────────────────────
@@ -573,6 +638,23 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
         lambda d: _svc(d, "recovery").update(stop_grace_period="5s"), "stop_grace_period"),
     "service-specific setting misspelt": (
         lambda d: _env(d, "memory").update(PODIUM_MEMORY_RECAL_LIMIT="5"), "unknown settings"),
+    "tracing not exported": (
+        lambda d: _env(d, "router").update(PODIUM_TRACING="local"), "must be otlp"),
+    "invalid tracing mode": (
+        lambda d: _env(d, "memory").update(PODIUM_TRACING="jaeger"), "invalid settings"),
+    "otlp endpoint to the grpc port": (
+        lambda d: _env(d, "executor").update(
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://otel-collector:4317"), "OTLP/HTTP receiver"),
+    "unpinned collector": (
+        lambda d: _svc(d, "otel-collector").update(
+            image="otel/opentelemetry-collector-contrib:latest"), "collector pinned"),
+    "jaeger ui on every interface": (
+        lambda d: _svc(d, "jaeger").update(ports=["16686:16686"]), "127.0.0.1:16686"),
+    "collector config missing": (
+        lambda d: _svc(d, "otel-collector").update(
+            volumes=["./infra/nope.yaml:/etc/otelcol-contrib/config.yaml:ro"]), "does not exist"),
+    "metrics port not exposed": (
+        lambda d: _env(d, "recovery").update(PODIUM_METRICS_PORT="9999"), "not exposed"),
     "undeclared volume": (
         lambda d: _svc(d, "memory").update(volumes=["nowhere:/data"]), "not declared"),
 }

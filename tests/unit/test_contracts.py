@@ -554,6 +554,32 @@ def test_binary_mode_without_traceparent() -> None:
     assert decode(value, headers).envelope.traceparent is None
 
 
+TRACESTATE = "vendor1=opaque1,vendor2=opaque2"
+
+
+def test_tracestate_round_trips_beside_the_traceparent() -> None:
+    value, headers = encode(
+        EXAMPLES[TaskSubmitted], source="cli", traceparent=TRACEPARENT, tracestate=TRACESTATE
+    )
+    assert dict(headers)["tracestate"] == TRACESTATE.encode()
+    envelope = decode(value, headers).envelope
+    assert (envelope.traceparent, envelope.tracestate) == (TRACEPARENT, TRACESTATE)
+
+
+def test_tracestate_without_a_traceparent_is_neither_written_nor_read() -> None:
+    value, headers = encode(EXAMPLES[TaskSubmitted], source="cli", tracestate=TRACESTATE)
+    assert "tracestate" not in dict(headers)
+    headers.append(("tracestate", TRACESTATE.encode()))
+    assert decode(value, headers).envelope.tracestate is None
+
+
+def test_structured_mode_reads_tracestate() -> None:
+    value, headers = _structured(
+        EXAMPLES[TaskSubmitted], traceparent=TRACEPARENT, tracestate=TRACESTATE
+    )
+    assert decode(value, headers).envelope.tracestate == TRACESTATE
+
+
 def test_header_names_are_case_insensitive() -> None:
     value, headers = _structured(EXAMPLES[TaskSubmitted])
     headers = [("Content-Type", v) for _, v in headers]

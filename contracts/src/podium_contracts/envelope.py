@@ -30,6 +30,7 @@ SPEC_VERSION = "1.0"
 JSON = "application/json"
 STRUCTURED = "application/cloudevents+json"
 TRACEPARENT = "traceparent"
+TRACESTATE = "tracestate"
 
 Headers = list[tuple[str, bytes]]
 
@@ -62,6 +63,7 @@ class Envelope:
     time: datetime
     traceparent: str | None = None
     extra_headers: tuple[tuple[str, bytes], ...] = field(default=())
+    tracestate: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,7 @@ def encode(
     id: str | None = None,
     time: datetime | None = None,
     traceparent: str | None = None,
+    tracestate: str | None = None,
 ) -> tuple[bytes, Headers]:
     """Serialize a contract to a binary-mode CloudEvent: (value, headers)."""
     ce_time = time or datetime.now(UTC)
@@ -99,6 +102,8 @@ def encode(
     ]
     if traceparent:
         headers.append((TRACEPARENT, traceparent.encode()))
+        if tracestate:  # W3C: vendor state travels only beside a traceparent
+            headers.append((TRACESTATE, tracestate.encode()))
     value = orjson.dumps(payload.model_dump(mode="json"))
     return value, headers
 
@@ -145,10 +150,12 @@ def decode(
         data = body.get("data")
         ce = {k: str(v) for k, v in attrs.items() if v is not None}
         traceparent = ce.get(TRACEPARENT) or hmap.get(TRACEPARENT)
+        tracestate = ce.get(TRACESTATE) or hmap.get(TRACESTATE)
     else:
         ce = {k[3:]: v for k, v in hmap.items() if k.startswith("ce_")}
         data = body
         traceparent = hmap.get(TRACEPARENT)
+        tracestate = hmap.get(TRACESTATE)
 
     missing = [a for a in ("id", "type", "source", "specversion") if not ce.get(a)]
     if missing:
@@ -174,5 +181,6 @@ def decode(
         source=ce["source"],
         time=_parse_time(ce.get("time")),
         traceparent=traceparent,
+        tracestate=tracestate if traceparent else None,
     )
     return Event(envelope=envelope, payload=payload)

@@ -34,6 +34,7 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import ContractError, Event, decode
+from podium_shared import telemetry
 from podium_shared.consumer import Handler, LoopStats, dead_letter_record, record_headers
 from podium_shared.dlq import DlqReason
 from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
@@ -83,6 +84,7 @@ class _Message:
     result: Any = None
     failure: BaseException | None = None
     written: asyncio.Future[None] = field(default_factory=_new_future)
+    span: Any = None  # its `process <topic>` span, ended once written
 
 
 class ConcurrentConsumeLoop:
@@ -189,6 +191,9 @@ class ConcurrentConsumeLoop:
                     m.offsets.finished(m.record.offset)
                     continue
                 self._ids_in_flight.add(ce_id)
+            m.span = telemetry.start_consume(
+                m.record, m.event, group=self._group, service=self._service
+            )
             task = asyncio.create_task(self._handle(m), name=f"message-{m.tp.partition}")
             self._tasks[task] = m
             task.add_done_callback(self._task_done)
@@ -196,18 +201,21 @@ class ConcurrentConsumeLoop:
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         m = self._tasks.pop(task)
+        if task.cancelled():  # released: not committed, the next owner runs it again
+            telemetry.end(m.span, "released")
         if m.event is not None:
             self._ids_in_flight.discard(m.event.envelope.id)
         self._slot_freed.set()
 
     async def _handle(self, m: _Message) -> None:
         if m.event is not None and self._handler.execute is not None:
-            try:
-                m.result = await self._handler.execute(m.event)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                m.failure = exc
+            with telemetry.activate(m.span, m.event):
+                try:
+                    m.result = await self._handler.execute(m.event)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    m.failure = exc
         self._to_write.append(m)
         self._write_wake.set()
         await m.written
@@ -238,6 +246,7 @@ class ConcurrentConsumeLoop:
                 self._write_wake.set()
                 return
             for m in batch:
+                telemetry.end(m.span, m.failure or m.poison)
                 m.offsets.finished(m.record.offset)
                 if not m.written.done():
                     m.written.set_result(None)
@@ -247,13 +256,14 @@ class ConcurrentConsumeLoop:
     def _write(self, batch: list[_Message]) -> None:
         with self._engine.begin() as conn:
             for m in batch:
-                if m.poison is not None:
-                    self._dead_letter(conn, m.record, m.poison.reason, m.poison)
-                elif m.failure is not None or m.event is None:
-                    exc = m.failure or RuntimeError("no event")
-                    self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
-                else:
-                    self._apply(conn, m, m.event)
+                with telemetry.activate(m.span, m.event):
+                    if m.poison is not None:
+                        self._dead_letter(conn, m.record, m.poison.reason, m.poison)
+                    elif m.failure is not None or m.event is None:
+                        exc = m.failure or RuntimeError("no event")
+                        self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
+                    else:
+                        self._apply(conn, m, m.event)
 
     def _apply(self, conn: Connection, m: _Message, e: Event) -> None:
         savepoint = conn.begin_nested()
@@ -263,7 +273,9 @@ class ConcurrentConsumeLoop:
                 savepoint.commit()
                 self.stats.duplicates += 1
                 return
-            uow = UnitOfWork(conn, source=self._service, traceparent=e.envelope.traceparent)
+            # The process span's context (the incoming one with tracing off).
+            tp, ts = telemetry.outgoing_context(e.envelope.traceparent, e.envelope.tracestate)
+            uow = UnitOfWork(conn, source=self._service, traceparent=tp, tracestate=ts)
             self._handler.apply(e, m.result, uow)
             uow.flush()
             savepoint.commit()
@@ -274,6 +286,7 @@ class ConcurrentConsumeLoop:
                 "handler failed; dead-lettering", topic=m.record.topic, ce_id=e.envelope.id
             )
             self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
+            telemetry.mark_failed(type(exc).__name__, str(exc))
 
     def _dead_letter(
         self, conn: Connection, r: ConsumerRecord[bytes, bytes], reason: str, exc: BaseException

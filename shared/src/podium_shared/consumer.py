@@ -28,6 +28,7 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import ContractError, Event, Headers, decode
+from podium_shared import metrics, telemetry
 from podium_shared.dlq import DlqReason, dead_letter
 from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
 
@@ -80,6 +81,8 @@ def dead_letter_record(
         )
     )
     uow.flush()
+    metrics.dead_lettered(service, record.topic, reason, error_type)
+    telemetry.event("dead_lettered", reason=reason, **{"error.type": error_type})
     log.warning(
         "dead-lettered", topic=record.topic, offset=record.offset, reason=reason, error=message
     )
@@ -135,12 +138,17 @@ class ConsumeLoop:
                 continue
             ids_in_batch.add(e.envelope.id)
             fresh.append((r, e))
+        spans = [
+            telemetry.start_consume(r, e, group=self._group, service=self._service)
+            for r, e in fresh
+        ]
 
         results: list[Any] = [None] * len(fresh)
         failures: dict[int, BaseException] = {}
         if self._handler.execute is not None and fresh:
             outcomes = await asyncio.gather(
-                *(self._handler.execute(e) for _, e in fresh), return_exceptions=True
+                *(self._execute(e, spans[i]) for i, (_, e) in enumerate(fresh)),
+                return_exceptions=True,
             )
             for i, out in enumerate(outcomes):
                 if isinstance(out, asyncio.CancelledError):
@@ -152,30 +160,48 @@ class ConsumeLoop:
 
         with self._engine.begin() as conn:
             for r, error in poison:
-                self._dead_letter(conn, r, error.reason, type(error).__name__, str(error))
+                span = telemetry.start_consume(r, None, group=self._group, service=self._service)
+                with telemetry.activate(span):
+                    self._dead_letter(conn, r, error.reason, type(error).__name__, str(error))
+                telemetry.end(span, error)
             for i, (r, e) in enumerate(fresh):
-                if i in failures:
-                    self._dead_letter_failure(conn, r, failures[i])
-                    continue
-                uow = UnitOfWork(conn, source=self._service, traceparent=e.envelope.traceparent)
-                savepoint = conn.begin_nested()
-                try:
-                    if not record_received(conn, self._group, e.envelope.id, r.topic):
-                        savepoint.commit()  # handled by another member meanwhile
-                        self.stats.duplicates += 1
+                with telemetry.activate(spans[i], e):
+                    if i in failures:
+                        self._dead_letter_failure(conn, r, failures[i])
+                        telemetry.end(spans[i], failures[i])
                         continue
-                    self._handler.apply(e, results[i], uow)
-                    uow.flush()
-                    savepoint.commit()
-                    self.stats.handled += 1
-                except Exception as exc:
-                    savepoint.rollback()
-                    log.exception(
-                        "handler failed; dead-lettering", topic=r.topic, ce_id=e.envelope.id
+                    # The process span's context (the incoming one with tracing off).
+                    tp, ts = telemetry.outgoing_context(
+                        e.envelope.traceparent, e.envelope.tracestate
                     )
-                    self._dead_letter_failure(conn, r, exc)
+                    uow = UnitOfWork(conn, source=self._service, traceparent=tp, tracestate=ts)
+                    savepoint = conn.begin_nested()
+                    try:
+                        if not record_received(conn, self._group, e.envelope.id, r.topic):
+                            savepoint.commit()  # handled by another member meanwhile
+                            self.stats.duplicates += 1
+                            telemetry.end(spans[i])
+                            continue
+                        self._handler.apply(e, results[i], uow)
+                        uow.flush()
+                        savepoint.commit()
+                        self.stats.handled += 1
+                        telemetry.end(spans[i])
+                    except Exception as exc:
+                        savepoint.rollback()
+                        log.exception(
+                            "handler failed; dead-lettering", topic=r.topic, ce_id=e.envelope.id
+                        )
+                        self._dead_letter_failure(conn, r, exc)
+                        telemetry.end(spans[i], exc)
         self._relay.notify()
         await self._commit(records)
+
+    async def _execute(self, e: Event, span: Any) -> Any:
+        """The handler's outside work, inside the message's span."""
+        assert self._handler.execute is not None
+        with telemetry.activate(span, e):
+            return await self._handler.execute(e)
 
     def _dead_letter_failure(
         self, conn: Connection, r: ConsumerRecord[bytes, bytes], exc: BaseException

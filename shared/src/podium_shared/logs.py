@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from podium_shared.telemetry import add_trace_ids
+
 
 def configure(service: str, level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
@@ -17,7 +19,8 @@ def configure(service: str, level: str = "INFO") -> None:
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
+            structlog.contextvars.merge_contextvars,  # service, task_id, step_id
+            add_trace_ids,  # trace_id, span_id of the current span
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,

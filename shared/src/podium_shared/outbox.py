@@ -25,6 +25,7 @@ import structlog
 from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import Contract, Headers, encode, new_id
+from podium_shared import telemetry
 from podium_shared.db import inbox, insert_ignore, outbox
 
 log = structlog.get_logger(__name__)
@@ -44,13 +45,21 @@ class UnitOfWork:
 
     conn: Connection
     source: str
+    # The context of the message being handled: its process span's (the incoming
+    # one with tracing off); what ``publish`` stamps when no span of its own is current.
     traceparent: str | None = None
     pending: list[OutgoingMessage] = field(default_factory=list)
+    tracestate: str | None = None
 
     def publish(self, topic: str, payload: Contract, *, key: str) -> str:
         """Record a contract message to send after commit; returns its ce_id."""
         ce_id = new_id()
-        value, headers = encode(payload, source=self.source, id=ce_id, traceparent=self.traceparent)
+        # The current span's context (the process or routing span), so the message
+        # the relay sends later continues this trace under it.
+        traceparent, tracestate = telemetry.outgoing_context(self.traceparent, self.tracestate)
+        value, headers = encode(
+            payload, source=self.source, id=ce_id, traceparent=traceparent, tracestate=tracestate
+        )
         self.pending.append(OutgoingMessage(topic, key.encode(), value, headers))
         return ce_id
 
@@ -112,16 +121,15 @@ class Sender(Protocol):
 
 
 async def send_rows(producer: Sender, rows: Sequence[Any]) -> None:
-    """Send outbox rows in order and wait until the broker acknowledged all of them."""
-    futures = [
-        await producer.send(
-            r.topic,
-            value=r.value,
-            key=r.key,
-            headers=[(k, v.encode("latin-1")) for k, v in r.headers],
-        )
-        for r in rows
-    ]
+    """Send outbox rows in order and wait until the broker acknowledged all of them.
+    Each send is a ``publish <topic>`` span continuing the trace stored with its row."""
+    futures = []
+    for r in rows:
+        headers = [(k, v.encode("latin-1")) for k, v in r.headers]
+        span, headers = telemetry.start_publish(r.topic, headers, r.key)
+        future = await producer.send(r.topic, value=r.value, key=r.key, headers=headers)
+        telemetry.end_when_sent(span, future)
+        futures.append(future)
     await asyncio.gather(*futures)
 
 

@@ -15,6 +15,7 @@ import structlog
 from aiokafka import ConsumerRebalanceListener, TopicPartition
 from sqlalchemy.engine import Engine
 
+from podium_shared import metrics, telemetry
 from podium_shared.consumer import ConsumeLoop, Handler
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 from podium_shared.outbox import OutboxRelay
@@ -63,6 +64,9 @@ async def run_service(
     """Run until SIGTERM/SIGINT; then stop consuming, drain the outbox, and exit."""
     # One readiness file per process, so replicas of a service never share one.
     instance = instance or f"{spec.name}-{os.getpid()}"
+    observability = telemetry.TelemetrySettings()
+    telemetry.configure_tracing(spec.name, settings.home, observability)
+    metrics.serve(observability.metrics_port, observability.metrics_host)
     topics = Topics(settings.topic_prefix)
     await ensure_topics(settings, topics.declarations(spec.pools))
     ready = ready_file(settings, instance)
@@ -90,6 +94,7 @@ async def run_service(
     tasks = [
         asyncio.create_task(loop.run(), name="consume"),
         asyncio.create_task(relay.run(), name="relay"),
+        asyncio.create_task(metrics.watch_lag(consumer, spec.group), name="lag"),
     ]
     tasks += [asyncio.create_task(factory(relay)) for factory in spec.background]
     log.info("service started", topics=spec.topics, group=spec.group)
@@ -108,6 +113,7 @@ async def run_service(
     await producer.stop()
     ready.unlink(missing_ok=True)
     spec.engine.dispose()
+    telemetry.shutdown()
     log.info("service stopped", handled=loop.stats.handled, dead_lettered=loop.stats.dead_lettered)
     if crashed:
         exc = crashed[0].exception()

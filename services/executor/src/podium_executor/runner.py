@@ -15,7 +15,7 @@ from aiokafka import TopicPartition
 
 from podium_executor.bootstrap import ExecutorApp
 from podium_executor.relay import ClaimingRelay
-from podium_shared import Settings, Topics
+from podium_shared import Settings, Topics, metrics, telemetry
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 from podium_shared.runtime import ready_file
@@ -34,6 +34,9 @@ async def run_executor(
     """Run until SIGTERM/SIGINT, then stop consuming, settle in-flight steps, drain the outbox."""
     xs = app.settings
     instance = instance or instance_name(app.pool)
+    observability = telemetry.TelemetrySettings()
+    telemetry.configure_tracing("executor", settings.home, observability)
+    metrics.serve(observability.metrics_port, observability.metrics_host)
     await ensure_topics(settings, Topics(settings.topic_prefix).declarations(app.pools))
     ready = ready_file(settings, instance)
     ready.unlink(missing_ok=True)
@@ -67,6 +70,7 @@ async def run_executor(
 
     consume = asyncio.create_task(loop.run(), name="consume")
     relaying = asyncio.create_task(relay.run(), name="relay")
+    lag = asyncio.create_task(metrics.watch_lag(consumer, app.group), name="lag")
     log.info(
         "executor started",
         pool=app.pool,
@@ -77,7 +81,7 @@ async def run_executor(
     done, _ = await asyncio.wait([stopper, consume, relaying], return_when=asyncio.FIRST_COMPLETED)
     crashed = [t for t in done if t is not stopper and t.exception() is not None]
     released = await loop.shutdown(xs.shutdown_grace_s)
-    for t in (consume, relaying, stopper):
+    for t in (consume, relaying, lag, stopper):
         t.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await t
@@ -88,6 +92,7 @@ async def run_executor(
     await producer.stop()
     ready.unlink(missing_ok=True)
     await app.aclose()
+    telemetry.shutdown()
     log.info(
         "executor stopped",
         handled=loop.stats.handled,

@@ -20,7 +20,7 @@ from podium_executor.capabilities.base import Capability, Result, StepContext
 from podium_executor.errors import PROVIDER_FAILURES, CapabilityError, ErrorType, fatal, retryable
 from podium_executor.ledger import Ledger
 from podium_executor.ratelimit import TokenBucket
-from podium_shared import Topics, UnitOfWork
+from podium_shared import Topics, UnitOfWork, metrics, telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -47,11 +47,30 @@ class Executor:
 
     async def run_step(self, step: StepRequested) -> Outcome:
         """Run the step, or return its recorded result; never raises for step errors."""
+        with telemetry.span(
+            "executor.call",
+            **{
+                "podium.task_id": step.task_id,
+                "podium.step_id": step.step_id,
+                "podium.capability": step.capability,
+                "podium.pool": step.pool,
+                "podium.model": step.model,
+                "podium.attempt": step.attempt,
+                "podium.idempotency_key": step.idempotency_key,
+            },
+        ):
+            started = time.perf_counter()
+            outcome = await self._run_step(step)
+            _observe(outcome, time.perf_counter() - started)
+            return outcome
+
+    async def _run_step(self, step: StepRequested) -> Outcome:
         started = time.perf_counter()
         if self.ledger is not None:
             recorded = self.ledger.lookup(step)
             if recorded is not None:
                 log.info("idempotency key seen; recorded result", key=step.idempotency_key)
+                telemetry.annotate(**{"podium.recorded_result": True})
                 return recorded
         try:
             output, usage = await self._call(step)
@@ -78,6 +97,7 @@ class Executor:
             )
         parsed = capability.parse(step.input)
         provider = capability.provider_of(parsed)
+        telemetry.annotate(**{"podium.provider": provider})
         if self.breakers is not None:
             try:
                 self.breakers.before_call(provider)
@@ -144,6 +164,34 @@ class Executor:
             duration_ms=(time.perf_counter() - started) * 1000,
             request=step,
         )
+
+
+def _observe(outcome: Outcome, seconds: float) -> None:
+    """The step's latency, cost and tokens: on its span and in the metrics."""
+    if isinstance(outcome, StepCompleted):
+        usage = outcome.usage
+        telemetry.annotate(
+            **{
+                "podium.outcome": "completed",
+                "podium.cost_usd": usage.cost_usd,
+                "gen_ai.usage.input_tokens": usage.prompt_tokens,
+                "gen_ai.usage.output_tokens": usage.completion_tokens,
+            }
+        )
+        metrics.step_ran(
+            outcome.capability,
+            outcome.pool,
+            "completed",
+            seconds,
+            cost_usd=usage.cost_usd,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+        )
+        return
+    error = outcome.error
+    telemetry.annotate(**{"podium.outcome": "failed", "podium.error_class": error.error_class})
+    telemetry.mark_failed(error.type, error.message)
+    metrics.step_ran(outcome.capability, outcome.pool, "failed", seconds)
 
 
 def _json_safe(output: Any, name: str) -> Any:

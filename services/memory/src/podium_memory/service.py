@@ -16,7 +16,7 @@ from podium_contracts import (
     TaskCompleted,
     TaskFailed,
 )
-from podium_shared import Topics, UnitOfWork
+from podium_shared import Topics, UnitOfWork, metrics, telemetry
 from pydantic import ValidationError
 
 from podium_memory.budget import within_budget
@@ -167,16 +167,32 @@ class Memory:
                 type="unknown_capability", message=f"memory has no capability {step.capability!r}"
             )
         else:
-            try:
-                output = operation(store, step, now)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                where = ".".join(str(p) for p in first["loc"])
-                message = f"{where}: {first['msg']}" if where else str(first["msg"])
-                error = StepError(type="invalid_input", message=message)
-            except ScopeForbidden as exc:
-                error = StepError(type="forbidden", message=str(exc))
+            with telemetry.span(
+                "memory." + step.capability.removeprefix("memory."),
+                **{
+                    "podium.task_id": step.task_id,
+                    "podium.step_id": step.step_id,
+                    "podium.memory.operation": step.capability,
+                    "podium.attempt": step.attempt,
+                },
+            ):
+                try:
+                    output = operation(store, step, now)
+                    if telemetry.enabled():
+                        telemetry.annotate(**_memory_attributes(output))
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    where = ".".join(str(p) for p in first["loc"])
+                    message = f"{where}: {first['msg']}" if where else str(first["msg"])
+                    error = StepError(type="invalid_input", message=message)
+                except ScopeForbidden as exc:
+                    error = StepError(type="forbidden", message=str(exc))
+                if error is not None:
+                    telemetry.mark_failed(error.type, error.message)
         elapsed = (time.perf_counter() - started) * 1000
+        metrics.step_ran(
+            step.capability, step.pool, "failed" if error else "completed", elapsed / 1000
+        )
         if error is None:
             uow.publish(
                 self.topics.step_results,
@@ -236,3 +252,29 @@ class Memory:
         )
         store.drop_task_owner(event.task_id)
         return True
+
+
+def _memory_attributes(output: dict[str, Any]) -> dict[str, telemetry.AttrValue]:
+    """What a memory operation did, for its span: scope kind and hits."""
+    try:
+        return _describe(output)
+    except Exception:  # telemetry never fails a step
+        return {}
+
+
+def _describe(output: dict[str, Any]) -> dict[str, telemetry.AttrValue]:
+    out: dict[str, telemetry.AttrValue] = {}
+    scope = output.get("scope")
+    if isinstance(scope, dict):
+        out["podium.memory.scope_kind"] = str(scope.get("kind"))
+    entries = output.get("entries")
+    if isinstance(entries, list):
+        out["podium.memory.hits"] = len(entries)
+        kinds = {str(e["scope"]["kind"]) for e in entries if isinstance(e.get("scope"), dict)}
+        out["podium.memory.scope_kinds"] = sorted(kinds)
+    if "forgotten" in output:
+        out["podium.memory.forgotten"] = int(output["forgotten"])
+    if "turns" in output:
+        out["podium.memory.scope_kind"] = "session"
+        out["podium.memory.hits"] = len(output["turns"])
+    return out

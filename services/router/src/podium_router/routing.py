@@ -24,6 +24,7 @@ class Route:
     pool: str
     model: str | None
     reason: str
+    rule: int | None = None  # the 1-based index of the rule that matched
 
 
 def pool_for(step: StepDef) -> str:
@@ -39,7 +40,7 @@ def choose_route(step: StepDef, context: Mapping[str, Any]) -> Route:
         if rule.when is None or bool(evaluate(rule.when, context)):
             pool = rule.pool or pool_for(step)
             why = f"rule {i} matched" + (f": {rule.when}" if rule.when else " (no condition)")
-            return Route(pool, rule.model, why)
+            return Route(pool, rule.model, why, rule=i)
     source = (
         "step pool"
         if step.pool

@@ -44,7 +44,7 @@ from podium_router.repository import RunRepository
 from podium_router.routing import Route, choose_route
 from podium_router.state import TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
-from podium_shared import Topics, UnitOfWork
+from podium_shared import Topics, UnitOfWork, telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -440,7 +440,21 @@ class Router:
             )
             return
         for step, route, data in plans:
-            self._dispatch(repo, uow, run, workflow, step, route, data, now)
+            # The step's message carries this span's context: the executor's work hangs under it.
+            with telemetry.span(
+                "router.route",
+                **{
+                    "podium.task_id": run.task_id,
+                    "podium.step_id": step.id,
+                    "podium.workflow": workflow.name,
+                    "podium.capability": step.uses,
+                    "podium.route.pool": route.pool,
+                    "podium.route.model": route.model,
+                    "podium.route.rule": route.rule,
+                    "podium.route.reason": route.reason,
+                },
+            ):
+                self._dispatch(repo, uow, run, workflow, step, route, data, now)
 
     def _dispatch(
         self,
