@@ -139,6 +139,8 @@ def test_parent_links_cross_the_outbox_and_the_retry(
     # which descends from attempt 1's call.
     second = chain(calls[1])
     assert ("recovery", f"process {topics.step_failures}") in second, second
+    # ... through the retry-scheduling span, whose context the durable timer kept
+    assert ("recovery", "recovery.retry_scheduled") in second, second
     failure = next(
         a
         for a in _ancestors(calls[1], index)

@@ -24,7 +24,7 @@ from podium_recovery.decisions import Abandon, Decision, Retry, decide
 from podium_recovery.settings import RecoverySettings
 from podium_recovery.state import failures
 from podium_recovery.timers import schedule
-from podium_shared import DlqReason, Topics, UnitOfWork, dead_letter
+from podium_shared import DlqReason, Topics, UnitOfWork, dead_letter, telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -97,12 +97,34 @@ class Recovery:
 
     def _retry(self, failure: StepFailed, retry: Retry, uow: UnitOfWork) -> None:
         """Store the timer of the next attempt and tell the router to watch it."""
+        attrs = {
+            "podium.task_id": failure.task_id,
+            "podium.step_id": failure.step_id,
+            "podium.attempt": retry.attempt,
+            "podium.retry.pool": retry.pool,
+            "podium.retry.model": retry.model or "",
+            "podium.retry.due_at": retry.due_at.isoformat(),
+            "error.type": failure.error.type,
+        }
+        with telemetry.span("recovery.retry_scheduled", **attrs):
+            self._schedule_retry(failure, retry, uow)
+            telemetry.retry_scheduled(
+                capability=failure.capability,
+                pool=failure.pool,
+                error_type=failure.error.type,
+                attempt=retry.attempt,
+                delay_s=max((retry.due_at - datetime.now(UTC)).total_seconds(), 0.0),
+            )
+
+    def _schedule_retry(self, failure: StepFailed, retry: Retry, uow: UnitOfWork) -> None:
+        # The timer keeps this span's context, so the retry continues the same trace.
+        traceparent, _ = telemetry.outgoing_context(uow.traceparent, uow.tracestate)
         schedule(
             uow.conn,
             self.topics,
             retry.request(failure.request),
             retry.due_at,
-            traceparent=uow.traceparent,
+            traceparent=traceparent,
         )
         uow.publish(
             self.topics.step_results,
@@ -120,10 +142,31 @@ class Recovery:
 
     def _abandon(self, failure: StepFailed, abandon: Abandon, uow: UnitOfWork) -> str:
         """Dead-letter the step's request and tell the router the step is abandoned."""
+        attrs = {
+            "podium.task_id": failure.task_id,
+            "podium.step_id": failure.step_id,
+            "podium.attempts": failure.attempt,
+            "error.type": failure.error.type,
+            "podium.abandoned": abandon.why.value,
+        }
+        with telemetry.span("recovery.dead_lettered", **attrs):
+            record_id = self._dead_letter_step(failure, abandon, uow)
+            telemetry.step_abandoned(
+                capability=failure.capability,
+                pool=failure.pool,
+                error_type=failure.error.type,
+                attempts=failure.attempt,
+            )
+        return record_id
+
+    def _dead_letter_step(self, failure: StepFailed, abandon: Abandon, uow: UnitOfWork) -> str:
         request = failure.request
         original = self.topics.steps(request.pool)
         record_id = new_id()  # also the replayed request's ce_id, new to every inbox
-        value, headers = encode(request, source=SERVICE, id=record_id, traceparent=uow.traceparent)
+        traceparent, tracestate = telemetry.outgoing_context(uow.traceparent, uow.tracestate)
+        value, headers = encode(
+            request, source=SERVICE, id=record_id, traceparent=traceparent, tracestate=tracestate
+        )
         uow.publish_raw(
             dead_letter(
                 topic=original,
