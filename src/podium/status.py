@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
 from podium_router.state import StepStatus, history, run_steps, runs
 from podium_shared import Settings
-from sqlalchemy.engine import Connection
 
 
 class StatusError(Exception):

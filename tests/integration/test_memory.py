@@ -12,13 +12,13 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from podium.client import Outcome, PodiumClient
+from podium.stack import Stack
 from podium_contracts import TaskCompleted, TaskFailed, TaskSubmitted
 from podium_memory.state import entries
 from podium_shared import Topics
 from podium_shared.runtime import ready_file
-
-from podium.client import Outcome, PodiumClient
-from podium.stack import Stack
 from tests.conftest import stack_settings
 from tests.unit.test_memory_store import HOSTILE
 

@@ -6,12 +6,12 @@ import uuid
 
 import orjson
 import pytest
-from podium_contracts import TaskCompleted, TaskFailed, TaskSubmitted, encode
-from podium_shared import Topics, dlq_headers
 
 from podium.client import PodiumClient
 from podium.stack import Stack
 from podium.status import task_status
+from podium_contracts import TaskCompleted, TaskFailed, TaskSubmitted, encode
+from podium_shared import Topics, dlq_headers
 from tests.support.kafka import committed_offsets, read_topic
 
 pytestmark = pytest.mark.integration

@@ -19,9 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
+from pydantic_settings import BaseSettings
+
 from podium_shared import Settings
 from podium_shared.telemetry import TelemetrySettings
-from pydantic_settings import BaseSettings
 
 pytestmark = pytest.mark.unit
 
@@ -33,32 +34,142 @@ KAFKA = "kafka"
 # The Compose Specification's keys for what this file uses (compose-spec.json);
 # a misspelt key is otherwise ignored by nothing but the engine.
 TOP_LEVEL_KEYS = {
-    "version", "name", "include", "services", "models", "networks", "volumes", "secrets", "configs",
+    "version",
+    "name",
+    "include",
+    "services",
+    "models",
+    "networks",
+    "volumes",
+    "secrets",
+    "configs",
 }
 SERVICE_KEYS = {
-    "develop", "deploy", "annotations", "attach", "build", "blkio_config", "cap_add", "cap_drop",
-    "cgroup", "cgroup_parent", "command", "configs", "container_name", "cpu_count",
-    "cpu_percent", "cpu_shares", "cpu_quota", "cpu_period", "cpu_rt_period", "cpu_rt_runtime",
-    "cpus", "cpuset", "credential_spec", "depends_on", "device_cgroup_rules", "devices", "dns",
-    "dns_opt", "dns_search", "domainname", "entrypoint", "env_file", "label_file",
-    "environment", "expose", "extends", "provider", "external_links", "extra_hosts", "gpus",
-    "group_add", "healthcheck", "hostname", "image", "init", "ipc", "isolation", "labels",
-    "links", "logging", "mac_address", "mem_limit", "mem_reservation", "mem_swappiness",
-    "memswap_limit", "network_mode", "models", "networks", "oom_kill_disable", "oom_score_adj",
-    "pid", "pids_limit", "platform", "ports", "post_start", "pre_stop", "privileged",
-    "profiles", "pull_policy", "pull_refresh_after", "read_only", "restart", "runtime",
-    "scale", "security_opt", "shm_size", "secrets", "sysctls", "stdin_open",
-    "stop_grace_period", "stop_signal", "storage_opt", "tmpfs", "tty", "ulimits",
-    "use_api_socket", "user", "uts", "userns_mode", "volumes", "volumes_from", "working_dir",
+    "develop",
+    "deploy",
+    "annotations",
+    "attach",
+    "build",
+    "blkio_config",
+    "cap_add",
+    "cap_drop",
+    "cgroup",
+    "cgroup_parent",
+    "command",
+    "configs",
+    "container_name",
+    "cpu_count",
+    "cpu_percent",
+    "cpu_shares",
+    "cpu_quota",
+    "cpu_period",
+    "cpu_rt_period",
+    "cpu_rt_runtime",
+    "cpus",
+    "cpuset",
+    "credential_spec",
+    "depends_on",
+    "device_cgroup_rules",
+    "devices",
+    "dns",
+    "dns_opt",
+    "dns_search",
+    "domainname",
+    "entrypoint",
+    "env_file",
+    "label_file",
+    "environment",
+    "expose",
+    "extends",
+    "provider",
+    "external_links",
+    "extra_hosts",
+    "gpus",
+    "group_add",
+    "healthcheck",
+    "hostname",
+    "image",
+    "init",
+    "ipc",
+    "isolation",
+    "labels",
+    "links",
+    "logging",
+    "mac_address",
+    "mem_limit",
+    "mem_reservation",
+    "mem_swappiness",
+    "memswap_limit",
+    "network_mode",
+    "models",
+    "networks",
+    "oom_kill_disable",
+    "oom_score_adj",
+    "pid",
+    "pids_limit",
+    "platform",
+    "ports",
+    "post_start",
+    "pre_stop",
+    "privileged",
+    "profiles",
+    "pull_policy",
+    "pull_refresh_after",
+    "read_only",
+    "restart",
+    "runtime",
+    "scale",
+    "security_opt",
+    "shm_size",
+    "secrets",
+    "sysctls",
+    "stdin_open",
+    "stop_grace_period",
+    "stop_signal",
+    "storage_opt",
+    "tmpfs",
+    "tty",
+    "ulimits",
+    "use_api_socket",
+    "user",
+    "uts",
+    "userns_mode",
+    "volumes",
+    "volumes_from",
+    "working_dir",
 }
 BUILD_KEYS = {
-    "context", "dockerfile", "dockerfile_inline", "entitlements", "args", "ssh", "labels",
-    "cache_from", "cache_to", "no_cache", "additional_contexts", "network", "pull", "target",
-    "shm_size", "extra_hosts", "isolation", "privileged", "secrets", "tags", "ulimits",
+    "context",
+    "dockerfile",
+    "dockerfile_inline",
+    "entitlements",
+    "args",
+    "ssh",
+    "labels",
+    "cache_from",
+    "cache_to",
+    "no_cache",
+    "additional_contexts",
+    "network",
+    "pull",
+    "target",
+    "shm_size",
+    "extra_hosts",
+    "isolation",
+    "privileged",
+    "secrets",
+    "tags",
+    "ulimits",
     "platforms",
 }
 HEALTHCHECK_KEYS = {
-    "disable", "interval", "retries", "test", "timeout", "start_period", "start_interval",
+    "disable",
+    "interval",
+    "retries",
+    "test",
+    "timeout",
+    "start_period",
+    "start_interval",
 }
 DEPENDS_ON_KEYS = {"condition", "restart", "required"}
 CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
@@ -138,9 +249,11 @@ def settings_classes(service: str) -> list[type[BaseSettings]]:
     name = f"podium_{service}.settings"
     if importlib.util.find_spec(name) is not None:
         module = importlib.import_module(name)
-        classes += [c for c in vars(module).values()
-                    if isinstance(c, type) and issubclass(c, BaseSettings)
-                    and c.__module__ == name]
+        classes += [
+            c
+            for c in vars(module).values()
+            if isinstance(c, type) and issubclass(c, BaseSettings) and c.__module__ == name
+        ]
     return classes
 
 
@@ -150,8 +263,11 @@ def settings_problems(where: str, service: str, env: dict[str, str]) -> list[str
     problems = []
     for cls in settings_classes(service):
         prefix = str(cls.model_config.get("env_prefix", ""))
-        values = {k.removeprefix(prefix).lower(): v for k, v in env.items()
-                  if k.startswith(prefix) and k.removeprefix(prefix).lower() in cls.model_fields}
+        values = {
+            k.removeprefix(prefix).lower(): v
+            for k, v in env.items()
+            if k.startswith(prefix) and k.removeprefix(prefix).lower() in cls.model_fields
+        }
         claimed |= {prefix + k.upper() for k in values}
         try:
             cls.model_validate(values)
@@ -175,24 +291,36 @@ def seconds(duration: str) -> float:
 
 def spec_problems(doc: dict[str, Any]) -> list[str]:
     """Keys and enumerations of the Compose Specification."""
-    problems = [f"unknown top-level key {k!r}" for k in doc
-                if k not in TOP_LEVEL_KEYS and not k.startswith("x-")]
+    problems = [
+        f"unknown top-level key {k!r}"
+        for k in doc
+        if k not in TOP_LEVEL_KEYS and not k.startswith("x-")
+    ]
     services = doc.get("services") or {}
     declared_volumes = set(doc.get("volumes") or {})
     for name, svc in services.items():
         where = f"services.{name}"
-        problems += [f"{where}: unknown key {k!r}" for k in svc
-                     if k not in SERVICE_KEYS and not k.startswith("x-")]
+        problems += [
+            f"{where}: unknown key {k!r}"
+            for k in svc
+            if k not in SERVICE_KEYS and not k.startswith("x-")
+        ]
         if "image" not in svc and "build" not in svc:
             problems.append(f"{where}: neither image nor build")
         build = svc.get("build")
         if isinstance(build, dict):
-            problems += [f"{where}.build: unknown key {k!r}" for k in build
-                         if k not in BUILD_KEYS and not k.startswith("x-")]
+            problems += [
+                f"{where}.build: unknown key {k!r}"
+                for k in build
+                if k not in BUILD_KEYS and not k.startswith("x-")
+            ]
         check = svc.get("healthcheck")
         if check is not None:
-            problems += [f"{where}.healthcheck: unknown key {k!r}" for k in check
-                         if k not in HEALTHCHECK_KEYS and not k.startswith("x-")]
+            problems += [
+                f"{where}.healthcheck: unknown key {k!r}"
+                for k in check
+                if k not in HEALTHCHECK_KEYS and not k.startswith("x-")
+            ]
             test = check.get("test")
             if isinstance(test, list) and (not test or test[0] not in {"CMD", "CMD-SHELL", "NONE"}):
                 problems.append(f"{where}.healthcheck.test must start with CMD, CMD-SHELL or NONE")
@@ -205,16 +333,21 @@ def spec_problems(doc: dict[str, Any]) -> list[str]:
         if "restart" in svc and not RESTART.match(str(svc["restart"])):
             problems.append(f"{where}.restart: invalid policy {svc['restart']!r}")
         depends = svc.get("depends_on") or {}
-        for dep, cond in (depends.items() if isinstance(depends, dict)
-                          else ((d, None) for d in depends)):
+        for dep, cond in (
+            depends.items() if isinstance(depends, dict) else ((d, None) for d in depends)
+        ):
             if dep not in services:
                 problems.append(f"{where}.depends_on: no service {dep!r}")
             if isinstance(cond, dict):
-                problems += [f"{where}.depends_on.{dep}: unknown key {k!r}" for k in cond
-                             if k not in DEPENDS_ON_KEYS and not k.startswith("x-")]
+                problems += [
+                    f"{where}.depends_on.{dep}: unknown key {k!r}"
+                    for k in cond
+                    if k not in DEPENDS_ON_KEYS and not k.startswith("x-")
+                ]
                 if cond.get("condition") not in CONDITIONS:
-                    problems.append(f"{where}.depends_on.{dep}: bad condition "
-                                    f"{cond.get('condition')!r}")
+                    problems.append(
+                        f"{where}.depends_on.{dep}: bad condition {cond.get('condition')!r}"
+                    )
         for source, _ in mounts(svc):
             if source is not None and source not in declared_volumes:
                 problems.append(f"{where}: volume {source!r} is not declared at top level")
@@ -231,10 +364,16 @@ def kafka_problems(doc: dict[str, Any]) -> list[str]:
     if not image.startswith("apache/kafka:") or not PINNED_TAG.match(image):
         problems.append(f"kafka: image {image!r} is not apache/kafka pinned to x.y.z")
     env = environment(kafka)
-    required = ("KAFKA_NODE_ID", "KAFKA_PROCESS_ROLES", "KAFKA_CONTROLLER_QUORUM_VOTERS",
-                "KAFKA_CONTROLLER_LISTENER_NAMES", "KAFKA_LISTENERS",
-                "KAFKA_ADVERTISED_LISTENERS", "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
-                "KAFKA_INTER_BROKER_LISTENER_NAME")
+    required = (
+        "KAFKA_NODE_ID",
+        "KAFKA_PROCESS_ROLES",
+        "KAFKA_CONTROLLER_QUORUM_VOTERS",
+        "KAFKA_CONTROLLER_LISTENER_NAMES",
+        "KAFKA_LISTENERS",
+        "KAFKA_ADVERTISED_LISTENERS",
+        "KAFKA_LISTENER_SECURITY_PROTOCOL_MAP",
+        "KAFKA_INTER_BROKER_LISTENER_NAME",
+    )
     missing = [k for k in required if k not in env]
     if missing:
         return [*problems, f"kafka: missing {', '.join(missing)}"]
@@ -246,8 +385,10 @@ def kafka_problems(doc: dict[str, Any]) -> list[str]:
     protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
     controllers = set(env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(","))
     if not set(advertised) <= set(bound):
-        problems.append(f"kafka: advertised listeners {sorted(set(advertised) - set(bound))} "
-                        "are not in KAFKA_LISTENERS")
+        problems.append(
+            f"kafka: advertised listeners {sorted(set(advertised) - set(bound))} "
+            "are not in KAFKA_LISTENERS"
+        )
     if controllers & set(advertised):
         problems.append("kafka: the controller listener must not be advertised to clients")
     if not controllers <= set(bound):
@@ -261,17 +402,23 @@ def kafka_problems(doc: dict[str, Any]) -> list[str]:
     voters = [v.split("@") for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")]
     node_id = env["KAFKA_NODE_ID"]
     if [v[0] for v in voters] != [node_id]:
-        problems.append(f"kafka: quorum voters {env['KAFKA_CONTROLLER_QUORUM_VOTERS']!r} "
-                        f"are not just node {node_id}")
+        problems.append(
+            f"kafka: quorum voters {env['KAFKA_CONTROLLER_QUORUM_VOTERS']!r} "
+            f"are not just node {node_id}"
+        )
     for _, address in voters:
         host, _, port = address.rpartition(":")
         if host not in hostnames or int(port) not in controller_ports:
-            problems.append(f"kafka: quorum voter {address!r} is not this node's "
-                            f"controller listener (ports {sorted(controller_ports)})")
+            problems.append(
+                f"kafka: quorum voter {address!r} is not this node's "
+                f"controller listener (ports {sorted(controller_ports)})"
+            )
 
-    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+    for key in (
+        "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+        "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR",
+    ):
         if env.get(key) != "1":
             problems.append(f"kafka: {key} must be 1 on a single broker")
     if env.get("KAFKA_GROUP_INITIAL_REBALANCE_DELAY_MS") != "0":
@@ -284,12 +431,17 @@ def kafka_problems(doc: dict[str, Any]) -> list[str]:
         if not names:
             problems.append(f"kafka: published port {target} is no client listener")
         elif advertised.get(names[0]) != ("localhost", published):
-            problems.append(f"kafka: listener {names[0]} on published port {published} must be "
-                            f"advertised as localhost:{published}")
+            problems.append(
+                f"kafka: listener {names[0]} on published port {published} must be "
+                f"advertised as localhost:{published}"
+            )
 
     check = kafka.get("healthcheck") or {}
-    test = " ".join(check.get("test") or []) if isinstance(check.get("test"), list) \
+    test = (
+        " ".join(check.get("test") or [])
+        if isinstance(check.get("test"), list)
         else str(check.get("test", ""))
+    )
     match = re.search(r"kafka-broker-api-versions\.sh --bootstrap-server localhost:(\d+)", test)
     if not match:
         problems.append("kafka: healthcheck must run kafka-broker-api-versions.sh")
@@ -303,9 +455,11 @@ def podium_problems(doc: dict[str, Any]) -> list[str]:
     services = doc.get("services") or {}
     kafka = services.get(KAFKA) or {}
     kafka_env = environment(kafka)
-    internal = {f"{h}:{p}" for h, p in listeners(kafka_env.get("KAFKA_ADVERTISED_LISTENERS",
-                                                               "X://x:0")).values()
-                if h in {KAFKA, kafka.get("hostname", KAFKA)}}
+    internal = {
+        f"{h}:{p}"
+        for h, p in listeners(kafka_env.get("KAFKA_ADVERTISED_LISTENERS", "X://x:0")).values()
+        if h in {KAFKA, kafka.get("hostname", KAFKA)}
+    }
     problems = []
     for name in SERVICES:
         svc = services.get(name)
@@ -323,15 +477,19 @@ def podium_problems(doc: dict[str, Any]) -> list[str]:
         if context.resolve() != REPO:
             problems.append(f"{where}: the build context must be the repository root")
         depends = svc.get("depends_on") or {}
-        if not isinstance(depends, dict) or \
-                (depends.get(KAFKA) or {}).get("condition") != "service_healthy":
+        if (
+            not isinstance(depends, dict)
+            or (depends.get(KAFKA) or {}).get("condition") != "service_healthy"
+        ):
             problems.append(f"{where}: must depend on kafka with condition service_healthy")
         if not RESTART.match(str(svc.get("restart", ""))) or svc.get("restart") == "no":
             problems.append(f"{where}: needs a restart policy")
         grace = svc.get("stop_grace_period")
         if grace is None or seconds(str(grace)) <= 10:
-            problems.append(f"{where}: stop_grace_period must be longer than Docker's 10s "
-                            "(services drain on SIGTERM)")
+            problems.append(
+                f"{where}: stop_grace_period must be longer than Docker's 10s "
+                "(services drain on SIGTERM)"
+            )
 
         env = environment(svc)
         bad = settings_problems(where, name, env)
@@ -339,12 +497,18 @@ def podium_problems(doc: dict[str, Any]) -> list[str]:
             problems += bad
             continue
         settings = Settings.model_validate(
-            {k.removeprefix("PODIUM_").lower(): v for k, v in env.items()
-             if k.removeprefix("PODIUM_").lower() in Settings.model_fields})
+            {
+                k.removeprefix("PODIUM_").lower(): v
+                for k, v in env.items()
+                if k.removeprefix("PODIUM_").lower() in Settings.model_fields
+            }
+        )
         bootstrap = (settings.kafka_bootstrap or "").split(",")
         if not internal or not set(bootstrap) <= internal:
-            problems.append(f"{where}: PODIUM_KAFKA_BOOTSTRAP {settings.kafka_bootstrap!r} is not "
-                            f"kafka's in-network advertised listener {sorted(internal)}")
+            problems.append(
+                f"{where}: PODIUM_KAFKA_BOOTSTRAP {settings.kafka_bootstrap!r} is not "
+                f"kafka's in-network advertised listener {sorted(internal)}"
+            )
         if not settings.producer_idempotence:
             problems.append(f"{where}: PODIUM_PRODUCER_IDEMPOTENCE should be true on Kafka")
         if settings.fetch_max_wait_ms < 100:
@@ -385,8 +549,9 @@ def collector_problems(doc: dict[str, Any]) -> list[str]:
     if not image.startswith("otel/opentelemetry-collector-contrib:") or not PINNED_TAG.match(image):
         problems.append(f"{COLLECTOR}: image {image!r} is not the contrib collector pinned")
     image = str(jaeger.get("image", ""))
-    if not image.startswith(("jaegertracing/jaeger:", "jaegertracing/all-in-one:")) \
-            or not PINNED_TAG.match(image):
+    if not image.startswith(
+        ("jaegertracing/jaeger:", "jaegertracing/all-in-one:")
+    ) or not PINNED_TAG.match(image):
         problems.append(f"{JAEGER}: image {image!r} is not Jaeger pinned to x.y.z")
     if ("127.0.0.1", 16686, 16686) not in published_ports(jaeger):
         problems.append(f"{JAEGER}: the UI must be published on 127.0.0.1:16686")
@@ -394,8 +559,9 @@ def collector_problems(doc: dict[str, Any]) -> list[str]:
     config: dict[str, Any] = {}
     flags = [str(c) for c in collector.get("command") or []]
     target = next((f.split("=", 1)[1] for f in flags if f.startswith("--config=")), None)
-    sources = {t: v.split(":")[0] for v in collector.get("volumes") or []
-               for t in [str(v).split(":")[1]]}
+    sources = {
+        t: v.split(":")[0] for v in collector.get("volumes") or [] for t in [str(v).split(":")[1]]
+    }
     if target is None or target not in sources:
         problems.append(f"{COLLECTOR}: --config is not a mounted file")
     elif not (REPO / sources[target]).is_file():
@@ -408,8 +574,10 @@ def collector_problems(doc: dict[str, Any]) -> list[str]:
         problems.append(f"{COLLECTOR}: no OTLP/HTTP receiver")
     pipeline = ((config.get("service") or {}).get("pipelines") or {}).get("traces") or {}
     exporters = config.get("exporters") or {}
-    if not any(str((exporters.get(e) or {}).get("endpoint", "")).startswith(f"{JAEGER}:")
-               for e in pipeline.get("exporters") or []):
+    if not any(
+        str((exporters.get(e) or {}).get("endpoint", "")).startswith(f"{JAEGER}:")
+        for e in pipeline.get("exporters") or []
+    ):
         problems.append(f"{COLLECTOR}: the traces pipeline does not export to {JAEGER}")
     if "otlp" not in (pipeline.get("receivers") or []):
         problems.append(f"{COLLECTOR}: the traces pipeline does not receive OTLP")
@@ -420,8 +588,10 @@ def collector_problems(doc: dict[str, Any]) -> list[str]:
             problems.append(f"services.{name}: PODIUM_TRACING must be otlp")
         endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "")
         if endpoint != f"http://{COLLECTOR}:{http_port}":
-            problems.append(f"services.{name}: OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not "
-                            f"the collector's OTLP/HTTP receiver")
+            problems.append(
+                f"services.{name}: OTEL_EXPORTER_OTLP_ENDPOINT {endpoint!r} is not "
+                f"the collector's OTLP/HTTP receiver"
+            )
         if COLLECTOR not in (svc.get("depends_on") or {}):
             problems.append(f"services.{name}: must depend on {COLLECTOR}")
         port = env.get("PODIUM_METRICS_PORT", "0")
@@ -433,8 +603,7 @@ def collector_problems(doc: dict[str, Any]) -> list[str]:
 
 
 def compose_problems(doc: dict[str, Any]) -> list[str]:
-    return (spec_problems(doc) + kafka_problems(doc) + podium_problems(doc)
-            + collector_problems(doc))
+    return spec_problems(doc) + kafka_problems(doc) + podium_problems(doc) + collector_problems(doc)
 
 
 # ── Dockerfile checks ────────────────────────────────────────────────────────
@@ -453,12 +622,18 @@ def instructions(text: str) -> list[tuple[str, str]]:
 
 
 def dockerignored(path: str) -> bool:
-    patterns = [p.strip() for p in (REPO / ".dockerignore").read_text().splitlines()
-                if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip()
+        for p in (REPO / ".dockerignore").read_text().splitlines()
+        if p.strip() and not p.startswith("#")
+    ]
     parts = path.strip("/").split("/")
     prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
-    return any(fnmatch.fnmatch(c, p) or (p.startswith("**/") and fnmatch.fnmatch(c, p[3:]))
-               for p in patterns for c in prefixes)
+    return any(
+        fnmatch.fnmatch(c, p) or (p.startswith("**/") and fnmatch.fnmatch(c, p[3:]))
+        for p in patterns
+        for c in prefixes
+    )
 
 
 def workspace_pyprojects() -> set[str]:
@@ -494,15 +669,21 @@ def dockerfile_problems(name: str, text: str) -> list[str]:
     froms = [expand(a).split()[0] for i, a in steps if i == "FROM"]
     if len(froms) < 2:
         problems.append(f"{where}: not a multi-stage build")
-    problems += [f"{where}: FROM {f} is not pinned" for f in froms
-                 if ":" not in f or f.endswith(":latest")]
+    problems += [
+        f"{where}: FROM {f} is not pinned" for f in froms if ":" not in f or f.endswith(":latest")
+    ]
     copies = [expand(a).split() for i, a in steps if i == "COPY"]
     uv = [c for c in copies if any(w.startswith("--from=ghcr.io/astral-sh/uv") for w in c)]
-    if not uv or not any(re.fullmatch(r"--from=ghcr\.io/astral-sh/uv:\d+\.\d+\.\d+", w)
-                         for w in uv[0]):
+    if not uv or not any(
+        re.fullmatch(r"--from=ghcr\.io/astral-sh/uv:\d+\.\d+\.\d+", w) for w in uv[0]
+    ):
         problems.append(f"{where}: uv must come from ghcr.io/astral-sh/uv:<x.y.z>")
-    sources = [s for c in copies if not any(w.startswith("--from") for w in c)
-               for s in [w for w in c if not w.startswith("--")][:-1]]
+    sources = [
+        s
+        for c in copies
+        if not any(w.startswith("--from") for w in c)
+        for s in [w for w in c if not w.startswith("--")][:-1]
+    ]
     for source in sources:
         if not (REPO / source).exists():
             problems.append(f"{where}: COPY {source} does not exist")
@@ -510,24 +691,27 @@ def dockerfile_problems(name: str, text: str) -> list[str]:
             problems.append(f"{where}: COPY {source} is excluded by .dockerignore")
     missing = workspace_pyprojects() - set(sources)
     if missing:
-        problems.append(f"{where}: uv sync --package needs every workspace pyproject.toml; "
-                        f"missing {sorted(missing)}")
+        problems.append(
+            f"{where}: uv sync --package needs every workspace pyproject.toml; "
+            f"missing {sorted(missing)}"
+        )
 
-    final_stage = steps[max(n for n, (i, _) in enumerate(steps) if i == "FROM"):]
+    final_stage = steps[max(n for n, (i, _) in enumerate(steps) if i == "FROM") :]
     users = [a for i, a in final_stage if i == "USER"]
     if not users or users[-1].split(":")[0] in {"root", "0"}:
         problems.append(f"{where}: the runtime stage must run as a non-root USER")
     cmd = [a for i, a in steps if i == "CMD"]
     module = f"podium_{name}"
     if not cmd or json.loads(cmd[-1]) != ["python", "-m", module]:
-        problems.append(f"{where}: CMD must be [\"python\", \"-m\", \"{module}\"]")
+        problems.append(f'{where}: CMD must be ["python", "-m", "{module}"]')
     if not (REPO / "services" / name / "src" / module / "__main__.py").is_file():
         problems.append(f"{where}: {module}.__main__ does not exist")
     env = dict(kv.split("=", 1) for i, a in steps if i == "ENV" for kv in shlex.split(a))
     problems += settings_problems(f"{where}: ENV", name, env)
     for key, value in env.items():
         if key == "PODIUM_WORKFLOWS" and not any(
-                c[-1].rstrip("/") == value.rstrip("/") and "workflows/" in c for c in copies):
+            c[-1].rstrip("/") == value.rstrip("/") and "workflows/" in c for c in copies
+        ):
             problems.append(f"{where}: PODIUM_WORKFLOWS={value} but workflows/ is not copied there")
     return problems
 
@@ -562,8 +746,7 @@ def test_dockerfile_is_coherent(name: str) -> None:
 
 
 def test_dockerfiles_differ_only_in_the_service_name() -> None:
-    texts = {n: normalized(n, (REPO / "services" / n / "Dockerfile").read_text())
-             for n in SERVICES}
+    texts = {n: normalized(n, (REPO / "services" / n / "Dockerfile").read_text()) for n in SERVICES}
     assert all(t == texts["executor"] for t in texts.values()), "the Dockerfiles drifted apart"
 
 
@@ -590,73 +773,121 @@ def _env(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "executor container_name": (
-        lambda d: _svc(d, "executor").update(container_name="podium-executor"), "--scale"),
+        lambda d: _svc(d, "executor").update(container_name="podium-executor"),
+        "--scale",
+    ),
     "executor published port": (
-        lambda d: _svc(d, "executor").update(ports=["8000:8000"]), "--scale"),
+        lambda d: _svc(d, "executor").update(ports=["8000:8000"]),
+        "--scale",
+    ),
     "executor named volume": (
-        lambda d: _svc(d, "executor").update(volumes=["router-data:/data"]), "shared by replicas"),
+        lambda d: _svc(d, "executor").update(volumes=["router-data:/data"]),
+        "shared by replicas",
+    ),
     "depends on kafka merely started": (
         lambda d: _svc(d, "router").update(depends_on={"kafka": {"condition": "service_started"}}),
-        "service_healthy"),
+        "service_healthy",
+    ),
     "misspelt condition": (
         lambda d: _svc(d, "memory").update(depends_on={"kafka": {"condition": "service_heathy"}}),
-        "bad condition"),
+        "bad condition",
+    ),
     "misspelt service key": (
-        lambda d: _svc(d, "recovery").update(healtcheck={}), "unknown key 'healtcheck'"),
+        lambda d: _svc(d, "recovery").update(healtcheck={}),
+        "unknown key 'healtcheck'",
+    ),
     "no kafka healthcheck": (lambda d: _svc(d, "kafka").pop("healthcheck"), "healthcheck"),
     "unpinned kafka": (lambda d: _svc(d, "kafka").update(image="apache/kafka:latest"), "pinned"),
     "voter on the wrong port": (
         lambda d: _env(d, "kafka").update(KAFKA_CONTROLLER_QUORUM_VOTERS="1@kafka:9092"),
-        "quorum voter"),
+        "quorum voter",
+    ),
     "voter is another node": (
         lambda d: _env(d, "kafka").update(KAFKA_CONTROLLER_QUORUM_VOTERS="2@kafka:9093"),
-        "not just node"),
+        "not just node",
+    ),
     "advertised listener not bound": (
         lambda d: _env(d, "kafka").update(
-            KAFKA_ADVERTISED_LISTENERS="PLAINTEXT://kafka:9092,EXTERNAL://localhost:29092"),
-        "not in KAFKA_LISTENERS"),
+            KAFKA_ADVERTISED_LISTENERS="PLAINTEXT://kafka:9092,EXTERNAL://localhost:29092"
+        ),
+        "not in KAFKA_LISTENERS",
+    ),
     "host listener advertised wrong": (
         lambda d: _env(d, "kafka").update(
-            KAFKA_ADVERTISED_LISTENERS="PLAINTEXT://kafka:9092,PLAINTEXT_HOST://kafka:29092"),
-        "advertised as localhost"),
+            KAFKA_ADVERTISED_LISTENERS="PLAINTEXT://kafka:9092,PLAINTEXT_HOST://kafka:29092"
+        ),
+        "advertised as localhost",
+    ),
     "replication factor 3": (
         lambda d: _env(d, "kafka").update(KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR="3"),
-        "must be 1"),
+        "must be 1",
+    ),
     "auto topic creation on": (
-        lambda d: _env(d, "kafka").update(KAFKA_AUTO_CREATE_TOPICS_ENABLE="true"), "auto topic"),
+        lambda d: _env(d, "kafka").update(KAFKA_AUTO_CREATE_TOPICS_ENABLE="true"),
+        "auto topic",
+    ),
     "missing Dockerfile": (
         lambda d: _svc(d, "router")["build"].update(dockerfile="services/nope/Dockerfile"),
-        "builds from"),
+        "builds from",
+    ),
     "bootstrap is the host listener": (
         lambda d: _env(d, "router").update(PODIUM_KAFKA_BOOTSTRAP="localhost:29092"),
-        "in-network advertised listener"),
+        "in-network advertised listener",
+    ),
     "misspelt setting": (
-        lambda d: _env(d, "executor").update(PODIUM_FETCH_MAX_WAIT="500"), "unknown settings"),
+        lambda d: _env(d, "executor").update(PODIUM_FETCH_MAX_WAIT="500"),
+        "unknown settings",
+    ),
     "invalid setting": (
-        lambda d: _env(d, "memory").update(PODIUM_FETCH_MAX_WAIT_MS="soon"), "invalid settings"),
+        lambda d: _env(d, "memory").update(PODIUM_FETCH_MAX_WAIT_MS="soon"),
+        "invalid settings",
+    ),
     "short grace period": (
-        lambda d: _svc(d, "recovery").update(stop_grace_period="5s"), "stop_grace_period"),
+        lambda d: _svc(d, "recovery").update(stop_grace_period="5s"),
+        "stop_grace_period",
+    ),
     "service-specific setting misspelt": (
-        lambda d: _env(d, "memory").update(PODIUM_MEMORY_RECAL_LIMIT="5"), "unknown settings"),
+        lambda d: _env(d, "memory").update(PODIUM_MEMORY_RECAL_LIMIT="5"),
+        "unknown settings",
+    ),
     "tracing not exported": (
-        lambda d: _env(d, "router").update(PODIUM_TRACING="local"), "must be otlp"),
+        lambda d: _env(d, "router").update(PODIUM_TRACING="local"),
+        "must be otlp",
+    ),
     "invalid tracing mode": (
-        lambda d: _env(d, "memory").update(PODIUM_TRACING="jaeger"), "invalid settings"),
+        lambda d: _env(d, "memory").update(PODIUM_TRACING="jaeger"),
+        "invalid settings",
+    ),
     "otlp endpoint to the grpc port": (
         lambda d: _env(d, "executor").update(
-            OTEL_EXPORTER_OTLP_ENDPOINT="http://otel-collector:4317"), "OTLP/HTTP receiver"),
+            OTEL_EXPORTER_OTLP_ENDPOINT="http://otel-collector:4317"
+        ),
+        "OTLP/HTTP receiver",
+    ),
     "unpinned collector": (
         lambda d: _svc(d, "otel-collector").update(
-            image="otel/opentelemetry-collector-contrib:latest"), "collector pinned"),
+            image="otel/opentelemetry-collector-contrib:latest"
+        ),
+        "collector pinned",
+    ),
     "jaeger ui on every interface": (
-        lambda d: _svc(d, "jaeger").update(ports=["16686:16686"]), "127.0.0.1:16686"),
+        lambda d: _svc(d, "jaeger").update(ports=["16686:16686"]),
+        "127.0.0.1:16686",
+    ),
     "collector config missing": (
         lambda d: _svc(d, "otel-collector").update(
-            volumes=["./infra/nope.yaml:/etc/otelcol-contrib/config.yaml:ro"]), "does not exist"),
+            volumes=["./infra/nope.yaml:/etc/otelcol-contrib/config.yaml:ro"]
+        ),
+        "does not exist",
+    ),
     "metrics port not exposed": (
-        lambda d: _env(d, "recovery").update(PODIUM_METRICS_PORT="9999"), "not exposed"),
+        lambda d: _env(d, "recovery").update(PODIUM_METRICS_PORT="9999"),
+        "not exposed",
+    ),
     "undeclared volume": (
-        lambda d: _svc(d, "memory").update(volumes=["nowhere:/data"]), "not declared"),
+        lambda d: _svc(d, "memory").update(volumes=["nowhere:/data"]),
+        "not declared",
+    ),
 }
 
 
@@ -670,22 +901,33 @@ def test_compose_checks_catch(case: str) -> None:
 
 
 DOCKERFILE_MUTATIONS: dict[str, tuple[Callable[[str], str], str]] = {
-    "wrong package": (lambda t: t.replace("ARG SERVICE=memory", "ARG SERVICE=router"),
-                      "ARG SERVICE"),
-    "literal wrong package": (lambda t: t.replace("--package podium-${SERVICE}",
-                                                  "--package podium-router"), "--package"),
+    "wrong package": (
+        lambda t: t.replace("ARG SERVICE=memory", "ARG SERVICE=router"),
+        "ARG SERVICE",
+    ),
+    "literal wrong package": (
+        lambda t: t.replace("--package podium-${SERVICE}", "--package podium-router"),
+        "--package",
+    ),
     "not --locked": (lambda t: t.replace("uv sync --locked", "uv sync"), "--locked"),
     "wrong module": (lambda t: t.replace('"podium_memory"', '"podium_router"'), "CMD"),
     "runs as root": (lambda t: t.replace("USER podium:podium", "USER root"), "non-root"),
-    "unpinned uv": (lambda t: re.sub(r"astral-sh/uv:[\d.]+", "astral-sh/uv:latest", t),
-                    "astral-sh/uv"),
+    "unpinned uv": (
+        lambda t: re.sub(r"astral-sh/uv:[\d.]+", "astral-sh/uv:latest", t),
+        "astral-sh/uv",
+    ),
     "a member's pyproject not copied": (
         lambda t: t.replace("COPY services/recovery/pyproject.toml services/recovery/\n", ""),
-        "every workspace pyproject.toml"),
-    "unknown ENV setting": (lambda t: t.replace("PODIUM_HOME=/data", "PODIUM_HOMEDIR=/data"),
-                            "unknown settings"),
-    "source excluded": (lambda t: t.replace("COPY shared/ shared/", "COPY tests/ tests/"),
-                        ".dockerignore"),
+        "every workspace pyproject.toml",
+    ),
+    "unknown ENV setting": (
+        lambda t: t.replace("PODIUM_HOME=/data", "PODIUM_HOMEDIR=/data"),
+        "unknown settings",
+    ),
+    "source excluded": (
+        lambda t: t.replace("COPY shared/ shared/", "COPY tests/ tests/"),
+        ".dockerignore",
+    ),
 }
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiokafka import ConsumerRecord, TopicPartition
+
 from podium_contracts import Event, TaskAccepted, TaskSubmitted, encode
 from podium_shared import ConsumeLoop, Handler, OutboxRelay, UnitOfWork, make_engine
 from podium_shared.db import inbox, outbox

@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import orjson
-import podium_contracts
 import pytest
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import podium_contracts
 from podium_contracts import (
     ALL_CONTRACTS,
     REGISTRY,
@@ -20,8 +22,6 @@ from podium_contracts import (
     ContractError,
     DlqLocation,
     InvalidMessage,
-    FallbackPolicy,
-    RetryPolicy,
     StepAbandoned,
     StepCompleted,
     StepError,
@@ -48,7 +48,6 @@ from podium_contracts.compat import breaking_changes
 from podium_shared import Topics
 from podium_shared.dlq import PREFIX as DLQ_PREFIX
 from podium_shared.dlq import DlqReason, dead_letter
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 pytestmark = pytest.mark.unit
 
@@ -71,8 +70,9 @@ _REQUEST = StepRequested(
     timeout_s=30.0,
 )
 _ERROR = StepError(type="rate_limited", message="429 from provider", error_class="retryable")
-_SUMMARY = StepSummary(step_id="extract", capability="echo", pool="default", attempts=1,
-                       duration_ms=3.2)
+_SUMMARY = StepSummary(
+    step_id="extract", capability="echo", pool="default", attempts=1, duration_ms=3.2
+)
 
 # One realistic payload per contract; a new contract without one fails below.
 EXAMPLES: dict[type[Contract], Contract] = {
@@ -96,8 +96,13 @@ EXAMPLES: dict[type[Contract], Contract] = {
         output={"summary": "Office chairs, 1,280.50 EUR", "route": "approve", "score": 0.93},
         steps=[
             _SUMMARY,
-            StepSummary(step_id="summarise", capability="llm.complete", pool="default",
-                        attempts=2, duration_ms=812.4),
+            StepSummary(
+                step_id="summarise",
+                capability="llm.complete",
+                pool="default",
+                attempts=2,
+                duration_ms=812.4,
+            ),
         ],
         usage=Usage(cost_usd=0.0031, prompt_tokens=812, completion_tokens=64),
         accepted_at=T0,
@@ -106,8 +111,9 @@ EXAMPLES: dict[type[Contract], Contract] = {
     TaskFailed: TaskFailed(
         task_id="inv-2026-0042",
         workflow="invoice-triage",
-        error=TaskError(type="step_abandoned", message="summarise: 429 from provider",
-                        step_id="summarise"),
+        error=TaskError(
+            type="step_abandoned", message="summarise: 429 from provider", step_id="summarise"
+        ),
         dlq=DlqLocation(topic="podium.steps.default.v1.dlq", record_id="9a8b7c6d5e4f"),
         usage=Usage(cost_usd=0.001, prompt_tokens=100, completion_tokens=0),
         failed_at=T1,
@@ -163,9 +169,9 @@ def _ids(model: type[Contract]) -> str:
     return model.CE_TYPE
 
 
-def _binary_headers(ce_type: str = "podium.task.submitted.v1", **override: bytes | None) -> list[
-    tuple[str, bytes | None]
-]:
+def _binary_headers(
+    ce_type: str = "podium.task.submitted.v1", **override: bytes | None
+) -> list[tuple[str, bytes | None]]:
     headers: dict[str, bytes | None] = {
         "ce_specversion": b"1.0",
         "ce_id": b"abc123",
@@ -263,7 +269,13 @@ def test_every_contract_has_a_message_in_the_asyncapi_document() -> None:
         assert msg["bindings"]["kafka"]["key"]["type"] == "string"
     headers = asyncapi.render_document()["components"]["schemas"]["CloudEventHeaders"]
     assert set(headers["properties"]) == {
-        "ce_id", "ce_type", "ce_source", "ce_time", "ce_specversion", "content-type", "traceparent"
+        "ce_id",
+        "ce_type",
+        "ce_source",
+        "ce_time",
+        "ce_specversion",
+        "content-type",
+        "traceparent",
     }
     # What encode() writes is what the document promises.
     _, written = encode(EXAMPLES[TaskSubmitted], source="t", traceparent=TRACEPARENT)
@@ -276,9 +288,11 @@ def test_every_contract_has_a_message_in_the_asyncapi_document() -> None:
 def _expanded(pools: tuple[str, ...]) -> set[tuple[str, str]]:
     out = set()
     for ch in asyncapi.CHANNELS:
-        names = [ch.address.replace("{pool}", p) for p in pools] if "{pool}" in ch.address else [
-            ch.address
-        ]
+        names = (
+            [ch.address.replace("{pool}", p) for p in pools]
+            if "{pool}" in ch.address
+            else [ch.address]
+        )
         for name in names:
             out.add((name, ch.key))
             if ch.dlq:
@@ -309,9 +323,17 @@ def test_dlq_reasons_and_headers_agree_with_podium_shared() -> None:
     assert set(asyncapi.DLQ_REASONS) == {r.value for r in DlqReason}
     assert asyncapi.DLQ_HEADER_PREFIX == DLQ_PREFIX
     record = dead_letter(
-        topic="podium.steps.default.v1", partition=3, offset=42, key=b"k", value=b"v",
-        headers=[("ce_id", b"x")], reason=DlqReason.STEP_ABANDONED, error_type="timeout",
-        error_message="took too long", service="recovery", attempts=5,
+        topic="podium.steps.default.v1",
+        partition=3,
+        offset=42,
+        key=b"k",
+        value=b"v",
+        headers=[("ce_id", b"x")],
+        reason=DlqReason.STEP_ABANDONED,
+        error_type="timeout",
+        error_message="took too long",
+        service="recovery",
+        attempts=5,
         extra={"error-class": "retryable", "task-id": "t", "step-id": "s"},
     )
     written = {k.removeprefix(DLQ_PREFIX) for k, _ in record.headers if k.startswith(DLQ_PREFIX)}
@@ -604,31 +626,87 @@ def test_unknown_payload_fields_are_ignored() -> None:
         (b"not json{", _binary_headers(), UndecodableMessage, "undecodable", "not JSON"),
         (b"", _binary_headers(), UndecodableMessage, "undecodable", "not JSON"),
         (None, _binary_headers(), UndecodableMessage, "undecodable", "tombstone"),
-        (b'{"task_id": "t", "workflow": "w"}', [("content-type", b"application/json")],
-         UndecodableMessage, "undecodable", "missing id, type, source, specversion"),
-        (b'{"task_id": "t", "workflow": "w"}', _binary_headers(ce_source=None),
-         UndecodableMessage, "undecodable", "missing source"),
-        (b'{"task_id": "t", "workflow": "w"}', _binary_headers(ce_specversion=b"0.3"),
-         UndecodableMessage, "undecodable", "specversion"),
-        (b'{"task_id": "t", "workflow": "w"}', _binary_headers(ce_id=b"\xff\xfe"),
-         UndecodableMessage, "undecodable", "UTF-8"),
-        (b'{"task_id": "t", "workflow": "w"}', _binary_headers(ce_time=b"yesterday"),
-         UndecodableMessage, "undecodable", "RFC 3339"),
-        (b"[1, 2]", [("content-type", b"application/cloudevents+json")],
-         UndecodableMessage, "undecodable", "JSON object"),
-        (b'{"task_id": "t", "workflow": "w"}', _binary_headers("podium.task.submitted.v9"),
-         UnknownContract, "unknown_type", "podium.task.submitted.v9"),
+        (
+            b'{"task_id": "t", "workflow": "w"}',
+            [("content-type", b"application/json")],
+            UndecodableMessage,
+            "undecodable",
+            "missing id, type, source, specversion",
+        ),
+        (
+            b'{"task_id": "t", "workflow": "w"}',
+            _binary_headers(ce_source=None),
+            UndecodableMessage,
+            "undecodable",
+            "missing source",
+        ),
+        (
+            b'{"task_id": "t", "workflow": "w"}',
+            _binary_headers(ce_specversion=b"0.3"),
+            UndecodableMessage,
+            "undecodable",
+            "specversion",
+        ),
+        (
+            b'{"task_id": "t", "workflow": "w"}',
+            _binary_headers(ce_id=b"\xff\xfe"),
+            UndecodableMessage,
+            "undecodable",
+            "UTF-8",
+        ),
+        (
+            b'{"task_id": "t", "workflow": "w"}',
+            _binary_headers(ce_time=b"yesterday"),
+            UndecodableMessage,
+            "undecodable",
+            "RFC 3339",
+        ),
+        (
+            b"[1, 2]",
+            [("content-type", b"application/cloudevents+json")],
+            UndecodableMessage,
+            "undecodable",
+            "JSON object",
+        ),
+        (
+            b'{"task_id": "t", "workflow": "w"}',
+            _binary_headers("podium.task.submitted.v9"),
+            UnknownContract,
+            "unknown_type",
+            "podium.task.submitted.v9",
+        ),
         (b'{"workflow": "w"}', _binary_headers(), InvalidMessage, "invalid", "task_id"),
-        (b'{"task_id": "", "workflow": "w"}', _binary_headers(), InvalidMessage, "invalid",
-         "task_id"),
-        (b'{"task_id": "t", "workflow": "w", "budget": {"max_tokens": -1}}', _binary_headers(),
-         InvalidMessage, "invalid", "budget.max_tokens"),
+        (
+            b'{"task_id": "", "workflow": "w"}',
+            _binary_headers(),
+            InvalidMessage,
+            "invalid",
+            "task_id",
+        ),
+        (
+            b'{"task_id": "t", "workflow": "w", "budget": {"max_tokens": -1}}',
+            _binary_headers(),
+            InvalidMessage,
+            "invalid",
+            "budget.max_tokens",
+        ),
         (b'["t", "w"]', _binary_headers(), InvalidMessage, "invalid", "JSON object"),
     ],
     ids=[
-        "not-json", "empty", "tombstone", "no-ce-headers", "no-source", "old-specversion",
-        "non-utf8-header", "bad-time", "structured-not-object", "unknown-version",
-        "missing-task-id", "empty-task-id", "nested-constraint", "payload-not-object",
+        "not-json",
+        "empty",
+        "tombstone",
+        "no-ce-headers",
+        "no-source",
+        "old-specversion",
+        "non-utf8-header",
+        "bad-time",
+        "structured-not-object",
+        "unknown-version",
+        "missing-task-id",
+        "empty-task-id",
+        "nested-constraint",
+        "payload-not-object",
     ],
 )
 def test_decode_errors(
@@ -675,8 +753,15 @@ def test_contracts_are_frozen(model: type[Contract]) -> None:
 
 
 @pytest.mark.parametrize(
-    "part", [Budget(), Usage(), _ERROR, TaskError(type="t", message="m"),
-             DlqLocation(topic="t", record_id="r"), _SUMMARY],
+    "part",
+    [
+        Budget(),
+        Usage(),
+        _ERROR,
+        TaskError(type="t", message="m"),
+        DlqLocation(topic="t", record_id="r"),
+        _SUMMARY,
+    ],
     ids=lambda p: type(p).__name__,
 )
 def test_nested_models_are_frozen(part: BaseModel) -> None:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import pytest
+
 from podium_contracts import StepCompleted, StepFailed, StepRequested
 from podium_executor.breaker import Breakers, CircuitOpen, State
 from podium_executor.capabilities import BUILTINS

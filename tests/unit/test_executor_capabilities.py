@@ -14,6 +14,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
+from pydantic import BaseModel
+
 from podium_contracts import StepCompleted, StepFailed, StepRequested
 from podium_executor.__main__ import load_settings
 from podium_executor.capabilities import (
@@ -30,7 +32,6 @@ from podium_executor.capabilities.drills import record_once
 from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
 from podium_shared import Topics
-from pydantic import BaseModel
 
 pytestmark = pytest.mark.unit
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiokafka import ConsumerRecord, TopicPartition
+
 from podium_contracts import Event, TaskAccepted, TaskSubmitted, encode
 from podium_shared import Handler, UnitOfWork, make_engine
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, PartitionOffsets

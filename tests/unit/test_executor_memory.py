@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from podium_contracts import StepCompleted, StepFailed, StepRequested, decode
 from podium_executor.capabilities import BUILTINS
 from podium_executor.service import Executor

@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import pytest
+
 from podium_router.expressions import ExpressionError, MissingField, evaluate
 from podium_router.templates import render
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from podium_contracts import StepRequested
 from podium_memory.budget import within_budget
 from podium_memory.conversation import ExtractiveSummarizer, Turn, first_sentence, fold

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import Engine
+
 from podium_contracts import (
     StepAbandoned,
     StepCompleted,
@@ -26,8 +28,6 @@ from podium_memory.handlers import make_handler
 from podium_memory.service import Memory
 from podium_memory.settings import MemorySettings
 from podium_shared import Topics, UnitOfWork
-from sqlalchemy.engine import Engine
-
 from tests.unit.test_memory_store import DIALECTS, NOW, memory_engine
 
 pytestmark = pytest.mark.unit

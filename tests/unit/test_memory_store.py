@@ -14,11 +14,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
 from podium_memory.scopes import Scope, ScopeKind
 from podium_memory.state import entries, metadata, scope_sizes
 from podium_memory.store import EntryType, MemoryStore, NewEntry, SessionState
 from podium_shared import make_engine
-from sqlalchemy.engine import Connection, Engine
 
 pytestmark = pytest.mark.unit
 

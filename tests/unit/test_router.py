@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+
 from podium_contracts import StepAbandoned, StepCompleted, StepError, TaskSubmitted, decode
 from podium_router.decisions import runnable_steps, task_output, template_context
 from podium_router.service import Router

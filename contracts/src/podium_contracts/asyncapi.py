@@ -141,8 +141,15 @@ DLQ_HEADERS: dict[str, str] = {
 }
 # Written on every dead letter; the others only for some reasons.
 DLQ_REQUIRED_HEADERS = (
-    "reason", "error-type", "error-message", "original-topic", "original-partition",
-    "original-offset", "service", "attempts", "time",
+    "reason",
+    "error-type",
+    "error-message",
+    "original-topic",
+    "original-partition",
+    "original-offset",
+    "service",
+    "attempts",
+    "time",
 )
 
 _TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
@@ -447,7 +454,11 @@ class _NoAliases(yaml.SafeDumper):
 def render() -> str:
     """The AsyncAPI document as YAML text, deterministic."""
     body = yaml.dump(
-        render_document(), Dumper=_NoAliases, sort_keys=False, allow_unicode=True, width=100,
+        render_document(),
+        Dumper=_NoAliases,
+        sort_keys=False,
+        allow_unicode=True,
+        width=100,
         default_flow_style=False,
     )
     return HEADER + body

@@ -110,10 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         description="Generate contracts/src/podium_contracts/schemas/*.json and "
         "contracts/asyncapi.yaml from the contract models.",
     )
-    parser.add_argument("--check", action="store_true",
-                        help="write nothing; exit 1 if the files on disk are out of date")
-    parser.add_argument("--allow-breaking", action="store_true",
-                        help="overwrite schemas even when the change is breaking")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="write nothing; exit 1 if the files on disk are out of date",
+    )
+    parser.add_argument(
+        "--allow-breaking",
+        action="store_true",
+        help="overwrite schemas even when the change is breaking",
+    )
     args = parser.parse_args(argv)
 
     if args.check:

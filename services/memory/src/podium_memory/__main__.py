@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
+from podium_memory.bootstrap import build
 from podium_shared import Settings, run_service
 from podium_shared.logs import configure
-
-from podium_memory.bootstrap import build
 
 
 def main() -> None:

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
-
 from podium_memory.conversation import Summarizer
 from podium_memory.handlers import make_handler
 from podium_memory.retention import purge_task
 from podium_memory.service import Memory
 from podium_memory.settings import MemorySettings
 from podium_memory.state import metadata
+from podium_shared import ServiceSpec, Settings, Topics, make_engine
 
 
 def build(

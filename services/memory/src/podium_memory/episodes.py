@@ -12,6 +12,7 @@ import hashlib
 from typing import Any
 
 import orjson
+
 from podium_contracts import TaskCompleted, TaskFailed
 
 PREVIEW_CHARS = 300

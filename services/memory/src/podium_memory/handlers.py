@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 from podium_contracts import Event, StepRequested, TaskAccepted, TaskCompleted, TaskFailed
-from podium_shared import Handler, UnitOfWork
-
 from podium_memory.service import Memory
+from podium_shared import Handler, UnitOfWork
 
 
 def make_handler(memory: Memory) -> Handler[None]:

@@ -19,8 +19,9 @@ import enum
 import re
 from dataclasses import dataclass
 
-from podium_contracts import StepRequested
 from pydantic import BaseModel, ConfigDict, Field
+
+from podium_contracts import StepRequested
 
 
 class ScopeKind(enum.StrEnum):

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+from pydantic import ValidationError
+
 from podium_contracts import (
     StepCompleted,
     StepError,
@@ -16,9 +18,6 @@ from podium_contracts import (
     TaskCompleted,
     TaskFailed,
 )
-from podium_shared import Topics, UnitOfWork, metrics, telemetry
-from pydantic import ValidationError
-
 from podium_memory.budget import within_budget
 from podium_memory.conversation import ExtractiveSummarizer, Summarizer, fold
 from podium_memory.episodes import episode
@@ -36,6 +35,7 @@ from podium_memory.scopes import (
 )
 from podium_memory.settings import MemorySettings
 from podium_memory.store import EntryType, MemoryStore, NewEntry, SessionState
+from podium_shared import Topics, UnitOfWork, metrics, telemetry
 
 log = structlog.get_logger(__name__)
 
