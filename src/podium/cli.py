@@ -358,19 +358,66 @@ def topics(
 
 @app.command()
 def bench(
-    tasks: Annotated[int, typer.Option(min=10, help="tasks in the throughput run")] = 3000,
-    samples: Annotated[int, typer.Option(min=10, help="light-load latency samples")] = 300,
-    output: Annotated[
-        str | None, typer.Option(help="write the report to this Markdown file")
+    quick: Annotated[
+        bool, typer.Option("--quick", help="tiny counts: a smoke run of every figure")
+    ] = False,
+    repeat: Annotated[
+        int | None, typer.Option(min=1, help="runs per figure; the median is reported (3)")
     ] = None,
+    rate: Annotated[
+        float | None, typer.Option(min=0.1, help="open-loop arrival rate, tasks/s (20)")
+    ] = None,
+    seconds: Annotated[
+        float | None, typer.Option(min=0.1, help="open-loop duration per run, s (10)")
+    ] = None,
+    throughput_seconds: Annotated[
+        float | None, typer.Option(min=0.1, help="throughput run duration, s (10)")
+    ] = None,
+    in_flight: Annotated[
+        int | None, typer.Option(min=1, help="tasks in flight in the throughput run (64)")
+    ] = None,
+    temporal: Annotated[
+        bool, typer.Option(help="measure Temporal too (needs the bench group)")
+    ] = True,
+    profile: Annotated[
+        bool | None, typer.Option(help="py-spy the services during a throughput run")
+    ] = None,
+    output: Annotated[
+        str | None, typer.Option(help="write the Markdown report to this file")
+    ] = None,
+    out_dir: Annotated[
+        str, typer.Option(help="folder for results.json and the PNG plots")
+    ] = "docs/bench",
     as_json: JsonFlag = False,
 ) -> None:
-    """Measure end-to-end latency and throughput beside the raw broker hop."""
-    from podium.bench import run_bench
+    """podium beside Temporal: latency, throughput, scaling, recovery, each beside a baseline."""
+    from pathlib import Path
 
-    settings = load_settings()
-    report = run_bench(settings, tasks=tasks, samples=samples, output=output)
-    emit(report.as_dict(), as_json, report.markdown())
+    from podium.bench_peers import PeerOptions, run_peer_bench, strip_samples
+
+    opts = PeerOptions.quick() if quick else PeerOptions()
+    chosen = {
+        "repeat": repeat,
+        "rate_per_s": rate,
+        "latency_s": seconds,
+        "throughput_s": throughput_seconds,
+        "in_flight": in_flight,
+        "profile": profile,
+    }
+    for key, value in chosen.items():
+        if value is not None:
+            setattr(opts, key, value)
+    opts.temporal = temporal
+    opts.output = Path(output) if output else None
+    opts.out_dir = Path(out_dir)
+    results = run_peer_bench(load_settings(), opts)
+    text = (
+        opts.output.read_text()
+        if opts.output
+        else orjson.dumps(results["targets"], option=orjson.OPT_INDENT_2).decode()
+    )
+    emit(strip_samples(results), as_json, text)
+
 
 
 def main() -> None:

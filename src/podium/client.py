@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
 from podium_contracts import (
     Contract,
     ContractError,

@@ -1,0 +1,78 @@
+"""`podium bench --quick`: every figure with tiny counts, so the benchmark cannot
+rot. Temporal is measured too when the bench group is installed (temporalio
+importable); otherwise the report must say it was skipped."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+
+
+def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
+    out_dir, report = tmp_path / "bench", tmp_path / "benchmarks.md"
+    env = {**os.environ, "PODIUM_HOME": str(tmp_path / "home")}
+    args = ["bench", "--quick", "--json", "--output", str(report), "--out-dir", str(out_dir)]
+    done = subprocess.run(
+        [sys.executable, "-m", "podium", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=560,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(done.stdout)
+    f = results["figures"]
+
+    podium = f["podium"]
+    assert podium["raw_hop_ms"]["median"]["p50"] > 0
+    assert podium["sqlite_commit_ms"]["median"]["p50"] > 0
+    for workflow in ("hello", "chain3"):
+        lat = podium["latency"][workflow]["median"]
+        assert 0 < lat["p50"] <= lat["p99"] <= lat["p99.9"]
+    assert podium["throughput"]["median"]["tasks_per_s"] > 0
+    assert podium["throughput"]["median"]["cpu_s_per_1000"] > 0
+    assert {"router", "executor", "broker (tansu)"} <= set(podium["throughput"]["peak_rss_mib"])
+    assert podium["scaling"]["scaling"]["1"]["efficiency"] == 1.0
+    assert podium["scaling"]["scaling"]["2"]["steps_s"] > 0
+
+    recovery = f["recovery"]
+    assert recovery["median"]["in_flight_at_kill"] > 0
+    assert recovery["lost_total"] == 0
+    assert recovery["doubled_total"] == 0
+
+    if importlib.util.find_spec("temporalio") is not None:
+        temporal = f["temporal"]
+        assert temporal["latency"]["hello"]["median"]["p50"] > 0
+        assert temporal["latency"]["chain3"]["median"]["p50"] > 0
+        assert temporal["throughput"]["median"]["tasks_per_s"] > 0
+        assert temporal["scaling"]["2"]["steps_s"] > 0
+        assert "temporal server" in temporal["throughput"]["peak_rss_mib"]
+    else:
+        assert "skipped" in f["temporal"]
+
+    assert f["tracing"].get("measured") or "not measured" in f["tracing"]["reason"]
+    assert results["versions"]["python"]
+    assert {t["name"] for t in results["targets"]} >= {"recovery after kill -9"}
+
+    record = json.loads((out_dir / "results.json").read_text())
+    assert "samples" not in record["figures"]["podium"]["latency"]["hello"]  # percentiles only
+    text = report.read_text()
+    for heading in ("## Targets", "## 1. Baselines", "## 2. Latency", "## 3. Throughput"):
+        assert heading in text
+    for heading in ("## 4. I/O-bound scaling", "## 5. Recovery", "## 6. Tracing tax"):
+        assert heading in text
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (out_dir / "latency-cdf.png").stat().st_size > 0
+        assert (out_dir / "scaling.png").stat().st_size > 0
