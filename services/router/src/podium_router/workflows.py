@@ -23,7 +23,7 @@ from pydantic import (
 )
 
 from podium_contracts import FallbackPolicy, RetryPolicy
-from podium_router.expressions import ExpressionError, check
+from podium_router.expressions import check
 from podium_router.templates import check_template
 
 
@@ -202,8 +202,6 @@ def load_file(path: Path) -> Workflow:
             for e in exc.errors()
         )
         raise WorkflowError(f"{path}: {problems}") from exc
-    except ExpressionError as exc:  # pragma: no cover - wrapped by pydantic above
-        raise WorkflowError(f"{path}: {exc}") from exc
 
 
 class WorkflowCatalog:
