@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
+
+from podium.stack import Stack
 from podium_contracts import StepCompleted, StepRequested, decode, encode
 from podium_shared import EmbeddedBroker, Settings, Topics
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
-
-from podium.stack import Stack
 
 
 @dataclass(frozen=True)

@@ -13,15 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from podium.stats import percentile, ratio
 from podium_memory.fulltext import query_terms
 from podium_memory.scopes import Scope, ScopeKind
 from podium_memory.state import entries as entries_table
 from podium_memory.state import metadata
 from podium_memory.store import EntryType, MemoryStore, NewEntry
 from podium_shared import make_engine
-from sqlalchemy.engine import Engine
-
-from podium.stats import percentile, ratio
 
 SCOPE = Scope("bench-tenant", ScopeKind.PROJECT, "bench")
 HALF_LIFE_S = 7 * 86_400.0

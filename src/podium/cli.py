@@ -12,9 +12,6 @@ from typing import Annotated, Any, NoReturn
 
 import orjson
 import typer
-from podium_contracts import TaskCancelled, TaskCancelRequested, TaskCompleted, TaskSubmitted
-from podium_shared import Settings
-from podium_shared.logs import configure
 from pydantic import ValidationError
 from typer.exceptions import TyperException
 
@@ -23,6 +20,9 @@ from podium.cli_trace import trace_command
 from podium.client import Outcome, PodiumClient
 from podium.stack import Stack
 from podium.status import StatusError, list_tasks, task_history, task_status
+from podium_contracts import TaskCancelled, TaskCancelRequested, TaskCompleted, TaskSubmitted
+from podium_shared import Settings
+from podium_shared.logs import configure
 
 app = typer.Typer(
     name="podium",

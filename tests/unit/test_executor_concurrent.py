@@ -97,7 +97,10 @@ def accept(event: Event, result: Any, uow: UnitOfWork) -> None:
 
 
 def make(
-    tmp_path: Path, execute: Callable[[Event], Awaitable[Any]], concurrency: int = 8
+    tmp_path: Path,
+    execute: Callable[[Event], Awaitable[Any]],
+    concurrency: int = 8,
+    apply: Callable[[Event, Any, UnitOfWork], None] = accept,
 ) -> tuple[ConcurrentConsumeLoop, ScriptedConsumer, sa.Engine]:
     engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
     consumer = ScriptedConsumer()
@@ -105,7 +108,7 @@ def make(
         consumer=consumer,  # type: ignore[arg-type]
         engine=engine,
         relay=Relay(),  # type: ignore[arg-type]
-        handler=Handler(apply=accept, execute=execute),
+        handler=Handler(apply=apply, execute=execute),
         group="g",
         service="svc",
         concurrency=concurrency,
@@ -243,5 +246,109 @@ async def test_duplicates_run_once_and_poison_is_dead_lettered(tmp_path: Path) -
     with engine.connect() as conn:
         topics = sorted(r.topic for r in conn.execute(sa.select(outbox.c.topic)))
     assert topics == ["t.out", f"{TOPIC}.dlq"] and loop.stats.dead_lettered == 1
+    await loop.shutdown(1)
+    await runner
+
+
+async def test_a_message_recorded_meanwhile_is_a_duplicate_and_its_batch_is_still_written(
+    tmp_path: Path,
+) -> None:
+    # The whole batch is written in one go; when one message turns out to be in
+    # the inbox already (another member handled it during a rebalance), the batch
+    # is written again message by message and only that one is skipped.
+    gate = asyncio.Event()
+
+    async def execute(_event: Event) -> None:
+        await gate.wait()
+
+    loop, consumer, engine = make(tmp_path, execute)
+    consumer.queued = [record(i, f"t{i}", ce_id=f"id{i}") for i in range(3)]
+    runner = asyncio.create_task(loop.run())
+    await until(lambda: loop.in_flight == 3)
+    with engine.begin() as conn:
+        conn.execute(
+            inbox.insert().values(consumer="g", message_id="id1", topic=TOPIC, received_at=0.0)
+        )
+    gate.set()
+    await until(lambda: consumer.committed(0) == 3)
+    assert count(engine, outbox) == 2
+    assert loop.stats.handled == 2 and loop.stats.duplicates == 1
+    await loop.shutdown(1)
+    await runner
+
+
+async def test_a_failing_handler_dead_letters_only_its_own_message(tmp_path: Path) -> None:
+    gate = asyncio.Event()
+
+    async def execute(_event: Event) -> None:
+        await gate.wait()
+
+    def apply(event: Event, result: Any, uow: UnitOfWork) -> None:
+        assert isinstance(event.payload, TaskSubmitted)
+        if event.payload.task_id == "bad":
+            raise ValueError("cannot apply this one")
+        accept(event, result, uow)
+
+    loop, consumer, engine = make(tmp_path, execute, apply=apply)
+    consumer.queued = [record(0, "a"), record(1, "bad"), record(2, "c")]
+    runner = asyncio.create_task(loop.run())
+    await until(lambda: loop.in_flight == 3)
+    gate.set()
+    await until(lambda: consumer.committed(0) == 3)
+    with engine.connect() as conn:
+        topics = sorted(r.topic for r in conn.execute(sa.select(outbox.c.topic)))
+    assert topics == ["t.out", "t.out", f"{TOPIC}.dlq"]
+    assert count(engine, inbox) == 2
+    assert loop.stats.handled == 2 and loop.stats.dead_lettered == 1
+    await loop.shutdown(1)
+    await runner
+
+
+async def test_fetched_messages_waiting_for_a_slot_are_released_with_their_partition(
+    tmp_path: Path,
+) -> None:
+    ran: list[str] = []
+
+    async def execute(event: Event) -> None:
+        assert isinstance(event.payload, TaskSubmitted)
+        ran.append(event.payload.task_id)
+        if event.payload.task_id == "stuck":
+            await asyncio.sleep(60)
+
+    loop, consumer, engine = make(tmp_path, execute, concurrency=1)
+    queued = [record(0, "stuck"), record(1, "waiting"), record(2, "waiting too")]
+    consumer.queued = list(queued)
+    runner = asyncio.create_task(loop.run())
+    # "waiting" is fetched and queued for the slot (a buffer of one round of slots)
+    await until(lambda: ran == ["stuck"] and len(consumer.queued) == 1)
+    assert await loop.release([TopicPartition(TOPIC, 0)], timeout_s=0.05) == 1
+    assert consumer.committed(0) is None and count(engine, inbox) == 0
+    consumer.queued = queued[1:]  # redelivered from the last commit (here: to us again)
+    await until(lambda: consumer.committed(0) == 3)
+    assert ran == ["stuck", "waiting", "waiting too"]
+    await loop.shutdown(1)
+    await runner
+
+
+async def test_a_clean_batch_is_written_in_two_statements_whatever_its_size(
+    tmp_path: Path,
+) -> None:
+    # One inbox insert and one outbox insert for the whole batch, no savepoints:
+    # the statements per message are what bounded the executor's throughput.
+    gate = asyncio.Event()
+
+    async def execute(_event: Event) -> None:
+        await gate.wait()
+
+    loop, consumer, engine = make(tmp_path, execute)
+    consumer.queued = [record(i, f"t{i}") for i in range(6)]
+    runner = asyncio.create_task(loop.run())
+    await until(lambda: loop.in_flight == 6)
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    gate.set()
+    await until(lambda: consumer.committed(0) == 6)
+    writes = [s.split()[0] for s in statements if not s.startswith("SELECT")]
+    assert writes == ["INSERT", "INSERT"] and count(engine, outbox) == 6
     await loop.shutdown(1)
     await runner

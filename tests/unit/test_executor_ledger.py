@@ -97,6 +97,36 @@ async def test_failures_are_not_recorded_so_a_retry_runs_again(tmp_path: Path) -
     assert isinstance(retried, StepCompleted) and counting.calls == 2
 
 
+async def test_keys_preloaded_for_a_batch_are_answered_without_a_query_each(
+    tmp_path: Path,
+) -> None:
+    counting = Counting()
+    ex, engine = executor(tmp_path, counting)
+    assert ex.ledger is not None
+    report(ex, engine, step("t1/s"), await ex.run_step(step("t1/s")))
+    queries: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: queries.append(a[2]))
+    with engine.connect() as conn:
+        ex.ledger.preload(conn, ["t1/s", "t2/s"])
+    assert len(queries) == 1
+    recorded = await ex.run_step(step("t1/s", attempt=2))
+    fresh = await ex.run_step(step("t2/s"))
+    assert len(queries) == 1  # both answered from the preload
+    assert isinstance(recorded, StepCompleted) and recorded.output == {"call": 1, "key": "t1/s"}
+    assert isinstance(fresh, StepCompleted) and counting.calls == 2
+    # Used once: the next lookup of a key asks the database again.
+    again = await ex.run_step(step("t1/s", attempt=3))
+    assert len(queries) == 2 and isinstance(again, StepCompleted) and counting.calls == 2
+
+
+def test_preloaded_keys_are_bounded(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
+    ledger = Ledger(engine, preloaded_max=3)
+    with engine.connect() as conn:
+        ledger.preload(conn, [f"k{i}" for i in range(5)])  # e.g. steps dropped by a rebalance
+    assert list(ledger._preloaded) == ["k2", "k3", "k4"]
+
+
 class Sender:
     def __init__(self) -> None:
         self.sent: list[bytes | None] = []

@@ -1,4 +1,4 @@
-"""A consume loop with up to N messages in flight, beyond the partition count.
+"""A consume loop with up to N messages executing, beyond the partition count.
 
 ``ConsumeLoop`` handles one fetched batch at a time, so one slow message holds
 back the whole batch. This loop starts a task per message as soon as a slot is
@@ -12,6 +12,11 @@ The pieces are those of ``ConsumeLoop``: decode, inbox dedup, the handler's
 ``execute`` outside any transaction and ``apply`` inside one with the outbox,
 and dead-lettering. Finished messages are written by one writer task, many per
 transaction, one savepoint each.
+
+A slot is the ``execute`` phase: a message frees its slot as soon as its call
+returns, not when the writer has committed it, so N calls stay busy while the
+writer catches up (up to N more finished messages may wait for it). Holding
+the slot through the write would leave every slot idle for a write's latency.
 
 On revocation (``ReleaseOnRevoke``) and shutdown the messages of the lost
 partitions get a bounded wait to finish; whatever is still running then is
@@ -37,7 +42,15 @@ from podium_contracts import ContractError, Event, decode
 from podium_shared import telemetry
 from podium_shared.consumer import Handler, LoopStats, dead_letter_record, record_headers
 from podium_shared.dlq import DlqReason
-from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
+from podium_shared.outbox import (
+    OutboxRelay,
+    OutgoingMessage,
+    UnitOfWork,
+    record_all_received,
+    record_received,
+    seen_before,
+    write_outbox,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -116,6 +129,10 @@ class ConcurrentConsumeLoop:
         self.release_timeout_s = release_timeout_s
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: dict[asyncio.Task[None], _Message] = {}
+        self._executing = 0
+        # Fetched, deduplicated and waiting for a slot: up to one more round of slots,
+        # so a freed slot starts its next message without a fetch round trip.
+        self._ready: deque[_Message] = deque()
         self._ids_in_flight: set[str] = set()
         self._to_write: list[_Message] = []
         self._write_wake = asyncio.Event()
@@ -127,7 +144,13 @@ class ConcurrentConsumeLoop:
 
     @property
     def in_flight(self) -> int:
+        """Messages started and not yet written (executing or waiting for the writer)."""
         return len(self._tasks)
+
+    def _free_slots(self) -> int:
+        # Executing calls are bounded by the concurrency; finished messages waiting
+        # for the writer by as many again, so a stalled database stops the fetching.
+        return min(self._concurrency - self._executing, 2 * self._concurrency - len(self._tasks))
 
     async def run(self) -> None:
         """Fetch and start messages until cancelled or ``shutdown`` is called."""
@@ -139,18 +162,20 @@ class ConcurrentConsumeLoop:
         ]
         try:
             while not self._stopping:
-                free = self._concurrency - len(self._tasks)
-                if free <= 0:
+                self._start_ready()
+                room = self._concurrency - len(self._ready)
+                if room > 0:
+                    if self._consumer.paused():
+                        self._consumer.resume(*self._consumer.paused())
+                    # With messages waiting for a slot, only take what has arrived.
+                    timeout_ms = 0 if self._ready else self._poll_timeout_ms
+                    batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room)
+                    records = [r for recs in batches.values() for r in recs]
+                    if records and not self._stopping:
+                        self._take(records)
+                        continue
+                if self._ready or self._free_slots() <= 0:
                     await self._wait_for_slot()
-                    continue
-                if self._consumer.paused():
-                    self._consumer.resume(*self._consumer.paused())
-                batches = await self._consumer.getmany(
-                    timeout_ms=self._poll_timeout_ms, max_records=free
-                )
-                records = [r for recs in batches.values() for r in recs]
-                if records and not self._stopping:
-                    self._start(records)
         except asyncio.CancelledError:
             for t in self._background:
                 t.cancel()
@@ -164,11 +189,12 @@ class ConcurrentConsumeLoop:
         self._slot_freed.clear()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._slot_freed.wait(), 1.0)
-        if len(self._tasks) >= self._concurrency:
+        if self._free_slots() <= 0:
             self._consumer.pause(*self._consumer.assignment())
             await self._consumer.getmany(timeout_ms=0)
 
-    def _start(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        """Decode a fetched batch, drop what the inbox has seen, queue the rest."""
         messages: list[_Message] = []
         for r in records:
             tp = TopicPartition(r.topic, r.partition)
@@ -183,6 +209,9 @@ class ConcurrentConsumeLoop:
         ids = [m.event.envelope.id for m in messages if m.event is not None]
         with self._engine.connect() as conn:
             done = seen_before(conn, self._group, ids)
+            if self._handler.prepare is not None:
+                events = [m.event for m in messages if m.event is not None]
+                self._handler.prepare(conn, [e for e in events if e.envelope.id not in done])
         for m in messages:
             if m.event is not None:
                 ce_id = m.event.envelope.id
@@ -191,13 +220,21 @@ class ConcurrentConsumeLoop:
                     m.offsets.finished(m.record.offset)
                     continue
                 self._ids_in_flight.add(ce_id)
+            self._ready.append(m)
+        self._commit_wake.set()  # duplicates may have moved a commit point
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        """Start queued messages, in fetch order, while slots are free."""
+        for _ in range(min(len(self._ready), self._free_slots())):
+            m = self._ready.popleft()
             m.span = telemetry.start_consume(
                 m.record, m.event, group=self._group, service=self._service
             )
+            self._executing += 1
             task = asyncio.create_task(self._handle(m), name=f"message-{m.tp.partition}")
             self._tasks[task] = m
             task.add_done_callback(self._task_done)
-        self._commit_wake.set()  # duplicates may have moved a commit point
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         m = self._tasks.pop(task)
@@ -208,14 +245,18 @@ class ConcurrentConsumeLoop:
         self._slot_freed.set()
 
     async def _handle(self, m: _Message) -> None:
-        if m.event is not None and self._handler.execute is not None:
-            with telemetry.activate(m.span, m.event):
-                try:
-                    m.result = await self._handler.execute(m.event)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    m.failure = exc
+        try:
+            if m.event is not None and self._handler.execute is not None:
+                with telemetry.activate(m.span, m.event):
+                    try:
+                        m.result = await self._handler.execute(m.event)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        m.failure = exc
+        finally:
+            self._executing -= 1
+            self._slot_freed.set()
         self._to_write.append(m)
         self._write_wake.set()
         await m.written
@@ -254,6 +295,16 @@ class ConcurrentConsumeLoop:
             self._commit_wake.set()
 
     def _write(self, batch: list[_Message]) -> None:
+        if all(m.event is not None and m.failure is None for m in batch):
+            try:
+                with self._engine.begin() as conn:
+                    self._apply_all(conn, batch)
+                self.stats.handled += len(batch)
+                return
+            except Exception as refused:
+                # A message another member recorded meanwhile, or a failing handler:
+                # redo the batch one savepoint per message, which isolates it.
+                log.debug("batch write refused; writing message by message", error=str(refused))
         with self._engine.begin() as conn:
             for m in batch:
                 with telemetry.activate(m.span, m.event):
@@ -264,6 +315,20 @@ class ConcurrentConsumeLoop:
                         self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
                     else:
                         self._apply(conn, m, m.event)
+
+    def _apply_all(self, conn: Connection, batch: list[_Message]) -> None:
+        """The common case in few statements: every message new, every handler
+        succeeding; one inbox insert and one outbox insert for the whole batch."""
+        events = [(m, m.event) for m in batch if m.event is not None]
+        record_all_received(conn, self._group, [(e.envelope.id, m.record.topic) for m, e in events])
+        outgoing: list[OutgoingMessage] = []
+        for m, e in events:
+            with telemetry.activate(m.span, e):
+                tp, ts = telemetry.outgoing_context(e.envelope.traceparent, e.envelope.tracestate)
+                uow = UnitOfWork(conn, source=self._service, traceparent=tp, tracestate=ts)
+                self._handler.apply(e, m.result, uow)
+                outgoing.extend(uow.pending)
+        write_outbox(conn, outgoing)
 
     def _apply(self, conn: Connection, m: _Message, e: Event) -> None:
         savepoint = conn.begin_nested()
@@ -326,6 +391,12 @@ class ConcurrentConsumeLoop:
         what finished, and cancel the rest (not committed: the next owner runs them).
         Returns how many were cancelled."""
         lost = set(partitions)
+        # Queued messages never started: not committed, the next owner runs them.
+        kept = deque(m for m in self._ready if m.tp not in lost)
+        for m in self._ready:
+            if m.tp in lost and m.event is not None:
+                self._ids_in_flight.discard(m.event.envelope.id)
+        self._ready = kept
         tasks = [t for t, m in self._tasks.items() if m.tp in lost]
         pending: set[asyncio.Task[None]] = set()
         if tasks:

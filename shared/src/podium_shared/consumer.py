@@ -7,7 +7,9 @@ A handler is two plain functions:
   capability call, run concurrently for the messages of one batch and outside
   any database transaction;
 - ``apply(event, result, uow)`` (sync): the state change and the messages to
-  publish, run inside the batch's transaction, one savepoint per message.
+  publish, run inside the batch's transaction, one savepoint per message;
+- ``prepare(conn, events)`` (optional, sync): read what ``execute`` will need for
+  a whole fetched batch in one query, instead of one query per message.
 
 A message that cannot be decoded, validated or handled goes to ``<topic>.dlq``
 through the outbox, in the same transaction; the offset is committed and the
@@ -41,6 +43,7 @@ R = TypeVar("R")
 class Handler(Generic[R]):
     apply: Callable[[Event, R | None, UnitOfWork], None]
     execute: Callable[[Event], Awaitable[R]] | None = None
+    prepare: Callable[[Connection, list[Event]], None] | None = None
 
 
 @dataclass(slots=True)
@@ -130,6 +133,8 @@ class ConsumeLoop:
 
         with self._engine.connect() as conn:
             done = seen_before(conn, self._group, [e.envelope.id for _, e in decoded])
+            if self._handler.prepare is not None:
+                self._handler.prepare(conn, [e for _, e in decoded if e.envelope.id not in done])
         fresh: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
         ids_in_batch: set[str] = set()
         for r, e in decoded:

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -69,12 +70,18 @@ def make_engine(url: str, table_metadata: sa.MetaData | None = None) -> Engine:
     return engine
 
 
+@functools.cache
+def _insert_ignore_statement(dialect: str, table: sa.Table) -> Any:
+    # Built once per table and executed with its values as parameters: SQLAlchemy
+    # then reuses the compiled form instead of re-keying a new statement per row.
+    if dialect == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return table.insert()  # pragma: no cover - other databases are not supported
+
+
 def insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
     """Insert one row unless its primary key exists; True when it was inserted."""
-    if conn.dialect.name == "sqlite":
-        stmt: Any = sqlite.insert(table).values(**values).on_conflict_do_nothing()
-    elif conn.dialect.name == "postgresql":
-        stmt = postgresql.insert(table).values(**values).on_conflict_do_nothing()
-    else:  # pragma: no cover - other databases are not supported
-        stmt = table.insert().values(**values)
-    return bool(conn.execute(stmt).rowcount)
+    statement = _insert_ignore_statement(conn.dialect.name, table)
+    return bool(conn.execute(statement, dict(values)).rowcount)

@@ -39,6 +39,9 @@ class OutgoingMessage:
     headers: Headers
 
 
+_OUTBOX_INSERT = outbox.insert()
+
+
 @dataclass
 class UnitOfWork:
     """One transaction: state changes on ``conn`` plus the messages to publish."""
@@ -68,34 +71,41 @@ class UnitOfWork:
 
     def flush(self) -> None:
         """Write the recorded messages into the outbox table (same transaction)."""
-        if not self.pending:
-            return
-        now = time.time()
-        self.conn.execute(
-            outbox.insert(),
-            [
-                {
-                    "topic": m.topic,
-                    "key": m.key,
-                    "value": m.value,
-                    "headers": [[k, v.decode("latin-1")] for k, v in m.headers],
-                    "created_at": now,
-                }
-                for m in self.pending
-            ],
-        )
+        write_outbox(self.conn, self.pending)
         self.pending.clear()
+
+
+def write_outbox(conn: Connection, messages: Sequence[OutgoingMessage]) -> None:
+    """Insert these messages into the outbox, in order, in one statement."""
+    if not messages:
+        return
+    now = time.time()
+    conn.execute(
+        _OUTBOX_INSERT,
+        [
+            {
+                "topic": m.topic,
+                "key": m.key,
+                "value": m.value,
+                "headers": [[k, v.decode("latin-1")] for k, v in m.headers],
+                "created_at": now,
+            }
+            for m in messages
+        ],
+    )
+
+
+_SEEN_BEFORE = sa.select(inbox.c.message_id).where(
+    inbox.c.consumer == sa.bindparam("consumer"),
+    inbox.c.message_id.in_(sa.bindparam("ids", expanding=True)),
+)
 
 
 def seen_before(conn: Connection, consumer: str, message_ids: Sequence[str]) -> set[str]:
     """Which of these message ids this consumer has already processed."""
     if not message_ids:
         return set()
-    rows = conn.execute(
-        sa.select(inbox.c.message_id).where(
-            inbox.c.consumer == consumer, inbox.c.message_id.in_(list(message_ids))
-        )
-    )
+    rows = conn.execute(_SEEN_BEFORE, {"consumer": consumer, "ids": list(message_ids)})
     return {r[0] for r in rows}
 
 
@@ -111,6 +121,24 @@ def record_received(conn: Connection, consumer: str, message_id: str, topic: str
             "topic": topic,
             "received_at": time.time(),
         },
+    )
+
+
+_INBOX_INSERT = inbox.insert()
+
+
+def record_all_received(
+    conn: Connection, consumer: str, messages: Sequence[tuple[str, str]]
+) -> None:
+    """Write the inbox records of (message id, topic) pairs in one statement; a
+    message recorded before fails the whole statement (IntegrityError)."""
+    now = time.time()
+    conn.execute(
+        _INBOX_INSERT,
+        [
+            {"consumer": consumer, "message_id": ce_id, "topic": topic, "received_at": now}
+            for ce_id, topic in messages
+        ],
     )
 
 

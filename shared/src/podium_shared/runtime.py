@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 from dataclasses import dataclass, field
@@ -54,6 +55,16 @@ class _ReadyOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
             self._ready_file.write_text("ready\n")
 
 
+def freeze_startup_heap() -> None:
+    """Put what start-up allocated (modules, tables, models, clients) out of the
+    collector's reach. Those objects live as long as the process, yet every full
+    collection would scan them again: in the executor under load that was a
+    50 to 70 ms stop of the event loop a few times a minute, which holds back every
+    step in flight at that moment. Call once, when the service is about to run."""
+    gc.collect()
+    gc.freeze()
+
+
 def ready_file(settings: Settings, instance: str) -> Path:
     return settings.home / "run" / f"{instance}.ready"
 
@@ -97,6 +108,7 @@ async def run_service(
         asyncio.create_task(metrics.watch_lag(consumer, spec.group), name="lag"),
     ]
     tasks += [asyncio.create_task(factory(relay)) for factory in spec.background]
+    freeze_startup_heap()
     log.info("service started", topics=spec.topics, group=spec.group)
     stopper = asyncio.create_task(stop.wait())
     done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from sqlalchemy.engine import Connection
+
 from podium_contracts import Event, StepRequested
 from podium_executor.service import Executor, Outcome
 from podium_shared import Handler, UnitOfWork
@@ -19,4 +21,11 @@ def make_handler(executor: Executor) -> Handler[Ran]:
         assert ran is not None
         executor.report(*ran, uow)
 
-    return Handler(apply=apply, execute=execute)
+    def prepare(conn: Connection, events: list[Event]) -> None:
+        if executor.ledger is not None:
+            keys = [
+                e.payload.idempotency_key for e in events if isinstance(e.payload, StepRequested)
+            ]
+            executor.ledger.preload(conn, keys)
+
+    return Handler(apply=apply, execute=execute, prepare=prepare)

@@ -13,6 +13,8 @@ key, which is why capabilities pass the key to the systems they change
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -38,15 +40,44 @@ effects = sa.Table(
     sa.Column("recorded_at", sa.Float, nullable=False),
 )
 
+# Built once: executed per step, so SQLAlchemy reuses its compiled form.
+_BY_KEY = sa.select(effects).where(effects.c.idempotency_key == sa.bindparam("key"))
+
+
+_BY_KEYS = sa.select(effects).where(
+    effects.c.idempotency_key.in_(sa.bindparam("keys", expanding=True))
+)
+
 
 class Ledger:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, preloaded_max: int = 10_000) -> None:
         self._engine = engine
+        # Keys looked up ahead for a fetched batch: key -> row (None: not recorded).
+        self._preloaded: OrderedDict[str, Any] = OrderedDict()
+        self._preloaded_max = preloaded_max
+
+    def preload(self, conn: Connection, keys: Sequence[str]) -> None:
+        """Look up the keys of a fetched batch in one query, for ``lookup`` to use.
+
+        A step waits at most one round of slots between this and its call; a key
+        recorded meanwhile is caught by ``record``, which keeps the first result."""
+        if not keys:
+            return
+        rows = {r.idempotency_key: r for r in conn.execute(_BY_KEYS, {"keys": list(keys)})}
+        for key in keys:
+            self._preloaded[key] = rows.get(key)
+            self._preloaded.move_to_end(key)
+        while len(self._preloaded) > self._preloaded_max:  # steps dropped by a rebalance
+            self._preloaded.popitem(last=False)
 
     def lookup(self, step: StepRequested) -> StepCompleted | None:
         """The recorded result of this step's key, reported for this request."""
-        with self._engine.connect() as conn:
-            row = self._get(conn, step.idempotency_key)
+        key = step.idempotency_key
+        if key in self._preloaded:
+            row = self._preloaded.pop(key)
+        else:
+            with self._engine.connect() as conn:
+                row = self._get(conn, key)
         return None if row is None else _completed(step, row)
 
     def record(self, conn: Connection, step: StepRequested, done: StepCompleted) -> StepCompleted:
@@ -74,7 +105,7 @@ class Ledger:
 
     @staticmethod
     def _get(conn: Connection, key: str) -> Any:
-        return conn.execute(sa.select(effects).where(effects.c.idempotency_key == key)).first()
+        return conn.execute(_BY_KEY, {"key": key}).first()
 
 
 def _completed(step: StepRequested, row: Any) -> StepCompleted:

@@ -18,7 +18,7 @@ from podium_executor.relay import ClaimingRelay
 from podium_shared import Settings, Topics, metrics, telemetry
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
-from podium_shared.runtime import ready_file
+from podium_shared.runtime import freeze_startup_heap, ready_file
 
 log = structlog.get_logger(__name__)
 
@@ -71,6 +71,7 @@ async def run_executor(
     consume = asyncio.create_task(loop.run(), name="consume")
     relaying = asyncio.create_task(relay.run(), name="relay")
     lag = asyncio.create_task(metrics.watch_lag(consumer, app.group), name="lag")
+    freeze_startup_heap()
     log.info(
         "executor started",
         pool=app.pool,

@@ -125,7 +125,9 @@ class Executor:
     ) -> Any:
         timeout = step.timeout_s or self.default_timeout_s
         try:
-            return await asyncio.wait_for(capability.run(parsed, StepContext.of(step)), timeout)
+            # asyncio.timeout, not wait_for: no extra task per step.
+            async with asyncio.timeout(timeout):
+                return await capability.run(parsed, StepContext.of(step))
         except CapabilityError:
             raise
         except TimeoutError as exc:
