@@ -217,3 +217,41 @@ def test_make_engine_is_safe_to_call_again_on_the_same_database(tmp_path: Path) 
         assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar() == 0
     first.dispose()
     second.dispose()
+
+
+async def test_a_clean_batch_is_written_in_two_statements_whatever_its_size(
+    tmp_path: Path,
+) -> None:
+    # One inbox insert and one outbox insert per fetched batch, no savepoints.
+    loop, consumer, engine = make_loop(tmp_path, accept)
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    await loop.process([record(i, *submitted(f"t{i}")) for i in range(5)])
+    writes = [s.split()[0] for s in statements if not s.startswith("SELECT")]
+    assert writes == ["INSERT", "INSERT"] and len(outbox_rows(engine)) == 5
+    assert loop.stats.handled == 5
+    assert consumer.commits == [{TopicPartition("t.tasks.v1", 0): 5}]
+
+
+async def test_a_message_recorded_meanwhile_is_skipped_and_the_rest_written(
+    tmp_path: Path,
+) -> None:
+    engine_box: list[sa.Engine] = []
+
+    async def another_member_takes_b(event: Event) -> None:
+        # Between this member's inbox check and its write, another member (during a
+        # rebalance) records "b": the batch write is refused and redone one by one.
+        if event.envelope.id == "b":
+            with engine_box[0].begin() as c:
+                c.execute(
+                    inbox.insert().values(consumer="g", message_id="b", topic="x", received_at=0.0)
+                )
+
+    loop, _, engine = make_loop(tmp_path, accept)
+    engine_box.append(engine)
+    loop._handler = Handler(apply=accept, execute=another_member_takes_b)
+    await loop.process(
+        [record(n, *submitted(f"t{i}", ce_id=i)) for n, i in enumerate(("a", "b", "c"))]
+    )
+    assert [r.key for r in outbox_rows(engine)] == [b"ta", b"tc"]
+    assert loop.stats.handled == 2 and loop.stats.duplicates == 1

@@ -7,7 +7,8 @@ A handler is two plain functions:
   capability call, run concurrently for the messages of one batch and outside
   any database transaction;
 - ``apply(event, result, uow)`` (sync): the state change and the messages to
-  publish, run inside the batch's transaction, one savepoint per message;
+  publish, run inside the batch's transaction (a batch with no duplicate and no
+  failure in one go; otherwise again with one savepoint per message);
 - ``prepare(conn, events)`` (optional, sync): read what ``execute`` will need for
   a whole fetched batch in one query, instead of one query per message.
 
@@ -32,7 +33,15 @@ from sqlalchemy.engine import Connection, Engine
 from podium_contracts import ContractError, Event, Headers, decode
 from podium_shared import metrics, telemetry
 from podium_shared.dlq import DlqReason, dead_letter
-from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
+from podium_shared.outbox import (
+    OutboxRelay,
+    OutgoingMessage,
+    UnitOfWork,
+    record_all_received,
+    record_received,
+    seen_before,
+    write_outbox,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -163,6 +172,10 @@ class ConsumeLoop:
                 else:
                     results[i] = out
 
+        if not poison and not failures and fresh and self._write_all(fresh, results, spans):
+            self._relay.notify()
+            await self._commit(records)
+            return
         with self._engine.begin() as conn:
             for r, error in poison:
                 span = telemetry.start_consume(r, None, group=self._group, service=self._service)
@@ -201,6 +214,37 @@ class ConsumeLoop:
                         telemetry.end(spans[i], exc)
         self._relay.notify()
         await self._commit(records)
+
+    def _write_all(
+        self,
+        fresh: list[tuple[ConsumerRecord[bytes, bytes], Event]],
+        results: list[Any],
+        spans: list[Any],
+    ) -> bool:
+        """The common case in few statements: every message new and every handler
+        succeeding; one inbox insert and one outbox insert for the whole batch and
+        no savepoints. False when the batch must be written message by message
+        (one was recorded meanwhile by another member, or a handler failed)."""
+        try:
+            with self._engine.begin() as conn:
+                record_all_received(conn, self._group, [(e.envelope.id, r.topic) for r, e in fresh])
+                outgoing: list[OutgoingMessage] = []
+                for i, (_, e) in enumerate(fresh):
+                    with telemetry.activate(spans[i], e):
+                        tp, ts = telemetry.outgoing_context(
+                            e.envelope.traceparent, e.envelope.tracestate
+                        )
+                        uow = UnitOfWork(conn, source=self._service, traceparent=tp, tracestate=ts)
+                        self._handler.apply(e, results[i], uow)
+                        outgoing.extend(uow.pending)
+                write_outbox(conn, outgoing)
+        except Exception as refused:
+            log.debug("batch write refused; writing message by message", error=str(refused))
+            return False
+        for span in spans:
+            telemetry.end(span)
+        self.stats.handled += len(fresh)
+        return True
 
     async def _execute(self, e: Event, span: Any) -> Any:
         """The handler's outside work, inside the message's span."""

@@ -13,57 +13,69 @@ from sqlalchemy.engine import Connection
 
 from podium_router.state import RunStatus, StepStatus, history, run_steps, runs
 
+# The hot statements are built once and executed with parameters: SQLAlchemy then
+# reuses their compiled form instead of building and keying new ones per message
+# (building them was most of the router's CPU). Update parameters prefixed with
+# ``_`` pick the row; the others are the columns to set.
+_RUN = sa.select(runs).where(runs.c.task_id == sa.bindparam("task_id"))
+_RUN_LOCKED = _RUN.with_for_update()
+_STEPS = (
+    sa.select(run_steps)
+    .where(run_steps.c.task_id == sa.bindparam("task_id"))
+    .order_by(run_steps.c.dispatched_at, run_steps.c.step_id)
+)
+_STEP = sa.select(run_steps).where(
+    run_steps.c.task_id == sa.bindparam("task_id"),
+    run_steps.c.step_id == sa.bindparam("step_id"),
+)
+_UPDATE_RUN = runs.update().where(runs.c.task_id == sa.bindparam("_task_id"))
+_UPDATE_STEP = run_steps.update().where(
+    run_steps.c.task_id == sa.bindparam("_task_id"),
+    run_steps.c.step_id == sa.bindparam("_step_id"),
+)
+_UPDATE_STEP_IF = _UPDATE_STEP.where(
+    run_steps.c.status.in_(sa.bindparam("_only_if", expanding=True))
+)
+_ADD_RUN = runs.insert()
+_ADD_STEP = run_steps.insert()
+_RECORD = history.insert()
+
 
 class RunRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
     def get_run(self, task_id: str, *, lock: bool = True) -> sa.Row[Any] | None:
-        query = sa.select(runs).where(runs.c.task_id == task_id)
-        if lock:
-            query = query.with_for_update()
-        return self.conn.execute(query).first()
+        query = _RUN_LOCKED if lock else _RUN
+        return self.conn.execute(query, {"task_id": task_id}).first()
 
     def steps(self, task_id: str) -> list[sa.Row[Any]]:
-        return list(
-            self.conn.execute(
-                sa.select(run_steps)
-                .where(run_steps.c.task_id == task_id)
-                .order_by(run_steps.c.dispatched_at, run_steps.c.step_id)
-            )
-        )
+        return list(self.conn.execute(_STEPS, {"task_id": task_id}))
 
     def get_step(self, task_id: str, step_id: str) -> sa.Row[Any] | None:
-        return self.conn.execute(
-            sa.select(run_steps).where(
-                run_steps.c.task_id == task_id, run_steps.c.step_id == step_id
-            )
-        ).first()
+        return self.conn.execute(_STEP, {"task_id": task_id, "step_id": step_id}).first()
 
     def add_run(self, **values: Any) -> None:
-        self.conn.execute(runs.insert().values(status=RunStatus.RUNNING, **values))
+        self.conn.execute(_ADD_RUN, {"status": RunStatus.RUNNING, **values})
 
     def update_run(self, task_id: str, **values: Any) -> None:
-        self.conn.execute(runs.update().where(runs.c.task_id == task_id).values(**values))
+        self.conn.execute(_UPDATE_RUN, {"_task_id": task_id, **values})
 
     def finish_run(self, task_id: str, status: RunStatus, at: datetime, **values: Any) -> None:
         self.update_run(task_id, status=status, finished_at=at, **values)
 
     def add_step(self, **values: Any) -> None:
-        self.conn.execute(
-            run_steps.insert().values(status=StepStatus.DISPATCHED, attempts=1, **values)
-        )
+        self.conn.execute(_ADD_STEP, {"status": StepStatus.DISPATCHED, "attempts": 1, **values})
 
     def update_step(
         self, task_id: str, step_id: str, *, only_if: set[StepStatus] | None = None, **values: Any
     ) -> bool:
         """Update a step; with ``only_if``, only from those states. True if a row changed."""
-        query = run_steps.update().where(
-            run_steps.c.task_id == task_id, run_steps.c.step_id == step_id
-        )
+        row = {"_task_id": task_id, "_step_id": step_id, **values}
         if only_if:
-            query = query.where(run_steps.c.status.in_([s.value for s in only_if]))
-        return self.conn.execute(query.values(**values)).rowcount == 1
+            row["_only_if"] = sorted(s.value for s in only_if)
+            return self.conn.execute(_UPDATE_STEP_IF, row).rowcount == 1
+        return self.conn.execute(_UPDATE_STEP, row).rowcount == 1
 
     def cancel_open_steps(self, task_id: str, at: datetime) -> None:
         self.conn.execute(
@@ -77,7 +89,7 @@ class RunRepository:
 
     def record(self, task_id: str, at: datetime, event: str, **values: Any) -> None:
         """Append one transition to the task's history."""
-        self.conn.execute(history.insert().values(task_id=task_id, at=at, event=event, **values))
+        self.conn.execute(_RECORD, {"task_id": task_id, "at": at, "event": event, **values})
 
     def overdue_steps(self, now: datetime, limit: int = 500) -> list[sa.Row[Any]]:
         return list(
