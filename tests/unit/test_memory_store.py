@@ -286,3 +286,23 @@ def test_task_owners_are_kept_once_and_purged_when_stale(conn: Connection) -> No
     store.note_task_owner("t2", "acme", None, NOW - 10 * DAY)
     store.purge_expired(NOW, batch=10, owners_before=NOW - DAY)
     assert store.task_owner("t2") is None
+
+
+def test_a_scope_over_its_cap_is_trimmed_to_nine_tenths_at_once(conn: Connection) -> None:
+    # A busy workflow's episodes live at the cap: trimming a tenth at a time keeps
+    # that from costing a delete per new entry.
+    store = MemoryStore(conn)
+    deletes: list[str] = []
+    sa.event.listen(
+        conn,
+        "before_cursor_execute",
+        lambda *a: deletes.append(a[2]) if a[2].startswith("DELETE FROM memory_entries ") else None,
+    )
+    for i in range(21):
+        add(store, A, f"fact number {i}", at=NOW + i, cap=20)
+    assert store.size(A) == 18 and len(deletes) == 1
+    for i in range(21, 23):
+        add(store, A, f"fact number {i}", at=NOW + i, cap=20)
+    assert store.size(A) == 20 and len(deletes) == 1
+    oldest = store.latest("acme", [A], now=NOW + 100, limit=100)[-1]
+    assert oldest.text == "fact number 3"

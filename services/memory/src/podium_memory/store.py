@@ -124,6 +124,13 @@ def _in_scopes(tenant: str, scopes: Sequence[Scope]) -> sa.ColumnElement[bool]:
     )
 
 
+def trimmed_size(cap: int) -> int:
+    """What a scope over its cap is cut back to: 90 % of the cap, so a scope that
+    lives at its cap (a busy workflow's episodes) pays for a trim once per tenth
+    of the cap, not for every entry."""
+    return cap - cap // 10
+
+
 class MemoryStore:
     """Entries, scope sizes, conversation summaries and task owners on one connection."""
 
@@ -175,7 +182,7 @@ class MemoryStore:
                 sa.select(entries.c.id)
                 .where(_in_scopes(new.scope.tenant, [new.scope]))
                 .order_by(entries.c.created_at, entries.c.id)
-                .limit(size - cap)
+                .limit(size - trimmed_size(cap))
             ).scalars()
             self._delete(entries.c.id.in_(list(oldest)))
         return int(row[0]), True
