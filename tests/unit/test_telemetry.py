@@ -416,6 +416,27 @@ def test_the_mode_follows_the_standard_otlp_variables() -> None:
     assert TelemetrySettings(tracing="off").tracing_mode(env) == "off"
 
 
+def test_the_standard_sampler_variables_thin_the_spans_and_keep_the_context(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Sampling is the lever when tracing costs too much: the SDK reads the variables.
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
+    exporter = InMemorySpanExporter()
+    telemetry.configure_tracing(
+        "svc", tmp_path, TelemetrySettings(tracing="local"), exporter=exporter
+    )
+    try:
+        with telemetry.span("router.route", **{"podium.task_id": "t-1"}):
+            traceparent, _ = telemetry.outgoing_context(None, None)
+        assert exporter.get_finished_spans() == ()
+        # Not recorded, yet still propagated with the sampled bit clear, so every
+        # downstream service makes the same decision for this trace.
+        assert traceparent is not None and int(traceparent[-2:], 16) & 1 == 0
+    finally:
+        telemetry.shutdown()
+
+
 def test_log_lines_carry_task_step_and_trace_ids(spans: InMemorySpanExporter) -> None:
     step = StepRequested(
         task_id="task-3",
