@@ -16,8 +16,17 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import ServiceProcess, Stack
-from podium_contracts import StepFailed, TaskCompleted, TaskSubmitted, decode
+from podium_contracts import (
+    StepCompleted,
+    StepFailed,
+    StepRequested,
+    TaskCompleted,
+    TaskSubmitted,
+    decode,
+    encode,
+)
 from podium_shared import Topics
+from podium_shared.kafka import ensure_topics, make_producer
 from tests.conftest import stack_settings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.kafka import committed_offsets, read_topic
@@ -215,3 +224,51 @@ async def test_llm_chat_reports_usage_and_malformed_answers(
     assert any(
         r["headers"].get("Idempotency-Key") == f"{ask.task_id}/chat" for r in llm_server.requests
     )
+
+
+async def test_the_rate_limit_holds_for_the_pool_across_replicas(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    # Two replicas, one quota of 4 calls/s (burst 1): 13 steps spread over both
+    # take 3 s from the first call to the last. A limit per replica would take 1.5 s.
+    settings = stack_settings(kafka_bootstrap, tmp_path)
+    topics = Topics(settings.topic_prefix)
+    stack = Stack(settings, env={"PODIUM_RATE_LIMIT_PER_S": "4", "PODIUM_RATE_LIMIT_BURST": "1"})
+    await ensure_topics(settings, topics.declarations(("quota",)))
+    try:
+        pair = [stack.spawn("executor", pool="quota") for _ in range(2)]
+        stack.wait_ready(60)
+        await asyncio.sleep(3)  # let the second join settle the assignment
+        producer = make_producer(settings, client_id="test-quota")
+        await producer.start()
+        try:
+            for i in range(13):
+                step = StepRequested(
+                    task_id=tid("quota"),
+                    step_id="call",
+                    workflow="quota",
+                    capability="echo",
+                    pool="quota",
+                    input={"i": i},
+                    idempotency_key=f"quota-{uuid.uuid4().hex}",
+                )
+                value, headers = encode(step, source="test")
+                await producer.send_and_wait(
+                    topics.steps("quota"), value=value, headers=headers, partition=i % 8
+                )
+        finally:
+            await producer.stop()
+        done = [
+            r
+            for r in await read_topic(
+                stack.bootstrap, topics.step_results, at_least=13, timeout_s=30
+            )
+            if isinstance(decode(r.value, list(r.headers)).payload, StepCompleted)
+        ]
+        assert len(done) == 13
+        spread_s = (max(r.timestamp for r in done) - min(r.timestamp for r in done)) / 1000
+        assert spread_s >= 2.6, f"13 calls in {spread_s:.2f} s: more than 4/s for the pool"
+        shares = [last_assignment(p.log_path) for p in pair]
+        assert all(shares) and len({p for s in shares for p in s}) == 8  # both did calls
+    finally:
+        stack.stop()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +13,10 @@ from podium_contracts import StepCompleted, StepFailed, StepRequested
 from podium_executor.breaker import Breakers, CircuitOpen, State
 from podium_executor.capabilities import BUILTINS
 from podium_executor.errors import CapabilityError, ErrorType
-from podium_executor.ratelimit import TokenBucket
+from podium_executor.ledger import metadata
+from podium_executor.ratelimit import PoolRateLimit
 from podium_executor.service import Executor
-from podium_shared import Topics
+from podium_shared import Topics, make_engine
 
 pytestmark = pytest.mark.unit
 
@@ -88,16 +90,35 @@ async def test_invalid_input_does_not_count_against_the_provider() -> None:
     assert isinstance(await ex.run_step(good), StepCompleted)
 
 
-async def test_token_bucket_paces_calls_after_the_burst() -> None:
-    bucket = TokenBucket(rate=50, burst=5)
+def limit(tmp_path: Path, rate: float, burst: int, pool: str = "p") -> PoolRateLimit:
+    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
+    return PoolRateLimit(engine, pool, rate, burst)
+
+
+async def test_the_rate_limit_paces_calls_after_the_burst(tmp_path: Path) -> None:
+    bucket = limit(tmp_path, rate=50, burst=5)
     started = time.perf_counter()
     await asyncio.gather(*(bucket.acquire() for _ in range(15)))
     elapsed = time.perf_counter() - started
     assert 0.18 <= elapsed < 0.6  # 5 at once, then 10 at 50/s
 
 
-async def test_rate_limit_applies_to_capability_calls() -> None:
-    ex = Executor(BUILTINS, Topics("t"), rate_limit=TokenBucket(rate=20, burst=1))
+async def test_the_rate_limit_is_the_pools_whatever_the_replicas(tmp_path: Path) -> None:
+    # Two replicas (two limiters, one shared database) share one quota of 40/s:
+    # 21 calls with a burst of 1 take 0.5 s, not the 0.25 s of 40/s each.
+    a, b = limit(tmp_path, rate=40, burst=1), limit(tmp_path, rate=40, burst=1)
+    other_pool = limit(tmp_path, rate=40, burst=1, pool="q")
+    started = time.perf_counter()
+    await asyncio.gather(*(r.acquire() for r in [a, b] * 10 + [a]))
+    elapsed = time.perf_counter() - started
+    assert 0.45 <= elapsed < 1.0
+    started = time.perf_counter()
+    await other_pool.acquire()  # another pool's bucket is untouched
+    assert time.perf_counter() - started < 0.05
+
+
+async def test_rate_limit_applies_to_capability_calls(tmp_path: Path) -> None:
+    ex = Executor(BUILTINS, Topics("t"), rate_limit=limit(tmp_path, rate=20, burst=1))
     echo = down().model_copy(update={"capability": "echo", "input": {}})
     started = time.perf_counter()
     outs = await asyncio.gather(*(ex.run_step(echo) for _ in range(5)))

@@ -11,7 +11,7 @@ from podium_executor.breaker import Breakers
 from podium_executor.capabilities import Capability, Resources, discover
 from podium_executor.handlers import Ran, make_handler
 from podium_executor.ledger import Ledger, metadata
-from podium_executor.ratelimit import TokenBucket
+from podium_executor.ratelimit import PoolRateLimit
 from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
 from podium_shared import Handler, Settings, Topics, make_engine
@@ -53,7 +53,9 @@ def build(
         ledger=Ledger(engine),
         breakers=Breakers(xs.breaker_failures, xs.breaker_cooldown_s),
         rate_limit=(
-            TokenBucket(xs.rate_limit_per_s, xs.rate_limit_burst) if xs.rate_limit_per_s else None
+            PoolRateLimit(engine, xs.pool, xs.rate_limit_per_s, xs.rate_limit_burst)
+            if xs.rate_limit_per_s
+            else None
         ),
         default_timeout_s=xs.default_timeout_s,
     )

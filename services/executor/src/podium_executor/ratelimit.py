@@ -1,5 +1,14 @@
-"""A token bucket: at most ``rate`` calls per second on average, bursts of up to
-``burst``. Callers wait their turn in arrival order."""
+"""A pool's rate limit: at most ``rate`` capability calls per second on average,
+bursts of up to ``burst``, across every replica of the pool.
+
+The bucket lives in the pool's database, which its replicas share already (for
+the effect ledger), so a quota of R calls/s stays R however many replicas run.
+Taking a token is one conditional ``UPDATE`` that refills by the time elapsed and
+takes one if there is one; the database serialises replicas. Inside a replica,
+callers queue on a lock, so they wait in arrival order and only one of them at a
+time asks the database. Replicas on several machines need their clocks in step
+(NTP): the refill reads each caller's wall clock.
+"""
 
 from __future__ import annotations
 
@@ -7,31 +16,77 @@ import asyncio
 import time
 from collections.abc import Callable
 
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
 
-class TokenBucket:
+from podium_executor.ledger import metadata
+from podium_shared.db import insert_ignore
+
+buckets = sa.Table(
+    "rate_buckets",
+    metadata,
+    sa.Column("pool", sa.String(200), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+_NOW = sa.bindparam("now", type_=sa.Float)
+_RATE = sa.bindparam("rate", type_=sa.Float)
+_BURST = sa.bindparam("burst", type_=sa.Float)
+# Tokens now: what was left plus the refill since, capped at the burst (a clock
+# behind the last writer's refills nothing rather than taking tokens away).
+_ELAPSED = sa.case((buckets.c.updated_at < _NOW, _NOW - buckets.c.updated_at), else_=0.0)
+_REFILLED = sa.case(
+    (buckets.c.tokens + _ELAPSED * _RATE > _BURST, _BURST),
+    else_=buckets.c.tokens + _ELAPSED * _RATE,
+)
+_TAKE = (
+    buckets.update()
+    .where(buckets.c.pool == sa.bindparam("_pool"), _REFILLED >= 1)
+    .values(
+        tokens=_REFILLED - 1,
+        updated_at=sa.case((buckets.c.updated_at < _NOW, _NOW), else_=buckets.c.updated_at),
+    )
+)
+_LEFT = sa.select(_REFILLED).where(buckets.c.pool == sa.bindparam("_pool"))
+
+
+class PoolRateLimit:
     def __init__(
-        self, rate: float, burst: int | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        engine: Engine,
+        pool: str,
+        rate: float,
+        burst: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.rate = rate
-        self.capacity = float(burst if burst is not None else max(1, int(rate)))
-        self._tokens = self.capacity
+        self.burst = float(burst if burst is not None else max(1, int(rate)))
+        self._engine = engine
+        self._pool = pool
         self._clock = clock
-        self._last = clock()
         self._lock = asyncio.Lock()
-
-    def _refill(self) -> None:
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-        self._last = now
+        with engine.begin() as conn:
+            insert_ignore(
+                conn, buckets, {"pool": pool, "tokens": self.burst, "updated_at": clock()}
+            )
 
     async def acquire(self) -> None:
-        """Take one token, waiting until one is there."""
+        """Take one token of the pool, waiting until one is there."""
         async with self._lock:
             while True:
-                self._refill()
-                if self._tokens >= 1:
-                    self._tokens -= 1
+                wait = self._take()
+                if wait <= 0:
                     return
-                await asyncio.sleep((1 - self._tokens) / self.rate)
+                await asyncio.sleep(wait)
+
+    def _take(self) -> float:
+        """Take a token: 0 when taken, else the seconds until one should be there."""
+        params = {"_pool": self._pool, "now": self._clock(), "rate": self.rate, "burst": self.burst}
+        with self._engine.begin() as conn:
+            if conn.execute(_TAKE, params).rowcount == 1:
+                return 0.0
+            left = float(conn.execute(_LEFT, params).scalar_one())
+        return max(0.001, (1 - left) / self.rate)

@@ -19,7 +19,7 @@ from podium_executor.breaker import Breakers, CircuitOpen
 from podium_executor.capabilities.base import Capability, Result, StepContext
 from podium_executor.errors import PROVIDER_FAILURES, CapabilityError, ErrorType, fatal, retryable
 from podium_executor.ledger import Ledger
-from podium_executor.ratelimit import TokenBucket
+from podium_executor.ratelimit import PoolRateLimit
 from podium_shared import Topics, UnitOfWork, metrics, telemetry
 
 log = structlog.get_logger(__name__)
@@ -35,7 +35,7 @@ class Executor:
         *,
         ledger: Ledger | None = None,
         breakers: Breakers | None = None,
-        rate_limit: TokenBucket | None = None,
+        rate_limit: PoolRateLimit | None = None,
         default_timeout_s: float | None = None,
     ) -> None:
         self.capabilities = capabilities

@@ -21,7 +21,7 @@ class ExecutorSettings(BaseSettings):
     pool: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     concurrency: int = Field(default=16, ge=1, le=4096, description="steps in flight per replica")
     rate_limit_per_s: float | None = Field(
-        default=None, gt=0, description="capability calls/s per replica; unset: unlimited"
+        default=None, gt=0, description="capability calls/s of the pool; unset: unlimited"
     )
     rate_limit_burst: int | None = Field(default=None, ge=1, description="default: the rate")
     breaker_failures: int = Field(
