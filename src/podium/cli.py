@@ -419,7 +419,6 @@ def bench(
     emit(strip_samples(results), as_json, text)
 
 
-
 def main() -> None:
     configure("cli", "WARNING")
     try:

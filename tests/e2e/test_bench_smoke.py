@@ -51,6 +51,9 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert recovery["median"]["in_flight_at_kill"] > 0
     assert recovery["lost_total"] == 0
     assert recovery["doubled_total"] == 0
+    # The baseline: the broker's own failover can't beat the session timeout (10 s).
+    assert recovery["median"]["broker_failover_s"] >= 10
+    assert recovery["median"]["ratio_to_broker_failover"] > 0
 
     if importlib.util.find_spec("temporalio") is not None:
         temporal = f["temporal"]
@@ -73,6 +76,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         assert heading in text
     for heading in ("## 4. I/O-bound scaling", "## 5. Recovery", "## 6. Tracing tax"):
         assert heading in text
+    assert "recovery ÷ the broker's own failover" in text
     if importlib.util.find_spec("matplotlib") is not None:
         assert (out_dir / "latency-cdf.png").stat().st_size > 0
         assert (out_dir / "scaling.png").stat().st_size > 0
