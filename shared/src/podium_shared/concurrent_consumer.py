@@ -40,17 +40,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import ContractError, Event, decode
 from podium_shared import telemetry
-from podium_shared.consumer import Handler, LoopStats, dead_letter_record, record_headers
-from podium_shared.dlq import DlqReason
-from podium_shared.outbox import (
-    OutboxRelay,
-    OutgoingMessage,
-    UnitOfWork,
-    record_all_received,
-    record_received,
-    seen_before,
-    write_outbox,
+from podium_shared.consumer import (
+    Fresh,
+    Handler,
+    LoopStats,
+    apply_batch,
+    dead_letter_record,
+    record_headers,
 )
+from podium_shared.dlq import DlqReason
+from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
 
 log = structlog.get_logger(__name__)
 
@@ -298,7 +297,14 @@ class ConcurrentConsumeLoop:
         if all(m.event is not None and m.failure is None for m in batch):
             try:
                 with self._engine.begin() as conn:
-                    self._apply_all(conn, batch)
+                    fresh = [
+                        Fresh(m.record.topic, m.event, m.result, m.span)
+                        for m in batch
+                        if m.event is not None
+                    ]
+                    apply_batch(
+                        conn, self._handler, group=self._group, service=self._service, batch=fresh
+                    )
                 self.stats.handled += len(batch)
                 return
             except Exception as refused:
@@ -315,20 +321,6 @@ class ConcurrentConsumeLoop:
                         self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
                     else:
                         self._apply(conn, m, m.event)
-
-    def _apply_all(self, conn: Connection, batch: list[_Message]) -> None:
-        """The common case in few statements: every message new, every handler
-        succeeding; one inbox insert and one outbox insert for the whole batch."""
-        events = [(m, m.event) for m in batch if m.event is not None]
-        record_all_received(conn, self._group, [(e.envelope.id, m.record.topic) for m, e in events])
-        outgoing: list[OutgoingMessage] = []
-        for m, e in events:
-            with telemetry.activate(m.span, e):
-                tp, ts = telemetry.outgoing_context(e.envelope.traceparent, e.envelope.tracestate)
-                uow = UnitOfWork(conn, source=self._service, traceparent=tp, tracestate=ts)
-                self._handler.apply(e, m.result, uow)
-                outgoing.extend(uow.pending)
-        write_outbox(conn, outgoing)
 
     def _apply(self, conn: Connection, m: _Message, e: Event) -> None:
         savepoint = conn.begin_nested()

@@ -100,6 +100,37 @@ def dead_letter_record(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Fresh:
+    """A new message of a batch, ready to apply: its topic, event, execute result, span."""
+
+    topic: str
+    event: Event
+    result: Any
+    span: Any
+
+
+def apply_batch(
+    conn: Connection, handler: Handler[Any], *, group: str, service: str, batch: list[Fresh]
+) -> None:
+    """The common case of a batch write, in few statements: every message new and every
+    handler succeeding; one inbox insert and one outbox insert for the whole batch, no
+    savepoints. Raises when that does not hold (a message another member recorded
+    meanwhile, or a failing handler): the caller rolls back and writes the batch again
+    with a savepoint per message, which isolates the one at fault."""
+    record_all_received(conn, group, [(f.event.envelope.id, f.topic) for f in batch])
+    outgoing: list[OutgoingMessage] = []
+    for f in batch:
+        e = f.event
+        with telemetry.activate(f.span, e):
+            # The process span's context (the incoming one with tracing off).
+            tp, ts = telemetry.outgoing_context(e.envelope.traceparent, e.envelope.tracestate)
+            uow = UnitOfWork(conn, source=service, traceparent=tp, tracestate=ts)
+            handler.apply(e, f.result, uow)
+            outgoing.extend(uow.pending)
+    write_outbox(conn, outgoing)
+
+
 class ConsumeLoop:
     """Runs one consumer group member until cancelled."""
 
@@ -221,23 +252,14 @@ class ConsumeLoop:
         results: list[Any],
         spans: list[Any],
     ) -> bool:
-        """The common case in few statements: every message new and every handler
-        succeeding; one inbox insert and one outbox insert for the whole batch and
-        no savepoints. False when the batch must be written message by message
-        (one was recorded meanwhile by another member, or a handler failed)."""
+        """``apply_batch`` in its own transaction; False when the batch must be
+        written message by message."""
+        batch = [Fresh(r.topic, e, results[i], spans[i]) for i, (r, e) in enumerate(fresh)]
         try:
             with self._engine.begin() as conn:
-                record_all_received(conn, self._group, [(e.envelope.id, r.topic) for r, e in fresh])
-                outgoing: list[OutgoingMessage] = []
-                for i, (_, e) in enumerate(fresh):
-                    with telemetry.activate(spans[i], e):
-                        tp, ts = telemetry.outgoing_context(
-                            e.envelope.traceparent, e.envelope.tracestate
-                        )
-                        uow = UnitOfWork(conn, source=self._service, traceparent=tp, tracestate=ts)
-                        self._handler.apply(e, results[i], uow)
-                        outgoing.extend(uow.pending)
-                write_outbox(conn, outgoing)
+                apply_batch(
+                    conn, self._handler, group=self._group, service=self._service, batch=batch
+                )
         except Exception as refused:
             log.debug("batch write refused; writing message by message", error=str(refused))
             return False
