@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from sqlalchemy.engine import Engine
 
 from podium_shared import metrics, telemetry
@@ -39,20 +39,29 @@ class ServiceSpec:
     background: list[Any] = field(default_factory=list)  # extra coroutine factories
 
 
+def mark_ready(ready: Path) -> None:
+    """Write the readiness file (what `podium.stack` and healthchecks wait for)."""
+    if not ready.exists():
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.write_text("ready\n")
+
+
+def log_assigned(assigned: set[TopicPartition]) -> None:
+    log.info(
+        "partitions assigned", partitions=sorted(f"{t.topic}[{t.partition}]" for t in assigned)
+    )
+
+
 class _ReadyOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, ready_file: Path | None) -> None:
+    def __init__(self, ready_file: Path) -> None:
         self._ready_file = ready_file
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         return None
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        log.info(
-            "partitions assigned", partitions=sorted(f"{t.topic}[{t.partition}]" for t in assigned)
-        )
-        if self._ready_file and not self._ready_file.exists():
-            self._ready_file.parent.mkdir(parents=True, exist_ok=True)
-            self._ready_file.write_text("ready\n")
+        log_assigned(assigned)
+        mark_ready(self._ready_file)
 
 
 def freeze_startup_heap() -> None:
@@ -60,7 +69,7 @@ def freeze_startup_heap() -> None:
     collector's reach. Those objects live as long as the process, yet every full
     collection would scan them again: in the executor under load that was a
     50 to 70 ms stop of the event loop a few times a minute, which holds back every
-    step in flight at that moment. Call once, when the service is about to run."""
+    step in flight at that moment. Called once, when the service is about to run."""
     gc.collect()
     gc.freeze()
 
@@ -69,65 +78,98 @@ def ready_file(settings: Settings, instance: str) -> Path:
     return settings.home / "run" / f"{instance}.ready"
 
 
+@dataclass
+class Clients:
+    """A service process's Kafka clients and readiness file (clients not started)."""
+
+    producer: AIOKafkaProducer
+    consumer: AIOKafkaConsumer
+    ready: Path
+
+
+async def open_clients(
+    settings: Settings, *, service: str, instance: str, group: str, pools: tuple[str, ...]
+) -> Clients:
+    """Tracing, /metrics, the topics, a cleared readiness file and the clients:
+    what every service process sets up before it subscribes."""
+    observability = telemetry.TelemetrySettings()
+    telemetry.configure_tracing(service, settings.home, observability)
+    metrics.serve(observability.metrics_port, observability.metrics_host)
+    await ensure_topics(settings, Topics(settings.topic_prefix).declarations(pools))
+    ready = ready_file(settings, instance)
+    ready.unlink(missing_ok=True)
+    return Clients(
+        producer=make_producer(settings, client_id=f"podium-{instance}"),
+        consumer=make_consumer(settings, group_id=group, client_id=f"podium-{instance}"),
+        ready=ready,
+    )
+
+
+async def run_until_stopped(tasks: list[asyncio.Task[Any]]) -> BaseException | None:
+    """Run until SIGTERM/SIGINT or until one of ``tasks`` ends; the first crash, if any."""
+    stop = asyncio.Event()
+    aio = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        aio.add_signal_handler(sig, stop.set)
+    freeze_startup_heap()
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    crashed = [t.exception() for t in done if t is not stopper and t.exception() is not None]
+    return crashed[0] if crashed else None
+
+
+async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
+    for t in tasks:
+        t.cancel()
+    for t in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await t
+
+
+async def close_clients(clients: Clients, relay: OutboxRelay) -> None:
+    """Send what was committed to the outbox (anything left goes on the next start),
+    then stop the clients and withdraw readiness."""
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(relay.publish_pending(), 5)
+    await clients.consumer.stop()
+    await clients.producer.stop()
+    clients.ready.unlink(missing_ok=True)
+
+
 async def run_service(
     settings: Settings, spec: ServiceSpec, *, instance: str | None = None
 ) -> None:
     """Run until SIGTERM/SIGINT; then stop consuming, drain the outbox, and exit."""
     # One readiness file per process, so replicas of a service never share one.
     instance = instance or f"{spec.name}-{os.getpid()}"
-    observability = telemetry.TelemetrySettings()
-    telemetry.configure_tracing(spec.name, settings.home, observability)
-    metrics.serve(observability.metrics_port, observability.metrics_host)
-    topics = Topics(settings.topic_prefix)
-    await ensure_topics(settings, topics.declarations(spec.pools))
-    ready = ready_file(settings, instance)
-    ready.unlink(missing_ok=True)
-
-    producer = make_producer(settings, client_id=f"podium-{instance}")
-    consumer = make_consumer(settings, group_id=spec.group, client_id=f"podium-{instance}")
-    consumer.subscribe(spec.topics, listener=_ReadyOnAssign(ready))
-    await producer.start()
-    await consumer.start()
-    relay = OutboxRelay(spec.engine, producer)
+    clients = await open_clients(
+        settings, service=spec.name, instance=instance, group=spec.group, pools=spec.pools
+    )
+    clients.consumer.subscribe(spec.topics, listener=_ReadyOnAssign(clients.ready))
+    await clients.producer.start()
+    await clients.consumer.start()
+    relay = OutboxRelay(spec.engine, clients.producer)
     loop = ConsumeLoop(
-        consumer=consumer,
+        consumer=clients.consumer,
         engine=spec.engine,
         relay=relay,
         handler=spec.handler,
         group=spec.group,
         service=spec.name,
     )
-    stop = asyncio.Event()
-    aio = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        aio.add_signal_handler(sig, stop.set)
-
     tasks = [
         asyncio.create_task(loop.run(), name="consume"),
         asyncio.create_task(relay.run(), name="relay"),
-        asyncio.create_task(metrics.watch_lag(consumer, spec.group), name="lag"),
+        asyncio.create_task(metrics.watch_lag(clients.consumer, spec.group), name="lag"),
     ]
     tasks += [asyncio.create_task(factory(relay)) for factory in spec.background]
-    freeze_startup_heap()
     log.info("service started", topics=spec.topics, group=spec.group)
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    for t in tasks:
-        t.cancel()
-    for t in tasks:
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
-    crashed = [t for t in done if t is not stopper and t.exception() is not None]
-    # What was committed to the outbox is sent now; anything left goes on the next start.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(relay.publish_pending(), 5)
-    await consumer.stop()
-    await producer.stop()
-    ready.unlink(missing_ok=True)
+    crashed = await run_until_stopped(tasks)
+    await cancel_all(tasks)
+    await close_clients(clients, relay)
     spec.engine.dispose()
     telemetry.shutdown()
     log.info("service stopped", handled=loop.stats.handled, dead_lettered=loop.stats.dead_lettered)
-    if crashed:
-        exc = crashed[0].exception()
-        assert exc is not None
-        raise exc
+    if crashed is not None:
+        raise crashed

@@ -6,19 +6,21 @@ released uncommitted, the outbox is drained)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import signal
 
 import structlog
-from aiokafka import TopicPartition
 
 from podium_executor.bootstrap import ExecutorApp
 from podium_executor.relay import ClaimingRelay
-from podium_shared import Settings, Topics, metrics, telemetry
+from podium_shared import Settings, metrics, telemetry
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
-from podium_shared.kafka import ensure_topics, make_consumer, make_producer
-from podium_shared.runtime import freeze_startup_heap, ready_file
+from podium_shared.runtime import (
+    cancel_all,
+    close_clients,
+    mark_ready,
+    open_clients,
+    run_until_stopped,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -34,18 +36,12 @@ async def run_executor(
     """Run until SIGTERM/SIGINT, then stop consuming, settle in-flight steps, drain the outbox."""
     xs = app.settings
     instance = instance or instance_name(app.pool)
-    observability = telemetry.TelemetrySettings()
-    telemetry.configure_tracing("executor", settings.home, observability)
-    metrics.serve(observability.metrics_port, observability.metrics_host)
-    await ensure_topics(settings, Topics(settings.topic_prefix).declarations(app.pools))
-    ready = ready_file(settings, instance)
-    ready.unlink(missing_ok=True)
-
-    producer = make_producer(settings, client_id=f"podium-{instance}")
-    consumer = make_consumer(settings, group_id=app.group, client_id=f"podium-{instance}")
-    relay = ClaimingRelay(app.engine, producer, owner=instance, lease_s=xs.outbox_lease_s)
+    clients = await open_clients(
+        settings, service="executor", instance=instance, group=app.group, pools=app.pools
+    )
+    relay = ClaimingRelay(app.engine, clients.producer, owner=instance, lease_s=xs.outbox_lease_s)
     loop = ConcurrentConsumeLoop(
-        consumer=consumer,
+        consumer=clients.consumer,
         engine=app.engine,
         relay=relay,
         handler=app.handler,
@@ -54,44 +50,24 @@ async def run_executor(
         concurrency=xs.concurrency,
         release_timeout_s=xs.shutdown_grace_s,
     )
-
-    def mark_ready(_assigned: set[TopicPartition]) -> None:
-        if not ready.exists():
-            ready.parent.mkdir(parents=True, exist_ok=True)
-            ready.write_text("ready\n")
-
-    consumer.subscribe([app.topic], listener=ReleaseOnRevoke(loop, on_assigned=mark_ready))
-    await producer.start()
-    await consumer.start()
-    stop = asyncio.Event()
-    aio = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        aio.add_signal_handler(sig, stop.set)
-
+    clients.consumer.subscribe(
+        [app.topic], listener=ReleaseOnRevoke(loop, on_assigned=lambda _: mark_ready(clients.ready))
+    )
+    await clients.producer.start()
+    await clients.consumer.start()
     consume = asyncio.create_task(loop.run(), name="consume")
     relaying = asyncio.create_task(relay.run(), name="relay")
-    lag = asyncio.create_task(metrics.watch_lag(consumer, app.group), name="lag")
-    freeze_startup_heap()
+    lag = asyncio.create_task(metrics.watch_lag(clients.consumer, app.group), name="lag")
     log.info(
         "executor started",
         pool=app.pool,
         concurrency=xs.concurrency,
         capabilities=sorted(app.executor.capabilities),
     )
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, consume, relaying], return_when=asyncio.FIRST_COMPLETED)
-    crashed = [t for t in done if t is not stopper and t.exception() is not None]
+    crashed = await run_until_stopped([consume, relaying])
     released = await loop.shutdown(xs.shutdown_grace_s)
-    for t in (consume, relaying, lag, stopper):
-        t.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await t
-    # What was committed to the outbox is sent now; anything left goes on the next sweep.
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(relay.publish_pending(), 5)
-    await consumer.stop()
-    await producer.stop()
-    ready.unlink(missing_ok=True)
+    await cancel_all([consume, relaying, lag])
+    await close_clients(clients, relay)
     await app.aclose()
     telemetry.shutdown()
     log.info(
@@ -101,7 +77,5 @@ async def run_executor(
         dead_lettered=loop.stats.dead_lettered,
         released=released,
     )
-    if crashed:
-        exc = crashed[0].exception()
-        assert exc is not None
-        raise exc
+    if crashed is not None:
+        raise crashed
