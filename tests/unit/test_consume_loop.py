@@ -255,3 +255,10 @@ async def test_a_message_recorded_meanwhile_is_skipped_and_the_rest_written(
     )
     assert [r.key for r in outbox_rows(engine)] == [b"ta", b"tc"]
     assert loop.stats.handled == 2 and loop.stats.duplicates == 1
+
+
+def test_insert_ignore_refuses_a_database_it_cannot_ignore_duplicates_on() -> None:
+    from podium_shared.db import _insert_ignore_statement
+
+    with pytest.raises(NotImplementedError, match="SQLite or PostgreSQL, not mysql"):
+        _insert_ignore_statement("mysql", inbox)

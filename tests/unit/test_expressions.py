@@ -131,3 +131,17 @@ def test_task_input_is_data_never_code() -> None:
 def test_template_with_missing_field_raises() -> None:
     with pytest.raises(MissingField):
         render({"q": "{{ input.absent }}"}, CTX)
+
+
+def test_the_evaluator_refuses_a_node_the_validator_should_have_stopped() -> None:
+    # Defence in depth: evaluate() never reaches this (the validator refuses a
+    # lambda first), but the evaluator has no fallback that runs arbitrary nodes.
+    import ast
+
+    from podium_router.expressions import _eval
+
+    node = ast.parse("lambda: 1", mode="eval").body
+    with pytest.raises(ExpressionError, match="cannot evaluate Lambda"):
+        _eval(node, {}, "lambda: 1")
+    with pytest.raises(ExpressionError):
+        evaluate("lambda: 1", {})

@@ -78,7 +78,8 @@ def _insert_ignore_statement(dialect: str, table: sa.Table) -> Any:
         return sqlite.insert(table).on_conflict_do_nothing()
     if dialect == "postgresql":
         return postgresql.insert(table).on_conflict_do_nothing()
-    return table.insert()  # pragma: no cover - other databases are not supported
+    # A plain insert would raise on a duplicate instead of ignoring it: refuse clearly.
+    raise NotImplementedError(f"podium stores state in SQLite or PostgreSQL, not {dialect}")
 
 
 def insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
