@@ -28,13 +28,13 @@ up: setup
 
 ## test: the whole suite: unit, integration (real broker and processes), e2e.
 test: setup
-	$(UV) run pytest -q -p no:cacheprovider
+	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -p no:cacheprovider
 
 test-unit: setup
-	$(UV) run pytest -q -m unit
+	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -m unit
 
 test-integration: setup
-	$(UV) run pytest -q -m "integration or e2e"
+	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -m "integration or e2e"
 
 ## bench: podium beside Temporal (latency, throughput, scaling, recovery), each beside a
 ## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots.

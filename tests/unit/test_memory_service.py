@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,15 +26,10 @@ from podium_memory.handlers import make_handler
 from podium_memory.service import Memory
 from podium_memory.settings import MemorySettings
 from podium_shared import Topics, UnitOfWork
-from tests.unit.test_memory_store import DIALECTS, NOW, memory_engine
+from tests.unit.test_memory_store import NOW
+from tests.unit.test_memory_store import engine as engine  # the shared fixture
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture(params=DIALECTS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    with memory_engine(request.param, tmp_path) as e:
-        yield e
 
 
 class Clock:

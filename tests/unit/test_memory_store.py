@@ -1,16 +1,13 @@
 """The memory store's shared suite: every test runs against SQLite and PostgreSQL.
 
-PostgreSQL is the one at ``PODIUM_TEST_POSTGRES_URL`` (default: the local
-server, trust auth); each test gets a database of its own, dropped afterwards.
+PostgreSQL is the test session's scratch database (``database_url`` in
+tests/conftest.py), emptied after each test.
 """
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -23,45 +20,19 @@ from podium_shared import make_engine
 
 pytestmark = pytest.mark.unit
 
-POSTGRES_URL = os.environ.get(
-    "PODIUM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-)
-DIALECTS = ["sqlite", "postgresql"]
 NOW = 1_800_000_000.0
 DAY = 86_400.0
 
 
-@contextmanager
-def memory_engine(dialect: str, tmp_path: Path) -> Iterator[Engine]:
-    """A fresh memory database: a SQLite file, or a PostgreSQL database of its own."""
-    if dialect == "sqlite":
-        engine = make_engine(f"sqlite:///{tmp_path / 'memory.db'}", metadata)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-        return
-    name = f"podium_test_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """A fresh memory database: a SQLite file, or the session's PostgreSQL database
+    (emptied after each test by the ``database_url`` fixture)."""
+    e = make_engine(database_url, metadata)
     try:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        url = sa.make_url(POSTGRES_URL).set(database=name)
-        engine = make_engine(url.render_as_string(hide_password=False), metadata)
-        try:
-            yield engine
-        finally:
-            engine.dispose()
-            with admin.connect() as conn:
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    finally:
-        admin.dispose()
-
-
-@pytest.fixture(params=DIALECTS)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    with memory_engine(request.param, tmp_path) as e:
         yield e
+    finally:
+        e.dispose()
 
 
 @pytest.fixture
