@@ -4,10 +4,12 @@ errors are one line on stderr and exit 2, never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import sys
 import time
 import uuid
+from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -18,7 +20,7 @@ from typer.exceptions import TyperException
 from podium.cli_dlq import dlq_app
 from podium.cli_trace import trace_command
 from podium.client import Outcome, PodiumClient
-from podium.stack import Stack
+from podium.stack import RestartPolicy, Stack, StackInterrupted
 from podium.status import StatusError, list_tasks, task_history, task_status
 from podium_contracts import TaskCancelled, TaskCancelRequested, TaskCompleted, TaskSubmitted
 from podium_shared import Settings
@@ -35,7 +37,21 @@ app = typer.Typer(
 app.add_typer(dlq_app, name="dlq")
 app.command(name="trace")(trace_command)
 
+
+class Broker(StrEnum):
+    TANSU = "tansu"
+    KAFKA = "kafka"
+
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+BrokerOption = Annotated[
+    Broker | None,
+    typer.Option(
+        help="the local broker to start: tansu (embedded, memory only) or kafka "
+        "(Apache Kafka, fetched by Maven on first use; needs Java 17). "
+        "Default: PODIUM_BROKER, else tansu"
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -56,6 +72,18 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(f"bad setting PODIUM_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
+
+
+def with_broker(settings: Settings, broker: Broker | None) -> Settings:
+    """``settings`` with the broker chosen on the command line, if any."""
+    if broker is None:
+        return settings
+    if settings.kafka_bootstrap:
+        fail("--broker starts a local broker; unset PODIUM_KAFKA_BOOTSTRAP to use it", 2)
+    update: dict[str, Any] = {"broker": broker.value}
+    if "PODIUM_FETCH_MAX_WAIT_MS" not in os.environ:  # the broker's own default
+        update["fetch_max_wait_ms"] = 5 if broker is Broker.TANSU else 500
+    return settings.model_copy(update=update)
 
 
 def parse_input(raw: str) -> dict[str, Any]:
@@ -87,21 +115,42 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
 def up(
     executors: Annotated[int, typer.Option(min=1, max=16, help="executor replicas per pool")] = 1,
     pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
+    broker: BrokerOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start the broker (embedded unless PODIUM_KAFKA_BOOTSTRAP is set) and the four services."""
-    settings = load_settings()
+    """Start a local broker (unless PODIUM_KAFKA_BOOTSTRAP names a cluster) and the four
+    services."""
+    settings = with_broker(load_settings(), broker)
     started = time.monotonic()
     stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]))
+    # Signals are handled before anything starts: a SIGTERM or Ctrl-C while the stack
+    # is still starting stops what was started, rather than leaving it without a parent.
+    stopping = False
+    started_up = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping and not started_up:  # still starting: unwind start()
+            stopping = True
+            raise StackInterrupted(signal.Signals(signum).name)
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+    except StackInterrupted as exc:
+        print(f"podium: {exc} during start-up; stopped", file=sys.stderr)
+        raise SystemExit(130) from None
     except (RuntimeError, TimeoutError) as exc:
         fail(f"stack did not start: {exc}")
+    started_up = True
     s = stack.settings
     services = [p.instance for p in stack.processes]
     info = {
         "bootstrap": s.kafka_bootstrap,
         "embedded": stack.broker is not None,
+        "broker": s.broker,
         "home": str(s.home),
         "services": services,
         "ready_s": round(time.monotonic() - started, 2),
@@ -110,32 +159,19 @@ def up(
         info,
         as_json,
         f"podium ready in {info['ready_s']}s: broker {s.kafka_bootstrap}"
-        f"{' (embedded)' if stack.broker else ''}, {', '.join(services)}; "
+        f"{f' ({s.broker}, local)' if stack.broker else ''}, {', '.join(services)}; "
         f"logs in {s.home / 'logs'}; export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}; "
         "Ctrl-C to stop",
     )
     sys.stdout.flush()
-    stop = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    reason = "stopped"
     try:
-        while not stop:
-            for p in stack.processes:
-                if p.proc.poll() is not None:
-                    print(
-                        f"podium: {p.instance} exited with {p.proc.returncode}; see {p.log_path}",
-                        file=sys.stderr,
-                    )
-                    stop = True
-            time.sleep(0.2)
+        reason = stack.supervise(RestartPolicy(), lambda: stopping)
     finally:
-        print("podium: stopping", file=sys.stderr)
+        print(f"podium: stopping ({reason})", file=sys.stderr)
         stack.stop()
+    if reason != "stopped":
+        raise SystemExit(1)
 
 
 @app.command()
@@ -309,9 +345,9 @@ def cancel(
 
 
 @app.command()
-def demo(as_json: JsonFlag = False) -> None:
-    """Start the embedded stack, run one `hello` task to completion, and stop."""
-    settings = load_settings()
+def demo(broker: BrokerOption = None, as_json: JsonFlag = False) -> None:
+    """Start a local stack, run one `hello` task to completion, and stop."""
+    settings = with_broker(load_settings(), broker)
     started = time.monotonic()
     try:
         with Stack(settings) as stack:
