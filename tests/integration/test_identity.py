@@ -136,6 +136,10 @@ async def test_every_dlq_topic_is_declared_at_start_up(stack: Stack) -> None:
     # create topics on first use (compose) can take the dead letter.
     assert topics.dlq(topics.task_events) in existing
     assert {t.name for t in topics.declarations()} <= existing
+    # and those of pools only a workflow names, which no executor of this stack serves
+    # (recovery-fallback's "backup"): the router declares them for its steps and for
+    # recovery's dead letters of them.
+    assert {topics.steps("backup"), topics.dlq(topics.steps("backup"))} <= existing
 
 
 async def test_a_cancelled_task_is_not_dead_lettered_by_memory(stack: Stack) -> None:

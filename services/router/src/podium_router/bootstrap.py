@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from podium_router.handlers import make_handler
 from podium_router.migrations import HISTORY
+from podium_router.routing import pools_of
 from podium_router.service import Router
 from podium_router.watchdog import make_watchdog
 from podium_router.workflows import WorkflowCatalog
@@ -21,6 +22,7 @@ def build(settings: Settings, catalog: WorkflowCatalog | None = None) -> Service
         group=f"{settings.topic_prefix}-router",
         topics=[topics.tasks, topics.step_results],
         handler=make_handler(router),
+        pools=tuple(sorted(pools_of(catalog.all()))),
         engine=engine,
         background=[make_watchdog(router, engine)],
     )
