@@ -393,6 +393,26 @@ def topics(
 
 
 @app.command()
+def migrate(
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", help="router, executor, memory or recovery (default: all)"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Upgrade the services' databases to their newest schema (the executor's of PODIUM_POOL)."""
+    from podium.migrate import SERVICES, migrate_service
+
+    settings = load_settings()
+    wanted = service or list(SERVICES)
+    unknown = sorted(set(wanted) - set(SERVICES))
+    if unknown:
+        fail(f"unknown service {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
+    revisions = {s: migrate_service(settings, s) for s in SERVICES if s in wanted}
+    emit(revisions, as_json, "\n".join(f"{s}\t{r}" for s, r in revisions.items()))
+
+
+@app.command()
 def bench(
     quick: Annotated[
         bool, typer.Option("--quick", help="tiny counts: a smoke run of every figure")

@@ -68,10 +68,10 @@ CHANNELS: tuple[ChannelSpec, ...] = (
             "podium.task.failed.v1",
             "podium.task.cancelled.v1",
         ),
-        description="What happened to each task, for upstream systems.",
+        description="What happened to each task, for upstream systems (and memory, which "
+        "remembers finished tasks as episodes).",
         producers=("router",),
-        consumers=(UPSTREAM,),
-        dlq=False,
+        consumers=(UPSTREAM, "memory"),
     ),
     ChannelSpec(
         id="stepResults",

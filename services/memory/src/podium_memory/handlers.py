@@ -2,9 +2,24 @@
 
 from __future__ import annotations
 
-from podium_contracts import Event, StepRequested, TaskAccepted, TaskCompleted, TaskFailed
+from podium_contracts import (
+    Contract,
+    Event,
+    StepRequested,
+    TaskAccepted,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+)
 from podium_memory.service import Memory
 from podium_shared import Handler, UnitOfWork
+
+# Every contract on the topics memory reads is handled or ignored on purpose: anything
+# else would be dead-lettered as a processing error. An accepted task has not ended yet;
+# a cancelled one has no outcome to remember (and the cancel was the user's, not the
+# workflow's: an episode of it would teach recall nothing).
+HANDLED: tuple[type[Contract], ...] = (StepRequested, TaskCompleted, TaskFailed)
+IGNORED: tuple[type[Contract], ...] = (TaskAccepted, TaskCancelled)
 
 
 def make_handler(memory: Memory) -> Handler[None]:
@@ -14,7 +29,7 @@ def make_handler(memory: Memory) -> Handler[None]:
             memory.run_step(payload, uow)
         elif isinstance(payload, TaskCompleted | TaskFailed):
             memory.record_episode(payload, uow)
-        elif not isinstance(payload, TaskAccepted):
+        elif not isinstance(payload, IGNORED):
             raise TypeError(f"memory does not handle {type(payload).__name__}")
 
     return Handler(apply=apply)
