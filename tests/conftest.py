@@ -1,7 +1,7 @@
 """Test tiers: unit (no network), integration (real broker + real service
 processes), e2e (the CLI against the whole stack). The broker is, in order:
-PODIUM_KAFKA_BOOTSTRAP if set; testcontainers' Kafka when a Docker engine
-answers; otherwise the embedded Tansu broker."""
+PODIUM_KAFKA_BOOTSTRAP if set; Apache Kafka 4.4 in Docker (testcontainers) when a
+Docker engine answers; otherwise the embedded Tansu broker."""
 
 from __future__ import annotations
 
@@ -50,9 +50,9 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield os.environ["PODIUM_KAFKA_BOOTSTRAP"]
         return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
+        from tests.support.containers import ApacheKafkaContainer
 
-        with KafkaContainer().with_kraft() as kafka:
+        with ApacheKafkaContainer() as kafka:
             yield kafka.get_bootstrap_server()
         return
     log = tmp_path_factory.mktemp("broker") / "broker.log"
