@@ -4,8 +4,8 @@ processes), e2e (the CLI against the whole stack).
 The broker is chosen by ``--broker`` (or ``PODIUM_TEST_BROKER``): ``tansu``, the
 embedded binary (the default), or ``kafka``, Apache Kafka 4.4 fetched by Maven and
 started as a local KRaft node for the session. PODIUM_KAFKA_BOOTSTRAP, when set,
-names a running cluster instead; with ``--broker kafka`` and a Docker engine that
-answers, testcontainers' Kafka is used when Java is missing."""
+names a running cluster instead; with ``--broker kafka`` on a machine without Java but
+with a Docker engine that answers, Kafka 4.4 runs in a container (testcontainers)."""
 
 from __future__ import annotations
 
@@ -97,9 +97,10 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except KafkaUnavailable:
             if not _docker_answers():
                 raise
-            from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
+            # No Java here, but Docker: the same Kafka 4.4 in a container.
+            from tests.support.containers import ApacheKafkaContainer
 
-            with KafkaContainer().with_kraft() as container:
+            with ApacheKafkaContainer() as container:
                 yield container.get_bootstrap_server()
             return
         try:

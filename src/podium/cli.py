@@ -4,6 +4,7 @@ errors are one line on stderr and exit 2, never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -18,6 +19,7 @@ from pydantic import ValidationError
 from typer.exceptions import TyperException
 
 from podium.cli_dlq import dlq_app
+from podium.cli_errors import broker_error, invalid
 from podium.cli_trace import trace_command
 from podium.client import Outcome, PodiumClient
 from podium.stack import RestartPolicy, Stack, StackInterrupted
@@ -52,6 +54,12 @@ BrokerOption = Annotated[
         "Default: PODIUM_BROKER, else tansu"
     ),
 ]
+
+# Exit codes a script can branch on (README, "Exit codes"). A task that ended badly and a
+# wait that ran out are different facts: the first is final, the second may still finish.
+EXIT_TASK_FAILED = 1  # the task failed or was cancelled (and any other error)
+EXIT_USAGE = 2  # a bad argument, setting or address: nothing was done
+EXIT_NO_OUTCOME = 3  # `submit --wait`: no outcome within --timeout; the task may still run
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -183,8 +191,14 @@ def executor(
     ] = None,
 ) -> None:
     """Run one executor replica of a pool until SIGTERM/Ctrl-C (start as many as you like)."""
+    from podium_executor.__main__ import load_settings as executor_settings
     from podium_executor.__main__ import main as executor_main
 
+    try:
+        executor_settings(pool, concurrency)  # refuse a bad pool before anything starts
+    except ValidationError as exc:
+        fail(f"invalid executor setting {invalid(exc)}", EXIT_USAGE)
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # a replica logs what it meets
     argv: list[str] = []
     if pool:
         argv += ["--pool", pool]
@@ -204,21 +218,24 @@ def submit(
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait")] = 60.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Publish a TaskSubmitted to podium.tasks.v1."""
+    """Publish a TaskSubmitted to podium.tasks.v1.
+
+    With --wait, the exit code says how it ended: 0 completed, 1 failed or cancelled,
+    3 no outcome within --timeout (the task may still finish); 2 is a usage error."""
     data = parse_input(input)
     settings = load_settings()
     if not settings.kafka_bootstrap:
         fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
     try:
         task = TaskSubmitted(
-            task_id=task_id or uuid.uuid4().hex,
+            task_id=uuid.uuid4().hex if task_id is None else task_id,  # '' is refused
             workflow=workflow,
             input=data,
             tenant=tenant,
             subject=subject,
         )
     except ValidationError as exc:
-        fail(f"invalid task: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", 2)
+        fail(f"invalid task: {invalid(exc)}", EXIT_USAGE)
     code = asyncio.run(_submit(settings, task, wait, timeout, as_json))
     raise SystemExit(code)
 
@@ -240,10 +257,11 @@ async def _submit(
         except TimeoutError:
             fail(
                 f"no outcome for {task.task_id} within {timeout}s "
-                f"(check `podium status {task.task_id}`)"
+                f"(check `podium status {task.task_id}`)",
+                EXIT_NO_OUTCOME,
             )
     emit(outcome_json(outcome), as_json, outcome_text(outcome))
-    return 0 if isinstance(outcome, TaskCompleted) else 1
+    return 0 if isinstance(outcome, TaskCompleted) else EXIT_TASK_FAILED
 
 
 @app.command()
@@ -330,7 +348,10 @@ def cancel(
     settings = load_settings()
     if not settings.kafka_bootstrap:
         fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
-    request = TaskCancelRequested(task_id=task_id, reason=reason)
+    try:
+        request = TaskCancelRequested(task_id=task_id, reason=reason)
+    except ValidationError as exc:
+        fail(f"invalid cancel request: {invalid(exc)}", EXIT_USAGE)
 
     async def send() -> None:
         async with PodiumClient(settings) as client:
@@ -388,7 +409,14 @@ def topics(
     if write:
         from pathlib import Path
 
-        Path("infra/topics.yaml").write_text(render_topics_yaml())
+        target = Path("infra/topics.yaml")
+        if not target.parent.is_dir():
+            fail(
+                f"--write regenerates infra/topics.yaml of a podium checkout, and "
+                f"{Path.cwd()} has no infra/: run it from the repository's root",
+                EXIT_USAGE,
+            )
+        target.write_text(render_topics_yaml())
     emit(rows, as_json, "\n".join(f"{r['name']}\t{r['partitions']}\t{r['key']}" for r in rows))
 
 
@@ -476,8 +504,17 @@ def bench(
     emit(strip_samples(results), as_json, text)
 
 
+def _bootstrap() -> str:
+    try:
+        return Settings().kafka_bootstrap or ""
+    except ValidationError:
+        return ""
+
+
 def main() -> None:
     configure("cli", "WARNING")
+    # aiokafka logs each failed connection attempt; the one line below says it once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         result = app(standalone_mode=False)
     except typer.Abort:
@@ -489,5 +526,10 @@ def main() -> None:
             raise SystemExit(2) from None
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         fail(f"{exc.format_message()}{hint}", exc.exit_code)
+    except Exception as exc:
+        message = broker_error(exc, _bootstrap())
+        if message is None:
+            raise
+        fail(message, EXIT_USAGE)
     if isinstance(result, int) and result:
         raise SystemExit(result)

@@ -42,9 +42,14 @@ def free_port() -> int:
 class EmbeddedBroker:
     """A Tansu broker subprocess on 127.0.0.1."""
 
-    def __init__(self, *, port: int | None = None, log_path: Path | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, log_path: Path | None = None, authentication: bool = False
+    ) -> None:
         self.port = port or free_port()
         self.log_path = log_path
+        # SASL/SCRAM required of every client. Users live in the memory storage and
+        # `tansu user create` cannot log in to create the first one: no login succeeds.
+        self.authentication = authentication
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -70,6 +75,7 @@ class EmbeddedBroker:
                 url,
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if self.authentication else []),
             ],
             stdout=out,
             stderr=out,
