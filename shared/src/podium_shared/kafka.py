@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
+from podium_shared import records
 from podium_shared.settings import Settings
 from podium_shared.topics import TopicSpec
 
@@ -48,6 +49,7 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
 def make_consumer(
     settings: Settings, *topics: str, group_id: str | None, client_id: str
 ) -> AIOKafkaConsumer:
+    records.install()  # a header key that is not UTF-8 must not fail the fetch
     return AIOKafkaConsumer(
         *topics,
         **_common(settings),
