@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from podium_contracts import Event, StepRequested, TaskAccepted, TaskCompleted, TaskFailed
+from podium_contracts import (
+    Event,
+    StepRequested,
+    TaskAccepted,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+)
 from podium_memory.service import Memory
 from podium_shared import Handler, UnitOfWork
 
@@ -14,7 +21,7 @@ def make_handler(memory: Memory) -> Handler[None]:
             memory.run_step(payload, uow)
         elif isinstance(payload, TaskCompleted | TaskFailed):
             memory.record_episode(payload, uow)
-        elif not isinstance(payload, TaskAccepted):
+        elif not isinstance(payload, TaskAccepted | TaskCancelled):  # no episode to record
             raise TypeError(f"memory does not handle {type(payload).__name__}")
 
     return Handler(apply=apply)
