@@ -111,8 +111,8 @@ async def test_a_task_nested_too_deep_is_dead_lettered_and_the_router_goes_on(
     stack: Stack, depth: int
 ) -> None:
     """Item 4: 1,000 levels parse (orjson reads 1,024) but killed the router on the
-    way into its database; 200 parse and store, but no orjson encoder writes them
-    out again inside a message. Both are refused at the edge."""
+    way into its database, at every start. 200 levels are within every library's
+    limits; they are refused by the bound itself, at the edge, before any handler."""
     topics = Topics(stack.settings.topic_prefix)
     marker = uuid.uuid4().hex.encode()
     task_id = tid("deep")
