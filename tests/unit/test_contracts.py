@@ -843,6 +843,7 @@ def test_nested_models_ignore_unknown_fields_like_contracts_do() -> None:
 def test_public_names() -> None:
     assert podium_contracts.__all__ == [
         "ALL_CONTRACTS",
+        "MAX_JSON_DEPTH",
         "REGISTRY",
         "Budget",
         "Contract",
@@ -869,6 +870,7 @@ def test_public_names() -> None:
         "TaskFailed",
         "TaskSubmitted",
         "UndecodableMessage",
+        "UnexpectedContract",
         "UnknownContract",
         "Usage",
         "decode",

@@ -1,6 +1,7 @@
 """podium's message contracts: versioned models, the CloudEvents envelope and codec."""
 
 from podium_contracts.envelope import (
+    MAX_JSON_DEPTH,
     REGISTRY,
     ContractError,
     Envelope,
@@ -8,6 +9,7 @@ from podium_contracts.envelope import (
     Headers,
     InvalidMessage,
     UndecodableMessage,
+    UnexpectedContract,
     UnknownContract,
     decode,
     decode_record,
@@ -40,6 +42,7 @@ from podium_contracts.models import (
 
 __all__ = [
     "ALL_CONTRACTS",
+    "MAX_JSON_DEPTH",
     "REGISTRY",
     "Budget",
     "Contract",
@@ -66,6 +69,7 @@ __all__ = [
     "TaskFailed",
     "TaskSubmitted",
     "UndecodableMessage",
+    "UnexpectedContract",
     "UnknownContract",
     "Usage",
     "decode",
