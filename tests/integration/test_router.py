@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -120,6 +121,48 @@ def test_a_bad_workflow_file_is_refused_at_start_up(tmp_path: Path, kafka_bootst
     assert result.returncode == 2
     assert str(tmp_path / "broken.yaml") in result.stderr
     assert "line 4" in result.stderr and "steps.0.usess" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+_LAUGHS = "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)
+)  # 9**9 strings once expanded
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("name: hostile\nversion: !!int yw\nsteps: [{id: a, uses: echo}]\n", ":2:"),
+        ("name: hostile\ndescription: !!timestamp junk\nsteps: [{id: a, uses: echo}]\n", ":2:"),
+        ("name: hostile\nsteps: [{id: a, uses: echo}]\noutput: " + "[" * 3000 + "]" * 3000, ":3:"),
+        ("name: hostile\nsteps: [{id: a, uses: echo}]\nl0: &l0 [lol]\n" + _LAUGHS, "nodes"),
+    ],
+    ids=["bad-int", "bad-timestamp", "3000-deep", "billion-laughs"],
+)
+def test_hostile_yaml_is_a_bad_workflow_definition_not_a_crash(
+    tmp_path: Path, kafka_bootstrap: str, body: str, line: str
+) -> None:
+    (tmp_path / "hostile.yaml").write_text(body)
+    env = {
+        **os.environ,
+        "PODIUM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "PODIUM_HOME": str(tmp_path),
+        "PODIUM_WORKFLOWS": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "podium_router"],
+        env=env,
+        timeout=180,  # wall time is at the mercy of the machine's load; CPU time is not
+        capture_output=True,
+        text=True,
+        check=False,
+        # Refused, not ground through: start-up takes ~2 s of CPU, the alias bomb took 40 s
+        # before a MemoryError. Past 20 s the kernel stops the router (SIGXCPU).
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CPU, (20, 20)),
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "router: bad workflow definition:" in result.stderr
+    assert f"{tmp_path / 'hostile.yaml'}" in result.stderr and line in result.stderr
     assert "Traceback" not in result.stderr
 
 
