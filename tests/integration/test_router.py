@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -120,6 +121,126 @@ def test_a_bad_workflow_file_is_refused_at_start_up(tmp_path: Path, kafka_bootst
     assert result.returncode == 2
     assert str(tmp_path / "broken.yaml") in result.stderr
     assert "line 4" in result.stderr and "steps.0.usess" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+_LAUGHS = "".join(
+    f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10)
+)  # 9**9 strings once expanded
+
+
+@pytest.mark.parametrize(
+    ("body", "line"),
+    [
+        ("name: hostile\nversion: !!int yw\nsteps: [{id: a, uses: echo}]\n", ":2:"),
+        ("name: hostile\ndescription: !!timestamp junk\nsteps: [{id: a, uses: echo}]\n", ":2:"),
+        ("name: hostile\nsteps: [{id: a, uses: echo}]\noutput: " + "[" * 3000 + "]" * 3000, ":3:"),
+        ("name: hostile\nsteps: [{id: a, uses: echo}]\nl0: &l0 [lol]\n" + _LAUGHS, "nodes"),
+    ],
+    ids=["bad-int", "bad-timestamp", "3000-deep", "billion-laughs"],
+)
+def test_hostile_yaml_is_a_bad_workflow_definition_not_a_crash(
+    tmp_path: Path, kafka_bootstrap: str, body: str, line: str
+) -> None:
+    (tmp_path / "hostile.yaml").write_text(body)
+    env = {
+        **os.environ,
+        "PODIUM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "PODIUM_HOME": str(tmp_path),
+        "PODIUM_WORKFLOWS": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "podium_router"],
+        env=env,
+        timeout=180,  # wall time is at the mercy of the machine's load; CPU time is not
+        capture_output=True,
+        text=True,
+        check=False,
+        # Refused, not ground through: start-up takes ~2 s of CPU, the alias bomb took 40 s
+        # before a MemoryError. Past 20 s the kernel stops the router (SIGXCPU).
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_CPU, (20, 20)),
+    )
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "router: bad workflow definition:" in result.stderr
+    assert f"{tmp_path / 'hostile.yaml'}" in result.stderr and line in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def _peak_rss_mb(pid: int) -> float:
+    """The process's high-water mark of resident memory (Linux's VmHWM)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln.split()[1] for ln in status.splitlines() if ln.startswith("VmHWM:"))) / 1024
+
+
+async def test_hostile_input_cannot_make_the_router_build_a_huge_value(stack: Stack) -> None:
+    router = next(p for p in stack.processes if p.name == "router")
+    one = {"a": 1, "b": 1, "c": 1, "d": 1}
+    printf = TaskSubmitted(
+        task_id=tid("printf"), workflow="router-sandbox", input={**one, "c": "%0300000000d"}
+    )
+    # One list holding a thousand zeros, a thousand times over: 1 item at the top level,
+    # a million zeros (2 MB of JSON) in the step's message.
+    nested = TaskSubmitted(
+        task_id=tid("nested"),
+        workflow="router-sandbox",
+        input={**one, "a": [[0] * 1000], "b": 1000},
+    )
+    fine = TaskSubmitted(
+        task_id=tid("fine"), workflow="router-sandbox", input={"a": "ab", "b": 3, "c": 10, "d": 3}
+    )
+    before = _peak_rss_mb(router.proc.pid)
+    async with PodiumClient(stack.settings) as client:
+        for task in (printf, nested, fine):
+            await client.submit(task)
+        outcomes = await client.wait_for([printf.task_id, nested.task_id, fine.task_id], 60)
+    grew = _peak_rss_mb(router.proc.pid) - before
+
+    failed = outcomes[printf.task_id]
+    assert isinstance(failed, TaskFailed), failed
+    assert failed.error.type == "template_error" and "printf formatting" in failed.error.message
+    failed = outcomes[nested.task_id]
+    assert isinstance(failed, TaskFailed), failed
+    assert failed.error.type == "template_error"
+    assert "result larger than 1000000 bytes" in failed.error.message
+    assert failed.error.step_id == "build"
+    done = outcomes[fine.task_id]
+    assert isinstance(done, TaskCompleted), done
+    assert done.output == {"product": "ababab", "remainder": 1}
+    # "%0300000000d" % 1 built a 300 MB string before the bound was checked.
+    assert grew < 100, f"the router's peak memory grew by {grew:.0f} MB"
+    assert router.proc.poll() is None
+
+
+def test_an_expression_that_cannot_work_is_refused_at_start_up(
+    tmp_path: Path, kafka_bootstrap: str
+) -> None:
+    bad = ["b'x'", "1j", "...", "{1: 2}", "{**input}", "'%0300000000d' % input.n"]
+    steps = "".join(
+        f'  - id: s{i}\n    uses: echo\n    with: {{v: "{{{{ {source} }}}}"}}\n'
+        for i, source in enumerate(bad)
+    )
+    (tmp_path / "cannot.yaml").write_text(f"name: cannot\nsteps:\n{steps}")
+    env = {
+        **os.environ,
+        "PODIUM_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "PODIUM_HOME": str(tmp_path),
+        "PODIUM_WORKFLOWS": str(tmp_path),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "podium_router"],
+        env=env,
+        timeout=180,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "router: bad workflow definition:" in result.stderr
+    for i in range(len(bad)):
+        assert f"steps.{i}.with" in result.stderr, (i, result.stderr)
+    assert "literals are strings, numbers, true, false and null" in result.stderr
+    assert "object keys must be strings" in result.stderr
+    assert "printf formatting" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -58,6 +58,13 @@ class StepError(BaseModel):
     type: str = Field(description="timeout, rate_limited, unavailable, invalid_input, ...")
     message: str
     error_class: ErrorClass = "fatal"
+    # Like HTTP's Retry-After: an open circuit knows when its next trial is, and a
+    # retry before then fails without reaching the provider, using up an attempt.
+    retry_after_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="retryable errors: wait at least this long before the next attempt",
+    )
 
 
 class DlqLocation(BaseModel):

@@ -4,8 +4,9 @@
       retryable: timeout, rate_limited, unavailable
       fatal:     invalid_input, capability_error, unknown_capability
 
-Recovery retries the retryable classes (with backoff, then the fallback pool)
-and dead-letters the fatal ones at once. Any other exception a capability
+Recovery retries the retryable classes (with backoff, then the fallback pool;
+never before the error's ``retry_after_s``, which an open circuit sets to its
+next trial) and dead-letters the fatal ones at once. Any other exception a capability
 raises is reported as a fatal ``capability_error`` naming the exception.
 """
 
@@ -35,17 +36,30 @@ PROVIDER_FAILURES = RETRYABLE | {ErrorType.CAPABILITY_ERROR}
 class CapabilityError(Exception):
     """A step failure with its type; the class follows from the type unless given."""
 
-    def __init__(self, type: str, message: str, *, retryable: bool | None = None) -> None:
+    def __init__(
+        self,
+        type: str,
+        message: str,
+        *,
+        retryable: bool | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         if retryable is None:
             retryable = type in RETRYABLE
         self.error = StepError(
-            type=type, message=message, error_class="retryable" if retryable else "fatal"
+            type=type,
+            message=message,
+            error_class="retryable" if retryable else "fatal",
+            retry_after_s=retry_after_s,
         )
 
 
-def retryable(type: ErrorType, message: str) -> CapabilityError:
-    return CapabilityError(type, message, retryable=True)
+def retryable(
+    type: ErrorType, message: str, *, retry_after_s: float | None = None
+) -> CapabilityError:
+    """A failure a later attempt may not have; ``retry_after_s``: not before then."""
+    return CapabilityError(type, message, retryable=True, retry_after_s=retry_after_s)
 
 
 def fatal(type: ErrorType, message: str) -> CapabilityError:

@@ -102,7 +102,10 @@ class Executor:
             try:
                 self.breakers.before_call(provider)
             except CircuitOpen as exc:
-                raise retryable(ErrorType.UNAVAILABLE, str(exc)) from exc
+                # The step never reached the provider; recovery waits for the next trial.
+                raise retryable(
+                    ErrorType.UNAVAILABLE, str(exc), retry_after_s=exc.retry_in_s
+                ) from exc
         verdict: bool | None = None
         try:
             if self.rate_limit is not None:

@@ -4,7 +4,8 @@ broker or a clock.
 
 - a fatal error abandons the step at once;
 - a retryable error is retried while ``attempt < retry.max_attempts``, after an
-  exponential (or fixed) backoff capped at ``max_s``, with jitter;
+  exponential (or fixed) backoff capped at ``max_s``, with jitter, and never
+  before the error's ``retry_after_s`` (an open circuit's next trial; capped);
 - once ``fallback.after_attempts`` attempts have failed, the retry goes to the
   fallback pool and/or model;
 - otherwise (attempts exhausted) the step is abandoned.
@@ -87,12 +88,24 @@ def falls_back(fallback: FallbackPolicy | None, failed_attempts: int) -> bool:
     )
 
 
+def retry_delay(backoff_s: float, retry_after_s: float | None, cap_s: float) -> float:
+    """The backoff, or longer if the failure said when trying again can work.
+
+    Retries that come sooner land on the same open circuit and use up the
+    policy's attempts within seconds; the cap keeps a wrong hint from parking
+    a step for hours."""
+    if retry_after_s is None:
+        return backoff_s
+    return max(backoff_s, min(retry_after_s, cap_s))
+
+
 def decide(
     failure: StepFailed,
     defaults: RetryPolicy,
     now: datetime,
     rng: random.Random,
     jitter: JitterMode = "equal",
+    retry_after_cap_s: float = 600.0,
 ) -> Decision:
     """Retry (when, where) or abandon (why) a failed step."""
     attempt = failure.attempt
@@ -101,7 +114,9 @@ def decide(
     policy = failure.request.retry or defaults
     if attempt >= policy.max_attempts:
         return Abandon(Why.EXHAUSTED, attempt)
-    delay = backoff_delay(policy, attempt, rng, jitter)
+    delay = retry_delay(
+        backoff_delay(policy, attempt, rng, jitter), failure.error.retry_after_s, retry_after_cap_s
+    )
     request = failure.request
     pool, model, switched = request.pool, request.model, False
     fallback = request.fallback

@@ -59,7 +59,14 @@ class Recovery:
             self._record(uow, failure, now, decision="duplicate", detail="retry already scheduled")
             log.info("duplicate failure ignored", task_id=failure.task_id, step_id=failure.step_id)
             return None
-        decision = decide(failure, self._defaults, now, self._rng, jitter=self.settings.jitter_mode)
+        decision = decide(
+            failure,
+            self._defaults,
+            now,
+            self._rng,
+            jitter=self.settings.jitter_mode,
+            retry_after_cap_s=self.settings.retry_after_cap_s,
+        )
         if isinstance(decision, Retry):
             self._retry(failure, decision, uow)
             self._record(

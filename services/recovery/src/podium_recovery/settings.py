@@ -24,6 +24,9 @@ class RecoverySettings(BaseSettings):
     # equal: half the delay fixed, half random (a retry never comes at once);
     # full: anywhere in [0, delay] (spreads a thundering herd widest).
     jitter_mode: JitterMode = "equal"
+    retry_after_cap_s: float = Field(
+        default=600.0, gt=0, le=86_400, description="longest wait a failure's retry-after sets"
+    )
     timer_interval_s: float = Field(default=0.1, gt=0, le=60, description="due-timer poll")
     timer_batch: int = Field(default=500, ge=1, le=10_000, description="timers fired per tx")
 

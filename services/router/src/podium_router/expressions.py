@@ -9,8 +9,10 @@ JSON data, comparisons, ``and``/``or``/``not``, arithmetic, ``in``, the ternary
 ``endswith``, ``min``, ``max``, ``abs``, ``round``, ``default``).
 
 There is no attribute access on Python objects (``.field`` reads a mapping key),
-no comprehension, lambda, assignment or import, and sizes are bounded, so task
-input can never execute code or exhaust the router.
+no comprehension, lambda, assignment or import, and every value an expression
+builds is bounded (in bytes of JSON) before it is built, so task input can never
+execute code or exhaust the router. Only JSON data can come out: literals are
+strings, numbers, true/false/null, and object keys are strings.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from collections.abc import Callable, Mapping
 from functools import lru_cache
 from typing import Any
 
+import orjson
+
 MAX_SOURCE = 2_000
 MAX_NODES = 200
-MAX_RESULT = 1_000_000  # characters or items a single operation may produce
+MAX_RESULT = 1_000_000  # bytes of JSON a single operation may produce
 
 
 class ExpressionError(ValueError):
@@ -112,6 +116,32 @@ _ALLOWED = (
     *_BINOPS,
     *_CMPOPS,
 )
+# Literals that can end up in a step's JSON input: bytes, complex numbers and ``...``
+# parse as constants too, but could only fail later, when the step is sent.
+_JSON_CONSTANTS = (str, int, float, type(None))
+_PRINTF = "`%` on a string is printf formatting, which is not allowed; build strings with +"
+
+
+def _refuse_at_load(node: ast.AST, source: str) -> None:
+    """Raise ExpressionError for an allowed node type used in a way that cannot work."""
+    if isinstance(node, ast.Constant) and not isinstance(node.value, _JSON_CONSTANTS):
+        raise ExpressionError(
+            f"{ast.unparse(node)} is not allowed in {source!r}: "
+            "literals are strings, numbers, true, false and null"
+        )
+    if isinstance(node, ast.Dict) and not all(
+        isinstance(k, ast.expr)
+        and not (isinstance(k, ast.Constant) and not isinstance(k.value, str))
+        for k in node.keys
+    ):
+        raise ExpressionError(f"object keys must be strings, without ** (in {source!r})")
+    if (
+        isinstance(node, ast.BinOp)
+        and isinstance(node.op, ast.Mod)
+        and isinstance(node.left, ast.Constant)
+        and isinstance(node.left.value, str)
+    ):
+        raise ExpressionError(f"{_PRINTF} (in {source!r})")
 
 
 @lru_cache(maxsize=4096)
@@ -135,6 +165,7 @@ def compile_expression(source: str) -> ast.Expression:
             raise ExpressionError(f"only these functions may be called: {', '.join(FUNCTIONS)}")
         if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
             raise ExpressionError(f"field {node.attr!r} is not allowed")
+        _refuse_at_load(node, source)
     return tree
 
 
@@ -166,10 +197,51 @@ def _path(node: ast.expr) -> str:
     return ast.unparse(node)
 
 
+def size(value: Any) -> int:
+    """Bytes of the value's JSON form: what it weighs in the message it ends up in.
+
+    orjson measures it at C speed; every value an operation builds is checked
+    against the bound, so a value measured here is never much over it."""
+    if value is None or isinstance(value, bool | int | float):
+        return 8  # a number never sets the size; a huge int fails where it is sent
+    try:
+        return len(orjson.dumps(value))
+    except TypeError as exc:  # orjson.JSONEncodeError
+        raise ExpressionError(f"result is not JSON: {exc}") from exc
+
+
 def _bounded(value: Any) -> Any:
-    if isinstance(value, str | list | tuple | dict) and len(value) > MAX_RESULT:
-        raise ExpressionError(f"result larger than {MAX_RESULT}")
+    if size(value) > MAX_RESULT:
+        raise ExpressionError(f"result larger than {MAX_RESULT} bytes")
     return value
+
+
+def _check_binop(op: ast.operator, a: Any, b: Any) -> None:
+    """Refuse, before it is built, a result over the bound (and printf formatting,
+    whose size a width like ``%0300000000d`` sets before anything can be checked)."""
+    if isinstance(op, ast.Mod) and isinstance(a, str):
+        raise ExpressionError(_PRINTF)
+    projected = 0
+    if isinstance(op, ast.Add) and isinstance(a, str | list) and isinstance(b, str | list):
+        projected = size(a) + size(b)
+    elif isinstance(op, ast.Mult):
+        sequence, times = (a, b) if isinstance(a, str | list) else (b, a)
+        if isinstance(sequence, str | list) and isinstance(times, int) and times > 1:
+            # Quotes or brackets once; the content (and a comma per list copy) each time.
+            inner = size(sequence) - 2 + (1 if isinstance(sequence, list) and sequence else 0)
+            projected = inner * times + 2
+    if projected > MAX_RESULT:
+        raise ExpressionError(f"result larger than {MAX_RESULT} bytes")
+
+
+def _bounded_parts(parts: list[Any]) -> None:
+    """Refuse a list or object literal whose parts add up to more than the bound,
+    before it is built: each part may be just under it, and a literal may hold many."""
+    total = 0
+    for part in parts:
+        total += size(part) + 1
+        if total > MAX_RESULT:
+            raise ExpressionError(f"result larger than {MAX_RESULT} bytes")
 
 
 def _eval(node: ast.expr, ctx: Mapping[str, Any], src: str) -> Any:
@@ -209,11 +281,7 @@ def _eval(node: ast.expr, ctx: Mapping[str, Any], src: str) -> Any:
             return -value if isinstance(op, ast.USub) else +value
         case ast.BinOp(left=left, op=op, right=right):
             a, b = _eval(left, ctx, src), _eval(right, ctx, src)
-            if isinstance(op, ast.Mult) and (
-                (isinstance(a, str | list) and isinstance(b, int) and len(a) * b > MAX_RESULT)
-                or (isinstance(b, str | list) and isinstance(a, int) and len(b) * a > MAX_RESULT)
-            ):
-                raise ExpressionError(f"result larger than {MAX_RESULT}")
+            _check_binop(op, a, b)
             return _bounded(_BINOPS[type(op)](a, b))
         case ast.Compare(left=left, ops=ops, comparators=comparators):
             current = _eval(left, ctx, src)
@@ -228,12 +296,19 @@ def _eval(node: ast.expr, ctx: Mapping[str, Any], src: str) -> Any:
         case ast.Call(func=ast.Name(id=fname), args=args):
             return _bounded(FUNCTIONS[fname](*(_eval(a, ctx, src) for a in args)))
         case ast.List(elts=elts) | ast.Tuple(elts=elts):
-            return [_eval(e, ctx, src) for e in elts]
+            items = [_eval(e, ctx, src) for e in elts]
+            _bounded_parts(items)
+            return items
         case ast.Dict(keys=keys, values=values):
-            return {
-                _eval(k, ctx, src) if k is not None else None: _eval(v, ctx, src)
+            pairs = [
+                (None if k is None else _eval(k, ctx, src), _eval(v, ctx, src))
                 for k, v in zip(keys, values, strict=True)
-            }
+            ]
+            for key, _ in pairs:
+                if not isinstance(key, str):
+                    raise ExpressionError(f"object key {key!r} is not a string (in {src!r})")
+            _bounded_parts([part for pair in pairs for part in pair])
+            return dict(pairs)
     # Only if the validator let through a node this evaluator has no case for.
     raise ExpressionError(f"cannot evaluate {type(node).__name__}")
 

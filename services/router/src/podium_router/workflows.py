@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from podium_contracts import FallbackPolicy, RetryPolicy
+from podium_router import safe_yaml
 from podium_router.expressions import check
 from podium_router.templates import check_template
 
@@ -181,10 +182,14 @@ def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
 
 
 def load_file(path: Path) -> Workflow:
-    text = path.read_text()
+    if path.stat().st_size > safe_yaml.MAX_BYTES:
+        raise WorkflowError(f"{path}: larger than {safe_yaml.MAX_BYTES} bytes")
     try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(f"{path}: not UTF-8 text: {exc}") from exc
+    try:
+        node, raw = safe_yaml.load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark else ""
