@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from typer.exceptions import TyperException
 
 from podium.cli_dlq import dlq_app
+from podium.cli_outbox import outbox_app
 from podium.cli_trace import trace_command
 from podium.client import Outcome, PodiumClient
 from podium.stack import Stack
@@ -33,6 +34,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(outbox_app, name="outbox")
 app.command(name="trace")(trace_command)
 
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]

@@ -31,7 +31,7 @@ from podium.status import StatusError, router_db
 from podium_contracts import Headers
 from podium_router.state import runs
 from podium_shared import Settings
-from podium_shared.dlq import PREFIX
+from podium_shared.dlq import PREFIX, original_record
 from podium_shared.topics import DLQ_SUFFIX
 
 
@@ -402,7 +402,7 @@ async def replay(
     if not dry_run:
         await send_all(
             producer,
-            [(target, r.key, r.value, r.original_headers()) for r, target in sends],
+            [(target, *original_record(r.key, r.value, r.headers)) for r, target in sends],
             progress,
         )
     elif progress is not None:

@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
 
+from podium_shared.limits import MAX_RECORD_BYTES
 from podium_shared.settings import Settings
 from podium_shared.topics import TopicSpec
 
@@ -40,6 +41,7 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         **_common(settings),
         client_id=client_id,
         acks="all",
+        max_request_size=MAX_RECORD_BYTES,
         enable_idempotence=settings.producer_idempotence,
         linger_ms=settings.producer_linger_ms,
     )

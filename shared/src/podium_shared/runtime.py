@@ -16,7 +16,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from sqlalchemy.engine import Engine
 
-from podium_shared import metrics, telemetry
+from podium_shared import blobs, metrics, telemetry
 from podium_shared.consumer import ConsumeLoop, Handler
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 from podium_shared.outbox import OutboxRelay
@@ -95,6 +95,7 @@ async def open_clients(
     observability = telemetry.TelemetrySettings()
     telemetry.configure_tracing(service, settings.home, observability)
     metrics.serve(observability.metrics_port, observability.metrics_host)
+    blobs.configure(blobs.open_store(settings.blob_url or str(settings.home / "blobs")))
     await ensure_topics(settings, Topics(settings.topic_prefix).declarations(pools))
     ready = ready_file(settings, instance)
     ready.unlink(missing_ok=True)

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     memory_database_url: str | None = None
     recovery_database_url: str | None = None
 
+    blob_url: str | None = Field(
+        default=None, description="where bodies too large for a record go; default home/blobs"
+    )
     workflows: str = Field(default="workflows", description="':'-separated folders of YAML")
     pool: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     max_batch: int = Field(default=500, ge=1, le=10_000)
