@@ -66,7 +66,8 @@ def make_consumer(
 
 
 async def ensure_topics(settings: Settings, specs: list[TopicSpec], *, attempts: int = 30) -> None:
-    """Create the topics that do not exist yet; existing ones are left alone."""
+    """Create the topics that do not exist yet, with their configs; existing ones are
+    left alone (change their configs with the cluster's tools)."""
     admin = AIOKafkaAdminClient(**_common(settings), client_id="podium-admin")
     for attempt in range(attempts):
         try:
@@ -83,7 +84,10 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec], *, attempts:
             return
         new = [
             NewTopic(
-                s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs=dict(s.configs),
             )
             for s in missing
         ]

@@ -96,7 +96,14 @@ async def open_clients(
     telemetry.configure_tracing(service, settings.home, observability)
     metrics.serve(observability.metrics_port, observability.metrics_host)
     blobs.configure(blobs.open_store(settings.blob_url or str(settings.home / "blobs")))
-    await ensure_topics(settings, Topics(settings.topic_prefix).declarations(pools))
+    await ensure_topics(
+        settings,
+        Topics(settings.topic_prefix).declarations(
+            pools,
+            dlq_retention_ms=settings.dlq_retention_ms,
+            replication_factor=settings.replication_factor,
+        ),
+    )
     ready = ready_file(settings, instance)
     ready.unlink(missing_ok=True)
     return Clients(

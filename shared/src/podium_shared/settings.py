@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from podium_shared.topics import DLQ_RETENTION_MS
+
 ServiceName = Literal["router", "executor", "memory", "recovery"]
 
 
@@ -26,6 +28,9 @@ class Settings(BaseSettings):
     # Only for real Kafka: Tansu (and aiokafka against it) fails InitProducerId.
     producer_idempotence: bool = False
     replication_factor: int = Field(default=1, ge=1, le=7)
+    dlq_retention_ms: int = Field(
+        default=DLQ_RETENTION_MS, ge=-1, description="DLQ topics' retention.ms; -1 for ever"
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
