@@ -198,3 +198,29 @@ def test_too_large_names_the_data_and_the_limit() -> None:
     assert too_large("step a's input", {"x": "y" * 10}, limit=100) is None
     why = too_large("step a's input", {"x": "y" * 200}, limit=100)
     assert why == "step a's input is 208 bytes as JSON, over the limit of 100 bytes"
+
+
+async def test_the_executors_claiming_relay_parks_too_and_leaves_no_claim(tmp_path: Path) -> None:
+    from podium_executor.ledger import metadata
+    from podium_executor.relay import ClaimingRelay, claims
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
+    with engine.begin() as conn:
+        write_outbox(
+            conn,
+            [
+                OutgoingMessage("t.claim", None, None, []),
+                OutgoingMessage("t.claim", b"k1", b"ok", []),
+                OutgoingMessage("t.claim", b"k2", b"x" * (MAX_RECORD_BYTES + 1), []),
+            ],
+        )
+    producer = RefusingProducer()
+    relay = ClaimingRelay(engine, producer, owner="r0")
+    assert await relay.publish_pending() == 3
+    assert producer.sent == [b"k1"] and relay.parked == 2
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(outbox)).all() == []
+        assert conn.execute(sa.select(claims)).all() == []
+        parked = conn.execute(sa.select(outbox_parked.c.error_type)).scalars().all()
+    assert sorted(parked) == ["AssertionError", "MessageSizeTooLargeError"]
+    engine.dispose()
