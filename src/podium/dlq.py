@@ -355,6 +355,8 @@ def plan_replay(
             why = "same ce_id as a record replayed in this run"
         elif task is not None and states.get(task) in SKIP_STATES:
             why = SKIP_STATES[states[task]]
+        elif r.meta.get("value-null") == "true" and r.key is None and "key-ref" not in r.meta:
+            why = "a record with neither key nor value, which this client cannot send"
         if why:
             skipped.append({"id": r.id, "offset": r.locator, "task_id": task, "why": why})
             continue
