@@ -256,3 +256,14 @@ def test_the_handler_refuses_what_memory_does_not_consume(h: Harness) -> None:
     )
     with pytest.raises(TypeError, match="StepAbandoned"):
         h.deliver(abandoned)
+
+
+def test_a_recall_too_large_for_a_message_fails_the_step_too_large(engine: Engine) -> None:
+    h = Harness(engine)
+    for i in range(12):
+        h.ok("memory.remember", {"text": f"large {i} " + "x" * 90_000})
+    assert len(h.texts({"query": "large", "limit": 3})) == 3
+    result = h.step("memory.recall", {"query": "large", "limit": 12})
+    assert isinstance(result, StepFailed), result
+    assert result.error.type == "too_large" and result.error.error_class == "fatal"
+    assert "memory.recall: output is" in result.error.message

@@ -85,8 +85,10 @@ def _count(topic: str, error_type: str) -> float:
     return REGISTRY.get_sample_value("podium_outbox_parked_total", labels) or 0.0
 
 
-async def test_the_relay_parks_what_it_can_never_send_and_sends_the_rest(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+async def test_the_relay_parks_what_it_can_never_send_and_sends_the_rest(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url)
     rows = [
         OutgoingMessage("t.park", b"k0", b"ok", []),
         OutgoingMessage("t.park", b"k1", b"x" * (MAX_RECORD_BYTES + 1), []),
@@ -200,11 +202,13 @@ def test_too_large_names_the_data_and_the_limit() -> None:
     assert why == "step a's input is 208 bytes as JSON, over the limit of 100 bytes"
 
 
-async def test_the_executors_claiming_relay_parks_too_and_leaves_no_claim(tmp_path: Path) -> None:
+async def test_the_executors_claiming_relay_parks_too_and_leaves_no_claim(
+    database_url: str,
+) -> None:
     from podium_executor.ledger import metadata
     from podium_executor.relay import ClaimingRelay, claims
 
-    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
+    engine = make_engine(database_url, metadata)
     with engine.begin() as conn:
         write_outbox(
             conn,
