@@ -204,7 +204,11 @@ async def test_a_template_that_multiplies_a_list_fails_too_large(stack: Stack) -
 
 
 async def test_a_task_over_the_input_limit_fails_too_large(stack: Stack) -> None:
-    task = TaskSubmitted(task_id=tid("huge"), workflow="hello", input={"text": "y" * 990_000})
+    """As large a task as a client can send: its TaskCompleted (the same output plus
+    the step list and timestamps) could not be."""
+    task = TaskSubmitted(task_id=tid("huge"), workflow="hello", input={"text": "y" * 1_047_900})
+    value, headers = encode(task, source="podium-cli")
+    assert record_size(task.task_id.encode(), value, headers) < MAX_RECORD_BYTES - 100
     failed = await _fails_too_large(stack, task)
     assert "the task's input" in failed.error.message
     await completes(stack)
