@@ -31,7 +31,7 @@ from podium.status import StatusError, router_db
 from podium_contracts import Headers
 from podium_router.state import runs
 from podium_shared import Settings
-from podium_shared.dlq import PREFIX
+from podium_shared.dlq import PREFIX, original_record
 from podium_shared.topics import DLQ_SUFFIX
 
 
@@ -358,6 +358,8 @@ def plan_replay(
             why = "same ce_id as a record replayed in this run"
         elif task is not None and states.get(task) in SKIP_STATES:
             why = SKIP_STATES[states[task]]
+        elif r.meta.get("value-null") == "true" and r.key is None and "key-ref" not in r.meta:
+            why = "a record with neither key nor value, which this client cannot send"
         if why:
             skipped.append({"id": r.id, "offset": r.locator, "task_id": task, "why": why})
             continue
@@ -405,7 +407,7 @@ async def replay(
     if not dry_run:
         await send_all(
             producer,
-            [(target, r.key, r.value, r.original_headers()) for r, target in sends],
+            [(target, *original_record(r.key, r.value, r.headers)) for r, target in sends],
             progress,
         )
     elif progress is not None:

@@ -133,11 +133,12 @@ class Stack:
                     update={"kafka_bootstrap": self.broker.bootstrap}
                 )
             topics = Topics(self.settings.topic_prefix)
-            run_sync(
-                ensure_topics(
-                    self.settings, topics.declarations(("default", "memory", *self.pools))
-                )
+            declared = topics.declarations(
+                ("default", "memory", *self.pools),
+                dlq_retention_ms=self.settings.dlq_retention_ms,
+                replication_factor=self.settings.replication_factor,
             )
+            run_sync(ensure_topics(self.settings, declared))
             # Asked once here rather than by every child: the answer is the cluster's.
             self.settings = run_sync(resolve_idempotence(self.settings))
             for name in ("router", "memory", "recovery"):

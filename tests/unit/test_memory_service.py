@@ -274,3 +274,14 @@ def test_every_contract_on_the_topics_memory_reads_is_handled_or_ignored(h: Harn
     assert h.deliver(cancelled) == []  # ignored: nothing published, nothing stored
     with h.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(entries)).scalar() == 0
+
+
+def test_a_recall_too_large_for_a_message_fails_the_step_too_large(engine: Engine) -> None:
+    h = Harness(engine)
+    for i in range(12):
+        h.ok("memory.remember", {"text": f"large {i} " + "x" * 90_000})
+    assert len(h.texts({"query": "large", "limit": 3})) == 3
+    result = h.step("memory.recall", {"query": "large", "limit": 12})
+    assert isinstance(result, StepFailed), result
+    assert result.error.type == "too_large" and result.error.error_class == "fatal"
+    assert "memory.recall: output is" in result.error.message

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 
-from podium.dlq import DlqRecord, Filters, parse_since, plan_replay, select, summarize
+from podium.dlq import DlqRecord, Filters, parse_since, plan_replay, replay, select, summarize
+from podium_shared.blobs import FolderStore
+from podium_shared.dlq import fit
 
 pytestmark = pytest.mark.unit
 
@@ -148,3 +153,35 @@ def test_the_replay_plan_skips_finished_tasks_repeats_and_records_with_nowhere_t
     }
     sends, _ = plan_replay(records[4:], {}, to="scratch")
     assert [(r.offset, t) for r, t in sends] == [(4, "scratch"), (5, "scratch")]
+
+
+async def test_replay_sends_bodies_kept_aside_and_tombstones_as_they_were(tmp_path: Path) -> None:
+    """A DLQ copy that kept its body in the blob store is replayed as the original
+    record, not as the stub; a tombstone with a key as a tombstone; one with neither
+    key nor value (which aiokafka refuses) is skipped, saying why."""
+    store = FolderStore(tmp_path / "blobs")
+    body = b"z" * (2 * 1024 * 1024)
+    meta = {"reason": "undecodable", "original-topic": "p.tasks.v1"}
+    copies = [
+        fit("p.tasks.v1.dlq", b"big", body, [("ce_id", b"a")], meta, store=store),
+        fit("p.tasks.v1.dlq", b"gone", None, [("ce_id", b"b")], meta, store=store),
+        fit("p.tasks.v1.dlq", None, None, [("ce_id", b"c")], meta, store=store),
+    ]
+    records = [DlqRecord(c.topic, 0, i, 0, c.key, c.value, c.headers) for i, c in enumerate(copies)]
+    sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]]]] = []
+
+    class Producer:
+        async def send(self, topic: str, value: Any, key: Any, headers: Any) -> Any:
+            sent.append((topic, key, value, headers))
+            future = asyncio.get_running_loop().create_future()
+            future.set_result(None)
+            return future
+
+    report = await replay(Producer(), "p.tasks.v1.dlq", records, states={})  # type: ignore[arg-type]
+    assert sent == [
+        ("p.tasks.v1", b"big", body, [("ce_id", b"a")]),
+        ("p.tasks.v1", b"gone", None, [("ce_id", b"b")]),
+    ]
+    assert [s["why"] for s in report.skipped] == [
+        "a record with neither key nor value, which this client cannot send"
+    ]

@@ -129,6 +129,9 @@ KEY_DESCRIPTIONS = {
 }
 
 DLQ_SUFFIX = ".dlq"
+# podium_shared.topics.DLQ_RETENTION_MS, restated (contracts import nothing of the
+# runtime); a test keeps the two equal.
+DLQ_RETENTION_MS = 90 * 24 * 3600 * 1000
 DLQ_HEADER_PREFIX = "podium-dlq-"
 DLQ_REASONS: dict[str, str] = {
     "undecodable": "not a CloudEvent with a JSON payload",
@@ -396,8 +399,17 @@ def render_document() -> dict[str, Any]:
                 "address": ch.address + DLQ_SUFFIX,
                 "title": ch.address + DLQ_SUFFIX,
                 "description": f"Dead letters of {ch.address}, with their original key "
-                f"({ch.key}). One partition; read by operators and replay tools.",
+                f"({ch.key}). One partition; read by operators and replay tools. Kept "
+                "90 days by default (PODIUM_DLQ_RETENTION_MS; -1 for ever); with a "
+                "replication factor of 3 or more, min.insync.replicas is one less.",
                 **_parameters(ch.address),
+                "bindings": {
+                    "kafka": {
+                        "partitions": 1,
+                        "topicConfiguration": {"retention.ms": DLQ_RETENTION_MS},
+                        "bindingVersion": "0.5.0",
+                    }
+                },
                 "messages": {"DeadLetter": {"$ref": "#/components/messages/DeadLetter"}},
             }
             operations[f"send{_cap(dlq_id)}"] = {

@@ -40,6 +40,25 @@ outbox = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
 )
 
+# Outbox rows the broker or the client refused for good (too large, malformed):
+# moved here by the relay so they never block the rows behind them, kept whole
+# with the reason until an operator looks (`podium outbox parked`).
+outbox_parked = sa.Table(
+    "outbox_parked",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    # Not a key: SQLite may hand a deleted outbox id to a later row.
+    sa.Column("outbox_id", sa.Integer, nullable=False),
+    sa.Column("topic", sa.String(300), nullable=False),
+    sa.Column("key", sa.LargeBinary, nullable=True),
+    sa.Column("value", sa.LargeBinary, nullable=True),
+    sa.Column("headers", sa.JSON, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("parked_at", sa.Float, nullable=False),
+    sa.Column("error_type", sa.String(200), nullable=False),
+    sa.Column("error", sa.Text, nullable=False),
+)
+
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()

@@ -20,6 +20,7 @@ from aiokafka.errors import (
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from podium_shared import records
+from podium_shared.limits import MAX_RECORD_BYTES
 from podium_shared.settings import Settings
 from podium_shared.topics import TopicSpec
 
@@ -51,6 +52,7 @@ def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
         **_common(settings),
         client_id=client_id,
         acks="all",
+        max_request_size=MAX_RECORD_BYTES,
         enable_idempotence=settings.producer_idempotence == "true",
         linger_ms=settings.producer_linger_ms,
     )
@@ -112,7 +114,8 @@ def make_consumer(
 
 
 async def ensure_topics(settings: Settings, specs: list[TopicSpec], *, attempts: int = 30) -> None:
-    """Create the topics that do not exist yet; existing ones are left alone."""
+    """Create the topics that do not exist yet, with their configs; existing ones are
+    left alone (change their configs with the cluster's tools)."""
     admin = AIOKafkaAdminClient(**_common(settings), client_id="podium-admin")
     for attempt in range(attempts):
         try:
@@ -129,7 +132,10 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec], *, attempts:
             return
         new = [
             NewTopic(
-                s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor
+                s.name,
+                num_partitions=s.partitions,
+                replication_factor=settings.replication_factor,
+                topic_configs=dict(s.configs),
             )
             for s in missing
         ]

@@ -30,6 +30,12 @@ DUPLICATES = Counter(
     ["service", "topic"],
 )
 PUBLISHED = Counter("podium_messages_published", "Messages sent by the outbox relay", ["topic"])
+OUTBOX_PARKED = Counter(
+    "podium_outbox_parked",
+    "Outbox rows the relay could never send (too large, malformed), set aside with "
+    "their error so the rows behind them go on; list them with `podium outbox parked`",
+    ["topic", "error_type"],
+)
 CONSUMER_LAG = Gauge(
     "podium_consumer_lag",
     "Records not yet fetched: highwater minus position, per group and partition",
@@ -76,6 +82,10 @@ def duplicate(service: str, topic: str) -> None:
 
 def published(topic: str, count: int = 1) -> None:
     _safe("published", lambda: PUBLISHED.labels(topic).inc(count))
+
+
+def outbox_parked(topic: str, error_type: str) -> None:
+    _safe("outbox_parked", lambda: OUTBOX_PARKED.labels(topic, error_type).inc())
 
 
 def step_ran(

@@ -210,3 +210,26 @@ def unkey_inbox_by_source() -> None:
     )
     op.drop_table("inbox")
     op.rename_table("inbox_unkeyed", "inbox")
+
+
+def create_outbox_parked() -> None:
+    """Revision 0003, shared: ``outbox_parked``, where the relay moves a row the
+    broker can never accept (too large, no key and no value), with its error."""
+    op.create_table(
+        "outbox_parked",
+        sa.Column("id", sa.Integer(), autoincrement=True, nullable=False),
+        sa.Column("outbox_id", sa.Integer(), nullable=False),
+        sa.Column("topic", sa.String(length=300), nullable=False),
+        sa.Column("key", sa.LargeBinary(), nullable=True),
+        sa.Column("value", sa.LargeBinary(), nullable=True),
+        sa.Column("headers", sa.JSON(), nullable=False),
+        sa.Column("created_at", sa.Float(), nullable=False),
+        sa.Column("parked_at", sa.Float(), nullable=False),
+        sa.Column("error_type", sa.String(length=200), nullable=False),
+        sa.Column("error", sa.Text(), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+    )
+
+
+def drop_outbox_parked() -> None:
+    op.drop_table("outbox_parked")

@@ -22,11 +22,19 @@ from typing import Any, Protocol
 
 import sqlalchemy as sa
 import structlog
+from aiokafka.errors import (
+    CorruptRecordException,
+    InvalidTopicError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import Contract, Envelope, Headers, encode, new_id
-from podium_shared import telemetry
-from podium_shared.db import inbox, insert_ignore, outbox
+from podium_shared import metrics, telemetry
+from podium_shared.db import inbox, insert_ignore, outbox, outbox_parked
+from podium_shared.limits import MAX_PAYLOAD_BYTES, PayloadTooLarge
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +71,13 @@ class UnitOfWork:
         value, headers = encode(
             payload, source=self.source, id=ce_id, traceparent=traceparent, tracestate=tracestate
         )
+        if len(value) > MAX_PAYLOAD_BYTES:
+            # Never into the outbox: the relay could not send it. The handler fails,
+            # and the message it was handling is dead-lettered saying why.
+            raise PayloadTooLarge(
+                f"{payload.CE_TYPE} for {topic} is {len(value)} bytes, "
+                f"over the limit of {MAX_PAYLOAD_BYTES} bytes"
+            )
         self.pending.append(OutgoingMessage(topic, key.encode(), value, headers))
         return ce_id
 
@@ -176,21 +191,126 @@ class Sender(Protocol):
     ) -> asyncio.Future[Any]: ...
 
 
-async def send_rows(producer: Sender, rows: Sequence[Any]) -> None:
-    """Send outbox rows in order and wait until the broker acknowledged all of them.
+# Errors about the record itself, which no retry can fix: the client refused it
+# (too large for max_request_size, no key and no value, a bad type) or the broker
+# did (over the topic's max.message.bytes, a corrupt record, an invalid topic name).
+# Anything else (timeouts, a broker down, missing rights) is the producer's or the
+# cluster's trouble: the row stays and is sent once that passes.
+_UNSENDABLE: tuple[type[BaseException], ...] = (
+    MessageSizeTooLargeError,
+    RecordTooLargeError,
+    RecordListTooLargeError,
+    CorruptRecordException,
+    InvalidTopicError,
+    AssertionError,
+    TypeError,
+    ValueError,
+)
+
+
+def unsendable(error: BaseException | None) -> bool:
+    """Whether a send failed because of the record itself (park it) rather than
+    the producer or the cluster (keep it and try again)."""
+    return isinstance(error, _UNSENDABLE)
+
+
+async def send_rows(producer: Sender, rows: Sequence[Any]) -> list[BaseException | None]:
+    """Send outbox rows in order and wait until the broker answered for each; return
+    each row's error (None: acknowledged). One row's failure never stops the others.
     Each send is a ``publish <topic>`` span continuing the trace stored with its row."""
-    futures = []
-    for r in rows:
+    outcomes: list[BaseException | None] = [None] * len(rows)
+    futures: list[tuple[int, asyncio.Future[Any]]] = []
+    for i, r in enumerate(rows):
         headers = [(k, v.encode("latin-1")) for k, v in r.headers]
         span, headers = telemetry.start_publish(r.topic, headers, r.key)
-        future = await producer.send(r.topic, value=r.value, key=r.key, headers=headers)
+        try:
+            future = await producer.send(r.topic, value=r.value, key=r.key, headers=headers)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # refused before it left: this row only
+            telemetry.end(span, exc)
+            outcomes[i] = exc
+            continue
         telemetry.end_when_sent(span, future)
-        futures.append(future)
-    await asyncio.gather(*futures)
+        futures.append((i, future))
+    answers = await asyncio.gather(*(f for _, f in futures), return_exceptions=True)
+    for (i, _), answer in zip(futures, answers, strict=True):
+        if isinstance(answer, asyncio.CancelledError):
+            raise answer
+        if isinstance(answer, BaseException):
+            outcomes[i] = answer
+    return outcomes
+
+
+def park(conn: Connection, rows: Sequence[Any], errors: Sequence[BaseException]) -> None:
+    """Move rows that can never be sent from the outbox to ``outbox_parked``, whole,
+    with the error; they are counted, logged, and listed by `podium outbox parked`."""
+    if not rows:
+        return
+    now = time.time()
+    conn.execute(
+        outbox_parked.insert(),
+        [
+            {
+                "outbox_id": r.id,
+                "topic": r.topic,
+                "key": r.key,
+                "value": r.value,
+                "headers": r.headers,
+                "created_at": r.created_at,
+                "parked_at": now,
+                "error_type": type(e).__name__,
+                "error": str(e)[:2000] or type(e).__name__,
+            }
+            for r, e in zip(rows, errors, strict=True)
+        ],
+    )
+    conn.execute(outbox.delete().where(outbox.c.id.in_([r.id for r in rows])))
+    for r, e in zip(rows, errors, strict=True):
+        metrics.outbox_parked(r.topic, type(e).__name__)
+        log.error(
+            "outbox row parked: it can never be sent; the rows behind it go on",
+            outbox_id=r.id,
+            topic=r.topic,
+            bytes=len(r.key or b"") + len(r.value or b""),
+            error_type=type(e).__name__,
+            error=str(e)[:500],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What became of one batch of rows: sent, parked, or kept for another try."""
+
+    sent: list[Any]
+    parked: list[tuple[Any, BaseException]]
+    kept: list[tuple[Any, BaseException]]
+
+    @property
+    def progress(self) -> int:
+        return len(self.sent) + len(self.parked)
+
+
+def settle(rows: Sequence[Any], outcomes: Sequence[BaseException | None]) -> Settled:
+    """Sort rows by their send outcome."""
+    result = Settled([], [], [])
+    for r, error in zip(rows, outcomes, strict=True):
+        if error is None:
+            result.sent.append(r)
+        elif unsendable(error):
+            result.parked.append((r, error))
+        else:
+            result.kept.append((r, error))
+    return result
+
+
+class RelayStalled(Exception):
+    """No row of a batch could be sent, for reasons that may pass (broker down)."""
 
 
 class OutboxRelay:
-    """Publishes committed outbox rows and deletes them once acknowledged."""
+    """Publishes committed outbox rows and deletes them once acknowledged; parks
+    rows that can never be sent, so they never hold back the rows behind them."""
 
     def __init__(
         self, engine: Engine, producer: Sender, *, sweep_interval_s: float = 1.0, batch: int = 1000
@@ -201,6 +321,7 @@ class OutboxRelay:
         self._sweep_interval_s = sweep_interval_s
         self._batch = batch
         self.published = 0
+        self.parked = 0
 
     def notify(self) -> None:
         """Wake the relay: a transaction with outbox rows has just committed."""
@@ -222,13 +343,23 @@ class OutboxRelay:
                 await asyncio.sleep(self._sweep_interval_s)
 
     async def publish_pending(self) -> int:
-        """Send up to one batch of rows in id order; return how many were sent."""
+        """Send up to one batch of rows in id order; return how many left the outbox
+        (sent or parked). Raises ``RelayStalled`` when none could, for now."""
         with self._engine.connect() as conn:
             rows = conn.execute(sa.select(outbox).order_by(outbox.c.id).limit(self._batch)).all()
         if not rows:
             return 0
-        await send_rows(self._producer, rows)
+        done = settle(rows, await send_rows(self._producer, rows))
         with self._engine.begin() as conn:
-            conn.execute(outbox.delete().where(outbox.c.id.in_([r.id for r in rows])))
-        self.published += len(rows)
-        return len(rows)
+            if done.sent:
+                conn.execute(outbox.delete().where(outbox.c.id.in_([r.id for r in done.sent])))
+            park(conn, [r for r, _ in done.parked], [e for _, e in done.parked])
+        return self._count(done)
+
+    def _count(self, done: Settled) -> int:
+        self.published += len(done.sent)
+        self.parked += len(done.parked)
+        if not done.progress and done.kept:
+            _, error = done.kept[0]
+            raise RelayStalled(f"{len(done.kept)} row(s) not sent: {error!r}") from error
+        return done.progress

@@ -16,7 +16,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from sqlalchemy.engine import Engine
 
-from podium_shared import metrics, telemetry
+from podium_shared import blobs, metrics, telemetry
 from podium_shared.consumer import ConsumeLoop, Handler
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer, resolve_idempotence
 from podium_shared.outbox import OutboxRelay
@@ -95,7 +95,15 @@ async def open_clients(
     observability = telemetry.TelemetrySettings()
     telemetry.configure_tracing(service, settings.home, observability)
     metrics.serve(observability.metrics_port, observability.metrics_host)
-    await ensure_topics(settings, Topics(settings.topic_prefix).declarations(pools))
+    blobs.configure(blobs.open_store(settings.blob_url or str(settings.home / "blobs")))
+    await ensure_topics(
+        settings,
+        Topics(settings.topic_prefix).declarations(
+            pools,
+            dlq_retention_ms=settings.dlq_retention_ms,
+            replication_factor=settings.replication_factor,
+        ),
+    )
     settings = await resolve_idempotence(settings)
     ready = ready_file(settings, instance)
     ready.unlink(missing_ok=True)

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from podium_shared.topics import DLQ_RETENTION_MS
+
 ServiceName = Literal["router", "executor", "memory", "recovery"]
 
 
@@ -34,6 +36,9 @@ class Settings(BaseSettings):
     # on where it answers; Tansu (and aiokafka against it) fails that request.
     producer_idempotence: Literal["auto", "true", "false"] = "auto"
     replication_factor: int = Field(default=1, ge=1, le=7)
+    dlq_retention_ms: int = Field(
+        default=DLQ_RETENTION_MS, ge=-1, description="DLQ topics' retention.ms; -1 for ever"
+    )
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
@@ -45,6 +50,9 @@ class Settings(BaseSettings):
     memory_database_url: str | None = None
     recovery_database_url: str | None = None
 
+    blob_url: str | None = Field(
+        default=None, description="where bodies too large for a record go; default home/blobs"
+    )
     workflows: str = Field(default="workflows", description="':'-separated folders of YAML")
     pool: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     max_batch: int = Field(default=500, ge=1, le=10_000)

@@ -8,11 +8,15 @@ pool topics (even spread over an executor pool's replicas).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from podium_contracts.asyncapi import carried_by
 
 DLQ_SUFFIX = ".dlq"
+# Dead letters must outlive the fix: the broker's default retention (7 days on
+# Apache Kafka) can expire a record before anyone has replayed it.
+DLQ_RETENTION_MS = 90 * 24 * 3600 * 1000  # 90 days; -1 keeps them for ever
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,6 +25,7 @@ class TopicSpec:
     partitions: int
     key: str
     purpose: str
+    configs: Mapping[str, str] = field(default_factory=dict)  # topic configs at creation
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,8 +62,14 @@ class Topics:
     def dlq(topic: str) -> str:
         return topic + DLQ_SUFFIX
 
-    def declarations(self, pools: tuple[str, ...] = ("default", "memory")) -> list[TopicSpec]:
-        """The topics to create, with their partition counts."""
+    def declarations(
+        self,
+        pools: tuple[str, ...] = ("default", "memory"),
+        *,
+        dlq_retention_ms: int = DLQ_RETENTION_MS,
+        replication_factor: int = 1,
+    ) -> list[TopicSpec]:
+        """The topics to create, with their partition counts and, for DLQs, configs."""
         base = [
             TopicSpec(self.tasks, 4, "task_id", "TaskSubmitted from upstream"),
             TopicSpec(
@@ -77,5 +88,19 @@ class Topics:
         # Every topic a service reads can be dead-lettered (task events too: memory reads
         # them), and on a broker that does not create topics on first use a DLQ that was
         # never declared cannot be written, which would hold back the outbox behind it.
-        dlqs = [TopicSpec(self.dlq(t.name), 1, t.key, f"dead letters of {t.name}") for t in base]
+        configs = dlq_configs(dlq_retention_ms, replication_factor)
+        dlqs = [
+            TopicSpec(self.dlq(t.name), 1, t.key, f"dead letters of {t.name}", configs)
+            for t in base
+        ]
         return base + dlqs
+
+
+def dlq_configs(retention_ms: int, replication_factor: int) -> dict[str, str]:
+    """A DLQ topic's configs: long retention, and with three or more replicas a write
+    acknowledged by all but one of them (``acks=all``), so a dead letter survives
+    the loss of a broker; with fewer replicas any such minimum would stop writes."""
+    configs = {"retention.ms": str(retention_ms)}
+    if replication_factor >= 3:
+        configs["min.insync.replicas"] = str(replication_factor - 1)
+    return configs

@@ -24,6 +24,7 @@ class ErrorType(StrEnum):
     INVALID_INPUT = "invalid_input"  # the step's input does not fit the capability
     CAPABILITY_ERROR = "capability_error"  # the call failed in a way a retry will not fix
     UNKNOWN_CAPABILITY = "unknown_capability"  # the pool has no capability by that name
+    TOO_LARGE = "too_large"  # the output is over MAX_DATA_BYTES (podium_shared.limits)
 
 
 RETRYABLE = frozenset({ErrorType.TIMEOUT, ErrorType.RATE_LIMITED, ErrorType.UNAVAILABLE})

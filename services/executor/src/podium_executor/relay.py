@@ -22,7 +22,7 @@ from sqlalchemy.engine import Connection, Engine
 from podium_executor.ledger import metadata
 from podium_shared import OutboxRelay
 from podium_shared.db import outbox
-from podium_shared.outbox import Sender, send_rows
+from podium_shared.outbox import Sender, park, send_rows, settle
 
 claims = sa.Table(
     "outbox_claims",
@@ -83,17 +83,23 @@ class ClaimingRelay(OutboxRelay):
         rows = self.claim()
         if not rows:
             return 0
-        await send_rows(self._producer, rows)
-        ids = [r.id for r in rows]
+        done = settle(rows, await send_rows(self._producer, rows))
+        settled = [r.id for r in done.sent] + [r.id for r, _ in done.parked]
         # Only rows still claimed by us: if our lease lapsed, another relay owns them
         # now (and SQLite may even have reused an id for a new row).
         mine = sa.select(claims.c.outbox_id).where(
-            claims.c.owner == self.owner, claims.c.outbox_id.in_(ids)
+            claims.c.owner == self.owner, claims.c.outbox_id.in_(settled)
         )
         with self._engine.begin() as conn:
-            conn.execute(outbox.delete().where(outbox.c.id.in_(mine)))
+            still_mine = {row[0] for row in conn.execute(mine)}
+            parked = [(r, e) for r, e in done.parked if r.id in still_mine]
+            park(conn, [r for r, _ in parked], [e for _, e in parked])
             conn.execute(
-                claims.delete().where(claims.c.owner == self.owner, claims.c.outbox_id.in_(ids))
+                outbox.delete().where(
+                    outbox.c.id.in_([r.id for r in done.sent if r.id in still_mine])
+                )
             )
-        self.published += len(rows)
-        return len(rows)
+            conn.execute(
+                claims.delete().where(claims.c.owner == self.owner, claims.c.outbox_id.in_(settled))
+            )
+        return self._count(done)

@@ -21,6 +21,7 @@ from podium_executor.errors import PROVIDER_FAILURES, CapabilityError, ErrorType
 from podium_executor.ledger import Ledger
 from podium_executor.ratelimit import PoolRateLimit
 from podium_shared import Topics, UnitOfWork, metrics, telemetry
+from podium_shared.limits import MAX_DATA_BYTES
 
 log = structlog.get_logger(__name__)
 
@@ -202,6 +203,15 @@ def _observe(outcome: Outcome, seconds: float) -> None:
 def _json_safe(output: Any, name: str) -> Any:
     """The output as it will be published (and recorded): plain JSON values."""
     try:
-        return orjson.loads(orjson.dumps(output))
+        encoded = orjson.dumps(output)
     except TypeError as exc:
         raise fatal(ErrorType.CAPABILITY_ERROR, f"{name}: output is not JSON: {exc}") from exc
+    if len(encoded) > MAX_DATA_BYTES:
+        # Its StepCompleted could never be sent: fail the step, fatally (the same
+        # call makes the same output), so its task fails saying why.
+        raise fatal(
+            ErrorType.TOO_LARGE,
+            f"{name}: output is {len(encoded)} bytes as JSON, "
+            f"over the limit of {MAX_DATA_BYTES} bytes",
+        )
+    return orjson.loads(encoded)

@@ -36,6 +36,7 @@ from podium_memory.scopes import (
 from podium_memory.settings import MemorySettings
 from podium_memory.store import EntryType, MemoryStore, NewEntry, SessionState
 from podium_shared import Topics, UnitOfWork, metrics, telemetry
+from podium_shared.limits import TOO_LARGE, too_large
 
 log = structlog.get_logger(__name__)
 
@@ -178,7 +179,12 @@ class Memory:
             ):
                 try:
                     output = operation(store, step, now)
-                    if telemetry.enabled():
+                    # A recall of many large entries could make a StepCompleted that
+                    # can never be sent: fail the step saying so instead.
+                    why = too_large(f"{step.capability}: output", output)
+                    if why:
+                        error = StepError(type=TOO_LARGE, message=why)
+                    elif telemetry.enabled():
                         telemetry.annotate(**_memory_attributes(output))
                 except ValidationError as exc:
                     first = exc.errors()[0]

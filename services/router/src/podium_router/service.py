@@ -45,6 +45,7 @@ from podium_router.routing import Route, choose_route
 from podium_router.state import TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
 from podium_shared import Topics, UnitOfWork, telemetry
+from podium_shared.limits import TOO_LARGE, too_large
 
 log = structlog.get_logger(__name__)
 
@@ -110,6 +111,12 @@ class Router:
                     message=f"no workflow named {wanted} (known: {', '.join(self.catalog.names)})",
                 ),
                 now,
+            )
+            return
+        why = too_large("the task's input", task.input)
+        if why:
+            self._fail(
+                repo, uow, task.task_id, task.workflow, TaskError(type=TOO_LARGE, message=why), now
             )
             return
         repo.record(
@@ -422,6 +429,17 @@ class Router:
         try:
             if len(completed) == len(workflow.steps):
                 output = task_output(workflow, context)
+                why = too_large("the task's output", output)
+                if why:
+                    self._fail(
+                        repo,
+                        uow,
+                        run.task_id,
+                        run.workflow,
+                        TaskError(type=TOO_LARGE, message=why),
+                        now,
+                    )
+                    return
                 self._complete(repo, uow, run, steps, output, now)
                 return
             plans = []
@@ -439,6 +457,14 @@ class Router:
                 now,
             )
             return
+        for step, _, data in plans:
+            # Before anything is dispatched: a step whose input could never be sent
+            # fails the task now, rather than leaving a fan-out half sent.
+            why = too_large(f"step {step.id}'s input", data)
+            if why:
+                error = TaskError(type=TOO_LARGE, message=why, step_id=step.id)
+                self._fail(repo, uow, run.task_id, run.workflow, error, now)
+                return
         for step, route, data in plans:
             # The step's message carries this span's context: the executor's work hangs under it.
             with telemetry.span(
