@@ -5,6 +5,11 @@ A string that is exactly one ``{{ … }}`` takes the expression's value as is
 interpolated, with non-string values written as JSON. Templates are applied
 recursively through mappings and lists. Expressions are those of
 :mod:`podium_router.expressions`.
+
+Other languages use ``{{ }}`` too (the ``template`` capability's Jinja), so there are two
+ways to pass braces through untouched: a mapping whose only key is ``$raw`` stands for its
+value as written, never rendered (``{$raw: "Dear {{ name }}"}`` is the string
+``"Dear {{ name }}"``), and inside text ``{{ '{{' }}`` writes a literal ``{{``.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import orjson
 
 from podium_router.expressions import ExpressionError, check, evaluate
 
+RAW = "$raw"
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 WHOLE = re.compile(r"^\s*\{\{(.*?)\}\}\s*$", re.DOTALL)
 
@@ -25,9 +31,15 @@ class TemplateError(ExpressionError):
     pass
 
 
+def _raw(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) == 1 and RAW in value
+
+
 def render(value: Any, context: Mapping[str, Any]) -> Any:
     if isinstance(value, str):
         return _render_string(value, context)
+    if _raw(value):
+        return value[RAW]
     if isinstance(value, Mapping):
         return {k: render(v, context) for k, v in value.items()}
     if isinstance(value, list):
@@ -52,7 +64,7 @@ def check_template(value: Any) -> None:
     if isinstance(value, str):
         for match in PLACEHOLDER.finditer(value):
             check(match.group(1))
-    elif isinstance(value, Mapping):
+    elif isinstance(value, Mapping) and not _raw(value):
         for v in value.values():
             check_template(v)
     elif isinstance(value, list):
