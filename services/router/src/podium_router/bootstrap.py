@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from podium_router.handlers import make_handler
 from podium_router.service import Router
+from podium_router.settings import RouterSettings
 from podium_router.state import metadata
 from podium_router.watchdog import make_watchdog
 from podium_router.workflows import WorkflowCatalog
 from podium_shared import ServiceSpec, Settings, Topics, make_engine
 
 
-def build(settings: Settings, catalog: WorkflowCatalog | None = None) -> ServiceSpec:
+def build(
+    settings: Settings,
+    catalog: WorkflowCatalog | None = None,
+    router_settings: RouterSettings | None = None,
+) -> ServiceSpec:
+    rs = router_settings or RouterSettings()
     topics = Topics(settings.topic_prefix)
     catalog = catalog or WorkflowCatalog.load(settings.workflows)
     engine = make_engine(settings.database_url("router"), metadata)
-    router = Router(catalog, topics)
+    router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s)
     return ServiceSpec(
         name="router",
         group=f"{settings.topic_prefix}-router",

@@ -71,3 +71,14 @@ def step_timeout(
     remaining = (deadline - now).total_seconds() if deadline else None
     candidates = [t for t in (step_timeout_s, remaining) if t is not None]
     return max(min(candidates), 0.001) if candidates else None
+
+
+def watch_timeout(
+    step_timeout_s: float | None, default_s: float, deadline: datetime | None, now: datetime
+) -> float:
+    """How long the watchdog waits for a step's result: its own timeout, else the
+    router's default, capped by the task's deadline. Every step gets one, so a step
+    whose request or result is lost is re-driven instead of waited on for ever."""
+    own = step_timeout_s or default_s
+    remaining = (deadline - now).total_seconds() if deadline else own
+    return max(min(own, remaining), 0.001)

@@ -38,6 +38,7 @@ from podium_router.decisions import (
     step_timeout,
     task_output,
     template_context,
+    watch_timeout,
 )
 from podium_router.expressions import ExpressionError
 from podium_router.repository import RunRepository
@@ -65,9 +66,12 @@ def _owner(run: Row) -> dict[str, Any]:
 
 
 class Router:
-    def __init__(self, catalog: WorkflowCatalog, topics: Topics) -> None:
+    def __init__(
+        self, catalog: WorkflowCatalog, topics: Topics, *, step_timeout_s: float = 600.0
+    ) -> None:
         self.catalog = catalog
         self.topics = topics
+        self.step_timeout_s = step_timeout_s  # the watchdog's wait for a step without one
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -467,7 +471,11 @@ class Router:
         data: dict[str, Any],
         now: datetime,
     ) -> None:
-        timeout = step_timeout(step.timeout, _aware(run.deadline), now)
+        deadline = _aware(run.deadline)
+        timeout = step_timeout(step.timeout, deadline, now)
+        # Every dispatched step is watched, with a default when it names no timeout: a
+        # lost request or result is then re-driven by recovery instead of waited on forever.
+        watch = watch_timeout(step.timeout, self.step_timeout_s, deadline, now)
         request = StepRequested(
             task_id=run.task_id,
             step_id=step.id,
@@ -490,8 +498,8 @@ class Router:
             pool=route.pool,
             model=route.model,
             request=request.model_dump(mode="json"),
-            timeout_s=timeout,
-            deadline_at=now + timedelta(seconds=timeout) if timeout else None,
+            timeout_s=watch,
+            deadline_at=now + timedelta(seconds=watch),
             dispatched_at=now,
         )
         repo.record(
@@ -506,7 +514,7 @@ class Router:
             workflow_version=workflow.version,
             cause=route.reason,
             next=f"waiting for {step.uses} on pool {route.pool}"
-            + (f" (timeout {timeout:.1f}s)" if timeout else ""),
+            + f" (timeout {watch:.1f}s{'' if timeout else ', the default'})",
         )
         uow.publish(self.topics.steps(route.pool), request, key=f"{run.task_id}/{step.id}")
 
