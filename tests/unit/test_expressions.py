@@ -168,7 +168,7 @@ def test_default_covers_a_missing_field_and_null(source: str, expected: Any) -> 
 def test_default_does_not_hide_a_misspelt_name_or_a_missing_fallback() -> None:
     with pytest.raises(MissingField, match="inptu is not defined"):
         evaluate("default(inptu.n, 1)", CTX)
-    with pytest.raises(MissingField, match="input.also_absent is missing"):
+    with pytest.raises(MissingField, match=r"input\.also_absent is missing"):
         evaluate("default(input.absent, input.also_absent)", CTX)
     with pytest.raises(ExpressionError, match="takes a value and a fallback"):
         evaluate("default(input.absent)", CTX)

@@ -15,6 +15,7 @@ from podium_contracts.envelope import (
 )
 from podium_contracts.models import (
     ALL_CONTRACTS,
+    MAX_JSON_DEPTH,
     Budget,
     Contract,
     DlqLocation,
@@ -33,12 +34,15 @@ from podium_contracts.models import (
     TaskCompleted,
     TaskError,
     TaskFailed,
+    TaskRejected,
     TaskSubmitted,
     Usage,
+    json_depth,
 )
 
 __all__ = [
     "ALL_CONTRACTS",
+    "MAX_JSON_DEPTH",
     "REGISTRY",
     "Budget",
     "Contract",
@@ -63,11 +67,13 @@ __all__ = [
     "TaskCompleted",
     "TaskError",
     "TaskFailed",
+    "TaskRejected",
     "TaskSubmitted",
     "UndecodableMessage",
     "UnknownContract",
     "Usage",
     "decode",
     "encode",
+    "json_depth",
     "new_id",
 ]

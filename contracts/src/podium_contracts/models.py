@@ -9,11 +9,41 @@ Commands are imperative, events past tense.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 JsonObject = dict[str, Any]
+
+# Numbers an upstream system sends are bounded by what every store of them holds: the
+# router keeps them in INTEGER columns, 32-bit on PostgreSQL (2^63 overflowed SQLite).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# JSON nesting accepted from outside. orjson, the codec, writes at most 254 levels, so a
+# deeper input was read but then failed every message that carried it; 64 leaves room
+# for the levels that envelopes and templates add around it.
+MAX_JSON_DEPTH = 64
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests (a scalar is 0, ``{}`` and ``[]`` are 1); iterative,
+    so no input can exhaust the interpreter's stack."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((v, depth) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def _not_too_deep(value: JsonObject) -> JsonObject:
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+BoundedJsonObject = Annotated[JsonObject, AfterValidator(_not_too_deep)]
 
 
 class Contract(BaseModel):
@@ -28,8 +58,8 @@ class Budget(BaseModel):
     # minor change must not make v1 readers reject the whole task.
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    max_cost_usd: float | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
 
 
 class Usage(BaseModel):
@@ -96,14 +126,22 @@ class TaskSubmitted(Contract):
 
     task_id: str = Field(min_length=1, max_length=200, description="client-chosen; idempotency key")
     workflow: str = Field(min_length=1, max_length=200)
-    workflow_version: int | None = Field(default=None, ge=1, description="default: the newest")
-    input: JsonObject = Field(default_factory=dict)
+    workflow_version: int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="default: the newest"
+    )
+    input: BoundedJsonObject = Field(
+        default_factory=dict, description=f"at most {MAX_JSON_DEPTH} levels deep"
+    )
     tenant: str = Field(default="default", min_length=1, max_length=200)
-    subject: str | None = Field(default=None, description="who the task is for; memory scope")
-    priority: int = 0
+    subject: str | None = Field(
+        default=None, max_length=200, description="who the task is for; memory scope"
+    )
+    priority: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
     deadline: datetime | None = None
     budget: Budget = Field(default_factory=Budget)
-    metadata: JsonObject = Field(default_factory=dict)
+    metadata: BoundedJsonObject = Field(
+        default_factory=dict, description=f"at most {MAX_JSON_DEPTH} levels deep"
+    )
 
 
 class TaskAccepted(Contract):
@@ -160,6 +198,21 @@ class TaskFailed(Contract):
     tenant: str | None = None
     subject: str | None = None
     input_digest: str | None = Field(default=None, description="sha256 of the task's input")
+
+
+class TaskRejected(Contract):
+    """The router refused a submission: it could not be read (``undecodable``), names a
+    contract it does not know (``unknown_type``), breaks the contract (``invalid``) or
+    could not be accepted (``processing_error``). Nothing ran; the original is in the
+    tasks topic's dead-letter topic, to fix and submit again (or replay)."""
+
+    CE_TYPE: ClassVar[str] = "podium.task.rejected.v1"
+
+    task_id: str = Field(description="from the payload, else the record's key")
+    workflow: str | None = None
+    error: TaskError = Field(description="type: the dead-letter reason; message: why")
+    dlq: DlqLocation | None = Field(default=None, description="unset when it had no ce_id")
+    rejected_at: datetime
 
 
 class StepRequested(Contract):
@@ -260,6 +313,7 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskAccepted,
     TaskCompleted,
     TaskFailed,
+    TaskRejected,
     StepRequested,
     StepCompleted,
     StepFailed,

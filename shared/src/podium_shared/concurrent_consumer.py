@@ -44,9 +44,11 @@ from podium_shared.consumer import (
     Fresh,
     Handler,
     LoopStats,
+    Refusal,
     apply_batch,
     dead_letter_record,
     record_headers,
+    tell_refused,
 )
 from podium_shared.dlq import DlqReason
 from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
@@ -315,10 +317,10 @@ class ConcurrentConsumeLoop:
             for m in batch:
                 with telemetry.activate(m.span, m.event):
                     if m.poison is not None:
-                        self._dead_letter(conn, m.record, m.poison.reason, m.poison)
+                        self._dead_letter(conn, m.record, m.poison.reason, m.poison, None)
                     elif m.failure is not None or m.event is None:
                         exc = m.failure or RuntimeError("no event")
-                        self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
+                        self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc, m.event)
                     else:
                         self._apply(conn, m, m.event)
 
@@ -342,11 +344,16 @@ class ConcurrentConsumeLoop:
             log.exception(
                 "handler failed; dead-lettering", topic=m.record.topic, ce_id=e.envelope.id
             )
-            self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
+            self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc, e)
             telemetry.mark_failed(type(exc).__name__, str(exc))
 
     def _dead_letter(
-        self, conn: Connection, r: ConsumerRecord[bytes, bytes], reason: str, exc: BaseException
+        self,
+        conn: Connection,
+        r: ConsumerRecord[bytes, bytes],
+        reason: str,
+        exc: BaseException,
+        event: Event | None,
     ) -> None:
         dead_letter_record(
             conn,
@@ -356,6 +363,8 @@ class ConcurrentConsumeLoop:
             message=str(exc),
             service=self._service,
         )
+        refusal = Refusal(r, event, reason, type(exc).__name__, str(exc))
+        tell_refused(conn, self._handler, refusal, self._service)
         self.stats.dead_lettered += 1
 
     async def _commit(self, partitions: Iterable[TopicPartition]) -> None:

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from podium_contracts import Event, StepRequested, TaskAccepted, TaskCompleted, TaskFailed
+from podium_contracts import (
+    Event,
+    StepRequested,
+    TaskAccepted,
+    TaskCancelled,
+    TaskCompleted,
+    TaskFailed,
+    TaskRejected,
+)
 from podium_memory.service import Memory
 from podium_shared import Handler, UnitOfWork
 
@@ -14,7 +22,9 @@ def make_handler(memory: Memory) -> Handler[None]:
             memory.run_step(payload, uow)
         elif isinstance(payload, TaskCompleted | TaskFailed):
             memory.record_episode(payload, uow)
-        elif not isinstance(payload, TaskAccepted):
+        elif isinstance(payload, TaskAccepted | TaskCancelled | TaskRejected):
+            pass  # no episode: nothing has run yet, nothing ran, or it was called off
+        else:
             raise TypeError(f"memory does not handle {type(payload).__name__}")
 
     return Handler(apply=apply)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from podium_router.templates import render
+from podium_router.templates import render_json
 from podium_router.workflows import StepDef, Workflow
 
 
@@ -31,7 +31,7 @@ def step_input(step: StepDef, context: Mapping[str, Any]) -> dict[str, Any]:
     """A step's input: its rendered ``with`` block, else the task's input."""
     if step.with_ is None:
         return dict(context["input"])
-    rendered = render(step.with_, context)
+    rendered = render_json(step.with_, context)
     assert isinstance(rendered, dict)
     return rendered
 
@@ -40,7 +40,7 @@ def task_output(workflow: Workflow, context: Mapping[str, Any]) -> Any:
     """The workflow's ``output`` template, else the final step's output (or a
     mapping of them when several steps end the graph)."""
     if workflow.output is not None:
-        return render(workflow.output, context)
+        return render_json(workflow.output, context)
     steps = context["steps"]
     finals = workflow.final_steps
     if len(finals) == 1:

@@ -27,6 +27,7 @@ from podium_contracts import (
     TaskCompleted,
     TaskError,
     TaskFailed,
+    TaskRejected,
     TaskSubmitted,
     Usage,
 )
@@ -41,11 +42,13 @@ from podium_router.decisions import (
     watch_timeout,
 )
 from podium_router.expressions import ExpressionError
+from podium_router.rejections import Submission, refused_submission
 from podium_router.repository import RunRepository
 from podium_router.routing import Route, choose_route
 from podium_router.state import TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
-from podium_shared import Topics, UnitOfWork, telemetry
+from podium_shared import Refusal, Topics, UnitOfWork, telemetry
+from podium_shared.consumer import record_headers
 
 log = structlog.get_logger(__name__)
 
@@ -135,6 +138,39 @@ class Router:
         )
         run = repo.get_run(task.task_id)
         self._advance(repo, uow, run, workflow, now)
+
+    def reject(self, refusal: Refusal, uow: UnitOfWork) -> None:
+        """Answer a submission that went to the dead-letter topic with TaskRejected."""
+        record, event = refusal.record, refusal.event
+        if event is None:
+            who = refused_submission(record.key, record.value, record_headers(record))
+        elif isinstance(event.payload, TaskSubmitted):
+            task = event.payload
+            who = Submission(task.task_id, task.workflow, event.envelope.id)
+        else:
+            return  # a cancel request or a step result: no submitter waits on it
+        if who is None:
+            log.warning("refused record names no task; dead-lettered only", offset=record.offset)
+            return
+        if RunRepository(uow.conn).get_run(who.task_id, lock=False) is not None:
+            return  # the task exists: a refused repeat of its task_id changes nothing
+        dlq_topic = Topics.dlq(record.topic)
+        uow.publish(
+            self.topics.task_events,
+            TaskRejected(
+                task_id=who.task_id,
+                workflow=who.workflow,
+                error=TaskError(
+                    type=refusal.reason,
+                    # Without a ce_id there is no record id: say at least where it went.
+                    message=refusal.message[:2000]
+                    + ("" if who.ce_id else f" (dead-lettered to {dlq_topic})"),
+                ),
+                dlq=DlqLocation(topic=dlq_topic, record_id=who.ce_id) if who.ce_id else None,
+                rejected_at=datetime.now(UTC),
+            ),
+            key=who.task_id,
+        )
 
     def cancel_task(self, request: TaskCancelRequested, uow: UnitOfWork) -> None:
         """Stop dispatching and end the task as cancelled."""

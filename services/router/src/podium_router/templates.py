@@ -20,15 +20,36 @@ from typing import Any
 
 import orjson
 
+from podium_contracts import json_depth
 from podium_router.expressions import ExpressionError, check, evaluate
 
 RAW = "$raw"
+# A result travels inside a message, one level down; orjson stops at 254 levels.
+MAX_RESULT_DEPTH = 128
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 WHOLE = re.compile(r"^\s*\{\{(.*?)\}\}\s*$", re.DOTALL)
 
 
 class TemplateError(ExpressionError):
     pass
+
+
+def _json_text(value: Any) -> str:
+    """A value as JSON text, or a TemplateError saying why it has none."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError as exc:  # an integer beyond 64 bits, too deep, ...
+        raise TemplateError(f"result is not JSON: {exc}") from exc
+
+
+def render_json(value: Any, context: Mapping[str, Any]) -> Any:
+    """Render a template whose result goes into a message: it must be JSON that the
+    codec can write, or the task fails with a template_error instead of the message."""
+    result = render(value, context)
+    if json_depth(result) > MAX_RESULT_DEPTH:
+        raise TemplateError(f"result nested deeper than {MAX_RESULT_DEPTH} levels")
+    _json_text(result)
+    return result
 
 
 def _raw(value: Any) -> bool:
@@ -54,7 +75,7 @@ def _render_string(text: str, context: Mapping[str, Any]) -> Any:
 
     def one(match: re.Match[str]) -> str:
         result = evaluate(match.group(1), context)
-        return result if isinstance(result, str) else orjson.dumps(result).decode()
+        return result if isinstance(result, str) else _json_text(result)
 
     return PLACEHOLDER.sub(one, text)
 
