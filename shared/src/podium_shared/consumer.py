@@ -11,6 +11,8 @@ A handler is two plain functions:
   failure in one go; otherwise again with one savepoint per message);
 - ``prepare(conn, events)`` (optional, sync): read what ``execute`` will need for
   a whole fetched batch in one query, instead of one query per message.
+- ``refused(refusal, uow)`` (optional, sync): told of each message the loop
+  dead-letters, in the same transaction, to answer whoever waits on it.
 
 A message that cannot be decoded, validated or handled goes to ``<topic>.dlq``
 through the outbox, in the same transaction; the offset is committed and the
