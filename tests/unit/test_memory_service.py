@@ -16,9 +16,11 @@ from podium_contracts import (
     StepRequested,
     StepSummary,
     TaskAccepted,
+    TaskCancelled,
     TaskCompleted,
     TaskError,
     TaskFailed,
+    TaskRejected,
     decode,
     encode,
 )
@@ -256,3 +258,13 @@ def test_the_handler_refuses_what_memory_does_not_consume(h: Harness) -> None:
     )
     with pytest.raises(TypeError, match="StepAbandoned"):
         h.deliver(abandoned)
+
+
+def test_task_events_that_are_no_episode_are_read_and_left(h: Harness) -> None:
+    # memory reads all of task-events: a rejection or a cancellation must not be dead-lettered
+    now = datetime.now(UTC)
+    rejected = TaskRejected(
+        task_id="r", error=TaskError(type="invalid", message="priority"), rejected_at=now
+    )
+    cancelled = TaskCancelled(task_id="c", workflow="w", reason="not needed", cancelled_at=now)
+    assert h.deliver(rejected) == [] and h.deliver(cancelled) == []
