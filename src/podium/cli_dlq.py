@@ -100,8 +100,8 @@ def _run(work: Callable[[], Awaitable[T]]) -> T:
 async def _read(settings: Settings, topic: str) -> list[DlqRecord]:
     # A consumer per topic: one assigned to a topic tracks only that topic's metadata.
     consumer = make_consumer(settings, group_id=None, client_id="podium-dlq")
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a consumer that failed to start is closed too
         return await read_records(consumer, topic)
     finally:
         await consumer.stop()
@@ -109,8 +109,8 @@ async def _read(settings: Settings, topic: str) -> list[DlqRecord]:
 
 async def _topics(settings: Settings, topic: str | None) -> list[str]:
     consumer = make_consumer(settings, group_id=None, client_id="podium-dlq")
-    await consumer.start()
     try:
+        await consumer.start()
         if topic:
             return [await resolve_topic(consumer, topic, settings.topic_prefix)]
         return await dlq_topics(consumer, settings.topic_prefix)
@@ -237,8 +237,8 @@ def replay_(
         name, records = await _selected(settings, topic, filters)
         states = task_states(settings, (t for r in records if (t := r.task_id)))
         producer = make_producer(settings, client_id="podium-dlq")
-        await producer.start()
         try:
+            await producer.start()
             show_bar = not as_json and not dry_run and len(records) >= PROGRESS_FROM
             with _progress(len(records), show_bar) as bar:
                 job = bar.add_task("replay", total=len(records))

@@ -44,8 +44,14 @@ class PodiumClient:
         self._reader: asyncio.Task[None] | None = None
 
     async def __aenter__(self) -> PodiumClient:
-        await self.producer.start()
-        await self.consumer.start()
+        try:
+            await self.producer.start()
+            await self.consumer.start()
+        except BaseException:
+            # Unreachable broker or refused login: close both, or each warns "Unclosed".
+            await self.consumer.stop()
+            await self.producer.stop()
+            raise
         partitions = self.consumer.partitions_for_topic(self.topics.task_events)
         for _ in range(50):
             if partitions:

@@ -193,7 +193,10 @@ def parse_since(raw: str, now: datetime | None = None) -> datetime:
     now = now or datetime.now(UTC)
     text = raw.strip()
     if text[:-1].replace(".", "", 1).isdigit() and text[-1:] in _UNITS:
-        return now - timedelta(seconds=float(text[:-1]) * _UNITS[text[-1]])
+        try:
+            return now - timedelta(seconds=float(text[:-1]) * _UNITS[text[-1]])
+        except OverflowError as exc:  # beyond timedelta's ~2.7 million years, or year 1
+            raise ValueError(f"--since {raw!r} reaches back before year 1") from exc
     try:
         at = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:

@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +19,9 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from podium_shared import EmbeddedBroker, Settings, Topics
-from podium_shared.kafka import ensure_topics
+from podium_shared.embedded import die_with_parent
+from podium_shared.kafka import ensure_topics, resolve_idempotence
+from podium_shared.kafka_broker import KafkaBroker
 
 SERVICES = ("router", "executor", "memory", "recovery")
 
@@ -45,6 +47,51 @@ def free_port() -> int:
         return port
 
 
+def start_local_broker(settings: Settings) -> EmbeddedBroker | KafkaBroker:
+    """The broker `podium up` runs when no cluster is named: Tansu (memory only) or
+    Apache Kafka with its data under PODIUM_HOME/kafka (kept across restarts)."""
+    if settings.broker == "kafka":
+        return KafkaBroker(settings.home / "kafka", log_dir=settings.home / "logs").start()
+    return EmbeddedBroker(log_path=settings.home / "logs" / "broker.log").start()
+
+
+class StackInterrupted(BaseException):
+    """A signal arrived while the stack was starting (a BaseException, so that no
+    ``except Exception`` on the way swallows it, and ``start()`` stops what it began)."""
+
+
+def log_line(message: str) -> None:
+    print(f"podium: {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Restart:
+    delay_s: float
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    reason: str
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    """When a dead service is started again: exponential backoff from ``first_delay_s``
+    up to ``max_delay_s``; more than ``max_crashes`` within ``window_s`` means it
+    keeps crashing, and the stack stops with the reason instead."""
+
+    first_delay_s: float = 0.5
+    max_delay_s: float = 10.0
+    max_crashes: int = 5
+    window_s: float = 120.0
+
+    def decide(self, crash_times: list[float], now: float) -> Restart | GiveUp:
+        recent = [t for t in crash_times if now - t <= self.window_s]
+        if len(recent) > self.max_crashes:
+            return GiveUp(f"crashed {len(recent)} times in {self.window_s:.0f}s")
+        return Restart(min(self.max_delay_s, self.first_delay_s * 2 ** (len(recent) - 1)))
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -52,6 +99,7 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes]
     log_path: Path
     metrics_port: int | None = None  # its /metrics endpoint on 127.0.0.1
+    pool: str | None = None  # an executor's pool
 
     @property
     def metrics_url(self) -> str | None:
@@ -64,7 +112,7 @@ class Stack:
     executors: int = 1
     pools: tuple[str, ...] = ("default",)
     env: dict[str, str] = field(default_factory=dict)
-    broker: EmbeddedBroker | None = None
+    broker: EmbeddedBroker | KafkaBroker | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
     metrics: bool = True  # a /metrics port per process, from the free ports
 
@@ -78,16 +126,20 @@ class Stack:
 
     def start(self, timeout_s: float = 60.0) -> Stack:
         self.settings.home.mkdir(parents=True, exist_ok=True)
-        if not self.settings.kafka_bootstrap:
-            self.broker = EmbeddedBroker(log_path=self.log_dir / "broker.log").start()
-            self.settings = self.settings.model_copy(
-                update={"kafka_bootstrap": self.broker.bootstrap}
-            )
-        topics = Topics(self.settings.topic_prefix)
-        run_sync(
-            ensure_topics(self.settings, topics.declarations(("default", "memory", *self.pools)))
-        )
         try:
+            if not self.settings.kafka_bootstrap:
+                self.broker = start_local_broker(self.settings)
+                self.settings = self.settings.model_copy(
+                    update={"kafka_bootstrap": self.broker.bootstrap}
+                )
+            topics = Topics(self.settings.topic_prefix)
+            run_sync(
+                ensure_topics(
+                    self.settings, topics.declarations(("default", "memory", *self.pools))
+                )
+            )
+            # Asked once here rather than by every child: the answer is the cluster's.
+            self.settings = run_sync(resolve_idempotence(self.settings))
             for name in ("router", "memory", "recovery"):
                 self.spawn(name)
             for pool in self.pools:
@@ -105,6 +157,8 @@ class Stack:
         env["PODIUM_HOME"] = str(self.settings.home)
         env["PODIUM_TOPIC_PREFIX"] = self.settings.topic_prefix
         env["PODIUM_FETCH_MAX_WAIT_MS"] = str(self.settings.fetch_max_wait_ms)
+        env["PODIUM_BROKER"] = str(self.settings.broker)
+        env["PODIUM_PRODUCER_IDEMPOTENCE"] = self.settings.producer_idempotence
         env["PODIUM_WORKFLOWS"] = self.settings.workflows
         for service in SERVICES:
             url = getattr(self.settings, f"{service}_database_url")
@@ -133,11 +187,63 @@ class Stack:
             stderr=out,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches `podium up`, which stops children in order
+            preexec_fn=die_with_parent,  # and a killed `podium up` takes them with it
         )
         out.close()
-        sp = ServiceProcess(name, instance, proc, log_path, metrics_port)
+        sp = ServiceProcess(name, instance, proc, log_path, metrics_port, pool)
         self.processes.append(sp)
         return sp
+
+    def respawn(self, dead: ServiceProcess) -> ServiceProcess:
+        """Start a dead service process again in its place (same name, pool and log)."""
+        out = dead.log_path.open("ab")
+        env = self.child_env(dead.pool)
+        if dead.metrics_port:
+            env["PODIUM_METRICS_PORT"] = str(dead.metrics_port)
+            env["PODIUM_METRICS_HOST"] = "127.0.0.1"
+        dead.proc = subprocess.Popen(
+            [sys.executable, "-m", f"podium_{dead.name}"],
+            env=env,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=die_with_parent,
+        )
+        out.close()
+        return dead
+
+    def supervise(self, policy: RestartPolicy, should_stop: Callable[[], bool]) -> str:
+        """Keep every service running until ``should_stop()``: a process that exits is
+        started again after the policy's backoff, as compose's restart policy or a
+        Kubernetes Deployment would; one that keeps crashing stops the stack. Returns
+        why supervision ended."""
+        crashes: dict[str, list[float]] = {}
+        due: dict[str, float] = {}  # instance -> when to start it again
+        while not should_stop():
+            now = time.monotonic()
+            for p in self.processes:
+                if p.instance in due:
+                    if now >= due[p.instance]:
+                        del due[p.instance]
+                        self.respawn(p)
+                        log_line(f"{p.instance} restarted (pid {p.proc.pid})")
+                    continue
+                code = p.proc.poll()
+                if code is None:
+                    continue
+                history = crashes.setdefault(p.instance, [])
+                history.append(now)
+                decision = policy.decide(history, now)
+                if isinstance(decision, GiveUp):
+                    return f"{p.instance} exited with {code}: {decision.reason}; see {p.log_path}"
+                due[p.instance] = now + decision.delay_s
+                log_line(
+                    f"{p.instance} exited with {code}; restarting in {decision.delay_s:.1f}s "
+                    f"(crash {len(history)}); see {p.log_path}"
+                )
+            time.sleep(0.2)
+        return "stopped"
 
     def ready_files(self) -> list[Path]:
         run = self.settings.home / "run"

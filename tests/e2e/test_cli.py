@@ -6,18 +6,23 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
 import orjson
 import pytest
 
 from podium.stack import Stack
+from podium_shared import EmbeddedBroker
 
 pytestmark = pytest.mark.e2e
 
 
 def podium(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+    *args: str, env: dict[str, str] | None = None, timeout: float = 180, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
+    # 180 s: on a shared 2-core machine under load 18-24, one CLI start-up took 25 s and a
+    # usage error ran past the former 60 s.
     return subprocess.run(
         [sys.executable, "-m", "podium", *args],
         capture_output=True,
@@ -25,6 +30,7 @@ def podium(
         env={**os.environ, **(env or {})},
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -70,6 +76,16 @@ def test_a_failed_task_exits_non_zero_and_says_why(stack: Stack) -> None:
     assert ".steps.default.v1.dlq" in done.stdout
 
 
+def test_a_wait_that_runs_out_exits_3_not_the_failed_tasks_1(stack: Stack) -> None:
+    task_id = f"cli-slow-{uuid.uuid4().hex[:8]}"
+    args = ["submit", "-w", "test-slow", "-i", '{"seconds": 5}', "--task-id", task_id]
+    done = podium(*args, "--wait", "--timeout", "0.5", env=stack_env(stack))
+    assert done.returncode == 3, done.stderr
+    assert done.stderr == (
+        f"podium: error: no outcome for {task_id} within 0.5s (check `podium status {task_id}`)\n"
+    )
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -101,3 +117,83 @@ def test_status_of_an_unknown_task_is_one_line(stack: Stack) -> None:
 def test_bad_setting_is_one_line() -> None:
     result = podium("status", "x", env={"PODIUM_TOPIC_PREFIX": "has spaces"})
     assert result.returncode == 2 and result.stderr.startswith("podium: error: bad setting")
+
+
+UNREACHABLE = "cannot connect to the Kafka broker at '{}' (PODIUM_KAFKA_BOOTSTRAP)"
+REFUSED_LOGIN = "refused the login: wrong user name or password? (check PODIUM_SASL_USERNAME"
+
+
+def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> None:
+    assert "Traceback" not in result.stderr and "Unclosed" not in result.stderr, result.stderr
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("podium: error:")
+    assert message in result.stderr
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "bootstrap", "message"),
+    [
+        (["submit", "-w", "hello"], "127.0.0.1:1", UNREACHABLE.format("127.0.0.1:1")),
+        (["submit", "-w", "hello"], "garbage!!", UNREACHABLE.format("garbage!!")),
+        (["cancel", "t-1"], "127.0.0.1:1", UNREACHABLE.format("127.0.0.1:1")),
+        (["dlq", "list"], "no-such-host.invalid:9092", "no-such-host.invalid:9092"),
+        (["cancel", ""], "127.0.0.1:1", "task_id: String should have at least 1 character"),
+        (["cancel", "x" * 10_000], "127.0.0.1:1", "task_id: String should have at most 200"),
+        (
+            ["dlq", "show", "tasks.v1.dlq", "--since", "99999999999999h"],
+            "127.0.0.1:1",
+            "--since '99999999999999h' reaches back before year 1",
+        ),
+        (["executor", "--pool", "BAD POOL"], "127.0.0.1:1", "invalid executor setting pool:"),
+        (
+            ["submit", "-w", "hello", "--task-id", "", "--wait"],
+            "127.0.0.1:1",
+            "invalid task: task_id: String should have at least 1 character",
+        ),
+    ],
+    ids=[
+        "unreachable",
+        "garbage-bootstrap",
+        "cancel-unreachable",
+        "dlq-unresolvable",
+        "cancel-empty-id",
+        "cancel-10k-id",
+        "since-overflow",
+        "bad-pool",
+        "empty-task-id",
+    ],
+)
+def test_hostile_input_gets_one_clear_line_and_exit_2(
+    args: list[str], bootstrap: str, message: str
+) -> None:
+    result = podium(*args, env={"PODIUM_KAFKA_BOOTSTRAP": bootstrap})
+    one_clear_line(result, message)
+
+
+def test_topics_write_outside_the_repository_is_one_line(tmp_path: Path) -> None:
+    result = podium("topics", "--write", cwd=tmp_path)
+    one_clear_line(result, f"{tmp_path} has no infra/: run it from the repository's root")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def broker_with_logins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded broker that requires SASL/SCRAM, and knows no user: every login fails."""
+    log = tmp_path_factory.mktemp("sasl-broker") / "broker.log"
+    with EmbeddedBroker(log_path=log, authentication=True) as broker:
+        yield broker.bootstrap
+
+
+@pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
+@pytest.mark.parametrize("args", [["submit", "-w", "hello"], ["dlq", "list"]])
+def test_a_refused_scram_login_says_so(
+    broker_with_logins: str, mechanism: str, args: list[str]
+) -> None:
+    env = {
+        "PODIUM_KAFKA_BOOTSTRAP": broker_with_logins,
+        "PODIUM_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+        "PODIUM_SASL_MECHANISM": mechanism,
+        "PODIUM_SASL_USERNAME": "operator",
+        "PODIUM_SASL_PASSWORD": "not-the-password",
+    }
+    one_clear_line(podium(*args, env=env), REFUSED_LOGIN)

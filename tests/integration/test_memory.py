@@ -20,6 +20,7 @@ from podium_memory.state import entries
 from podium_shared import Topics
 from podium_shared.runtime import ready_file
 from tests.conftest import stack_settings
+from tests.support.kafka import partitions_of
 from tests.unit.test_memory_store import HOSTILE
 
 pytestmark = pytest.mark.integration
@@ -73,10 +74,10 @@ async def step_output(stack: Stack, task_id: str, step_id: str, timeout_s: float
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.bootstrap, enable_auto_commit=False)
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        deadline = time.monotonic() + timeout_s
+        parts = await partitions_of(consumer, topic, deadline)
         consumer.assign([TopicPartition(topic, p) for p in parts])
         await consumer.seek_to_beginning()
-        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             for records in (await consumer.getmany(timeout_ms=200)).values():
                 for r in records:

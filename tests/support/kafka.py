@@ -20,14 +20,8 @@ async def read_topic(
     )
     await consumer.start()
     try:
-        parts = None
         deadline = time.monotonic() + timeout_s
-        while not parts and time.monotonic() < deadline:
-            await consumer._client.force_metadata_update()
-            parts = consumer.partitions_for_topic(topic)
-            if not parts:
-                await asyncio.sleep(0.1)
-        assert parts, f"topic {topic} does not exist"
+        parts = await partitions_of(consumer, topic, deadline)
         consumer.assign([TopicPartition(topic, p) for p in parts])
         await consumer.seek_to_beginning()
         out: list[ConsumerRecord[bytes, bytes]] = []
@@ -40,13 +34,27 @@ async def read_topic(
         await consumer.stop()
 
 
+async def partitions_of(consumer: AIOKafkaConsumer, topic: str, deadline: float) -> set[int]:
+    """The topic's partitions. Apache Kafka sends a client metadata only for the topics
+    it asked about (Tansu sends every topic), so ask for this one until it answers."""
+    consumer._client.add_topic(topic)
+    parts: set[int] | None = None
+    while not parts and time.monotonic() < deadline:
+        await consumer._client.force_metadata_update()
+        parts = consumer.partitions_for_topic(topic)
+        if not parts:
+            await asyncio.sleep(0.1)
+    assert parts, f"topic {topic} does not exist"
+    return parts
+
+
 async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
     )
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        parts = await partitions_of(consumer, topic, time.monotonic() + 20)
         out = {}
         for p in parts:
             off = await consumer.committed(TopicPartition(topic, p))

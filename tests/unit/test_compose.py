@@ -509,8 +509,8 @@ def podium_problems(doc: dict[str, Any]) -> list[str]:
                 f"{where}: PODIUM_KAFKA_BOOTSTRAP {settings.kafka_bootstrap!r} is not "
                 f"kafka's in-network advertised listener {sorted(internal)}"
             )
-        if not settings.producer_idempotence:
-            problems.append(f"{where}: PODIUM_PRODUCER_IDEMPOTENCE should be true on Kafka")
+        if settings.producer_idempotence == "false":
+            problems.append(f"{where}: PODIUM_PRODUCER_IDEMPOTENCE should be auto or true on Kafka")
         if settings.fetch_max_wait_ms < 100:
             problems.append(f"{where}: PODIUM_FETCH_MAX_WAIT_MS is the Tansu value; use ~500")
         if str(settings.home) not in {target for _, target in mounts(svc)}:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from aiokafka import ConsumerRecord, TopicPartition
+from prometheus_client import REGISTRY
 
 from podium_contracts import Event, TaskAccepted, TaskSubmitted, encode
 from podium_shared import ConsumeLoop, Handler, OutboxRelay, UnitOfWork, make_engine
@@ -204,9 +205,53 @@ def test_the_inbox_takes_a_message_once_and_says_so(tmp_path: Path) -> None:
 
     engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
     with engine.begin() as conn:
-        assert record_received(conn, "g", "m1", "t") is True
-        assert record_received(conn, "g", "m1", "t") is False  # a concurrent duplicate
-        assert record_received(conn, "other-group", "m1", "t") is True
+        assert record_received(conn, "g", ("s", "m1"), "t") is True
+        assert record_received(conn, "g", ("s", "m1"), "t") is False  # a concurrent duplicate
+        assert record_received(conn, "other-group", ("s", "m1"), "t") is True
+        assert record_received(conn, "g", ("another-system", "m1"), "t") is True
+    engine.dispose()
+
+
+def duplicates_counted(topic: str = "t.tasks.v1") -> float:
+    value = REGISTRY.get_sample_value(
+        "podium_messages_duplicate_total", {"service": "svc", "topic": topic}
+    )
+    return value or 0.0
+
+
+async def test_one_id_from_two_sources_is_two_messages_and_a_repeat_is_counted(
+    tmp_path: Path,
+) -> None:
+    # Two upstream systems that both number their events: the same ce_id, two tasks.
+    loop, _, engine = make_loop(tmp_path, accept)
+    billing = encode(TaskSubmitted(task_id="ta", workflow="hello"), source="billing", id="1")
+    crm = encode(TaskSubmitted(task_id="tb", workflow="hello"), source="crm", id="1")
+    before = duplicates_counted()
+    await loop.process([record(0, *billing), record(1, *crm)])
+    assert [r.key for r in outbox_rows(engine)] == [b"ta", b"tb"]
+    assert loop.stats.handled == 2 and loop.stats.duplicates == 0
+    await loop.process([record(2, *crm), record(3, *crm)])  # redelivered, twice in a batch
+    assert len(outbox_rows(engine)) == 2
+    assert loop.stats.duplicates == 2
+    assert duplicates_counted() == before + 2
+
+
+def test_an_inbox_row_from_before_sources_stands_for_its_id_from_any_source(
+    tmp_path: Path,
+) -> None:
+    from podium_shared.outbox import LEGACY_SOURCE, seen_before
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    with engine.begin() as conn:
+        for message_id, source in (("old", LEGACY_SOURCE), ("new", "crm")):
+            conn.execute(
+                inbox.insert().values(
+                    consumer="g", message_id=message_id, source=source, topic="t", received_at=0.0
+                )
+            )
+        asked = [("billing", "old"), ("crm", "new"), ("billing", "new"), ("crm", "other")]
+        assert seen_before(conn, "g", asked) == {("billing", "old"), ("crm", "new")}
+        assert seen_before(conn, "another-group", asked) == set()
     engine.dispose()
 
 
@@ -244,7 +289,9 @@ async def test_a_message_recorded_meanwhile_is_skipped_and_the_rest_written(
         if event.envelope.id == "b":
             with engine_box[0].begin() as c:
                 c.execute(
-                    inbox.insert().values(consumer="g", message_id="b", topic="x", received_at=0.0)
+                    inbox.insert().values(
+                        consumer="g", message_id="b", source="test", topic="x", received_at=0.0
+                    )
                 )
 
     loop, _, engine = make_loop(tmp_path, accept)

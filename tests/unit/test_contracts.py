@@ -43,6 +43,7 @@ from podium_contracts import (
     Usage,
     asyncapi,
     decode,
+    decode_record,
     encode,
     json_depth,
     schemas,
@@ -749,6 +750,36 @@ def test_structured_mode_errors() -> None:
         decode(orjson.dumps(body), headers)
 
 
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [("id", {"a": [1]}), ("id", 1), ("id", 1.0), ("id", True), ("source", 7), ("type", ["x"])],
+)
+def test_structured_mode_refuses_attributes_that_are_not_strings(
+    attribute: str, value: object
+) -> None:
+    # str() used to turn 1 into "1" and {"a": [1]} into "{'a': [1]}": ids that collide
+    # with a string id, so the inbox took two distinct events for one.
+    encoded, headers = _structured(EXAMPLES[TaskSubmitted], **{attribute: value})
+    with pytest.raises(UndecodableMessage, match=f"{attribute} must be JSON strings"):
+        decode(encoded, headers)
+
+
+def test_structured_mode_keeps_extension_attributes_of_other_types() -> None:
+    encoded, headers = _structured(EXAMPLES[TaskSubmitted], priorityext=3, flagext=True)
+    assert decode(encoded, headers).envelope.id == "evt-77"
+
+
+def test_a_consumed_record_without_a_key_is_invalid() -> None:
+    value, headers = encode(EXAMPLES[TaskSubmitted], source="upstream")
+    for key in (None, b""):
+        with pytest.raises(InvalidMessage, match="no Kafka key"):
+            decode_record(value, headers, key)
+    assert decode_record(value, headers, b"any-key").payload == EXAMPLES[TaskSubmitted]
+    # What cannot be decoded keeps its own reason, key or not.
+    with pytest.raises(UndecodableMessage):
+        decode_record(b"{not json", headers, None)
+
+
 def test_a_registry_can_narrow_what_a_consumer_reads() -> None:
     value, headers = encode(EXAMPLES[StepCompleted], source="executor")
     with pytest.raises(UnknownContract):
@@ -857,6 +888,7 @@ def test_public_names() -> None:
         "UnknownContract",
         "Usage",
         "decode",
+        "decode_record",
         "encode",
         "json_depth",
         "new_id",

@@ -267,7 +267,9 @@ async def test_a_message_recorded_meanwhile_is_a_duplicate_and_its_batch_is_stil
     await until(lambda: loop.in_flight == 3)
     with engine.begin() as conn:
         conn.execute(
-            inbox.insert().values(consumer="g", message_id="id1", topic=TOPIC, received_at=0.0)
+            inbox.insert().values(
+                consumer="g", message_id="id1", source="t", topic=TOPIC, received_at=0.0
+            )
         )
     gate.set()
     await until(lambda: consumer.committed(0) == 3)

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from podium_contracts import (
@@ -21,12 +22,14 @@ from podium_contracts import (
     TaskError,
     TaskFailed,
     TaskRejected,
+    asyncapi,
     decode,
     encode,
 )
-from podium_memory.handlers import make_handler
+from podium_memory.handlers import HANDLED, IGNORED, make_handler
 from podium_memory.service import Memory
 from podium_memory.settings import MemorySettings
+from podium_memory.state import entries
 from podium_shared import Topics, UnitOfWork
 from tests.unit.test_memory_store import NOW
 from tests.unit.test_memory_store import engine as engine  # the shared fixture
@@ -258,6 +261,20 @@ def test_the_handler_refuses_what_memory_does_not_consume(h: Harness) -> None:
     )
     with pytest.raises(TypeError, match="StepAbandoned"):
         h.deliver(abandoned)
+
+
+def test_every_contract_on_the_topics_memory_reads_is_handled_or_ignored(h: Harness) -> None:
+    # Anything else on them would be dead-lettered as a processing error every time.
+    read = {t for ch in asyncapi.CHANNELS if "memory" in ch.consumers for t in ch.ce_types}
+    steps = next(ch for ch in asyncapi.CHANNELS if "{pool}" in ch.address)
+    assert "memory" in steps.consumers
+    assert read == {c.CE_TYPE for c in (*HANDLED, *IGNORED)}
+    cancelled = TaskCancelled(
+        task_id="run-1", workflow="w", reason="not needed", cancelled_at=datetime.now(UTC)
+    )
+    assert h.deliver(cancelled) == []  # ignored: nothing published, nothing stored
+    with h.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(entries)).scalar() == 0
 
 
 def test_task_events_that_are_no_episode_are_read_and_left(h: Harness) -> None:

@@ -23,10 +23,13 @@ from podium_contracts import (
     decode,
 )
 from podium_recovery import Abandon, Recovery, RecoverySettings, Retry
-from podium_recovery.state import failures, metadata, migrate, timers
+from podium_recovery.migrations import HISTORY
+from podium_recovery.migrations.skeleton import to_baseline
+from podium_recovery.state import failures, metadata, timers
 from podium_recovery.timers import LostRace, fire_due, make_timer_loop, pending, schedule
 from podium_shared import OutboxRelay, Topics, UnitOfWork, dlq_headers, make_engine
 from podium_shared.db import outbox
+from podium_shared.migrations import head_revision, migrate, open_database
 
 pytestmark = pytest.mark.unit
 
@@ -267,11 +270,23 @@ def test_migrate_adds_the_new_columns_to_a_skeleton_database(tmp_path: Path) -> 
         sa.Column("dlq_record_id", sa.String(200)),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
     )
-    engine = make_engine(url, old)
+    sa.Table(  # the skeleton's inbox, keyed by ce_id alone
+        "inbox",
+        old,
+        sa.Column("consumer", sa.String(200), primary_key=True),
+        sa.Column("message_id", sa.String(200), primary_key=True),
+        sa.Column("topic", sa.String(300), nullable=False),
+        sa.Column("received_at", sa.Float, nullable=False),
+    )
+    skeleton = sa.create_engine(url)
+    old.create_all(skeleton)
+    skeleton.dispose()
+    engine = open_database(url, HISTORY, legacy=to_baseline)
     try:
-        migrate(engine)
-        columns = {c["name"] for c in sa.inspect(engine).get_columns("failures")}
+        inspector = sa.inspect(engine)
+        columns = {c["name"] for c in inspector.get_columns("failures")}
         assert {"retry_pool", "delay_s", "due_at", "detail", "pool"} <= columns
-        migrate(engine)  # idempotent
+        assert "timers" in inspector.get_table_names()
+        assert migrate(engine, HISTORY, legacy=to_baseline) == head_revision(HISTORY)  # idempotent
     finally:
         engine.dispose()

@@ -149,3 +149,13 @@ def test_unknown_workflow_and_abandoned_step_fail_the_task(tmp_path: Path) -> No
         status = c.execute(sa.text("select status from runs where task_id='t1'")).scalar()
     assert status == "failed"
     assert orjson.dumps(failed.model_dump(mode="json"))
+
+
+def test_the_router_declares_every_pool_its_workflows_can_route_to() -> None:
+    from podium_router.routing import pools_of
+
+    catalog = WorkflowCatalog.load(f"{REPO / 'workflows'}:{REPO / 'tests' / 'workflows'}")
+    pools = pools_of(catalog.all())
+    # a step's pool (work, solo), a rule's (large), a fallback's (backup), the families'
+    assert {"default", "memory", "work", "solo", "large", "backup"} <= pools
+    assert pools_of([]) == {"default", "memory"}

@@ -10,6 +10,7 @@ from podium_contracts.envelope import (
     UndecodableMessage,
     UnknownContract,
     decode,
+    decode_record,
     encode,
     new_id,
 )
@@ -73,6 +74,7 @@ __all__ = [
     "UnknownContract",
     "Usage",
     "decode",
+    "decode_record",
     "encode",
     "json_depth",
     "new_id",

@@ -69,11 +69,11 @@ CHANNELS: tuple[ChannelSpec, ...] = (
             "podium.task.cancelled.v1",
             "podium.task.rejected.v1",
         ),
-        description="What happened to each task, for upstream systems; a submission the "
-        "router refused is answered with TaskRejected.",
+        description="What happened to each task, for upstream systems (and memory, which "
+        "remembers finished tasks as episodes); a submission the router refused is "
+        "answered with TaskRejected.",
         producers=("router",),
-        consumers=(UPSTREAM,),
-        dlq=False,
+        consumers=(UPSTREAM, "memory"),
     ),
     ChannelSpec(
         id="stepResults",

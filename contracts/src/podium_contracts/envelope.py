@@ -108,6 +108,20 @@ def encode(
     return value, headers
 
 
+# Context attributes the CloudEvents JSON format types as strings (String, URI,
+# URI-reference, Timestamp); extensions may be other JSON types and are kept as text.
+_STRING_ATTRIBUTES = (
+    "id",
+    "source",
+    "specversion",
+    "type",
+    "datacontenttype",
+    "dataschema",
+    "subject",
+    "time",
+)
+
+
 def _header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in headers:
@@ -148,6 +162,16 @@ def decode(
             raise UndecodableMessage("structured CloudEvent must be a JSON object")
         attrs = {k: v for k, v in body.items() if k != "data"}
         data = body.get("data")
+        # The CloudEvents JSON format makes these attributes strings; coercing another
+        # JSON value with str() would make {"a": [1]} or 1 an id that collides with a
+        # string one, so the inbox would take two events for one.
+        wrong = sorted(
+            k for k in _STRING_ATTRIBUTES if k in attrs and not isinstance(attrs[k], str | None)
+        )
+        if wrong:
+            raise UndecodableMessage(
+                f"structured CloudEvent attribute(s) {', '.join(wrong)} must be JSON strings"
+            )
         ce = {k: str(v) for k, v in attrs.items() if v is not None}
         traceparent = ce.get(TRACEPARENT) or hmap.get(TRACEPARENT)
         tracestate = ce.get(TRACESTATE) or hmap.get(TRACESTATE)
@@ -184,3 +208,24 @@ def decode(
         tracestate=tracestate if traceparent else None,
     )
     return Event(envelope=envelope, payload=payload)
+
+
+def decode_record(
+    value: bytes | None,
+    headers: Iterable[tuple[str, bytes | None]],
+    key: bytes | None,
+    registry: Mapping[str, type[Contract]] = REGISTRY,
+) -> Event:
+    """``decode`` for a consumed Kafka record, which must also carry a key.
+
+    Every podium topic is keyed (task_id on task and result topics, step_id on pool
+    topics): the key is what keeps one task's messages in order on one partition. A
+    record without one would land on any partition, so a task's cancel could overtake
+    its submit; it is refused as invalid rather than handled out of order."""
+    event = decode(value, headers, registry)
+    if not key:
+        raise InvalidMessage(
+            f"{event.envelope.type} has no Kafka key: podium topics are keyed (task_id "
+            "on podium.tasks.v1) so every message of one task stays in order on one partition"
+        )
+    return event

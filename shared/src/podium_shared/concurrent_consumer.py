@@ -38,7 +38,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Connection, Engine
 
-from podium_contracts import ContractError, Event, decode
+from podium_contracts import ContractError, Event, decode_record
 from podium_shared import telemetry
 from podium_shared.consumer import (
     Fresh,
@@ -47,11 +47,18 @@ from podium_shared.consumer import (
     Refusal,
     apply_batch,
     dead_letter_record,
+    note_duplicate,
     record_headers,
     tell_refused,
 )
 from podium_shared.dlq import DlqReason
-from podium_shared.outbox import OutboxRelay, UnitOfWork, record_received, seen_before
+from podium_shared.outbox import (
+    OutboxRelay,
+    UnitOfWork,
+    message_id,
+    record_received,
+    seen_before,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -134,7 +141,7 @@ class ConcurrentConsumeLoop:
         # Fetched, deduplicated and waiting for a slot: up to one more round of slots,
         # so a freed slot starts its next message without a fetch round trip.
         self._ready: deque[_Message] = deque()
-        self._ids_in_flight: set[str] = set()
+        self._ids_in_flight: set[tuple[str, str]] = set()
         self._to_write: list[_Message] = []
         self._write_wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
@@ -203,21 +210,24 @@ class ConcurrentConsumeLoop:
             offsets.started(r.offset)
             m = _Message(r, tp, offsets)
             try:
-                m.event = decode(r.value, record_headers(r))
+                m.event = decode_record(r.value, record_headers(r), r.key)
             except ContractError as exc:
                 m.poison = exc
             messages.append(m)
-        ids = [m.event.envelope.id for m in messages if m.event is not None]
+        ids = [message_id(m.event.envelope) for m in messages if m.event is not None]
         with self._engine.connect() as conn:
             done = seen_before(conn, self._group, ids)
             if self._handler.prepare is not None:
                 events = [m.event for m in messages if m.event is not None]
-                self._handler.prepare(conn, [e for e in events if e.envelope.id not in done])
+                self._handler.prepare(
+                    conn, [e for e in events if message_id(e.envelope) not in done]
+                )
         for m in messages:
             if m.event is not None:
-                ce_id = m.event.envelope.id
+                ce_id = message_id(m.event.envelope)
                 if ce_id in done or ce_id in self._ids_in_flight:
                     self.stats.duplicates += 1
+                    note_duplicate(self._service, m.record.topic, m.event.envelope)
                     m.offsets.finished(m.record.offset)
                     continue
                 self._ids_in_flight.add(ce_id)
@@ -242,7 +252,7 @@ class ConcurrentConsumeLoop:
         if task.cancelled():  # released: not committed, the next owner runs it again
             telemetry.end(m.span, "released")
         if m.event is not None:
-            self._ids_in_flight.discard(m.event.envelope.id)
+            self._ids_in_flight.discard(message_id(m.event.envelope))
         self._slot_freed.set()
 
     async def _handle(self, m: _Message) -> None:
@@ -328,9 +338,10 @@ class ConcurrentConsumeLoop:
         savepoint = conn.begin_nested()
         try:
             # Another member may have handled it during a rebalance: then it is a duplicate.
-            if not record_received(conn, self._group, e.envelope.id, m.record.topic):
+            if not record_received(conn, self._group, message_id(e.envelope), m.record.topic):
                 savepoint.commit()
                 self.stats.duplicates += 1
+                note_duplicate(self._service, m.record.topic, e.envelope)
                 return
             # The process span's context (the incoming one with tracing off).
             tp, ts = telemetry.outgoing_context(e.envelope.traceparent, e.envelope.tracestate)
@@ -396,7 +407,7 @@ class ConcurrentConsumeLoop:
         kept = deque(m for m in self._ready if m.tp not in lost)
         for m in self._ready:
             if m.tp in lost and m.event is not None:
-                self._ids_in_flight.discard(m.event.envelope.id)
+                self._ids_in_flight.discard(message_id(m.event.envelope))
         self._ready = kept
         tasks = [t for t, m in self._tasks.items() if m.tp in lost]
         pending: set[asyncio.Task[None]] = set()

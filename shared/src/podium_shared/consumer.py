@@ -32,13 +32,14 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Connection, Engine
 
-from podium_contracts import ContractError, Event, Headers, decode
+from podium_contracts import ContractError, Envelope, Event, Headers, decode_record
 from podium_shared import metrics, telemetry
 from podium_shared.dlq import DlqReason, dead_letter
 from podium_shared.outbox import (
     OutboxRelay,
     OutgoingMessage,
     UnitOfWork,
+    message_id,
     record_all_received,
     record_received,
     seen_before,
@@ -132,6 +133,12 @@ def dead_letter_record(
     )
 
 
+def note_duplicate(service: str, topic: str, envelope: Envelope) -> None:
+    """Count and log a message the inbox had already taken (same source and id)."""
+    metrics.duplicate(service, topic)
+    log.info("duplicate skipped", topic=topic, ce_source=envelope.source, ce_id=envelope.id)
+
+
 @dataclass(frozen=True, slots=True)
 class Fresh:
     """A new message of a batch, ready to apply: its topic, event, execute result, span."""
@@ -150,7 +157,7 @@ def apply_batch(
     savepoints. Raises when that does not hold (a message another member recorded
     meanwhile, or a failing handler): the caller rolls back and writes the batch again
     with a savepoint per message, which isolates the one at fault."""
-    record_all_received(conn, group, [(f.event.envelope.id, f.topic) for f in batch])
+    record_all_received(conn, group, [(message_id(f.event.envelope), f.topic) for f in batch])
     outgoing: list[OutgoingMessage] = []
     for f in batch:
         e = f.event
@@ -199,21 +206,24 @@ class ConsumeLoop:
         poison: list[tuple[ConsumerRecord[bytes, bytes], ContractError]] = []
         for r in records:
             try:
-                decoded.append((r, decode(r.value, record_headers(r))))
+                decoded.append((r, decode_record(r.value, record_headers(r), r.key)))
             except ContractError as exc:
                 poison.append((r, exc))
 
         with self._engine.connect() as conn:
-            done = seen_before(conn, self._group, [e.envelope.id for _, e in decoded])
+            done = seen_before(conn, self._group, [message_id(e.envelope) for _, e in decoded])
             if self._handler.prepare is not None:
-                self._handler.prepare(conn, [e for _, e in decoded if e.envelope.id not in done])
+                self._handler.prepare(
+                    conn, [e for _, e in decoded if message_id(e.envelope) not in done]
+                )
         fresh: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
-        ids_in_batch: set[str] = set()
+        ids_in_batch: set[tuple[str, str]] = set()
         for r, e in decoded:
-            if e.envelope.id in done or e.envelope.id in ids_in_batch:
+            if message_id(e.envelope) in done or message_id(e.envelope) in ids_in_batch:
                 self.stats.duplicates += 1
+                note_duplicate(self._service, r.topic, e.envelope)
                 continue
-            ids_in_batch.add(e.envelope.id)
+            ids_in_batch.add(message_id(e.envelope))
             fresh.append((r, e))
         spans = [
             telemetry.start_consume(r, e, group=self._group, service=self._service)
@@ -258,9 +268,10 @@ class ConsumeLoop:
                     uow = UnitOfWork(conn, source=self._service, traceparent=tp, tracestate=ts)
                     savepoint = conn.begin_nested()
                     try:
-                        if not record_received(conn, self._group, e.envelope.id, r.topic):
+                        if not record_received(conn, self._group, message_id(e.envelope), r.topic):
                             savepoint.commit()  # handled by another member meanwhile
                             self.stats.duplicates += 1
+                            note_duplicate(self._service, r.topic, e.envelope)
                             telemetry.end(spans[i])
                             continue
                         self._handler.apply(e, results[i], uow)

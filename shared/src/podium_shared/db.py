@@ -16,11 +16,15 @@ from sqlalchemy.engine import Connection, Engine
 
 metadata = sa.MetaData()
 
+# A message is identified by its CloudEvents source and id together: two upstream
+# systems may both number their events 1, 2, 3. Keyed (consumer, id, source) so the
+# lookup by consumer and ids uses the key's prefix.
 inbox = sa.Table(
     "inbox",
     metadata,
     sa.Column("consumer", sa.String(200), primary_key=True),
     sa.Column("message_id", sa.String(200), primary_key=True),
+    sa.Column("source", sa.String(300), primary_key=True),
     sa.Column("topic", sa.String(300), nullable=False),
     sa.Column("received_at", sa.Float, nullable=False),
 )
@@ -47,14 +51,20 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
-def make_engine(url: str, table_metadata: sa.MetaData | None = None) -> Engine:
-    """Create the engine and the schema (inbox, outbox and the service's own tables)."""
+def connect(url: str) -> Engine:
+    """The engine of one service's database, without touching its schema."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
-    else:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def make_engine(url: str, table_metadata: sa.MetaData | None = None) -> Engine:
+    """Create the engine and the schema (inbox, outbox and these tables) from the
+    models, for tests and tools. Services migrate instead (``podium_shared.migrations``)."""
+    engine = connect(url)
     for attempt in range(5):
         try:
             metadata.create_all(engine)

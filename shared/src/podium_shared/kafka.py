@@ -7,9 +7,17 @@ import ssl
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, TopicAlreadyExistsError, for_code
+from aiokafka.errors import (
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
+    KafkaConnectionError,
+    KafkaError,
+    TopicAlreadyExistsError,
+    for_code,
+)
+from aiokafka.protocol.transaction import InitProducerIdRequest
 
 from podium_shared.settings import Settings
 from podium_shared.topics import TopicSpec
@@ -36,13 +44,51 @@ def _common(settings: Settings) -> dict[str, Any]:
 
 
 def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
+    """A producer with ``acks=all``; idempotent when the setting is ``true`` (``auto``
+    must have been resolved by ``resolve_idempotence`` first, else it stays off)."""
     return AIOKafkaProducer(
         **_common(settings),
         client_id=client_id,
         acks="all",
-        enable_idempotence=settings.producer_idempotence,
+        enable_idempotence=settings.producer_idempotence == "true",
         linger_ms=settings.producer_linger_ms,
     )
+
+
+async def broker_grants_producer_ids(settings: Settings) -> bool:
+    """Whether the cluster hands out producer ids (InitProducerId without a
+    transactional id), which idempotent producing needs. Apache Kafka does; Tansu
+    answers with an error, and aiokafka's idempotent producer then fails every send."""
+    client = AIOKafkaClient(**_common(settings), client_id="podium-probe")
+    try:
+        await client.bootstrap()
+        for _ in range(100):
+            node = client.get_random_node()
+            response = await client.send(node, InitProducerIdRequest(None, 60_000))
+            code = int(response.error_code)
+            # Kafka answers COORDINATOR_LOAD_IN_PROGRESS / _NOT_AVAILABLE for a few
+            # seconds after it starts; ask again. Anything else is the answer.
+            if code not in (
+                CoordinatorLoadInProgressError.errno,
+                CoordinatorNotAvailableError.errno,
+            ):
+                return code == 0
+            await asyncio.sleep(0.2)
+        return False
+    except KafkaError as e:
+        log.info("producer id probe failed; idempotence stays off", error=repr(e))
+        return False
+    finally:
+        await client.close()
+
+
+async def resolve_idempotence(settings: Settings) -> Settings:
+    """``settings`` with ``producer_idempotence`` decided: ``auto`` becomes what the
+    broker answers; ``true`` and ``false`` are kept as the operator set them."""
+    if settings.producer_idempotence != "auto":
+        return settings
+    granted = await broker_grants_producer_ids(settings)
+    return settings.model_copy(update={"producer_idempotence": "true" if granted else "false"})
 
 
 def make_consumer(

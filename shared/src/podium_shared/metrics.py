@@ -24,6 +24,11 @@ DEAD_LETTERS = Counter(
     "Consumed messages sent to their DLQ (errors), per topic, reason and error type",
     ["service", "topic", "reason", "error_type"],
 )
+DUPLICATES = Counter(
+    "podium_messages_duplicate",
+    "Consumed messages skipped because the inbox had taken their source and id before",
+    ["service", "topic"],
+)
 PUBLISHED = Counter("podium_messages_published", "Messages sent by the outbox relay", ["topic"])
 CONSUMER_LAG = Gauge(
     "podium_consumer_lag",
@@ -63,6 +68,10 @@ def consumed(service: str, topic: str) -> None:
 
 def dead_lettered(service: str, topic: str, reason: str, error_type: str) -> None:
     _safe("dead_letters", lambda: DEAD_LETTERS.labels(service, topic, reason, error_type).inc())
+
+
+def duplicate(service: str, topic: str) -> None:
+    _safe("duplicates", lambda: DUPLICATES.labels(service, topic).inc())
 
 
 def published(topic: str, count: int = 1) -> None:

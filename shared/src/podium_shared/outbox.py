@@ -7,8 +7,8 @@ the state change in one transaction, and commits the Kafka offset only after
 it. The ``OutboxRelay`` publishes committed rows promptly (it is woken by the
 commit) and deletes them once the broker acknowledged them; rows a crash left
 behind are published by the relay's sweep when the service starts again.
-Consumers deduplicate by ``ce_id`` in their inbox, so a row published twice
-(crash between send and delete) has one effect.
+Consumers deduplicate by ``ce_source`` and ``ce_id`` in their inbox, so a row
+published twice (crash between send and delete) has one effect.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from podium_contracts import Contract, Headers, encode, new_id
+from podium_contracts import Contract, Envelope, Headers, encode, new_id
 from podium_shared import telemetry
 from podium_shared.db import inbox, insert_ignore, outbox
 
@@ -95,29 +95,51 @@ def write_outbox(conn: Connection, messages: Sequence[OutgoingMessage]) -> None:
     )
 
 
-_SEEN_BEFORE = sa.select(inbox.c.message_id).where(
+# (ce_source, ce_id): what makes a message the same message (CloudEvents 1.0).
+MessageId = tuple[str, str]
+
+# Inbox rows migrated from the inbox keyed by ce_id alone have no source: such a row
+# stands for its id from any source, so a message handled before the upgrade and
+# redelivered after it is still a duplicate.
+LEGACY_SOURCE = ""
+
+
+def message_id(envelope: Envelope) -> MessageId:
+    """A message's identity: its source and its id."""
+    return envelope.source, envelope.id
+
+
+_SEEN_BEFORE = sa.select(inbox.c.source, inbox.c.message_id).where(
     inbox.c.consumer == sa.bindparam("consumer"),
     inbox.c.message_id.in_(sa.bindparam("ids", expanding=True)),
 )
 
 
-def seen_before(conn: Connection, consumer: str, message_ids: Sequence[str]) -> set[str]:
-    """Which of these message ids this consumer has already processed."""
-    if not message_ids:
+def seen_before(conn: Connection, consumer: str, messages: Sequence[MessageId]) -> set[MessageId]:
+    """Which of these (source, id) messages this consumer has already processed."""
+    if not messages:
         return set()
-    rows = conn.execute(_SEEN_BEFORE, {"consumer": consumer, "ids": list(message_ids)})
-    return {r[0] for r in rows}
+    ids = list({i for _, i in messages})
+    rows = conn.execute(_SEEN_BEFORE, {"consumer": consumer, "ids": ids})
+    recorded = {(r[0], r[1]) for r in rows}
+    return {
+        (source, i)
+        for source, i in messages
+        if (source, i) in recorded or (LEGACY_SOURCE, i) in recorded
+    }
 
 
-def record_received(conn: Connection, consumer: str, message_id: str, topic: str) -> bool:
+def record_received(conn: Connection, consumer: str, message: MessageId, topic: str) -> bool:
     """Write the inbox record of a consumed message; False if it was there already
     (another member handled it, e.g. during a rebalance)."""
+    source, ce_id = message
     return insert_ignore(
         conn,
         inbox,
         {
             "consumer": consumer,
-            "message_id": message_id,
+            "message_id": ce_id,
+            "source": source,
             "topic": topic,
             "received_at": time.time(),
         },
@@ -128,16 +150,22 @@ _INBOX_INSERT = inbox.insert()
 
 
 def record_all_received(
-    conn: Connection, consumer: str, messages: Sequence[tuple[str, str]]
+    conn: Connection, consumer: str, messages: Sequence[tuple[MessageId, str]]
 ) -> None:
-    """Write the inbox records of (message id, topic) pairs in one statement; a
+    """Write the inbox records of ((source, id), topic) pairs in one statement; a
     message recorded before fails the whole statement (IntegrityError)."""
     now = time.time()
     conn.execute(
         _INBOX_INSERT,
         [
-            {"consumer": consumer, "message_id": ce_id, "topic": topic, "received_at": now}
-            for ce_id, topic in messages
+            {
+                "consumer": consumer,
+                "message_id": ce_id,
+                "source": source,
+                "topic": topic,
+                "received_at": now,
+            }
+            for (source, ce_id), topic in messages
         ],
     )
 

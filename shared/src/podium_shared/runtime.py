@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from podium_shared import metrics, telemetry
 from podium_shared.consumer import ConsumeLoop, Handler
-from podium_shared.kafka import ensure_topics, make_consumer, make_producer
+from podium_shared.kafka import ensure_topics, make_consumer, make_producer, resolve_idempotence
 from podium_shared.outbox import OutboxRelay
 from podium_shared.settings import Settings
 from podium_shared.topics import Topics
@@ -96,6 +96,7 @@ async def open_clients(
     telemetry.configure_tracing(service, settings.home, observability)
     metrics.serve(observability.metrics_port, observability.metrics_host)
     await ensure_topics(settings, Topics(settings.topic_prefix).declarations(pools))
+    settings = await resolve_idempotence(settings)
     ready = ready_file(settings, instance)
     ready.unlink(missing_ok=True)
     return Clients(
@@ -127,14 +128,29 @@ async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
             await t
 
 
+# Time a stopping service gives its clients to close (send the outbox, leave the group)
+# before it exits regardless: with the broker gone they would otherwise retry for good.
+# Nothing is lost by cutting it short: unsent outbox rows go on the next start, and
+# uncommitted offsets are redelivered to an inbox that deduplicates them.
+CLOSE_GRACE_S = 8.0
+
+
 async def close_clients(clients: Clients, relay: OutboxRelay) -> None:
     """Send what was committed to the outbox (anything left goes on the next start),
-    then stop the clients and withdraw readiness."""
-    with contextlib.suppress(Exception):
-        await asyncio.wait_for(relay.publish_pending(), 5)
-    await clients.consumer.stop()
-    await clients.producer.stop()
-    clients.ready.unlink(missing_ok=True)
+    then stop the clients and withdraw readiness, all within ``CLOSE_GRACE_S``."""
+
+    async def close() -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(relay.publish_pending(), 5)
+        await clients.consumer.stop()
+        await clients.producer.stop()
+
+    try:
+        await asyncio.wait_for(close(), CLOSE_GRACE_S)
+    except TimeoutError:
+        log.warning("clients did not close in time; exiting anyway", grace_s=CLOSE_GRACE_S)
+    finally:
+        clients.ready.unlink(missing_ok=True)
 
 
 async def run_service(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ServiceName = Literal["router", "executor", "memory", "recovery"]
@@ -16,15 +16,23 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".podium"), description="local data: databases, logs, spans")
     kafka_bootstrap: str | None = Field(
-        default=None, description="host:port[,host:port]; unset means the embedded broker"
+        default=None, description="host:port[,host:port]; unset means a local broker"
     )
+    # Which kind of broker this is: the local one `podium up` starts when no bootstrap is
+    # set (tansu: the embedded binary; kafka: Apache Kafka fetched by Maven), and whose
+    # defaults apply below. A cluster named by PODIUM_KAFKA_BOOTSTRAP is Kafka unless
+    # PODIUM_BROKER=tansu says otherwise.
+    broker: Literal["tansu", "kafka"] | None = None
     topic_prefix: str = Field(default="podium", pattern=r"^[A-Za-z0-9._-]+$")
     # Tansu does not wake long polls when data arrives, so a short wait is the
-    # difference between ~3 ms and ~200 ms per hop there; real Kafka returns at once.
-    fetch_max_wait_ms: int = Field(default=5, ge=0, le=10_000)
+    # difference between ~3 ms and ~200 ms per hop there; real Kafka answers a fetch as
+    # soon as data arrives, so a long wait costs nothing and saves idle polling.
+    # Unset: 5 ms on Tansu, 500 ms on Kafka.
+    fetch_max_wait_ms: int = Field(default=-1, ge=-1, le=10_000)
     producer_linger_ms: int = Field(default=0, ge=0, le=1_000)
-    # Only for real Kafka: Tansu (and aiokafka against it) fails InitProducerId.
-    producer_idempotence: bool = False
+    # auto: ask the broker (an InitProducerId request) at start-up and turn idempotence
+    # on where it answers; Tansu (and aiokafka against it) fails that request.
+    producer_idempotence: Literal["auto", "true", "false"] = "auto"
     replication_factor: int = Field(default=1, ge=1, le=7)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
@@ -41,6 +49,14 @@ class Settings(BaseSettings):
     pool: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     max_batch: int = Field(default=500, ge=1, le=10_000)
     log_level: str = "INFO"
+
+    @model_validator(mode="after")
+    def _broker_defaults(self) -> Settings:
+        if self.broker is None:
+            self.broker = "kafka" if self.kafka_bootstrap else "tansu"
+        if self.fetch_max_wait_ms == -1:
+            self.fetch_max_wait_ms = 5 if self.broker == "tansu" else 500
+        return self
 
     @field_validator("home")
     @classmethod

@@ -54,7 +54,12 @@ class Topics:
         """The topics to create, with their partition counts."""
         base = [
             TopicSpec(self.tasks, 4, "task_id", "TaskSubmitted from upstream"),
-            TopicSpec(self.task_events, 4, "task_id", "TaskAccepted/Completed/Failed to upstream"),
+            TopicSpec(
+                self.task_events,
+                4,
+                "task_id",
+                "TaskAccepted/Completed/Failed/Cancelled to upstream",
+            ),
             TopicSpec(self.step_results, 4, "task_id", "StepCompleted/StepAbandoned to the router"),
             TopicSpec(self.step_failures, 4, "task_id", "StepFailed to recovery"),
         ]
@@ -62,9 +67,8 @@ class Topics:
             TopicSpec(self.steps(p), 8, "step_id", f"StepRequested for pool {p}")
             for p in dict.fromkeys(pools)  # ordered and without repeats
         ]
-        dlqs = [
-            TopicSpec(self.dlq(t.name), 1, t.key, f"dead letters of {t.name}")
-            for t in base
-            if t.name != self.task_events
-        ]
+        # Every topic a service reads can be dead-lettered (task events too: memory reads
+        # them), and on a broker that does not create topics on first use a DLQ that was
+        # never declared cannot be written, which would hold back the outbox behind it.
+        dlqs = [TopicSpec(self.dlq(t.name), 1, t.key, f"dead letters of {t.name}") for t in base]
         return base + dlqs

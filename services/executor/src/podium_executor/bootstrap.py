@@ -10,11 +10,13 @@ from sqlalchemy.engine import Engine
 from podium_executor.breaker import Breakers
 from podium_executor.capabilities import Capability, Resources, discover
 from podium_executor.handlers import Ran, make_handler
-from podium_executor.ledger import Ledger, metadata
+from podium_executor.ledger import Ledger
+from podium_executor.migrations import HISTORY
 from podium_executor.ratelimit import PoolRateLimit
 from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
-from podium_shared import Handler, Settings, Topics, make_engine
+from podium_shared import Handler, Settings, Topics
+from podium_shared.migrations import open_database
 
 
 @dataclass
@@ -45,7 +47,7 @@ def build(
     if xs.pool != settings.pool:
         settings = settings.model_copy(update={"pool": xs.pool})
     topics = Topics(settings.topic_prefix)
-    engine = make_engine(settings.database_url("executor"), metadata)
+    engine = open_database(settings.database_url("executor"), HISTORY)
     http = httpx.AsyncClient(follow_redirects=False)
     executor = Executor(
         capabilities if capabilities is not None else discover(Resources(xs, http)),

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from podium_memory.conversation import Summarizer
 from podium_memory.handlers import make_handler
+from podium_memory.migrations import HISTORY
 from podium_memory.retention import purge_task
 from podium_memory.service import Memory
 from podium_memory.settings import MemorySettings
-from podium_memory.state import metadata
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
+from podium_shared import ServiceSpec, Settings, Topics
+from podium_shared.migrations import open_database
 
 
 def build(
@@ -18,7 +19,7 @@ def build(
 ) -> ServiceSpec:
     topics = Topics(settings.topic_prefix)
     memory_settings = memory_settings or MemorySettings()
-    engine = make_engine(settings.database_url("memory"), metadata)
+    engine = open_database(settings.database_url("memory"), HISTORY)
     return ServiceSpec(
         name="memory",
         group=f"{settings.topic_prefix}-memory",

@@ -5,11 +5,13 @@ from __future__ import annotations
 import random
 
 from podium_recovery.handlers import make_handler
+from podium_recovery.migrations import HISTORY
+from podium_recovery.migrations.skeleton import to_baseline
 from podium_recovery.service import Recovery
 from podium_recovery.settings import RecoverySettings
-from podium_recovery.state import metadata, migrate
 from podium_recovery.timers import make_timer_loop
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
+from podium_shared import ServiceSpec, Settings, Topics
+from podium_shared.migrations import open_database
 
 
 def build(
@@ -19,8 +21,7 @@ def build(
 ) -> ServiceSpec:
     rs = recovery_settings or RecoverySettings()
     topics = Topics(settings.topic_prefix)
-    engine = make_engine(settings.database_url("recovery"), metadata)
-    migrate(engine)
+    engine = open_database(settings.database_url("recovery"), HISTORY, legacy=to_baseline)
     return ServiceSpec(
         name="recovery",
         group=f"{settings.topic_prefix}-recovery",

@@ -4,7 +4,6 @@ durable timers of the retries it has scheduled."""
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 
 metadata = sa.MetaData()
 
@@ -48,19 +47,3 @@ timers = sa.Table(
     sa.Column("created_at", sa.Float, nullable=False),
     sa.UniqueConstraint("task_id", "step_id", "attempt", name="uq_timers_attempt"),
 )
-
-
-def migrate(engine: Engine) -> None:
-    """Add the nullable columns a database created by an older version lacks."""
-    inspector = sa.inspect(engine)
-    for table in metadata.sorted_tables:
-        if not inspector.has_table(table.name):
-            continue
-        present = {c["name"] for c in inspector.get_columns(table.name)}
-        missing = [c for c in table.columns if c.name not in present]
-        with engine.begin() as conn:
-            for column in missing:
-                if not column.nullable:
-                    raise RuntimeError(f"{table.name}.{column.name} is missing and not nullable")
-                kind = column.type.compile(dialect=engine.dialect)
-                conn.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))

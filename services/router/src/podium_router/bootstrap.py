@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from podium_router.handlers import make_handler
+from podium_router.migrations import HISTORY
+from podium_router.routing import pools_of
 from podium_router.service import Router
 from podium_router.settings import RouterSettings
-from podium_router.state import metadata
 from podium_router.watchdog import make_watchdog
 from podium_router.workflows import WorkflowCatalog
-from podium_shared import ServiceSpec, Settings, Topics, make_engine
+from podium_shared import ServiceSpec, Settings, Topics
+from podium_shared.migrations import open_database
 
 
 def build(
@@ -19,13 +21,14 @@ def build(
     rs = router_settings or RouterSettings()
     topics = Topics(settings.topic_prefix)
     catalog = catalog or WorkflowCatalog.load(settings.workflows)
-    engine = make_engine(settings.database_url("router"), metadata)
+    engine = open_database(settings.database_url("router"), HISTORY)
     router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s)
     return ServiceSpec(
         name="router",
         group=f"{settings.topic_prefix}-router",
         topics=[topics.tasks, topics.step_results],
         handler=make_handler(router),
+        pools=tuple(sorted(pools_of(catalog.all()))),
         engine=engine,
         background=[make_watchdog(router, engine)],
     )

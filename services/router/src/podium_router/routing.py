@@ -8,12 +8,12 @@ else ``default``. The returned reason names the rule, for the history.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from podium_router.expressions import evaluate
-from podium_router.workflows import StepDef
+from podium_router.workflows import StepDef, Workflow
 
 FAMILY_POOLS = {"memory": "memory"}
 DEFAULT_POOL = "default"
@@ -32,6 +32,22 @@ def pool_for(step: StepDef) -> str:
     if step.pool:
         return step.pool
     return FAMILY_POOLS.get(step.uses.split(".", 1)[0], DEFAULT_POOL)
+
+
+def pools_of(workflows: Iterable[Workflow]) -> set[str]:
+    """Every pool a step of these workflows can run on: its own, its rules', its fallback's.
+
+    The router declares their topics and dead-letter topics at start-up: on a broker
+    that does not create topics on first use, a step (or recovery's dead letter of it)
+    for a pool no executor has started yet could not be written otherwise."""
+    pools = {DEFAULT_POOL, *FAMILY_POOLS.values()}
+    for wf in workflows:
+        for step in wf.steps:
+            pools.add(pool_for(step))
+            pools.update(rule.pool for rule in step.route if rule.pool)
+            if step.fallback is not None and step.fallback.pool:
+                pools.add(step.fallback.pool)
+    return pools
 
 
 def choose_route(step: StepDef, context: Mapping[str, Any]) -> Route:

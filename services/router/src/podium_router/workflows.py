@@ -239,3 +239,7 @@ class WorkflowCatalog:
     @property
     def names(self) -> list[str]:
         return sorted(self._by_name)
+
+    def all(self) -> list[Workflow]:
+        """Every loaded version of every workflow."""
+        return [wf for versions in self._by_name.values() for wf in versions.values()]
