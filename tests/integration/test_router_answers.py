@@ -93,7 +93,8 @@ async def test_every_hostile_submission_gets_an_answer(stack: Stack) -> None:
         assert rejected.workflow == "hello"
         assert rejected.dlq is not None and rejected.dlq.topic.endswith(".tasks.v1.dlq")
     deep = outcomes[ids["deep"]]
-    assert isinstance(deep, TaskRejected) and "nested deeper than 64 levels" in deep.error.message
+    assert isinstance(deep, TaskRejected), deep
+    assert deep.error.type == "undecodable" and "nested deeper than 64" in deep.error.message
     undecodable = outcomes[ids["undecodable"]]
     assert isinstance(undecodable, TaskRejected) and undecodable.error.type == "undecodable"
     late = outcomes[ids["late"]]
@@ -114,7 +115,7 @@ async def test_every_hostile_submission_gets_an_answer(stack: Stack) -> None:
     assert {name: reasons.get(ids[name]) for name in [*hostile, "undecodable"]} == {
         "priority": "invalid",
         "tokens": "invalid",
-        "deep": "invalid",
+        "deep": "undecodable",
         "undecodable": "undecodable",
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 
 async def read_topic(
@@ -62,3 +62,51 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
         return out
     finally:
         await consumer.stop()
+
+
+class _RawHeaderKey(str):
+    """A header key whose wire bytes are ``raw``: aiokafka's pure-Python batch builder
+    writes ``key.encode("utf-8")``, which this returns as it is."""
+
+    raw: bytes = b""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return self.raw
+
+
+async def send_with_raw_header_key(
+    bootstrap: str,
+    topic: str,
+    *,
+    partition: int,
+    raw_key: bytes,
+    key: bytes | None,
+    value: bytes,
+    headers: list[tuple[str, bytes]],
+) -> int:
+    """Produce one record with an extra header whose key is ``raw_key`` on the wire
+    (e.g. bytes that are not UTF-8, which no well-behaved client sends); its offset."""
+    # Only the pure-Python builder lets a key's bytes through unchecked.
+    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
+
+    bad = _RawHeaderKey("raw")
+    bad.raw = raw_key
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        batch = producer.create_batch()
+        batch._builder = _DefaultRecordBatchBuilderPy(
+            2,
+            0,
+            is_transactional=0,
+            producer_id=-1,
+            producer_epoch=-1,
+            base_sequence=0,
+            batch_size=1 << 20,
+        )
+        batch.append(timestamp=None, key=key, value=value, headers=[*headers, (bad, b"x")])
+        batch.close()
+        sent = await (await producer.send_batch(batch, topic, partition=partition))
+        return int(sent.offset)
+    finally:
+        await producer.stop()

@@ -209,7 +209,7 @@ def test_the_router_answers_nothing_for_other_records_or_an_existing_task(
     [
         ("{{ input.a * input.a }}", "result is not JSON: Integer exceeds 64-bit range"),
         ("x = {{ input.a * input.a }}", "result is not JSON: Integer exceeds 64-bit range"),
-        ({"deep": "{{ input.deep }}"}, "result nested deeper than 128 levels"),
+        ({"deep": "{{ input.deep }}"}, "result nested deeper than 63 levels"),
     ],
 )
 def test_a_template_result_that_is_not_json_is_a_template_error(

@@ -1,6 +1,7 @@
 """podium's message contracts: versioned models, the CloudEvents envelope and codec."""
 
 from podium_contracts.envelope import (
+    MAX_JSON_DEPTH,
     REGISTRY,
     ContractError,
     Envelope,
@@ -8,6 +9,7 @@ from podium_contracts.envelope import (
     Headers,
     InvalidMessage,
     UndecodableMessage,
+    UnexpectedContract,
     UnknownContract,
     decode,
     decode_record,
@@ -16,7 +18,6 @@ from podium_contracts.envelope import (
 )
 from podium_contracts.models import (
     ALL_CONTRACTS,
-    MAX_JSON_DEPTH,
     Budget,
     Contract,
     DlqLocation,
@@ -71,6 +72,7 @@ __all__ = [
     "TaskRejected",
     "TaskSubmitted",
     "UndecodableMessage",
+    "UnexpectedContract",
     "UnknownContract",
     "Usage",
     "decode",

@@ -14,6 +14,7 @@ headers are the CloudEvents 1.0 Kafka binding in binary mode plus W3C
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,17 @@ CHANNELS: tuple[ChannelSpec, ...] = (
 
 POOL_EXAMPLES = ("default", "memory")
 
+
+def carried_by(topic: str, prefix: str = TOPIC_PREFIX) -> frozenset[str]:
+    """The ce_types a topic under ``prefix`` carries, from :data:`CHANNELS`: what a
+    consumer of that topic accepts (empty for a topic no channel declares)."""
+    for ch in CHANNELS:
+        address = re.escape(prefix + ch.address.removeprefix(TOPIC_PREFIX))
+        if re.fullmatch(address.replace(re.escape("{pool}"), r"[^.]+"), topic):
+            return frozenset(ch.ce_types)
+    return frozenset()
+
+
 KEY_DESCRIPTIONS = {
     "task_id": "The task's task_id (UTF-8): every message of one task stays in order "
     "on one partition.",
@@ -123,6 +135,7 @@ DLQ_HEADER_PREFIX = "podium-dlq-"
 DLQ_REASONS: dict[str, str] = {
     "undecodable": "not a CloudEvent with a JSON payload",
     "unknown_type": "a ce_type or version this consumer does not read",
+    "unexpected_type": "a known ce_type on a topic that does not carry it",
     "invalid": "a known type whose payload fails validation",
     "processing_error": "the handler raised on this message",
     "step_abandoned": "recovery gave up on a step (the value is its StepRequested)",

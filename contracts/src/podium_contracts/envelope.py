@@ -10,13 +10,19 @@ The decoding errors form a small tree so the consumer can name the DLQ reason::
     ContractError
     ├── UndecodableMessage   bytes that are not a CloudEvent with a JSON payload
     ├── UnknownContract      a ce_type (or version) this consumer does not read
+    ├── UnexpectedContract   a known ce_type on a topic that does not carry it
     └── InvalidMessage       a known type whose payload fails validation
+
+JSON nesting is bounded at the edge (:data:`MAX_JSON_DEPTH`): orjson reads 1,024
+levels, but its encoder stops at 254 and the standard library's (SQLAlchemy's JSON
+columns) at the interpreter's recursion limit, so a deeper payload that got in
+would fail later, on the way out, where failing is far harder to contain.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,6 +37,10 @@ JSON = "application/json"
 STRUCTURED = "application/cloudevents+json"
 TRACEPARENT = "traceparent"
 TRACESTATE = "tracestate"
+# Deepest JSON nesting a payload may have: well below orjson's encoder limit (254
+# levels), leaving room for the envelopes that wrap a payload on its way out (a
+# task's input inside a step's, an output inside TaskCompleted's steps).
+MAX_JSON_DEPTH = 64
 
 Headers = list[tuple[str, bytes]]
 
@@ -47,6 +57,10 @@ class UndecodableMessage(ContractError):
 
 class UnknownContract(ContractError):
     reason = "unknown_type"
+
+
+class UnexpectedContract(ContractError):
+    reason = "unexpected_type"
 
 
 class InvalidMessage(ContractError):
@@ -125,6 +139,8 @@ _STRING_ATTRIBUTES = (
 def _header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for k, v in headers:
+        if not k.isascii() and not _is_utf8(k):
+            raise UndecodableMessage(f"header key {_raw_key(k)!r} is not UTF-8")
         if v is None:
             continue
         try:
@@ -132,6 +148,40 @@ def _header_map(headers: Iterable[tuple[str, bytes | None]]) -> dict[str, str]:
         except UnicodeDecodeError as exc:
             raise UndecodableMessage(f"header {k!r} is not UTF-8") from exc
     return out
+
+
+def _is_utf8(key: str) -> bool:
+    # A key that was not UTF-8 on the wire reaches us with its bytes as lone
+    # surrogates (podium_shared's record reader decodes them with surrogateescape).
+    try:
+        key.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _raw_key(key: str) -> bytes:
+    return key.encode("utf-8", "surrogateescape")
+
+
+def json_depth_exceeds(value: bytes, body: Any, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether parsed JSON ``body`` (from ``value``) nests deeper than ``limit``.
+    Iterative, so no payload can exhaust the stack while it is measured."""
+    if value.count(b"[") + value.count(b"{") <= limit:
+        return False  # fewer brackets than the limit: the common case, without a walk
+    stack: list[tuple[Any, int]] = [(body, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _parse_time(raw: str | None) -> datetime:
@@ -147,8 +197,12 @@ def decode(
     value: bytes | None,
     headers: Iterable[tuple[str, bytes | None]],
     registry: Mapping[str, type[Contract]] = REGISTRY,
+    *,
+    accepts: Collection[str] | None = None,
 ) -> Event:
-    """Turn a Kafka record into an Event, or raise a ContractError saying why not."""
+    """Turn a Kafka record into an Event, or raise a ContractError saying why not.
+
+    ``accepts`` is the ce_types the record's topic carries (None: any known type)."""
     hmap = _header_map(headers)
     if value is None:
         raise UndecodableMessage("empty value (tombstone)")
@@ -156,6 +210,8 @@ def decode(
         body: Any = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         raise UndecodableMessage(f"value is not JSON: {exc}") from exc
+    if json_depth_exceeds(value, body):
+        raise UndecodableMessage(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
 
     if hmap.get("content-type", "").lower().startswith(STRUCTURED):
         if not isinstance(body, dict):
@@ -189,6 +245,8 @@ def decode(
     model = registry.get(ce["type"])
     if model is None:
         raise UnknownContract(f"unknown ce_type {ce['type']!r}")
+    if accepts is not None and ce["type"] not in accepts:
+        raise UnexpectedContract(f"{ce['type']} is not carried by this topic")
     if not isinstance(data, dict):
         raise InvalidMessage(f"{ce['type']} payload must be a JSON object")
     try:
@@ -215,6 +273,8 @@ def decode_record(
     headers: Iterable[tuple[str, bytes | None]],
     key: bytes | None,
     registry: Mapping[str, type[Contract]] = REGISTRY,
+    *,
+    accepts: Collection[str] | None = None,
 ) -> Event:
     """``decode`` for a consumed Kafka record, which must also carry a key.
 
@@ -222,7 +282,7 @@ def decode_record(
     topics): the key is what keeps one task's messages in order on one partition. A
     record without one would land on any partition, so a task's cancel could overtake
     its submit; it is refused as invalid rather than handled out of order."""
-    event = decode(value, headers, registry)
+    event = decode(value, headers, registry, accepts=accepts)
     if not key:
         raise InvalidMessage(
             f"{event.envelope.type} has no Kafka key: podium topics are keyed (task_id "

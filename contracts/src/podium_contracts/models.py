@@ -9,19 +9,15 @@ Commands are imperative, events past tense.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 JsonObject = dict[str, Any]
 
 # Numbers an upstream system sends are bounded by what every store of them holds: the
 # router keeps them in INTEGER columns, 32-bit on PostgreSQL (2^63 overflowed SQLite).
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-# JSON nesting accepted from outside. orjson, the codec, writes at most 254 levels, so a
-# deeper input was read but then failed every message that carried it; 64 leaves room
-# for the levels that envelopes and templates add around it.
-MAX_JSON_DEPTH = 64
 
 
 def json_depth(value: Any) -> int:
@@ -35,15 +31,6 @@ def json_depth(value: Any) -> int:
             deepest = max(deepest, depth)
             stack.extend((v, depth) for v in (item.values() if isinstance(item, dict) else item))
     return deepest
-
-
-def _not_too_deep(value: JsonObject) -> JsonObject:
-    if json_depth(value) > MAX_JSON_DEPTH:
-        raise ValueError(f"nested deeper than {MAX_JSON_DEPTH} levels")
-    return value
-
-
-BoundedJsonObject = Annotated[JsonObject, AfterValidator(_not_too_deep)]
 
 
 class Contract(BaseModel):
@@ -129,9 +116,7 @@ class TaskSubmitted(Contract):
     workflow_version: int | None = Field(
         default=None, ge=1, le=INT32_MAX, description="default: the newest"
     )
-    input: BoundedJsonObject = Field(
-        default_factory=dict, description=f"at most {MAX_JSON_DEPTH} levels deep"
-    )
+    input: JsonObject = Field(default_factory=dict)
     tenant: str = Field(default="default", min_length=1, max_length=200)
     subject: str | None = Field(
         default=None, max_length=200, description="who the task is for; memory scope"
@@ -139,9 +124,7 @@ class TaskSubmitted(Contract):
     priority: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
     deadline: datetime | None = None
     budget: Budget = Field(default_factory=Budget)
-    metadata: BoundedJsonObject = Field(
-        default_factory=dict, description=f"at most {MAX_JSON_DEPTH} levels deep"
-    )
+    metadata: JsonObject = Field(default_factory=dict)
 
 
 class TaskAccepted(Contract):

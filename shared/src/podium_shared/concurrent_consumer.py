@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,27 +38,26 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Connection, Engine
 
-from podium_contracts import ContractError, Event, decode_record
+from podium_contracts import ContractError, Event
 from podium_shared import telemetry
 from podium_shared.consumer import (
     Fresh,
     Handler,
     LoopStats,
+    RecordDecoder,
     Refusal,
     apply_batch,
     dead_letter_record,
+    describe,
     note_duplicate,
-    record_headers,
+    prepare_quietly,
+    seen_each,
+    start_span,
     tell_refused,
+    unavailable,
 )
 from podium_shared.dlq import DlqReason
-from podium_shared.outbox import (
-    OutboxRelay,
-    UnitOfWork,
-    message_id,
-    record_received,
-    seen_before,
-)
+from podium_shared.outbox import OutboxRelay, UnitOfWork, message_id, record_received
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +122,7 @@ class ConcurrentConsumeLoop:
         concurrency: int,
         poll_timeout_ms: int = 100,
         release_timeout_s: float = 10.0,
+        carries: Callable[[str], Collection[str]] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -148,6 +148,7 @@ class ConcurrentConsumeLoop:
         self._stopping = False
         self._commit_wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
+        self._decode = RecordDecoder(carries)
         self.stats = LoopStats()
 
     @property
@@ -210,18 +211,23 @@ class ConcurrentConsumeLoop:
             offsets.started(r.offset)
             m = _Message(r, tp, offsets)
             try:
-                m.event = decode_record(r.value, record_headers(r), r.key)
+                m.event = self._decode(r)
             except ContractError as exc:
                 m.poison = exc
+            except Exception as exc:  # a fault of ours, not the message's: replayable
+                m.failure = exc
             messages.append(m)
         ids = [message_id(m.event.envelope) for m in messages if m.event is not None]
         with self._engine.connect() as conn:
-            done = seen_before(conn, self._group, ids)
-            if self._handler.prepare is not None:
-                events = [m.event for m in messages if m.event is not None]
-                self._handler.prepare(
-                    conn, [e for e in events if message_id(e.envelope) not in done]
-                )
+            done, unreadable = seen_each(conn, self._group, ids)
+            for m in messages:
+                if m.event is not None and message_id(m.event.envelope) in unreadable:
+                    m.failure = unreadable[message_id(m.event.envelope)]
+                    m.event = None
+            events = [m.event for m in messages if m.event is not None]
+            prepare_quietly(
+                conn, self._handler, [e for e in events if message_id(e.envelope) not in done]
+            )
         for m in messages:
             if m.event is not None:
                 ce_id = message_id(m.event.envelope)
@@ -239,9 +245,7 @@ class ConcurrentConsumeLoop:
         """Start queued messages, in fetch order, while slots are free."""
         for _ in range(min(len(self._ready), self._free_slots())):
             m = self._ready.popleft()
-            m.span = telemetry.start_consume(
-                m.record, m.event, group=self._group, service=self._service
-            )
+            m.span = start_span(m.record, m.event, group=self._group, service=self._service)
             self._executing += 1
             task = asyncio.create_task(self._handle(m), name=f"message-{m.tp.partition}")
             self._tasks[task] = m
@@ -287,23 +291,54 @@ class ConcurrentConsumeLoop:
     async def flush(self) -> None:
         """Write every finished message in one transaction; wake the committer."""
         batch, self._to_write = self._to_write, []
-        if batch:
-            try:
-                self._write(batch)
-            except Exception:
-                # The database refused the whole batch (locked, gone): keep it and retry.
-                log.exception("writing finished messages failed; retrying")
-                self._to_write = batch + self._to_write
+        if not batch:
+            return
+        written = batch
+        try:
+            self._write(batch)
+        except Exception as exc:
+            if unavailable(exc):
+                written = []
+            else:
+                # One message made the write fail: write each alone, which isolates it.
+                log.exception("writing finished messages failed; writing them one at a time")
+                written = [m for m in batch if self._write_alone(m)]
+            if len(written) < len(batch):
+                # The database refused (locked, gone): keep the rest and retry.
+                log.warning("database unavailable; retrying", waiting=len(batch) - len(written))
+                self._to_write = [m for m in batch if m not in written] + self._to_write
                 await asyncio.sleep(0.5)
                 self._write_wake.set()
-                return
-            for m in batch:
-                telemetry.end(m.span, m.failure or m.poison)
-                m.offsets.finished(m.record.offset)
-                if not m.written.done():
-                    m.written.set_result(None)
+        for m in written:
+            telemetry.end(m.span, m.failure or m.poison)
+            m.offsets.finished(m.record.offset)
+            if not m.written.done():
+                m.written.set_result(None)
+        if written:
             self._relay.notify()
             self._commit_wake.set()
+
+    def _write_alone(self, m: _Message) -> bool:
+        """Write one message, or dead-letter it when that fails; False when the
+        database refuses both (then it is kept for the next try)."""
+        try:
+            self._write([m])
+            return True
+        except Exception as exc:
+            if unavailable(exc):
+                return False
+            failure = exc
+        log.error(
+            "message failed alone; dead-lettering", topic=m.record.topic, error=describe(failure)
+        )
+        try:
+            with self._engine.begin() as conn:
+                self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, failure, m.event)
+        except Exception:
+            log.exception("dead-lettering failed; retrying")
+            return False
+        m.failure = failure
+        return True
 
     def _write(self, batch: list[_Message]) -> None:
         if all(m.event is not None and m.failure is None for m in batch):
@@ -322,7 +357,9 @@ class ConcurrentConsumeLoop:
             except Exception as refused:
                 # A message another member recorded meanwhile, or a failing handler:
                 # redo the batch one savepoint per message, which isolates it.
-                log.debug("batch write refused; writing message by message", error=str(refused))
+                log.debug(
+                    "batch write refused; writing message by message", error=describe(refused)
+                )
         with self._engine.begin() as conn:
             for m in batch:
                 with telemetry.activate(m.span, m.event):
@@ -356,7 +393,7 @@ class ConcurrentConsumeLoop:
                 "handler failed; dead-lettering", topic=m.record.topic, ce_id=e.envelope.id
             )
             self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc, e)
-            telemetry.mark_failed(type(exc).__name__, str(exc))
+            telemetry.mark_failed(type(exc).__name__, describe(exc))
 
     def _dead_letter(
         self,
@@ -371,10 +408,10 @@ class ConcurrentConsumeLoop:
             r,
             reason=reason,
             error_type=type(exc).__name__,
-            message=str(exc),
+            message=describe(exc),
             service=self._service,
         )
-        refusal = Refusal(r, event, reason, type(exc).__name__, str(exc))
+        refusal = Refusal(r, event, reason, type(exc).__name__, describe(exc))
         tell_refused(conn, self._handler, refusal, self._service)
         self.stats.dead_lettered += 1
 

@@ -16,13 +16,18 @@ A handler is two plain functions:
 
 A message that cannot be decoded, validated or handled goes to ``<topic>.dlq``
 through the outbox, in the same transaction; the offset is committed and the
-loop moves on, so one poison message never stalls a partition.
+loop moves on, so one poison message never stalls a partition. That holds for
+failures anywhere in the loop, not only in the handler: a batch that fails in
+any step is handled again one message at a time, and a message that still
+fails alone is dead-lettered in a transaction of its own
+(``processing_error``). Only a database that refuses even that stops the loop,
+uncommitted: the messages are redelivered, nothing is lost.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -30,12 +35,14 @@ import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
+from sqlalchemy import exc as db_errors
 from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import ContractError, Envelope, Event, Headers, decode_record
 from podium_shared import metrics, telemetry
 from podium_shared.dlq import DlqReason, dead_letter
 from podium_shared.outbox import (
+    MessageId,
     OutboxRelay,
     OutgoingMessage,
     UnitOfWork,
@@ -100,6 +107,33 @@ def record_headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
     return [(k, v if v is not None else b"") for k, v in (record.headers or ())]
 
 
+def printable_key(key: str) -> str:
+    """A header key that can be published again: a key that was not UTF-8 on the wire
+    (its bytes kept as lone surrogates by ``podium_shared.records``) becomes its bytes
+    with backslash escapes, e.g. ``\\xff-key``, since Kafka header keys must be UTF-8."""
+    if key.isascii():
+        return key
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unavailable (gone, locked, timed out) rather
+    than that a message is at fault: then nothing is dead-lettered or committed, and
+    the messages are tried again."""
+    return isinstance(
+        exc, db_errors.OperationalError | db_errors.InterfaceError | db_errors.TimeoutError
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """An error's message, for a dead letter: never raises, whatever the error holds
+    (``str()`` of an error can raise itself, e.g. RecursionError on a deep payload)."""
+    try:
+        return str(exc)
+    except Exception as failed:
+        return f"<{type(exc).__name__}; its message could not be rendered: {type(failed).__name__}>"
+
+
 def dead_letter_record(
     conn: Connection,
     record: ConsumerRecord[bytes, bytes],
@@ -109,23 +143,37 @@ def dead_letter_record(
     message: str,
     service: str,
 ) -> None:
-    """Queue a consumed record for its DLQ in this transaction, via the outbox."""
-    uow = UnitOfWork(conn, source=service)
-    uow.publish_raw(
-        dead_letter(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            headers=record_headers(record),
-            reason=DlqReason(reason),
-            error_type=error_type,
-            error_message=message,
-            service=service,
+    """Queue a consumed record for its DLQ in this transaction, via the outbox.
+
+    Its headers go along (keys made publishable); should the database refuse them,
+    the record goes without them, the message saying so, rather than not at all."""
+
+    def queue(headers: Headers, note: str = "") -> None:
+        uow = UnitOfWork(conn, source=service)
+        uow.publish_raw(
+            dead_letter(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value,
+                headers=headers,
+                reason=DlqReason(reason),
+                error_type=error_type,
+                error_message=note + message,
+                service=service,
+            )
         )
-    )
-    uow.flush()
+        uow.flush()
+
+    try:
+        with conn.begin_nested():
+            queue([(printable_key(k), v) for k, v in record_headers(record)])
+    except Exception as refused:
+        log.warning(
+            "dead letter refused with its headers; writing it without", error=describe(refused)
+        )
+        queue([], f"(original headers dropped: {type(refused).__name__}) ")
     metrics.dead_lettered(service, record.topic, reason, error_type)
     telemetry.event("dead_lettered", reason=reason, **{"error.type": error_type})
     log.warning(
@@ -137,6 +185,56 @@ def note_duplicate(service: str, topic: str, envelope: Envelope) -> None:
     """Count and log a message the inbox had already taken (same source and id)."""
     metrics.duplicate(service, topic)
     log.info("duplicate skipped", topic=topic, ce_source=envelope.source, ce_id=envelope.id)
+
+
+def seen_each(
+    conn: Connection, group: str, ids: list[MessageId]
+) -> tuple[set[MessageId], dict[MessageId, Exception]]:
+    """The ids the inbox has seen, and the ids it could not be asked about: when the
+    batch's question fails (and the database is there), each id is asked alone, so
+    one message that makes the query fail is dead-lettered, not the whole batch."""
+    try:
+        return set(seen_before(conn, group, ids)), {}
+    except Exception as exc:
+        if unavailable(exc):
+            raise
+        conn.rollback()
+    done: set[MessageId] = set()
+    failed: dict[MessageId, Exception] = {}
+    for ce_id in ids:
+        try:
+            done |= set(seen_before(conn, group, [ce_id]))
+        except Exception as exc:
+            if unavailable(exc):
+                raise
+            conn.rollback()
+            failed[ce_id] = exc
+    return done, failed
+
+
+def start_span(
+    r: ConsumerRecord[bytes, bytes], e: Event | None, *, group: str, service: str
+) -> Any:
+    """``telemetry.start_consume``, or no span: tracing never stops a message."""
+    try:
+        return telemetry.start_consume(r, e, group=group, service=service)
+    except Exception:
+        log.exception("starting a process span failed; going on without it")
+        return None
+
+
+def prepare_quietly(conn: Connection, handler: Handler[Any], events: list[Event]) -> None:
+    """The handler's read ahead for a batch. It only saves queries (without it each
+    message reads for itself), so a failure is logged, not the batch's fault."""
+    if handler.prepare is None or not events:
+        return
+    try:
+        handler.prepare(conn, events)
+    except Exception as exc:
+        if unavailable(exc):
+            raise
+        log.exception("prepare failed; going on without it")
+        conn.rollback()
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +268,23 @@ def apply_batch(
     write_outbox(conn, outgoing)
 
 
+class RecordDecoder:
+    """``decode`` bound to the contracts each record's topic carries (``carries``:
+    topic name → ce_types, e.g. ``Topics.carries``; None accepts any known type)."""
+
+    def __init__(self, carries: Callable[[str], Collection[str]] | None) -> None:
+        self._carries = carries
+        self._by_topic: dict[str, Collection[str]] = {}
+
+    def __call__(self, r: ConsumerRecord[bytes, bytes]) -> Event:
+        accepts: Collection[str] | None = None
+        if self._carries is not None:
+            accepts = self._by_topic.get(r.topic)
+            if accepts is None:
+                accepts = self._by_topic[r.topic] = self._carries(r.topic)
+        return decode_record(r.value, record_headers(r), r.key, accepts=accepts)
+
+
 class ConsumeLoop:
     """Runs one consumer group member until cancelled."""
 
@@ -183,6 +298,7 @@ class ConsumeLoop:
         group: str,
         service: str,
         poll_timeout_ms: int = 100,
+        carries: Callable[[str], Collection[str]] | None = None,
     ) -> None:
         self._consumer = consumer
         self._engine = engine
@@ -191,6 +307,7 @@ class ConsumeLoop:
         self._group = group
         self._service = service
         self._poll_timeout_ms = poll_timeout_ms
+        self._decode = RecordDecoder(carries)
         self.stats = LoopStats()
 
     async def run(self) -> None:
@@ -201,21 +318,55 @@ class ConsumeLoop:
                 await self.process(records)
 
     async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        """Handle one fetched batch and commit its offsets."""
+        """Handle one fetched batch and commit its offsets; whatever fails in it is
+        dead-lettered (see the module's docstring)."""
+        try:
+            await self._handle(records)
+        except Exception as exc:
+            if unavailable(exc):
+                raise
+            log.exception("batch failed; handling its messages one at a time")
+            for r in records:
+                await self._handle_alone(r)
+        self._relay.notify()
+        await self._commit(records)
+
+    async def _handle_alone(self, r: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            await self._handle([r])
+        except Exception as exc:
+            if unavailable(exc):
+                raise
+            log.exception("message failed alone; dead-lettering", topic=r.topic, offset=r.offset)
+            # Raises only when the database refuses: then nothing is committed.
+            with self._engine.begin() as conn:
+                self._dead_letter_failure(conn, r, exc)
+
+    async def _handle(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         decoded: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
-        poison: list[tuple[ConsumerRecord[bytes, bytes], ContractError]] = []
+        poison: list[tuple[ConsumerRecord[bytes, bytes], str, BaseException]] = []
         for r in records:
             try:
-                decoded.append((r, decode_record(r.value, record_headers(r), r.key)))
+                decoded.append((r, self._decode(r)))
             except ContractError as exc:
-                poison.append((r, exc))
+                poison.append((r, exc.reason, exc))
+            except Exception as exc:  # a fault of ours, not the message's: replayable
+                poison.append((r, DlqReason.PROCESSING_ERROR, exc))
 
         with self._engine.connect() as conn:
-            done = seen_before(conn, self._group, [message_id(e.envelope) for _, e in decoded])
-            if self._handler.prepare is not None:
-                self._handler.prepare(
-                    conn, [e for _, e in decoded if message_id(e.envelope) not in done]
-                )
+            done, unreadable = seen_each(
+                conn, self._group, [message_id(e.envelope) for _, e in decoded]
+            )
+            if unreadable:
+                poison += [
+                    (r, DlqReason.PROCESSING_ERROR, unreadable[message_id(e.envelope)])
+                    for r, e in decoded
+                    if message_id(e.envelope) in unreadable
+                ]
+                decoded = [(r, e) for r, e in decoded if message_id(e.envelope) not in unreadable]
+            prepare_quietly(
+                conn, self._handler, [e for _, e in decoded if message_id(e.envelope) not in done]
+            )
         fresh: list[tuple[ConsumerRecord[bytes, bytes], Event]] = []
         ids_in_batch: set[tuple[str, str]] = set()
         for r, e in decoded:
@@ -225,10 +376,7 @@ class ConsumeLoop:
                 continue
             ids_in_batch.add(message_id(e.envelope))
             fresh.append((r, e))
-        spans = [
-            telemetry.start_consume(r, e, group=self._group, service=self._service)
-            for r, e in fresh
-        ]
+        spans = [start_span(r, e, group=self._group, service=self._service) for r, e in fresh]
 
         results: list[Any] = [None] * len(fresh)
         failures: dict[int, BaseException] = {}
@@ -246,14 +394,12 @@ class ConsumeLoop:
                     results[i] = out
 
         if not poison and not failures and fresh and self._write_all(fresh, results, spans):
-            self._relay.notify()
-            await self._commit(records)
             return
         with self._engine.begin() as conn:
-            for r, error in poison:
-                span = telemetry.start_consume(r, None, group=self._group, service=self._service)
+            for r, reason, error in poison:
+                span = start_span(r, None, group=self._group, service=self._service)
                 with telemetry.activate(span):
-                    self._dead_letter(conn, r, error.reason, type(error).__name__, str(error), None)
+                    self._dead_letter(conn, r, reason, type(error).__name__, describe(error), None)
                 telemetry.end(span, error)
             for i, (r, e) in enumerate(fresh):
                 with telemetry.activate(spans[i], e):
@@ -286,8 +432,6 @@ class ConsumeLoop:
                         )
                         self._dead_letter_failure(conn, r, exc, e)
                         telemetry.end(spans[i], exc)
-        self._relay.notify()
-        await self._commit(records)
 
     def _write_all(
         self,
@@ -304,7 +448,7 @@ class ConsumeLoop:
                     conn, self._handler, group=self._group, service=self._service, batch=batch
                 )
         except Exception as refused:
-            log.debug("batch write refused; writing message by message", error=str(refused))
+            log.debug("batch write refused; writing message by message", error=describe(refused))
             return False
         for span in spans:
             telemetry.end(span)
@@ -318,9 +462,13 @@ class ConsumeLoop:
             return await self._handler.execute(e)
 
     def _dead_letter_failure(
-        self, conn: Connection, r: ConsumerRecord[bytes, bytes], exc: BaseException, e: Event
+        self,
+        conn: Connection,
+        r: ConsumerRecord[bytes, bytes],
+        exc: BaseException,
+        e: Event | None = None,
     ) -> None:
-        self._dead_letter(conn, r, DlqReason.PROCESSING_ERROR, type(exc).__name__, str(exc), e)
+        self._dead_letter(conn, r, DlqReason.PROCESSING_ERROR, type(exc).__name__, describe(exc), e)
 
     def _dead_letter(
         self,

@@ -20,6 +20,7 @@ PREFIX = "podium-dlq-"
 class DlqReason(StrEnum):
     UNDECODABLE = "undecodable"  # not a CloudEvent with a JSON payload
     UNKNOWN_TYPE = "unknown_type"  # a ce_type or version this consumer does not read
+    UNEXPECTED_TYPE = "unexpected_type"  # a known ce_type on a topic that does not carry it
     INVALID = "invalid"  # a known type whose payload fails validation
     PROCESSING_ERROR = "processing_error"  # the handler raised on this message
     STEP_ABANDONED = "step_abandoned"  # recovery gave up on a step

@@ -19,6 +19,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.transaction import InitProducerIdRequest
 
+from podium_shared import records
 from podium_shared.settings import Settings
 from podium_shared.topics import TopicSpec
 
@@ -94,6 +95,7 @@ async def resolve_idempotence(settings: Settings) -> Settings:
 def make_consumer(
     settings: Settings, *topics: str, group_id: str | None, client_id: str
 ) -> AIOKafkaConsumer:
+    records.install()  # a header key that is not UTF-8 must not fail the fetch
     return AIOKafkaConsumer(
         *topics,
         **_common(settings),

@@ -173,6 +173,7 @@ async def run_service(
         handler=spec.handler,
         group=spec.group,
         service=spec.name,
+        carries=Topics(settings.topic_prefix).carries,
     )
     tasks = [
         asyncio.create_task(loop.run(), name="consume"),

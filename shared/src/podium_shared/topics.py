@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from podium_contracts.asyncapi import carried_by
+
 DLQ_SUFFIX = ".dlq"
 
 
@@ -45,6 +47,11 @@ class Topics:
 
     def steps(self, pool: str) -> str:
         return f"{self.prefix}.steps.{pool}.v1"
+
+    def carries(self, topic: str) -> frozenset[str]:
+        """The ce_types ``topic`` carries, as the AsyncAPI document declares them
+        (``podium_contracts.asyncapi.CHANNELS``): what its consumers accept."""
+        return carried_by(topic, self.prefix)
 
     @staticmethod
     def dlq(topic: str) -> str:

@@ -12,7 +12,7 @@ import structlog
 
 from podium_executor.bootstrap import ExecutorApp
 from podium_executor.relay import ClaimingRelay
-from podium_shared import Settings, metrics, telemetry
+from podium_shared import Settings, Topics, metrics, telemetry
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
 from podium_shared.runtime import (
     cancel_all,
@@ -49,6 +49,7 @@ async def run_executor(
         service="executor",
         concurrency=xs.concurrency,
         release_timeout_s=xs.shutdown_grace_s,
+        carries=Topics(settings.topic_prefix).carries,
     )
     clients.consumer.subscribe(
         [app.topic], listener=ReleaseOnRevoke(loop, on_assigned=lambda _: mark_ready(clients.ready))

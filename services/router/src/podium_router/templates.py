@@ -20,12 +20,13 @@ from typing import Any
 
 import orjson
 
-from podium_contracts import json_depth
+from podium_contracts import MAX_JSON_DEPTH, json_depth
 from podium_router.expressions import ExpressionError, check, evaluate
 
 RAW = "$raw"
-# A result travels inside a message, one level down; orjson stops at 254 levels.
-MAX_RESULT_DEPTH = 128
+# A result travels one level down inside a message, whose readers refuse a payload
+# nested deeper than MAX_JSON_DEPTH.
+MAX_RESULT_DEPTH = MAX_JSON_DEPTH - 1
 PLACEHOLDER = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 WHOLE = re.compile(r"^\s*\{\{(.*?)\}\}\s*$", re.DOTALL)
 
