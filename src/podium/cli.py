@@ -25,7 +25,13 @@ from podium.cli_trace import trace_command
 from podium.client import Outcome, PodiumClient
 from podium.stack import RestartPolicy, Stack, StackInterrupted
 from podium.status import StatusError, list_tasks, task_history, task_status
-from podium_contracts import TaskCancelled, TaskCancelRequested, TaskCompleted, TaskSubmitted
+from podium_contracts import (
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskRejected,
+    TaskSubmitted,
+)
 from podium_shared import Settings
 from podium_shared.logs import configure
 
@@ -113,11 +119,16 @@ def outcome_text(outcome: Outcome) -> str:
         return f"cancelled {outcome.task_id}: {outcome.reason}"
     where = f" (dead letter: {outcome.dlq.topic} {outcome.dlq.record_id})" if outcome.dlq else ""
     step = f" at step {outcome.error.step_id}" if outcome.error.step_id else ""
-    return f"failed {outcome.task_id}{step}: {outcome.error.type}: {outcome.error.message}{where}"
+    verb = "rejected" if isinstance(outcome, TaskRejected) else "failed"
+    return f"{verb} {outcome.task_id}{step}: {outcome.error.type}: {outcome.error.message}{where}"
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
-    status = {TaskCompleted: "completed", TaskCancelled: "cancelled"}.get(type(outcome), "failed")
+    status = {
+        TaskCompleted: "completed",
+        TaskCancelled: "cancelled",
+        TaskRejected: "rejected",
+    }.get(type(outcome), "failed")
     return {"status": status, **outcome.model_dump(mode="json")}
 
 

@@ -17,6 +17,7 @@ from podium_contracts import (
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
+    TaskRejected,
     TaskSubmitted,
     decode,
     encode,
@@ -24,7 +25,8 @@ from podium_contracts import (
 from podium_shared import Settings, Topics
 from podium_shared.kafka import make_consumer, make_producer
 
-Outcome = TaskCompleted | TaskFailed | TaskCancelled
+# A task ends in one of these; TaskRejected answers a submission the router refused.
+Outcome = TaskCompleted | TaskFailed | TaskCancelled | TaskRejected
 
 
 class PodiumClient:
@@ -118,9 +120,7 @@ class PodiumClient:
             for records in batches.values():
                 for r in records:
                     event = _try_decode(r.value, r.headers)
-                    if event and isinstance(
-                        event.payload, TaskCompleted | TaskFailed | TaskCancelled
-                    ):
+                    if event and isinstance(event.payload, Outcome):
                         self.outcomes[event.payload.task_id] = event.payload
                         got = True
             if got:

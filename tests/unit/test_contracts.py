@@ -4,6 +4,7 @@ table in step with podium_shared, and the public names."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
@@ -35,6 +36,7 @@ from podium_contracts import (
     TaskCompleted,
     TaskError,
     TaskFailed,
+    TaskRejected,
     TaskSubmitted,
     UndecodableMessage,
     UnknownContract,
@@ -43,6 +45,7 @@ from podium_contracts import (
     decode,
     decode_record,
     encode,
+    json_depth,
     schemas,
 )
 from podium_contracts.compat import breaking_changes
@@ -118,6 +121,17 @@ EXAMPLES: dict[type[Contract], Contract] = {
         dlq=DlqLocation(topic="podium.steps.default.v1.dlq", record_id="9a8b7c6d5e4f"),
         usage=Usage(cost_usd=0.001, prompt_tokens=100, completion_tokens=0),
         failed_at=T1,
+    ),
+    TaskRejected: TaskRejected(
+        task_id="inv-2026-0042",
+        workflow="invoice-triage",
+        error=TaskError(
+            type="invalid",
+            message="podium.task.submitted.v1: priority: Input should be less than or equal "
+            "to 2147483647 (1 error(s))",
+        ),
+        dlq=DlqLocation(topic="podium.tasks.v1.dlq", record_id="3f1c6d0a9b2e"),
+        rejected_at=T1,
     ),
     StepRequested: _REQUEST,
     StepCompleted: StepCompleted(
@@ -868,6 +882,7 @@ def test_public_names() -> None:
         "TaskCompleted",
         "TaskError",
         "TaskFailed",
+        "TaskRejected",
         "TaskSubmitted",
         "UndecodableMessage",
         "UnexpectedContract",
@@ -876,7 +891,60 @@ def test_public_names() -> None:
         "decode",
         "decode_record",
         "encode",
+        "json_depth",
         "new_id",
     ]
     for name in podium_contracts.__all__:
         assert hasattr(podium_contracts, name), name
+
+
+# --- bounds: what every store and the codec can hold ---------------------------------------
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("priority", 2**63, "priority: Input should be less than or equal to 2147483647"),
+        ("priority", -(2**31) - 1, "priority: Input should be greater than or equal to"),
+        ("budget", {"max_tokens": 2**63}, "budget.max_tokens: Input should be less than"),
+        ("budget", {"max_cost_usd": "inf"}, "budget.max_cost_usd: Input should be a finite"),
+        ("workflow_version", 2**31, "workflow_version: Input should be less than"),
+        ("subject", "s" * 201, "subject: String should have at most 200 characters"),
+    ],
+)
+def test_out_of_bounds_submissions_are_invalid_messages(
+    field: str, value: Any, message: str
+) -> None:
+    # the standard library writes what orjson (254 levels) cannot, as other clients do
+    body = json.dumps({"task_id": "t", "workflow": "w", field: value}).encode()
+    with pytest.raises(InvalidMessage) as err:
+        decode(body, _binary_headers())
+    assert message in str(err.value)
+
+
+def test_the_bounds_themselves_are_accepted() -> None:
+    body = {
+        "task_id": "t",
+        "workflow": "w",
+        "priority": -(2**31),
+        "budget": {"max_tokens": 2**31 - 1, "max_cost_usd": 1e9},
+        "input": _nested(60),
+        "subject": "s" * 200,
+    }
+    task = decode(orjson.dumps(body), _binary_headers()).payload
+    assert isinstance(task, TaskSubmitted) and json_depth(task.input) == 60
+
+
+def test_json_depth_counts_containers_and_needs_no_recursion() -> None:
+    assert [json_depth(v) for v in (1, "x", {}, [], {"a": [1]}, [[[]]])] == [0, 0, 1, 1, 2, 3]
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    assert json_depth(deep) == 100_001

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from podium_router.expressions import ExpressionError, MissingField, evaluate
-from podium_router.templates import render
+from podium_router.templates import check_template, render
 
 pytestmark = pytest.mark.unit
 
@@ -145,3 +145,49 @@ def test_the_evaluator_refuses_a_node_the_validator_should_have_stopped() -> Non
         _eval(node, {}, "lambda: 1")
     with pytest.raises(ExpressionError):
         evaluate("lambda: 1", {})
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("default(input.absent, 0.05)", 0.05),  # the shipped fan-out relies on this
+        ("default(input.nested.absent, 'x')", "x"),
+        ("default(input.items[10], -1)", -1),
+        ("default(steps.unfinished.output, [])", []),
+        ("default(input.n, 0)", 3),
+        ("default(null, 1)", 1),
+        ("default(input.absent, default(input.also_absent, input.text))", "Hello World"),
+        # the fallback is evaluated only when needed: a missing one is no error then
+        ("default(input.n, input.absent)", 3),
+    ],
+)
+def test_default_covers_a_missing_field_and_null(source: str, expected: Any) -> None:
+    assert evaluate(source, CTX) == expected
+
+
+def test_default_does_not_hide_a_misspelt_name_or_a_missing_fallback() -> None:
+    with pytest.raises(MissingField, match="inptu is not defined"):
+        evaluate("default(inptu.n, 1)", CTX)
+    with pytest.raises(MissingField, match=r"input\.also_absent is missing"):
+        evaluate("default(input.absent, input.also_absent)", CTX)
+    with pytest.raises(ExpressionError, match="takes a value and a fallback"):
+        evaluate("default(input.absent)", CTX)
+
+
+def test_a_raw_value_passes_through_unrendered() -> None:
+    jinja = "{% for i in items %}{{ i | upper }}{% endfor %} {{ name }}"
+    spec = {
+        "template": {"$raw": jinja},
+        "values": {"name": "{{ input.text }}", "data": {"$raw": {"k": "{{ x }}"}}},
+        "text": "Dear {{ '{{' }} name }}, {{ input.n }}",
+    }
+    check_template(spec)  # a workflow holding Jinja in $raw loads
+    assert render(spec, CTX) == {
+        "template": jinja,
+        "values": {"name": "Hello World", "data": {"k": "{{ x }}"}},
+        "text": "Dear {{ name }}, 3",
+    }
+    # $raw beside other keys is ordinary data, rendered as usual
+    assert render({"$raw": "{{ input.n }}", "b": 1}, CTX) == {"$raw": 3, "b": 1}
+    with pytest.raises(ExpressionError):
+        check_template({"template": "{{ i | upper }}"})  # Jinja outside $raw is refused

@@ -21,6 +21,7 @@ from podium_contracts import (
     TaskCompleted,
     TaskError,
     TaskFailed,
+    TaskRejected,
     asyncapi,
     decode,
     encode,
@@ -285,3 +286,13 @@ def test_a_recall_too_large_for_a_message_fails_the_step_too_large(engine: Engin
     assert isinstance(result, StepFailed), result
     assert result.error.type == "too_large" and result.error.error_class == "fatal"
     assert "memory.recall: output is" in result.error.message
+
+
+def test_task_events_that_are_no_episode_are_read_and_left(h: Harness) -> None:
+    # memory reads all of task-events: a rejection or a cancellation must not be dead-lettered
+    now = datetime.now(UTC)
+    rejected = TaskRejected(
+        task_id="r", error=TaskError(type="invalid", message="priority"), rejected_at=now
+    )
+    cancelled = TaskCancelled(task_id="c", workflow="w", reason="not needed", cancelled_at=now)
+    assert h.deliver(rejected) == [] and h.deliver(cancelled) == []

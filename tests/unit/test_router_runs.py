@@ -24,6 +24,7 @@ from podium_contracts import (
     Usage,
     decode,
 )
+from podium_router.decisions import watch_timeout
 from podium_router.service import Router
 from podium_router.state import history, metadata
 from podium_router.workflows import Workflow, WorkflowCatalog, WorkflowError, load_file
@@ -69,11 +70,15 @@ TRIAGE = {
 class Harness:
     made: ClassVar[list[Harness]] = []
 
-    def __init__(self, database_url: str, *workflows: dict[str, Any]) -> None:
+    def __init__(
+        self, database_url: str, *workflows: dict[str, Any], step_timeout_s: float = 600.0
+    ) -> None:
         self.engine = make_engine(database_url, metadata)
         Harness.made.append(self)
         self.router = Router(
-            WorkflowCatalog([Workflow.model_validate(w) for w in workflows]), Topics("t")
+            WorkflowCatalog([Workflow.model_validate(w) for w in workflows]),
+            Topics("t"),
+            step_timeout_s=step_timeout_s,
         )
 
     def run(self, fn: Any, *args: Any) -> list[tuple[str, Any]]:
@@ -281,6 +286,63 @@ def test_step_timeout_is_capped_by_the_task_deadline(database_url: str) -> None:
     )
     steps = [p for _, p in out if isinstance(p, StepRequested)]
     assert all(s.timeout_s is not None and 2 < s.timeout_s <= 3 for s in steps)
+
+
+def test_a_step_without_a_timeout_is_watched_for_the_default_and_re_driven(
+    database_url: str,
+) -> None:
+    h = Harness(database_url, TRIAGE, step_timeout_s=120)
+    now = datetime.now(UTC)
+    # `history` and `sentiment` name no timeout; before, nothing watched them at all
+    sent = h.run(
+        h.router.accept_task,
+        TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),
+    )
+    assert {p.step_id: p.timeout_s for _, p in sent if isinstance(p, StepRequested)} == {
+        "history": None,  # the executor keeps its own default; only the router watches
+        "sentiment": None,
+    }
+    assert h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=119))) == []
+    out = h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=121)))
+    assert sorted((p.step_id, p.error.type) for _, p in out) == [
+        ("history", "timeout"),
+        ("sentiment", "timeout"),
+    ]
+    assert all("no result within 120.0s" in p.error.message for _, p in out)
+    h.run(
+        h.router.retry_scheduled,
+        StepRetryScheduled(
+            task_id="t1",
+            step_id="history",
+            attempt=2,
+            pool="memory",
+            due_at=now + timedelta(seconds=122),
+            error=out[0][1].error,
+        ),
+    )
+    assert h.events("t1") == [
+        "accepted",
+        "step_dispatched",
+        "step_dispatched",
+        "step_timed_out",
+        "step_timed_out",
+        "retry_scheduled",
+    ]
+    # the new attempt is watched as well
+    [(_, again)] = h.run(lambda uow: h.router.watchdog(uow, now + timedelta(seconds=243)))
+    assert again.step_id == "history" and again.attempt == 2
+
+
+def test_the_watch_is_the_step_timeout_else_the_default_capped_by_the_deadline() -> None:
+    now = datetime.now(UTC)
+    assert watch_timeout(None, 600, None, now) == 600
+    assert watch_timeout(30, 600, None, now) == 30
+    assert watch_timeout(7200, 600, None, now) == 7200  # a step's own timeout wins
+    assert watch_timeout(None, 600, now + timedelta(seconds=5), now) == 5
+    assert watch_timeout(None, 600, now - timedelta(seconds=5), now) == 0.001
+    # a deadline at the end of time is no timeout: the default applies
+    end = datetime.max.replace(tzinfo=UTC)
+    assert watch_timeout(None, 600, end, now) == 600
 
 
 def test_abandoned_step_fails_the_task_with_the_dlq_record(database_url: str) -> None:

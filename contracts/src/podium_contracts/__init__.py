@@ -36,8 +36,10 @@ from podium_contracts.models import (
     TaskCompleted,
     TaskError,
     TaskFailed,
+    TaskRejected,
     TaskSubmitted,
     Usage,
+    json_depth,
 )
 
 __all__ = [
@@ -67,6 +69,7 @@ __all__ = [
     "TaskCompleted",
     "TaskError",
     "TaskFailed",
+    "TaskRejected",
     "TaskSubmitted",
     "UndecodableMessage",
     "UnexpectedContract",
@@ -75,5 +78,6 @@ __all__ = [
     "decode",
     "decode_record",
     "encode",
+    "json_depth",
     "new_id",
 ]

@@ -68,9 +68,11 @@ CHANNELS: tuple[ChannelSpec, ...] = (
             "podium.task.completed.v1",
             "podium.task.failed.v1",
             "podium.task.cancelled.v1",
+            "podium.task.rejected.v1",
         ),
         description="What happened to each task, for upstream systems (and memory, which "
-        "remembers finished tasks as episodes).",
+        "remembers finished tasks as episodes); a submission the router refused is "
+        "answered with TaskRejected.",
         producers=("router",),
         consumers=(UPSTREAM, "memory"),
     ),
@@ -427,7 +429,8 @@ def render_document() -> dict[str, Any]:
             "description": (
                 "Topics and messages of podium, an orchestration layer for AI work. "
                 "Upstream systems write TaskSubmitted to the tasks channel and read "
-                "TaskAccepted/TaskCompleted/TaskFailed from taskEvents; the other channels "
+                "TaskAccepted/TaskCompleted/TaskFailed (or TaskRejected) from taskEvents; "
+                "the other channels "
                 "are podium's own. Topic names start with PODIUM_TOPIC_PREFIX "
                 f"(default `{TOPIC_PREFIX}`). Every message is a CloudEvent 1.0 in Kafka binary "
                 "mode (ce_* headers, JSON value); readers also accept structured mode "

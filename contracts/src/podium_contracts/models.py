@@ -15,6 +15,23 @@ from pydantic import BaseModel, ConfigDict, Field
 
 JsonObject = dict[str, Any]
 
+# Numbers an upstream system sends are bounded by what every store of them holds: the
+# router keeps them in INTEGER columns, 32-bit on PostgreSQL (2^63 overflowed SQLite).
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+def json_depth(value: Any) -> int:
+    """How deeply a JSON value nests (a scalar is 0, ``{}`` and ``[]`` are 1); iterative,
+    so no input can exhaust the interpreter's stack."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((v, depth) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
 
 class Contract(BaseModel):
     """Base of every message payload."""
@@ -28,8 +45,8 @@ class Budget(BaseModel):
     # minor change must not make v1 readers reject the whole task.
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    max_cost_usd: float | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=0)
+    max_cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    max_tokens: int | None = Field(default=None, ge=0, le=INT32_MAX)
 
 
 class Usage(BaseModel):
@@ -103,11 +120,15 @@ class TaskSubmitted(Contract):
 
     task_id: str = Field(min_length=1, max_length=200, description="client-chosen; idempotency key")
     workflow: str = Field(min_length=1, max_length=200)
-    workflow_version: int | None = Field(default=None, ge=1, description="default: the newest")
+    workflow_version: int | None = Field(
+        default=None, ge=1, le=INT32_MAX, description="default: the newest"
+    )
     input: JsonObject = Field(default_factory=dict)
     tenant: str = Field(default="default", min_length=1, max_length=200)
-    subject: str | None = Field(default=None, description="who the task is for; memory scope")
-    priority: int = 0
+    subject: str | None = Field(
+        default=None, max_length=200, description="who the task is for; memory scope"
+    )
+    priority: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
     deadline: datetime | None = None
     budget: Budget = Field(default_factory=Budget)
     metadata: JsonObject = Field(default_factory=dict)
@@ -167,6 +188,21 @@ class TaskFailed(Contract):
     tenant: str | None = None
     subject: str | None = None
     input_digest: str | None = Field(default=None, description="sha256 of the task's input")
+
+
+class TaskRejected(Contract):
+    """The router refused a submission: it could not be read (``undecodable``), names a
+    contract it does not know (``unknown_type``), breaks the contract (``invalid``) or
+    could not be accepted (``processing_error``). Nothing ran; the original is in the
+    tasks topic's dead-letter topic, to fix and submit again (or replay)."""
+
+    CE_TYPE: ClassVar[str] = "podium.task.rejected.v1"
+
+    task_id: str = Field(description="from the payload, else the record's key")
+    workflow: str | None = None
+    error: TaskError = Field(description="type: the dead-letter reason; message: why")
+    dlq: DlqLocation | None = Field(default=None, description="unset when it had no ce_id")
+    rejected_at: datetime
 
 
 class StepRequested(Contract):
@@ -267,6 +303,7 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskAccepted,
     TaskCompleted,
     TaskFailed,
+    TaskRejected,
     StepRequested,
     StepCompleted,
     StepFailed,

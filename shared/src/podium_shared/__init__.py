@@ -1,6 +1,6 @@
 """podium's shared runtime: settings, Kafka wiring, outbox and inbox, DLQ, embedded broker."""
 
-from podium_shared.consumer import ConsumeLoop, Handler
+from podium_shared.consumer import ConsumeLoop, Handler, Refusal
 from podium_shared.db import make_engine
 from podium_shared.dlq import DlqReason, dead_letter, dlq_headers
 from podium_shared.embedded import EmbeddedBroker
@@ -16,6 +16,7 @@ __all__ = [
     "Handler",
     "OutboxRelay",
     "OutgoingMessage",
+    "Refusal",
     "ServiceSpec",
     "Settings",
     "TopicSpec",

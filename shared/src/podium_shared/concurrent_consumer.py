@@ -45,6 +45,7 @@ from podium_shared.consumer import (
     Handler,
     LoopStats,
     RecordDecoder,
+    Refusal,
     apply_batch,
     dead_letter_record,
     describe,
@@ -52,6 +53,7 @@ from podium_shared.consumer import (
     prepare_quietly,
     seen_each,
     start_span,
+    tell_refused,
     unavailable,
 )
 from podium_shared.dlq import DlqReason
@@ -331,7 +333,7 @@ class ConcurrentConsumeLoop:
         )
         try:
             with self._engine.begin() as conn:
-                self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, failure)
+                self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, failure, m.event)
         except Exception:
             log.exception("dead-lettering failed; retrying")
             return False
@@ -362,10 +364,10 @@ class ConcurrentConsumeLoop:
             for m in batch:
                 with telemetry.activate(m.span, m.event):
                     if m.poison is not None:
-                        self._dead_letter(conn, m.record, m.poison.reason, m.poison)
+                        self._dead_letter(conn, m.record, m.poison.reason, m.poison, None)
                     elif m.failure is not None or m.event is None:
                         exc = m.failure or RuntimeError("no event")
-                        self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
+                        self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc, m.event)
                     else:
                         self._apply(conn, m, m.event)
 
@@ -390,11 +392,16 @@ class ConcurrentConsumeLoop:
             log.exception(
                 "handler failed; dead-lettering", topic=m.record.topic, ce_id=e.envelope.id
             )
-            self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc)
+            self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc, e)
             telemetry.mark_failed(type(exc).__name__, describe(exc))
 
     def _dead_letter(
-        self, conn: Connection, r: ConsumerRecord[bytes, bytes], reason: str, exc: BaseException
+        self,
+        conn: Connection,
+        r: ConsumerRecord[bytes, bytes],
+        reason: str,
+        exc: BaseException,
+        event: Event | None,
     ) -> None:
         dead_letter_record(
             conn,
@@ -404,6 +411,8 @@ class ConcurrentConsumeLoop:
             message=describe(exc),
             service=self._service,
         )
+        refusal = Refusal(r, event, reason, type(exc).__name__, describe(exc))
+        tell_refused(conn, self._handler, refusal, self._service)
         self.stats.dead_lettered += 1
 
     async def _commit(self, partitions: Iterable[TopicPartition]) -> None:

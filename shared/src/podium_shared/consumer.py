@@ -11,6 +11,8 @@ A handler is two plain functions:
   failure in one go; otherwise again with one savepoint per message);
 - ``prepare(conn, events)`` (optional, sync): read what ``execute`` will need for
   a whole fetched batch in one query, instead of one query per message.
+- ``refused(refusal, uow)`` (optional, sync): told of each message the loop
+  dead-letters, in the same transaction, to answer whoever waits on it.
 
 A message that cannot be decoded, validated or handled goes to ``<topic>.dlq``
 through the outbox, in the same transaction; the offset is committed and the
@@ -57,10 +59,40 @@ R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True)
+class Refusal:
+    """A consumed message that went to its DLQ, and why: what a service may tell its sender."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: Event | None  # None when it could not be decoded
+    reason: str
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Handler(Generic[R]):
     apply: Callable[[Event, R | None, UnitOfWork], None]
     execute: Callable[[Event], Awaitable[R]] | None = None
     prepare: Callable[[Connection, list[Event]], None] | None = None
+    # Called in the transaction that dead-letters a message, so whoever waits on it hears
+    # (the router answers a refused submission with TaskRejected).
+    refused: Callable[[Refusal, UnitOfWork], None] | None = None
+
+
+def tell_refused(conn: Connection, handler: Handler[Any], refusal: Refusal, service: str) -> None:
+    """Run the handler's ``refused`` hook beside the DLQ record; a failing hook is logged
+    and rolled back, never in the way of the dead-lettering itself."""
+    if handler.refused is None:
+        return
+    savepoint = conn.begin_nested()
+    try:
+        uow = UnitOfWork(conn, source=service)
+        handler.refused(refusal, uow)
+        uow.flush()
+        savepoint.commit()
+    except Exception:
+        savepoint.rollback()
+        log.exception("refusal notice failed", topic=refusal.record.topic)
 
 
 @dataclass(slots=True)
@@ -367,12 +399,12 @@ class ConsumeLoop:
             for r, reason, error in poison:
                 span = start_span(r, None, group=self._group, service=self._service)
                 with telemetry.activate(span):
-                    self._dead_letter(conn, r, reason, type(error).__name__, describe(error))
+                    self._dead_letter(conn, r, reason, type(error).__name__, describe(error), None)
                 telemetry.end(span, error)
             for i, (r, e) in enumerate(fresh):
                 with telemetry.activate(spans[i], e):
                     if i in failures:
-                        self._dead_letter_failure(conn, r, failures[i])
+                        self._dead_letter_failure(conn, r, failures[i], e)
                         telemetry.end(spans[i], failures[i])
                         continue
                     # The process span's context (the incoming one with tracing off).
@@ -398,7 +430,7 @@ class ConsumeLoop:
                         log.exception(
                             "handler failed; dead-lettering", topic=r.topic, ce_id=e.envelope.id
                         )
-                        self._dead_letter_failure(conn, r, exc)
+                        self._dead_letter_failure(conn, r, exc, e)
                         telemetry.end(spans[i], exc)
 
     def _write_all(
@@ -430,9 +462,13 @@ class ConsumeLoop:
             return await self._handler.execute(e)
 
     def _dead_letter_failure(
-        self, conn: Connection, r: ConsumerRecord[bytes, bytes], exc: BaseException
+        self,
+        conn: Connection,
+        r: ConsumerRecord[bytes, bytes],
+        exc: BaseException,
+        e: Event | None = None,
     ) -> None:
-        self._dead_letter(conn, r, DlqReason.PROCESSING_ERROR, type(exc).__name__, describe(exc))
+        self._dead_letter(conn, r, DlqReason.PROCESSING_ERROR, type(exc).__name__, describe(exc), e)
 
     def _dead_letter(
         self,
@@ -441,10 +477,13 @@ class ConsumeLoop:
         reason: str,
         etype: str,
         message: str,
+        event: Event | None,
     ) -> None:
         dead_letter_record(
             conn, r, reason=reason, error_type=etype, message=message, service=self._service
         )
+        refusal = Refusal(r, event, reason, etype, message)
+        tell_refused(conn, self._handler, refusal, self._service)
         self.stats.dead_lettered += 1
 
     async def _commit(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:

@@ -10,6 +10,7 @@ from podium_contracts import (
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
+    TaskRejected,
 )
 from podium_memory.service import Memory
 from podium_shared import Handler, UnitOfWork
@@ -17,9 +18,9 @@ from podium_shared import Handler, UnitOfWork
 # Every contract on the topics memory reads is handled or ignored on purpose: anything
 # else would be dead-lettered as a processing error. An accepted task has not ended yet;
 # a cancelled one has no outcome to remember (and the cancel was the user's, not the
-# workflow's: an episode of it would teach recall nothing).
+# workflow's: an episode of it would teach recall nothing). A rejected task never ran.
 HANDLED: tuple[type[Contract], ...] = (StepRequested, TaskCompleted, TaskFailed)
-IGNORED: tuple[type[Contract], ...] = (TaskAccepted, TaskCancelled)
+IGNORED: tuple[type[Contract], ...] = (TaskAccepted, TaskCancelled, TaskRejected)
 
 
 def make_handler(memory: Memory) -> Handler[None]:

@@ -6,17 +6,23 @@ from podium_router.handlers import make_handler
 from podium_router.migrations import HISTORY
 from podium_router.routing import pools_of
 from podium_router.service import Router
+from podium_router.settings import RouterSettings
 from podium_router.watchdog import make_watchdog
 from podium_router.workflows import WorkflowCatalog
 from podium_shared import ServiceSpec, Settings, Topics
 from podium_shared.migrations import open_database
 
 
-def build(settings: Settings, catalog: WorkflowCatalog | None = None) -> ServiceSpec:
+def build(
+    settings: Settings,
+    catalog: WorkflowCatalog | None = None,
+    router_settings: RouterSettings | None = None,
+) -> ServiceSpec:
+    rs = router_settings or RouterSettings()
     topics = Topics(settings.topic_prefix)
     catalog = catalog or WorkflowCatalog.load(settings.workflows)
     engine = open_database(settings.database_url("router"), HISTORY)
-    router = Router(catalog, topics)
+    router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s)
     return ServiceSpec(
         name="router",
         group=f"{settings.topic_prefix}-router",

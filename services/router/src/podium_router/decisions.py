@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from podium_router.templates import render
+from podium_router.templates import render_json
 from podium_router.workflows import StepDef, Workflow
 
 
@@ -31,7 +31,7 @@ def step_input(step: StepDef, context: Mapping[str, Any]) -> dict[str, Any]:
     """A step's input: its rendered ``with`` block, else the task's input."""
     if step.with_ is None:
         return dict(context["input"])
-    rendered = render(step.with_, context)
+    rendered = render_json(step.with_, context)
     assert isinstance(rendered, dict)
     return rendered
 
@@ -40,7 +40,7 @@ def task_output(workflow: Workflow, context: Mapping[str, Any]) -> Any:
     """The workflow's ``output`` template, else the final step's output (or a
     mapping of them when several steps end the graph)."""
     if workflow.output is not None:
-        return render(workflow.output, context)
+        return render_json(workflow.output, context)
     steps = context["steps"]
     finals = workflow.final_steps
     if len(finals) == 1:
@@ -71,3 +71,14 @@ def step_timeout(
     remaining = (deadline - now).total_seconds() if deadline else None
     candidates = [t for t in (step_timeout_s, remaining) if t is not None]
     return max(min(candidates), 0.001) if candidates else None
+
+
+def watch_timeout(
+    step_timeout_s: float | None, default_s: float, deadline: datetime | None, now: datetime
+) -> float:
+    """How long the watchdog waits for a step's result: its own timeout, else the
+    router's default, capped by the task's deadline. Every step gets one, so a step
+    whose request or result is lost is re-driven instead of waited on for ever."""
+    own = step_timeout_s or default_s
+    remaining = (deadline - now).total_seconds() if deadline else own
+    return max(min(own, remaining), 0.001)

@@ -40,6 +40,10 @@ class MissingField(ExpressionError):
     """The expression names data the task does not have."""
 
 
+class UnknownName(MissingField):
+    """A top-level name that no context binds: a typo, which ``default()`` does not hide."""
+
+
 _MISSING = object()
 
 
@@ -252,7 +256,7 @@ def _eval(node: ast.expr, ctx: Mapping[str, Any], src: str) -> Any:
             if name in ("true", "false", "null"):
                 return {"true": True, "false": False, "null": None}[name]
             if name not in ctx:
-                raise MissingField(f"{name} is not defined (in {src!r})")
+                raise UnknownName(f"{name} is not defined (in {src!r})")
             return ctx[name]
         case ast.Attribute(value=inner, attr=attr):
             return _lookup(_eval(inner, ctx, src), attr, src, _path(node))
@@ -293,6 +297,8 @@ def _eval(node: ast.expr, ctx: Mapping[str, Any], src: str) -> Any:
             return True
         case ast.IfExp(test=test, body=body, orelse=orelse):
             return _eval(body if _eval(test, ctx, src) else orelse, ctx, src)
+        case ast.Call(func=ast.Name(id="default"), args=args):
+            return _eval_default(args, ctx, src)
         case ast.Call(func=ast.Name(id=fname), args=args):
             return _bounded(FUNCTIONS[fname](*(_eval(a, ctx, src) for a in args)))
         case ast.List(elts=elts) | ast.Tuple(elts=elts):
@@ -311,6 +317,21 @@ def _eval(node: ast.expr, ctx: Mapping[str, Any], src: str) -> Any:
             return dict(pairs)
     # Only if the validator let through a node this evaluator has no case for.
     raise ExpressionError(f"cannot evaluate {type(node).__name__}")
+
+
+def _eval_default(args: list[ast.expr], ctx: Mapping[str, Any], src: str) -> Any:
+    """``default(value, fallback)``: the fallback when the value is null or a missing
+    field (``default(input.seconds, 1)`` for input without ``seconds``). The fallback is
+    evaluated only when needed, so defaults chain: ``default(input.a, default(input.b, 0))``."""
+    if len(args) != 2:
+        raise ExpressionError(f"default() takes a value and a fallback (in {src!r})")
+    try:
+        value = _eval(args[0], ctx, src)
+    except UnknownName:
+        raise
+    except MissingField:
+        value = None
+    return value if value is not None else _eval(args[1], ctx, src)
 
 
 def check(source: str) -> None:

@@ -30,4 +30,4 @@ def make_handler(router: Router) -> Handler[None]:
             case other:
                 raise TypeError(f"the router does not handle {type(other).__name__}")
 
-    return Handler(apply=apply)
+    return Handler(apply=apply, refused=router.reject)

@@ -27,6 +27,7 @@ from podium_contracts import (
     TaskCompleted,
     TaskError,
     TaskFailed,
+    TaskRejected,
     TaskSubmitted,
     Usage,
 )
@@ -38,13 +39,16 @@ from podium_router.decisions import (
     step_timeout,
     task_output,
     template_context,
+    watch_timeout,
 )
 from podium_router.expressions import ExpressionError
+from podium_router.rejections import Submission, refused_submission
 from podium_router.repository import RunRepository
 from podium_router.routing import Route, choose_route
 from podium_router.state import TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
-from podium_shared import Topics, UnitOfWork, telemetry
+from podium_shared import Refusal, Topics, UnitOfWork, telemetry
+from podium_shared.consumer import record_headers
 from podium_shared.limits import TOO_LARGE, too_large
 
 log = structlog.get_logger(__name__)
@@ -66,9 +70,12 @@ def _owner(run: Row) -> dict[str, Any]:
 
 
 class Router:
-    def __init__(self, catalog: WorkflowCatalog, topics: Topics) -> None:
+    def __init__(
+        self, catalog: WorkflowCatalog, topics: Topics, *, step_timeout_s: float = 600.0
+    ) -> None:
         self.catalog = catalog
         self.topics = topics
+        self.step_timeout_s = step_timeout_s  # the watchdog's wait for a step without one
 
     # -- tasks -------------------------------------------------------------------------------
 
@@ -138,6 +145,39 @@ class Router:
         )
         run = repo.get_run(task.task_id)
         self._advance(repo, uow, run, workflow, now)
+
+    def reject(self, refusal: Refusal, uow: UnitOfWork) -> None:
+        """Answer a submission that went to the dead-letter topic with TaskRejected."""
+        record, event = refusal.record, refusal.event
+        if event is None:
+            who = refused_submission(record.key, record.value, record_headers(record))
+        elif isinstance(event.payload, TaskSubmitted):
+            task = event.payload
+            who = Submission(task.task_id, task.workflow, event.envelope.id)
+        else:
+            return  # a cancel request or a step result: no submitter waits on it
+        if who is None:
+            log.warning("refused record names no task; dead-lettered only", offset=record.offset)
+            return
+        if RunRepository(uow.conn).get_run(who.task_id, lock=False) is not None:
+            return  # the task exists: a refused repeat of its task_id changes nothing
+        dlq_topic = Topics.dlq(record.topic)
+        uow.publish(
+            self.topics.task_events,
+            TaskRejected(
+                task_id=who.task_id,
+                workflow=who.workflow,
+                error=TaskError(
+                    type=refusal.reason,
+                    # Without a ce_id there is no record id: say at least where it went.
+                    message=refusal.message[:2000]
+                    + ("" if who.ce_id else f" (dead-lettered to {dlq_topic})"),
+                ),
+                dlq=DlqLocation(topic=dlq_topic, record_id=who.ce_id) if who.ce_id else None,
+                rejected_at=datetime.now(UTC),
+            ),
+            key=who.task_id,
+        )
 
     def cancel_task(self, request: TaskCancelRequested, uow: UnitOfWork) -> None:
         """Stop dispatching and end the task as cancelled."""
@@ -493,7 +533,11 @@ class Router:
         data: dict[str, Any],
         now: datetime,
     ) -> None:
-        timeout = step_timeout(step.timeout, _aware(run.deadline), now)
+        deadline = _aware(run.deadline)
+        timeout = step_timeout(step.timeout, deadline, now)
+        # Every dispatched step is watched, with a default when it names no timeout: a
+        # lost request or result is then re-driven by recovery instead of waited on forever.
+        watch = watch_timeout(step.timeout, self.step_timeout_s, deadline, now)
         request = StepRequested(
             task_id=run.task_id,
             step_id=step.id,
@@ -516,8 +560,8 @@ class Router:
             pool=route.pool,
             model=route.model,
             request=request.model_dump(mode="json"),
-            timeout_s=timeout,
-            deadline_at=now + timedelta(seconds=timeout) if timeout else None,
+            timeout_s=watch,
+            deadline_at=now + timedelta(seconds=watch),
             dispatched_at=now,
         )
         repo.record(
@@ -532,7 +576,7 @@ class Router:
             workflow_version=workflow.version,
             cause=route.reason,
             next=f"waiting for {step.uses} on pool {route.pool}"
-            + (f" (timeout {timeout:.1f}s)" if timeout else ""),
+            + f" (timeout {watch:.1f}s{'' if timeout else ', the default'})",
         )
         uow.publish(self.topics.steps(route.pool), request, key=f"{run.task_id}/{step.id}")
 
