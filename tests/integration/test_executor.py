@@ -254,7 +254,11 @@ async def test_the_rate_limit_holds_for_the_pool_across_replicas(
                 )
                 value, headers = encode(step, source="test")
                 await producer.send_and_wait(
-                    topics.steps("quota"), value=value, headers=headers, partition=i % 8
+                    topics.steps("quota"),
+                    value=value,
+                    key=step.step_id.encode(),  # podium topics are keyed; keyless is refused
+                    headers=headers,
+                    partition=i % 8,
                 )
         finally:
             await producer.stop()

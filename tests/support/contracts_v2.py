@@ -11,12 +11,13 @@ already handles. Nothing in podium ships this: a real upgrade would put both in
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import MutableMapping
 from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from podium_contracts import Contract, TaskSubmitted
+from podium_contracts import Contract, TaskSubmitted, asyncapi
 from podium_contracts.envelope import REGISTRY
 
 
@@ -55,5 +56,12 @@ class TaskSubmittedFromV2(TaskSubmitted):
 
 
 def install(registry: MutableMapping[str, type[Contract]] = REGISTRY) -> None:
-    """The upgrade: this reader now reads podium.task.submitted.v2 too."""
+    """The upgrade: this reader now reads podium.task.submitted.v2 too, and the tasks
+    topic's declaration says it carries it (as the release's CHANNELS would)."""
     registry[TaskSubmittedV2.CE_TYPE] = TaskSubmittedFromV2
+    asyncapi.CHANNELS = tuple(
+        dataclasses.replace(ch, ce_types=(*ch.ce_types, TaskSubmittedV2.CE_TYPE))
+        if ch.id == "tasks"
+        else ch
+        for ch in asyncapi.CHANNELS
+    )

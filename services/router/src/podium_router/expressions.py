@@ -36,6 +36,11 @@ class ExpressionError(ValueError):
     A ValueError, so pydantic reports it against the field that holds it."""
 
 
+class ResultTooLarge(ExpressionError):
+    """A value over the size bound: the task fails ``too_large``, as it would had the
+    value been built and then measured against the message limits (limits.md)."""
+
+
 class MissingField(ExpressionError):
     """The expression names data the task does not have."""
 
@@ -216,7 +221,7 @@ def size(value: Any) -> int:
 
 def _bounded(value: Any) -> Any:
     if size(value) > MAX_RESULT:
-        raise ExpressionError(f"result larger than {MAX_RESULT} bytes")
+        raise ResultTooLarge(f"result larger than {MAX_RESULT} bytes")
     return value
 
 
@@ -235,7 +240,7 @@ def _check_binop(op: ast.operator, a: Any, b: Any) -> None:
             inner = size(sequence) - 2 + (1 if isinstance(sequence, list) and sequence else 0)
             projected = inner * times + 2
     if projected > MAX_RESULT:
-        raise ExpressionError(f"result larger than {MAX_RESULT} bytes")
+        raise ResultTooLarge(f"result larger than {MAX_RESULT} bytes")
 
 
 def _bounded_parts(parts: list[Any]) -> None:
@@ -245,7 +250,7 @@ def _bounded_parts(parts: list[Any]) -> None:
     for part in parts:
         total += size(part) + 1
         if total > MAX_RESULT:
-            raise ExpressionError(f"result larger than {MAX_RESULT} bytes")
+            raise ResultTooLarge(f"result larger than {MAX_RESULT} bytes")
 
 
 def _eval(node: ast.expr, ctx: Mapping[str, Any], src: str) -> Any:

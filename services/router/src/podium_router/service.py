@@ -41,7 +41,7 @@ from podium_router.decisions import (
     template_context,
     watch_timeout,
 )
-from podium_router.expressions import ExpressionError
+from podium_router.expressions import ExpressionError, ResultTooLarge
 from podium_router.rejections import Submission, refused_submission
 from podium_router.repository import RunRepository
 from podium_router.routing import Route, choose_route
@@ -488,12 +488,13 @@ class Router:
                 plans.append((step, choose_route(step, context), step_input(step, context)))
         except ExpressionError as exc:
             where = f"step {current}" if current else "workflow output"
+            kind = TOO_LARGE if isinstance(exc, ResultTooLarge) else "template_error"
             self._fail(
                 repo,
                 uow,
                 run.task_id,
                 run.workflow,
-                TaskError(type="template_error", message=f"{where}: {exc}", step_id=current),
+                TaskError(type=kind, message=f"{where}: {exc}", step_id=current),
                 now,
             )
             return
