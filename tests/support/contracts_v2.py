@@ -56,9 +56,13 @@ class TaskSubmittedFromV2(TaskSubmitted):
 
 
 def install(registry: MutableMapping[str, type[Contract]] = REGISTRY) -> None:
-    """The upgrade: this reader now reads podium.task.submitted.v2 too, and the tasks
-    topic's declaration says it carries it (as the release's CHANNELS would)."""
+    """The upgrade: this reader now reads podium.task.submitted.v2 too."""
     registry[TaskSubmittedV2.CE_TYPE] = TaskSubmittedFromV2
+
+
+def declare_on_the_tasks_topic() -> None:
+    """The upgrade's channel table: the tasks topic carries v2 too (as the release's
+    CHANNELS would). Only for an upgraded process: it changes the module's table."""
     asyncapi.CHANNELS = tuple(
         dataclasses.replace(ch, ce_types=(*ch.ce_types, TaskSubmittedV2.CE_TYPE))
         if ch.id == "tasks"

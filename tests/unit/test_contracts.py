@@ -887,6 +887,7 @@ def test_public_names() -> None:
         "UndecodableMessage",
         "UnexpectedContract",
         "UnknownContract",
+        "UnknownTask",
         "Usage",
         "decode",
         "decode_record",

@@ -140,6 +140,7 @@ DLQ_REASONS: dict[str, str] = {
     "unknown_type": "a ce_type or version this consumer does not read",
     "unexpected_type": "a known ce_type on a topic that does not carry it",
     "invalid": "a known type whose payload fails validation",
+    "unknown_task": "a well-formed message about a task its reader has no record of",
     "processing_error": "the handler raised on this message",
     "step_abandoned": "recovery gave up on a step (the value is its StepRequested)",
 }

@@ -67,6 +67,14 @@ class InvalidMessage(ContractError):
     reason = "invalid"
 
 
+class UnknownTask(ContractError):
+    """A well-formed message about a task its reader has no record of (a cancel, a
+    step result or a retry for a task never submitted here): dead-lettered with this
+    reason rather than dropped, so it is seen and can be replayed."""
+
+    reason = "unknown_task"
+
+
 @dataclass(frozen=True, slots=True)
 class Envelope:
     """CloudEvents attributes of one message."""

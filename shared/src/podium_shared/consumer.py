@@ -468,7 +468,9 @@ class ConsumeLoop:
         exc: BaseException,
         e: Event | None = None,
     ) -> None:
-        self._dead_letter(conn, r, DlqReason.PROCESSING_ERROR, type(exc).__name__, describe(exc), e)
+        # A handler that refuses a message with a contract error names the reason itself.
+        reason = exc.reason if isinstance(exc, ContractError) else DlqReason.PROCESSING_ERROR
+        self._dead_letter(conn, r, reason, type(exc).__name__, describe(exc), e)
 
     def _dead_letter(
         self,

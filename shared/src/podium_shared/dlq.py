@@ -36,6 +36,7 @@ class DlqReason(StrEnum):
     UNKNOWN_TYPE = "unknown_type"  # a ce_type or version this consumer does not read
     UNEXPECTED_TYPE = "unexpected_type"  # a known ce_type on a topic that does not carry it
     INVALID = "invalid"  # a known type whose payload fails validation
+    UNKNOWN_TASK = "unknown_task"  # well-formed, about a task this reader has no record of
     PROCESSING_ERROR = "processing_error"  # the handler raised on this message
     STEP_ABANDONED = "step_abandoned"  # recovery gave up on a step
 

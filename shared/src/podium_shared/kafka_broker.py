@@ -292,7 +292,8 @@ class KafkaBroker:
         cluster_id = cluster_id_file.read_text().strip()
         for node in unformatted:
             cmd = [java, "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format"]
-            cmd += ["-t", cluster_id, "-c", str(node.data_dir / "server.properties")]
+            # "--cluster-id=": an id may begin with "-", which argparse reads as an option.
+            cmd += [f"--cluster-id={cluster_id}", "-c", str(node.data_dir / "server.properties")]
             if self.nodes == 1:
                 cmd.append("--standalone")
             result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)

@@ -29,6 +29,7 @@ from podium_contracts import (
     TaskFailed,
     TaskRejected,
     TaskSubmitted,
+    UnknownTask,
     Usage,
 )
 from podium_router.decisions import (
@@ -184,14 +185,17 @@ class Router:
         repo = RunRepository(uow.conn)
         run = repo.get_run(request.task_id)
         now = datetime.now(UTC)
-        if run is None or run.status in TERMINAL_RUN:
-            if run is not None:
-                repo.record(
-                    run.task_id,
-                    now,
-                    "cancel_ignored",
-                    cause=f"cancel requested but the task is already {run.status}",
-                )
+        if run is None:
+            raise UnknownTask(
+                f"cancel requested for task {request.task_id!r}, which was never submitted here"
+            )
+        if run.status in TERMINAL_RUN:
+            repo.record(
+                run.task_id,
+                now,
+                "cancel_ignored",
+                cause=f"cancel requested but the task is already {run.status}",
+            )
             return
         repo.cancel_open_steps(run.task_id, now)
         reason = request.reason or "cancel requested"
@@ -220,7 +224,11 @@ class Router:
         repo = RunRepository(uow.conn)
         run = repo.get_run(result.task_id)
         now = datetime.now(UTC)
-        if run is not None and self._reopens(repo, run, result, now):
+        if run is None:
+            raise UnknownTask(
+                f"a result for task {result.task_id!r}, which was never submitted here"
+            )
+        if self._reopens(repo, run, result, now):
             run = repo.get_run(result.task_id)
         if run is None or run.status != RunStatus.RUNNING:
             if run is not None:
@@ -305,7 +313,9 @@ class Router:
         """Recovery will run the step again: watch the new attempt."""
         repo = RunRepository(uow.conn)
         run = repo.get_run(retry.task_id)
-        if run is None or run.status != RunStatus.RUNNING:
+        if run is None:
+            raise UnknownTask(f"a retry for task {retry.task_id!r}, which was never submitted here")
+        if run.status != RunStatus.RUNNING:
             return
         step = repo.get_step(retry.task_id, retry.step_id)
         if step is None or step.status == StepStatus.COMPLETED:
@@ -340,7 +350,11 @@ class Router:
         """Recovery gave up on a step: fail its task, naming the DLQ record."""
         repo = RunRepository(uow.conn)
         run = repo.get_run(abandoned.task_id)
-        if run is None or run.status != RunStatus.RUNNING:
+        if run is None:
+            raise UnknownTask(
+                f"an abandoned step of task {abandoned.task_id!r}, which was never submitted here"
+            )
+        if run.status != RunStatus.RUNNING:
             return
         now = datetime.now(UTC)
         if not repo.update_step(
