@@ -66,10 +66,10 @@ class Hostile:
     duplicate_of: int | None = None  # index of the record whose ce_id this repeats
 
 
-def _ce(ce_type: str, ce_id: str | None = None) -> list[tuple[str | bytes, bytes]]:
+def _ce(ce_type: str) -> list[tuple[str | bytes, bytes]]:
     return [
         ("ce_specversion", b"1.0"),
-        ("ce_id", (ce_id or uuid.uuid4().hex).encode()),
+        ("ce_id", uuid.uuid4().hex.encode()),  # fresh per run, as generate() says
         ("ce_type", ce_type.encode()),
         ("ce_source", SOURCE.encode()),
         ("content-type", b"application/json"),
@@ -88,46 +88,49 @@ def _nested(depth: int) -> bytes:
     return b'{"task_id": "t", "input": ' + b"[" * depth + b"0" + b"]" * depth + b"}"
 
 
-# A kind: (rng, topics, topic, n) -> (key, value, headers). n numbers the record.
-Make = Callable[[random.Random, Topics, str, int], tuple[bytes | None, bytes | None, RawHeaders]]
+# A kind: (rng, topics, topic, n, run) -> (key, value, headers). n numbers the record;
+# run is fresh per run, for the task ids: a second run is not a duplicate of the first.
+Make = Callable[
+    [random.Random, Topics, str, int, str], tuple[bytes | None, bytes | None, RawHeaders]
+]
 
 
-def _not_json(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _not_json(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     junk = bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 64))) + b"\xff\xfe"
     return f"k{n}".encode(), junk, _ce(_native_type(topics, topic))
 
 
-def _empty(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _empty(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     return f"k{n}".encode(), b"", _ce(_native_type(topics, topic))
 
 
-def _tombstone(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _tombstone(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     return f"k{n}".encode(), None, _ce(_native_type(topics, topic))
 
 
-def _null_key_tombstone(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _null_key_tombstone(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     return None, None, []  # what Java and librdkafka clients can send; aiokafka asserts
 
 
-def _null_key(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _null_key(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     return None, b'{"task_id": "x"}', _ce(_native_type(topics, topic))
 
 
-def _no_headers(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _no_headers(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     return f"k{n}".encode(), b'{"task_id": "x", "workflow": "hello"}', []
 
 
-def _header_value_not_utf8(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _header_value_not_utf8(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     headers = [(k, b"\xc3\x28\xff" if k == "ce_type" else v) for k, v in _ce("x")]
     return f"k{n}".encode(), b"{}", headers
 
 
-def _header_key_not_utf8(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _header_key_not_utf8(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     headers = [*_ce(_native_type(topics, topic)), (b"\xff\xfe-key", b"x")]
     return f"k{n}".encode(), b"{}", headers
 
 
-def _structured_bad(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _structured_bad(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     variants: list[Any] = [
         [1, 2, 3],  # not an object
         {"specversion": "1.0", "id": 7, "type": _native_type(topics, topic), "source": "s"},
@@ -150,12 +153,12 @@ def _structured_bad(rng: random.Random, topics: Topics, topic: str, n: int) -> A
     return f"k{n}".encode(), body, [("content-type", b"application/cloudevents+json")]
 
 
-def _deep(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _deep(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     depth = rng.choice((65, 200, 1000, 5000))
     return f"k{n}".encode(), _nested(depth), _ce(_native_type(topics, topic))
 
 
-def _huge_numbers(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _huge_numbers(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     number = rng.choice((b"1" + b"0" * 400, b"1e999", b"-1e999", b"%d" % 2**64, b"%d" % 2**63))
     body = b'{"task_id": "t%d", "workflow": "hello", "priority": %s, "attempt": %s}' % (
         n,
@@ -165,7 +168,7 @@ def _huge_numbers(rng: random.Random, topics: Topics, topic: str, n: int) -> Any
     return f"k{n}".encode(), body, _ce(_native_type(topics, topic))
 
 
-def _wrong_types(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _wrong_types(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     body = rng.choice(
         (
             {"task_id": 12, "workflow": ["hello"]},
@@ -177,30 +180,30 @@ def _wrong_types(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
     return f"k{n}".encode(), orjson.dumps(body), _ce(_native_type(topics, topic))
 
 
-def _unknown_type(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _unknown_type(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     ce_type = rng.choice(("podium.nonsense.v1", "com.example.order.created", "\u202e.v1"))
     return f"k{n}".encode(), b'{"task_id": "t"}', _ce(ce_type)
 
 
-def _future_version(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _future_version(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     base = _native_type(topics, topic).rsplit(".v", 1)[0]
     return f"k{n}".encode(), b'{"task_id": "t"}', _ce(f"{base}.v{rng.randint(2, 99)}")
 
 
-def _unexpected_type(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _unexpected_type(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     foreign = sorted(
         {"podium.task.cancelled.v1", "podium.step.retry-scheduled.v1"} - set(topics.carries(topic))
     )
     return f"k{n}".encode(), b'{"task_id": "t"}', _ce(rng.choice(foreign))
 
 
-def _one_mib(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _one_mib(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     # Just under the producer's and the broker's 1 MiB: a record that fits, whose
     # dead-letter copy (about half a KiB more) does not.
     return f"k{n}".encode(), b"x" * (MiB - 2048), _ce(_native_type(topics, topic))
 
 
-def _ten_mib(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _ten_mib(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     return f"k{n}".encode(), b"x" * (10 * MiB), _ce(_native_type(topics, topic))
 
 
@@ -217,24 +220,24 @@ HOSTILE_IDS = (
 )
 
 
-def _hostile_id(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
-    base, suffix = HOSTILE_IDS[n % len(HOSTILE_IDS)], f"-{n}"
+def _hostile_id(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
+    base, suffix = HOSTILE_IDS[n % len(HOSTILE_IDS)], f"-{run}-{n}"
     # Unique by n; the long ones keep their length (200 is legal, 201 is not).
     task_id = base + suffix if len(base) < 200 else base[: -len(suffix)] + suffix
     body = orjson.dumps({"task_id": task_id, "workflow": "hello", "input": {"n": n}})
     return task_id.encode(), body, _ce(TaskSubmitted.CE_TYPE)
 
 
-def _cancel_unknown_task(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _cancel_unknown_task(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     # A well-formed cancel request for a task that never existed.
-    task_id = f"never-submitted-{rng.getrandbits(32):08x}-{n}"
+    task_id = f"never-submitted-{run}-{n}"
     body = orjson.dumps({"task_id": task_id, "reason": "hostile"})
     return task_id.encode(), body, _ce("podium.task.cancel-requested.v1")
 
 
-def _orphan_result(rng: random.Random, topics: Topics, topic: str, n: int) -> Any:
+def _orphan_result(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     # A well-formed step result for a task the router never ran.
-    task_id = f"never-submitted-{rng.getrandbits(32):08x}-{n}"
+    task_id = f"never-submitted-{run}-{n}"
     body = {
         "task_id": task_id,
         "step_id": "s",
@@ -316,10 +319,18 @@ def _reads(kind: Kind, topics: Topics, topic: str) -> bool:
 
 
 def generate(
-    topics: Topics, count: int, seed: int, kinds: Sequence[str] | None = None
+    topics: Topics,
+    count: int,
+    seed: int,
+    kinds: Sequence[str] | None = None,
+    *,
+    run: str | None = None,
 ) -> list[Hostile]:
-    """``count`` hostile records over every consumed topic, the same for the same seed.
+    """``count`` hostile records over every consumed topic, the same for the same seed,
+    but for their ``ce_id`` and task ids: fresh in every run (``run``, random unless
+    given), or the inbox would drop a second run's records as duplicates of the first.
     The first ones go round every (kind, topic) pair, so a small count still covers all."""
+    run = run or uuid.uuid4().hex[:8]
     rng = random.Random(seed)
     chosen = [KINDS[k] for k in kinds] if kinds is not None else list(CATALOGUE)
     pairs = [(k, t) for k in chosen for t in consumed_topics(topics) if _reads(k, topics, t)]
@@ -336,7 +347,7 @@ def generate(
                 break
             continue
         made[kind.name] += 1
-        key, value, headers = kind.make(rng, topics, topic, len(out))
+        key, value, headers = kind.make(rng, topics, topic, len(out), run)
         if kind.name == "duplicate":
             first = Hostile(kind.name, topic, key, value, headers, _ids(key, value))
             out.append(first)
