@@ -19,6 +19,7 @@ def hostile_command(
     kind: Annotated[
         list[str] | None, typer.Option("--kind", help="only these kinds (default: all)")
     ] = None,
+    skip: Annotated[list[str] | None, typer.Option("--skip", help="leave these kinds out")] = None,
     timeout: Annotated[
         float, typer.Option(min=1, help="seconds to wait for every record's fate")
     ] = 300.0,
@@ -30,12 +31,15 @@ def hostile_command(
     settings = load_settings()
     if not settings.kafka_bootstrap:
         fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
-    unknown = sorted(set(kind or ()) - KINDS.keys())
+    unknown = sorted(set((kind or []) + (skip or [])) - KINDS.keys())
     if unknown:
         fail(f"unknown kind {', '.join(unknown)}; choose from {', '.join(KINDS)}", EXIT_USAGE)
+    kinds = [k for k in (kind or KINDS) if k not in (skip or ())]
+    if not kinds:
+        fail("--skip leaves no kind to send", EXIT_USAGE)
 
     async def work() -> Report:
-        report = await run_hostile(settings, count, seed, kinds=kind, timeout_s=timeout)
+        report = await run_hostile(settings, count, seed, kinds=kinds, timeout_s=timeout)
         report.alive = await hello_completes(settings)
         return report
 

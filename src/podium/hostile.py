@@ -512,7 +512,7 @@ class Report:
             )
         alive = {None: "not checked", True: "yes", False: "NO"}[self.alive]
         lines.append(
-            f"{self.sent} sent in {self.seconds:.1f}s (seed {self.seed}); "
+            f"{self.sent} sent and accounted in {self.seconds:.1f}s (seed {self.seed}); "
             f"unaccounted {self.unaccounted}; a normal task completed afterwards: {alive}"
         )
         lines += [
@@ -629,9 +629,11 @@ async def run_hostile(
     *,
     kinds: Sequence[str] | None = None,
     timeout_s: float = 120.0,
+    settle_s: float = 30.0,
 ) -> Report:
     """Send ``count`` hostile records (seeded) to the stack at ``settings`` and account
-    for each; gives up waiting after ``timeout_s`` and reports what is still missing."""
+    for each. It stops waiting after ``timeout_s``, or once ``settle_s`` pass without a
+    record newly accounted for, and reports what is still missing."""
     from podium_shared.kafka import _common
 
     started = time.monotonic()
@@ -655,10 +657,16 @@ async def run_hostile(
                 continue
             s.partition, s.offset = meta.partition, meta.offset
         deadline = time.monotonic() + timeout_s
+        accounted, progress_at = 0, time.monotonic()
         while time.monotonic() < deadline:
             await watch.poll()
-            if all(_fate(s, sent, watch) is not None for s in sent):
+            now_accounted = sum(_fate(s, sent, watch) is not None for s in sent)
+            if now_accounted == len(sent):
                 break
+            if now_accounted > accounted:
+                accounted, progress_at = now_accounted, time.monotonic()
+            elif time.monotonic() - progress_at > settle_s:
+                break  # nothing new for a while: what is missing is not coming
     finally:
         await producer.stop()
         await watch.stop()
