@@ -512,7 +512,7 @@ class Report:
             )
         alive = {None: "not checked", True: "yes", False: "NO"}[self.alive]
         lines.append(
-            f"{self.sent} sent and accounted in {self.seconds:.1f}s (seed {self.seed}); "
+            f"{self.sent} records in {self.seconds:.1f}s (seed {self.seed}); "
             f"unaccounted {self.unaccounted}; a normal task completed afterwards: {alive}"
         )
         lines += [
