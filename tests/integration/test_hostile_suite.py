@@ -27,7 +27,8 @@ async def test_every_hostile_record_is_accounted_for_and_every_service_lives(
     assert report.sent == COUNT
     assert set(report.kinds) == set(KINDS), report.text()
     assert all(p.proc.poll() is None for p in stack.processes), report.text()
-    assert await hello_completes(stack.settings, 60), report.text()
+    report.alive = await hello_completes(stack.settings, 60)
+    assert report.alive, report.text()
     assert report.unaccounted == 0, report.text()
     # The outcomes are the documented ones, not merely some outcome.
     kinds = report.kinds
