@@ -20,6 +20,7 @@ from typer.exceptions import TyperException
 
 from podium.cli_dlq import dlq_app
 from podium.cli_errors import broker_error, invalid
+from podium.cli_hostile import hostile_command
 from podium.cli_outbox import outbox_app
 from podium.cli_trace import trace_command
 from podium.client import Outcome, PodiumClient
@@ -46,6 +47,7 @@ app = typer.Typer(
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(outbox_app, name="outbox")
 app.command(name="trace")(trace_command)
+app.command(name="hostile")(hostile_command)
 
 
 class Broker(StrEnum):

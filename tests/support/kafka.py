@@ -7,6 +7,8 @@ import time
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from podium.hostile import send_raw
+
 
 async def read_topic(
     bootstrap: str, topic: str, *, at_least: int, timeout_s: float = 20.0
@@ -64,16 +66,6 @@ async def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int,
         await consumer.stop()
 
 
-class _RawHeaderKey(str):
-    """A header key whose wire bytes are ``raw``: aiokafka's pure-Python batch builder
-    writes ``key.encode("utf-8")``, which this returns as it is."""
-
-    raw: bytes = b""
-
-    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
-        return self.raw
-
-
 async def send_with_raw_header_key(
     bootstrap: str,
     topic: str,
@@ -86,27 +78,17 @@ async def send_with_raw_header_key(
 ) -> int:
     """Produce one record with an extra header whose key is ``raw_key`` on the wire
     (e.g. bytes that are not UTF-8, which no well-behaved client sends); its offset."""
-    # Only the pure-Python builder lets a key's bytes through unchecked.
-    from aiokafka.record.default_records import _DefaultRecordBatchBuilderPy
-
-    bad = _RawHeaderKey("raw")
-    bad.raw = raw_key
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
-        batch = producer.create_batch()
-        batch._builder = _DefaultRecordBatchBuilderPy(
-            2,
-            0,
-            is_transactional=0,
-            producer_id=-1,
-            producer_epoch=-1,
-            base_sequence=0,
-            batch_size=1 << 20,
+        sent = await send_raw(
+            producer,
+            topic,
+            partition=partition,
+            key=key,
+            value=value,
+            headers=[*headers, (raw_key, b"x")],
         )
-        batch.append(timestamp=None, key=key, value=value, headers=[*headers, (bad, b"x")])
-        batch.close()
-        sent = await (await producer.send_batch(batch, topic, partition=partition))
         return int(sent.offset)
     finally:
         await producer.stop()
