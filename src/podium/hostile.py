@@ -79,7 +79,7 @@ def _ce(ce_type: str) -> list[tuple[str | bytes, bytes]]:
 def _native_type(topics: Topics, topic: str) -> str:
     """A ce_type the topic carries: the record looks right until its payload is read.
     On the tasks topic, TaskSubmitted: a cancel request reads only its task id, so a
-    malformed body would pass as one (for a task that does not exist, see SILENT_DROPS)."""
+    malformed body would pass as one (and be dead-lettered as ``unknown_task``)."""
     carried = topics.carries(topic)
     return TaskSubmitted.CE_TYPE if TaskSubmitted.CE_TYPE in carried else sorted(carried)[0]
 
@@ -253,12 +253,6 @@ def _orphan_result(rng: random.Random, topics: Topics, topic: str, n: int, run: 
 # Well-formed messages for a task that does not exist: the router returns without a
 # trace (no dead letter, no answer, no log line, no metric). Findings, kept in the
 # catalogue and left out of the test suite until the lead decides (see the report).
-SILENT_DROPS = {
-    "cancel_unknown_task": "the router ignores a TaskCancelRequested for an unknown task "
-    "(service.cancel_task returns when get_run is None) without a trace",
-    "orphan_result": "the router ignores a StepCompleted for an unknown task "
-    "(service.step_completed returns when get_run is None) without a trace",
-}
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import pytest
 
-from podium.hostile import CATALOGUE, SILENT_DROPS, hello_completes, run_hostile
+from podium.hostile import CATALOGUE, hello_completes, run_hostile
 from podium.stack import Stack
 
 pytestmark = pytest.mark.integration
 
 COUNT = 300
 SEED = 12
-# Left out until decided: well-formed messages for unknown tasks vanish (see SILENT_DROPS).
-KINDS = [k.name for k in CATALOGUE if k.name not in SILENT_DROPS]
+KINDS = [k.name for k in CATALOGUE]
 
 
 async def test_every_hostile_record_is_accounted_for_and_every_service_lives(
@@ -36,4 +35,7 @@ async def test_every_hostile_record_is_accounted_for_and_every_service_lives(
     assert kinds["unknown_type"].dead_lettered.keys() == {"unknown_type"}
     assert kinds["unexpected_type"].dead_lettered.keys() == {"unexpected_type"}
     assert kinds["deep"].dead_lettered.keys() <= {"undecodable"}
+    # Well-formed, about a task that was never submitted: dead-lettered, not dropped.
+    assert kinds["cancel_unknown_task"].dead_lettered.keys() == {"unknown_task"}, report.text()
+    assert kinds["orphan_result"].dead_lettered.keys() == {"unknown_task"}, report.text()
     print(report.text())
