@@ -4,39 +4,24 @@ Used by `podium up`, the demo, the benchmarks and the integration tests."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any, TypeVar
 
 from podium_shared import EmbeddedBroker, Settings, Topics
+from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent
 from podium_shared.kafka import ensure_topics, resolve_idempotence
 from podium_shared.kafka_broker import KafkaBroker
 
 SERVICES = ("router", "executor", "memory", "recovery")
-
-T = TypeVar("T")
-
-
-def run_sync(coro: Coroutine[Any, Any, T]) -> T:
-    """Run a coroutine to completion, also when called from inside an event loop
-    (an async test, a notebook): then it runs on a worker thread of its own."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
 
 
 def free_port() -> int:

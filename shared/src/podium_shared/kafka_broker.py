@@ -15,7 +15,6 @@ two main classes called here.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import os
@@ -26,11 +25,11 @@ import subprocess
 import sys
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
+from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent, free_port
 
 KAFKA_VERSION = "4.4.0"
@@ -138,12 +137,6 @@ def ensure_kafka_libs(progress: bool = True) -> Path:
 def new_cluster_id() -> str:
     """A KRaft cluster id: 16 random bytes, URL-safe base64 without padding."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-
-
-def run_sync_thread(coro: object) -> object:
-    """Run a coroutine on a thread of its own (callers may be inside an event loop)."""
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()  # type: ignore[arg-type]
 
 
 def _listening(address: str) -> bool:
@@ -365,7 +358,7 @@ class KafkaBroker:
                     raise RuntimeError(
                         f"Kafka node {node.node_id} exited with {node.proc.returncode}:\n{tail}"
                     )
-            if run_sync_thread(_cluster_size(self.bootstrap)) == len(self.members):
+            if run_sync(_cluster_size(self.bootstrap)) == len(self.members):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"Apache Kafka did not answer on {self.bootstrap} in {timeout_s}s")
