@@ -22,7 +22,16 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from podium.dlq import read_records, replay, send_all
 from podium.stack import Stack
 from podium.stats import percentile
-from podium_contracts import StepError, StepFailed, StepRequested, encode
+from podium_contracts import (
+    DlqHeader,
+    DlqReason,
+    StepError,
+    StepErrorType,
+    StepFailed,
+    StepRequested,
+    dlq_topic,
+    encode,
+)
 from podium_shared import EmbeddedBroker, Settings, Topics, TopicSpec
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 
@@ -83,15 +92,15 @@ async def _await_marker(consumer: AIOKafkaConsumer, marker: bytes, timeout_s: fl
 async def throughput(settings: Settings, records: int) -> tuple[float, float, float]:
     """Seconds for raw produce of N records, a replay of them, and its read part."""
     prefix = settings.topic_prefix
-    raw, dlq, out = f"{prefix}.raw.v1", f"{prefix}.bench.v1.dlq", f"{prefix}.bench-out.v1"
+    raw, dlq, out = f"{prefix}.raw.v1", dlq_topic(f"{prefix}.bench.v1"), f"{prefix}.bench-out.v1"
     await ensure_topics(
         settings,
         [TopicSpec(t, 4, "none", "bench") for t in (raw, out)] + [TopicSpec(dlq, 1, "none", "b")],
     )
     headers = [
         ("ce_id", b""),
-        ("podium-dlq-reason", b"undecodable"),
-        ("podium-dlq-original-topic", out.encode()),
+        (DlqHeader.REASON.header, DlqReason.UNDECODABLE.encode()),
+        (DlqHeader.ORIGINAL_TOPIC.header, out.encode()),
     ]
     body = b"{" + b"x" * 200
     producer = make_producer(settings, client_id="bench-recovery")
@@ -141,15 +150,12 @@ async def fatal_to_dlq(settings: Settings, samples: int) -> tuple[list[float], l
                 pool="default",
                 idempotency_key=f"{task}/{step}",
             )
-            failed = StepFailed(
-                task_id=task,
-                step_id=step,
-                capability="fail",
-                pool="default",
-                attempt=1,
-                error=StepError(type="capability_error", message="bench", error_class="fatal"),
+            failed = StepFailed.for_step(
+                request,
+                error=StepError(
+                    type=StepErrorType.CAPABILITY_ERROR, message="bench", error_class="fatal"
+                ),
                 duration_ms=0.0,
-                request=request,
             )
             value, headers = encode(failed, source="bench")
             started = time.perf_counter()

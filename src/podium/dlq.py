@@ -28,11 +28,10 @@ import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from podium.status import StatusError, router_db
-from podium_contracts import Headers
+from podium_contracts import DLQ_HEADER_PREFIX, DLQ_SUFFIX, DlqHeader, Headers
 from podium_router.state import runs
 from podium_shared import Settings
-from podium_shared.dlq import PREFIX, original_record
-from podium_shared.topics import DLQ_SUFFIX
+from podium_shared.dlq import original_record
 
 
 class DlqError(Exception):
@@ -63,10 +62,14 @@ class DlqRecord:
     @property
     def meta(self) -> dict[str, str]:
         """The ``podium-dlq-*`` headers, without the prefix."""
-        return {k.removeprefix(PREFIX): _text(v) for k, v in self.headers if k.startswith(PREFIX)}
+        return {
+            k.removeprefix(DLQ_HEADER_PREFIX): _text(v)
+            for k, v in self.headers
+            if k.startswith(DLQ_HEADER_PREFIX)
+        }
 
     def original_headers(self) -> Headers:
-        return [(k, v) for k, v in self.headers if not k.startswith(PREFIX)]
+        return [(k, v) for k, v in self.headers if not k.startswith(DLQ_HEADER_PREFIX)]
 
     @property
     def ce_id(self) -> str | None:
@@ -85,7 +88,7 @@ class DlqRecord:
     @property
     def time(self) -> datetime:
         """When it was dead-lettered."""
-        raw = self.meta.get("time")
+        raw = self.meta.get(DlqHeader.TIME)
         if raw:
             try:
                 at = datetime.fromisoformat(raw.replace("Z", "+00:00"))
@@ -106,8 +109,8 @@ class DlqRecord:
     @property
     def task_id(self) -> str | None:
         meta = self.meta
-        if meta.get("task-id"):
-            return meta["task-id"]
+        if meta.get(DlqHeader.TASK_ID):
+            return meta[DlqHeader.TASK_ID]
         body = self.payload()
         if not isinstance(body, dict):
             return None
@@ -117,7 +120,11 @@ class DlqRecord:
 
     def matches_error(self, wanted: str) -> bool:
         meta = self.meta
-        return wanted in (meta.get("error-type"), meta.get("error-class"), meta.get("reason"))
+        return wanted in (
+            meta.get(DlqHeader.ERROR_TYPE),
+            meta.get(DlqHeader.ERROR_CLASS),
+            meta.get(DlqHeader.REASON),
+        )
 
     def as_dict(self) -> dict[str, Any]:
         meta = self.meta
@@ -128,14 +135,14 @@ class DlqRecord:
             "partition": self.partition,
             "offset": self.offset,
             "time": self.time.isoformat(),
-            "reason": meta.get("reason"),
-            "error_type": meta.get("error-type"),
-            "error_class": meta.get("error-class"),
-            "error_message": meta.get("error-message"),
-            "attempts": meta.get("attempts"),
-            "original_topic": meta.get("original-topic"),
+            "reason": meta.get(DlqHeader.REASON),
+            "error_type": meta.get(DlqHeader.ERROR_TYPE),
+            "error_class": meta.get(DlqHeader.ERROR_CLASS),
+            "error_message": meta.get(DlqHeader.ERROR_MESSAGE),
+            "attempts": meta.get(DlqHeader.ATTEMPTS),
+            "original_topic": meta.get(DlqHeader.ORIGINAL_TOPIC),
             "task_id": self.task_id,
-            "step_id": meta.get("step-id"),
+            "step_id": meta.get(DlqHeader.STEP_ID),
             "key": _text(self.key) if self.key is not None else None,
             "headers": {k: _text(v) for k, v in self.headers},
             "payload": body,
@@ -269,7 +276,11 @@ async def read_records(
 def summarize(topic: str, records: Sequence[DlqRecord]) -> dict[str, Any]:
     """Count, oldest and newest, and counts per (reason, error class, error type)."""
     groups = Counter(
-        (r.meta.get("reason", "?"), r.meta.get("error-class", ""), r.meta.get("error-type", ""))
+        (
+            r.meta.get(DlqHeader.REASON, "?"),
+            r.meta.get(DlqHeader.ERROR_CLASS, ""),
+            r.meta.get(DlqHeader.ERROR_TYPE, ""),
+        )
         for r in records
     )
     times = [r.time for r in records]
@@ -349,16 +360,20 @@ def plan_replay(
     skipped: list[dict[str, Any]] = []
     seen: set[str] = set()
     for r in records:
-        target = to or r.meta.get("original-topic")
+        target = to or r.meta.get(DlqHeader.ORIGINAL_TOPIC)
         task = r.task_id
         why = None
         if not target:
-            why = "no podium-dlq-original-topic header (give --to)"
+            why = f"no {DlqHeader.ORIGINAL_TOPIC.header} header (give --to)"
         elif r.ce_id is not None and r.ce_id in seen:
             why = "same ce_id as a record replayed in this run"
         elif task is not None and states.get(task) in SKIP_STATES:
             why = SKIP_STATES[states[task]]
-        elif r.meta.get("value-null") == "true" and r.key is None and "key-ref" not in r.meta:
+        elif (
+            r.meta.get(DlqHeader.VALUE_NULL) == "true"
+            and r.key is None
+            and DlqHeader.KEY_REF not in r.meta
+        ):
             why = "a record with neither key nor value, which this client cannot send"
         if why:
             skipped.append({"id": r.id, "offset": r.locator, "task_id": task, "why": why})

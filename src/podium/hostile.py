@@ -37,7 +37,11 @@ from aiokafka.structs import RecordMetadata
 
 from podium_contracts import (
     ContractError,
+    DlqHeader,
+    StepCompleted,
+    StepRetryScheduled,
     TaskCancelled,
+    TaskCancelRequested,
     TaskCompleted,
     TaskFailed,
     TaskRejected,
@@ -192,7 +196,7 @@ def _future_version(rng: random.Random, topics: Topics, topic: str, n: int, run:
 
 def _unexpected_type(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
     foreign = sorted(
-        {"podium.task.cancelled.v1", "podium.step.retry-scheduled.v1"} - set(topics.carries(topic))
+        {TaskCancelled.CE_TYPE, StepRetryScheduled.CE_TYPE} - set(topics.carries(topic))
     )
     return f"k{n}".encode(), b'{"task_id": "t"}', _ce(rng.choice(foreign))
 
@@ -232,7 +236,7 @@ def _cancel_unknown_task(rng: random.Random, topics: Topics, topic: str, n: int,
     # A well-formed cancel request for a task that never existed.
     task_id = f"never-submitted-{run}-{n}"
     body = orjson.dumps({"task_id": task_id, "reason": "hostile"})
-    return task_id.encode(), body, _ce("podium.task.cancel-requested.v1")
+    return task_id.encode(), body, _ce(TaskCancelRequested.CE_TYPE)
 
 
 def _orphan_result(rng: random.Random, topics: Topics, topic: str, n: int, run: str) -> Any:
@@ -247,7 +251,7 @@ def _orphan_result(rng: random.Random, topics: Topics, topic: str, n: int, run: 
         "attempt": 1,
         "duration_ms": 1.0,
     }
-    return task_id.encode(), orjson.dumps(body), _ce("podium.step.completed.v1")
+    return task_id.encode(), orjson.dumps(body), _ce(StepCompleted.CE_TYPE)
 
 
 # Well-formed messages for a task that does not exist: the router returns without a
@@ -572,13 +576,13 @@ class _Watch:
                 meta = dlq_headers(headers)
                 try:
                     where = (
-                        meta["original-topic"],
-                        int(meta["original-partition"]),
-                        int(meta["original-offset"]),
+                        meta[DlqHeader.ORIGINAL_TOPIC],
+                        int(meta[DlqHeader.ORIGINAL_PARTITION]),
+                        int(meta[DlqHeader.ORIGINAL_OFFSET]),
                     )
                 except (KeyError, ValueError):
                     continue
-                self.dead[where] = meta.get("reason", "?")
+                self.dead[where] = meta.get(DlqHeader.REASON, "?")
 
     def _answer(self, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         try:

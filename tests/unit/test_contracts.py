@@ -21,7 +21,9 @@ from podium_contracts import (
     Budget,
     Contract,
     ContractError,
+    DlqHeader,
     DlqLocation,
+    DlqReason,
     InvalidMessage,
     StepAbandoned,
     StepCompleted,
@@ -49,9 +51,8 @@ from podium_contracts import (
     schemas,
 )
 from podium_contracts.compat import breaking_changes
-from podium_shared import Topics
-from podium_shared.dlq import PREFIX as DLQ_PREFIX
-from podium_shared.dlq import DlqReason, dead_letter
+from podium_shared import Topics, dlq_headers
+from podium_shared.dlq import dead_letter
 
 pytestmark = pytest.mark.unit
 
@@ -335,8 +336,7 @@ def test_channel_table_names_every_contract_once() -> None:
 
 
 def test_dlq_reasons_and_headers_agree_with_podium_shared() -> None:
-    assert set(asyncapi.DLQ_REASONS) == {r.value for r in DlqReason}
-    assert asyncapi.DLQ_HEADER_PREFIX == DLQ_PREFIX
+    assert set(asyncapi.DLQ_REASONS) == set(DlqReason)
     record = dead_letter(
         topic="podium.steps.default.v1",
         partition=3,
@@ -349,9 +349,9 @@ def test_dlq_reasons_and_headers_agree_with_podium_shared() -> None:
         error_message="took too long",
         service="recovery",
         attempts=5,
-        extra={"error-class": "retryable", "task-id": "t", "step-id": "s"},
+        extra={DlqHeader.ERROR_CLASS: "retryable", DlqHeader.TASK_ID: "t", DlqHeader.STEP_ID: "s"},
     )
-    written = {k.removeprefix(DLQ_PREFIX) for k, _ in record.headers if k.startswith(DLQ_PREFIX)}
+    written = set(dlq_headers(record.headers))
     assert written == set(asyncapi.DLQ_HEADERS)
     assert set(asyncapi.DLQ_REQUIRED_HEADERS) <= written
 
@@ -857,13 +857,28 @@ def test_nested_models_ignore_unknown_fields_like_contracts_do() -> None:
 def test_public_names() -> None:
     assert podium_contracts.__all__ == [
         "ALL_CONTRACTS",
+        "CONSUMER_GROUP",
+        "DLQ_HEADER_PREFIX",
+        "DLQ_SUFFIX",
         "MAX_JSON_DEPTH",
         "REGISTRY",
+        "STEPS_TOPIC",
+        "STEP_FAILURES_TOPIC",
+        "STEP_RESULTS_TOPIC",
+        "TASKS_TOPIC",
+        "TASK_EVENTS_TOPIC",
+        "TOPIC_PREFIX",
+        "TRACEPARENT",
+        "TRACESTATE",
+        "TRACE_HEADERS",
         "Budget",
         "Contract",
         "ContractError",
+        "DlqHeader",
         "DlqLocation",
+        "DlqReason",
         "Envelope",
+        "ErrorClass",
         "Event",
         "FallbackPolicy",
         "Headers",
@@ -872,6 +887,7 @@ def test_public_names() -> None:
         "StepAbandoned",
         "StepCompleted",
         "StepError",
+        "StepErrorType",
         "StepFailed",
         "StepRequested",
         "StepRetryScheduled",
@@ -881,6 +897,7 @@ def test_public_names() -> None:
         "TaskCancelled",
         "TaskCompleted",
         "TaskError",
+        "TaskErrorType",
         "TaskFailed",
         "TaskRejected",
         "TaskSubmitted",
@@ -889,11 +906,14 @@ def test_public_names() -> None:
         "UnknownContract",
         "UnknownTask",
         "Usage",
+        "consumer_group",
         "decode",
         "decode_record",
+        "dlq_topic",
         "encode",
         "json_depth",
         "new_id",
+        "topic_name",
     ]
     for name in podium_contracts.__all__:
         assert hasattr(podium_contracts, name), name

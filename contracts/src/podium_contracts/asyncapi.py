@@ -1,11 +1,10 @@
 """The AsyncAPI 3.0 document of podium's topics, generated into ``contracts/asyncapi.yaml``.
 
-The topics are declared once, in ``podium_shared.topics``; this package cannot
-import that (podium_shared depends on podium_contracts, not the reverse), so
-:data:`CHANNELS` restates them as plain data — address, key, the contracts
-each carries, who writes and reads it — and a unit test keeps the two in step.
-:data:`DLQ_REASONS` and :data:`DLQ_HEADERS` restate ``podium_shared.dlq`` the
-same way.
+Topic names, DLQ reasons and ``podium-dlq-*`` header names come from
+:mod:`podium_contracts.vocabulary`; :data:`CHANNELS` adds what the document says of
+each topic — key, the contracts it carries, who writes and reads it — and a unit
+test keeps it in step with ``podium_shared.topics``. :data:`DLQ_REASONS` and
+:data:`DLQ_HEADERS` describe each reason and header.
 
 Payloads refer to the checked-in JSON Schemas (``podium_contracts/schemas``);
 headers are the CloudEvents 1.0 Kafka binding in binary mode plus W3C
@@ -21,8 +20,22 @@ from typing import Any
 
 import yaml
 
-from podium_contracts.envelope import JSON, SPEC_VERSION, STRUCTURED, TRACEPARENT
+from podium_contracts.envelope import JSON, SPEC_VERSION, STRUCTURED
 from podium_contracts.models import ALL_CONTRACTS, Contract
+from podium_contracts.vocabulary import (
+    DLQ_HEADER_PREFIX,
+    DLQ_SUFFIX,
+    STEP_FAILURES_TOPIC,
+    STEP_RESULTS_TOPIC,
+    STEPS_TOPIC,
+    TASK_EVENTS_TOPIC,
+    TASKS_TOPIC,
+    TOPIC_PREFIX,
+    TRACEPARENT,
+    DlqHeader,
+    DlqReason,
+    topic_name,
+)
 
 ASYNCAPI_PATH = Path(__file__).resolve().parents[2] / "asyncapi.yaml"
 # Where the JSON Schemas are, relative to ASYNCAPI_PATH (a test checks it).
@@ -46,12 +59,10 @@ class ChannelSpec:
     dlq: bool = True
 
 
-TOPIC_PREFIX = "podium"  # the default of PODIUM_TOPIC_PREFIX
-
 CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         id="tasks",
-        address="podium.tasks.v1",
+        address=topic_name(TASKS_TOPIC),
         key="task_id",
         ce_types=("podium.task.submitted.v1", "podium.task.cancel-requested.v1"),
         description="Tasks submitted (or cancelled) by upstream systems. "
@@ -61,7 +72,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ),
     ChannelSpec(
         id="taskEvents",
-        address="podium.task-events.v1",
+        address=topic_name(TASK_EVENTS_TOPIC),
         key="task_id",
         ce_types=(
             "podium.task.accepted.v1",
@@ -78,7 +89,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ),
     ChannelSpec(
         id="stepResults",
-        address="podium.step-results.v1",
+        address=topic_name(STEP_RESULTS_TOPIC),
         key="task_id",
         ce_types=(
             "podium.step.completed.v1",
@@ -92,7 +103,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ),
     ChannelSpec(
         id="stepFailures",
-        address="podium.step-failures.v1",
+        address=topic_name(STEP_FAILURES_TOPIC),
         key="task_id",
         ce_types=("podium.step.failed.v1",),
         description="Steps that failed, to recovery, which retries or abandons them.",
@@ -101,7 +112,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ),
     ChannelSpec(
         id="steps",
-        address="podium.steps.{pool}.v1",
+        address=topic_name(STEPS_TOPIC),
         key="step_id",
         ce_types=("podium.step.requested.v1",),
         description="Steps for one executor pool to run; one topic per pool.",
@@ -130,45 +141,43 @@ KEY_DESCRIPTIONS = {
     "partitions and so over its replicas.",
 }
 
-DLQ_SUFFIX = ".dlq"
 # podium_shared.topics.DLQ_RETENTION_MS, restated (contracts import nothing of the
 # runtime); a test keeps the two equal.
 DLQ_RETENTION_MS = 90 * 24 * 3600 * 1000
-DLQ_HEADER_PREFIX = "podium-dlq-"
-DLQ_REASONS: dict[str, str] = {
-    "undecodable": "not a CloudEvent with a JSON payload",
-    "unknown_type": "a ce_type or version this consumer does not read",
-    "unexpected_type": "a known ce_type on a topic that does not carry it",
-    "invalid": "a known type whose payload fails validation",
-    "unknown_task": "a well-formed message about a task its reader has no record of",
-    "processing_error": "the handler raised on this message",
-    "step_abandoned": "recovery gave up on a step (the value is its StepRequested)",
+DLQ_REASONS: dict[DlqReason, str] = {
+    DlqReason.UNDECODABLE: "not a CloudEvent with a JSON payload",
+    DlqReason.UNKNOWN_TYPE: "a ce_type or version this consumer does not read",
+    DlqReason.UNEXPECTED_TYPE: "a known ce_type on a topic that does not carry it",
+    DlqReason.INVALID: "a known type whose payload fails validation",
+    DlqReason.UNKNOWN_TASK: "a well-formed message about a task its reader has no record of",
+    DlqReason.PROCESSING_ERROR: "the handler raised on this message",
+    DlqReason.STEP_ABANDONED: "recovery gave up on a step (the value is its StepRequested)",
 }
-DLQ_HEADERS: dict[str, str] = {
-    "reason": "why the record is here: " + ", ".join(DLQ_REASONS),
-    "error-type": "the error's class or type (e.g. InvalidMessage, timeout)",
-    "error-message": "the error's message, at most 2000 characters",
-    "original-topic": "the topic the record was consumed from",
-    "original-partition": "its partition (-1 when dead-lettered without being consumed)",
-    "original-offset": "its offset (-1 when dead-lettered without being consumed)",
-    "service": "the service that dead-lettered it",
-    "attempts": "how many times it was tried",
-    "time": "when it was dead-lettered (RFC 3339)",
-    "error-class": "step_abandoned only: retryable or fatal",
-    "task-id": "step_abandoned only: the step's task",
-    "step-id": "step_abandoned only: the step",
+DLQ_HEADERS: dict[DlqHeader, str] = {
+    DlqHeader.REASON: "why the record is here: " + ", ".join(DLQ_REASONS),
+    DlqHeader.ERROR_TYPE: "the error's class or type (e.g. InvalidMessage, timeout)",
+    DlqHeader.ERROR_MESSAGE: "the error's message, at most 2000 characters",
+    DlqHeader.ORIGINAL_TOPIC: "the topic the record was consumed from",
+    DlqHeader.ORIGINAL_PARTITION: "its partition (-1 when dead-lettered without being consumed)",
+    DlqHeader.ORIGINAL_OFFSET: "its offset (-1 when dead-lettered without being consumed)",
+    DlqHeader.SERVICE: "the service that dead-lettered it",
+    DlqHeader.ATTEMPTS: "how many times it was tried",
+    DlqHeader.TIME: "when it was dead-lettered (RFC 3339)",
+    DlqHeader.ERROR_CLASS: "step_abandoned only: retryable or fatal",
+    DlqHeader.TASK_ID: "step_abandoned only: the step's task",
+    DlqHeader.STEP_ID: "step_abandoned only: the step",
 }
 # Written on every dead letter; the others only for some reasons.
 DLQ_REQUIRED_HEADERS = (
-    "reason",
-    "error-type",
-    "error-message",
-    "original-topic",
-    "original-partition",
-    "original-offset",
-    "service",
-    "attempts",
-    "time",
+    DlqHeader.REASON,
+    DlqHeader.ERROR_TYPE,
+    DlqHeader.ERROR_MESSAGE,
+    DlqHeader.ORIGINAL_TOPIC,
+    DlqHeader.ORIGINAL_PARTITION,
+    DlqHeader.ORIGINAL_OFFSET,
+    DlqHeader.SERVICE,
+    DlqHeader.ATTEMPTS,
+    DlqHeader.TIME,
 )
 
 _TRACEPARENT_PATTERN = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$"
@@ -305,11 +314,11 @@ def _dead_letter_message() -> dict[str, Any]:
         f"plus {DLQ_HEADER_PREFIX}* headers saying why, from where and when.",
         "headers": {
             "type": "object",
-            "required": [DLQ_HEADER_PREFIX + h for h in DLQ_REQUIRED_HEADERS],
+            "required": [h.header for h in DLQ_REQUIRED_HEADERS],
             "properties": {
-                DLQ_HEADER_PREFIX + h: (
-                    {"type": "string", "enum": list(DLQ_REASONS), "description": desc}
-                    if h == "reason"
+                h.header: (
+                    {"type": "string", "enum": [r.value for r in DLQ_REASONS], "description": desc}
+                    if h is DlqHeader.REASON
                     else {"type": "string", "description": desc}
                 )
                 for h, desc in DLQ_HEADERS.items()

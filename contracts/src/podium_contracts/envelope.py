@@ -31,12 +31,11 @@ import orjson
 from pydantic import ValidationError
 
 from podium_contracts.models import ALL_CONTRACTS, Contract
+from podium_contracts.vocabulary import TRACEPARENT, TRACESTATE, DlqReason
 
 SPEC_VERSION = "1.0"
 JSON = "application/json"
 STRUCTURED = "application/cloudevents+json"
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
 # Deepest JSON nesting a payload may have: well below orjson's encoder limit (254
 # levels), leaving room for the envelopes that wrap a payload on its way out (a
 # task's input inside a step's, an output inside TaskCompleted's steps).
@@ -48,23 +47,23 @@ Headers = list[tuple[str, bytes]]
 class ContractError(Exception):
     """A message this consumer cannot turn into a contract model."""
 
-    reason = "invalid"
+    reason: DlqReason = DlqReason.INVALID
 
 
 class UndecodableMessage(ContractError):
-    reason = "undecodable"
+    reason = DlqReason.UNDECODABLE
 
 
 class UnknownContract(ContractError):
-    reason = "unknown_type"
+    reason = DlqReason.UNKNOWN_TYPE
 
 
 class UnexpectedContract(ContractError):
-    reason = "unexpected_type"
+    reason = DlqReason.UNEXPECTED_TYPE
 
 
 class InvalidMessage(ContractError):
-    reason = "invalid"
+    reason = DlqReason.INVALID
 
 
 class UnknownTask(ContractError):
@@ -72,7 +71,7 @@ class UnknownTask(ContractError):
     step result or a retry for a task never submitted here): dead-lettered with this
     reason rather than dropped, so it is seen and can be replayed."""
 
-    reason = "unknown_task"
+    reason = DlqReason.UNKNOWN_TASK
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,8 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from podium_contracts.vocabulary import ErrorClass
+
 JsonObject = dict[str, Any]
 
 # Numbers an upstream system sends are bounded by what every store of them holds: the
@@ -64,14 +66,12 @@ class Usage(BaseModel):
         )
 
 
-ErrorClass = Literal["retryable", "fatal"]
-
-
 class StepError(BaseModel):
     """What went wrong in a step, and whether trying again can help."""
 
     model_config = ConfigDict(frozen=True)
 
+    # Typed str, not StepErrorType: a capability may name a type of its own.
     type: str = Field(description="timeout, rate_limited, unavailable, invalid_input, ...")
     message: str
     error_class: ErrorClass = "fatal"
@@ -238,6 +238,27 @@ class StepCompleted(Contract):
     duration_ms: float
     usage: Usage = Field(default_factory=Usage)
 
+    @classmethod
+    def for_step(
+        cls,
+        step: StepRequested,
+        *,
+        output: Any,
+        duration_ms: float,
+        usage: Usage | None = None,
+    ) -> StepCompleted:
+        """The result of ``step``: its ids, capability, pool and attempt, with ``output``."""
+        return cls(
+            task_id=step.task_id,
+            step_id=step.step_id,
+            capability=step.capability,
+            pool=step.pool,
+            output=output,
+            attempt=step.attempt,
+            duration_ms=duration_ms,
+            usage=usage or Usage(),
+        )
+
 
 class StepFailed(Contract):
     """A step failed; recovery decides what happens next."""
@@ -253,6 +274,28 @@ class StepFailed(Contract):
     duration_ms: float
     request: StepRequested = Field(description="the request that failed, for retry or DLQ")
 
+    @classmethod
+    def for_step(
+        cls,
+        step: StepRequested,
+        *,
+        error: StepError,
+        duration_ms: float,
+        attempt: int | None = None,
+    ) -> StepFailed:
+        """The failure of ``step``, carrying the request itself; ``attempt``: the one that
+        failed, when the reporter counts attempts itself (the router's watchdog)."""
+        return cls(
+            task_id=step.task_id,
+            step_id=step.step_id,
+            capability=step.capability,
+            pool=step.pool,
+            attempt=step.attempt if attempt is None else attempt,
+            error=error,
+            duration_ms=duration_ms,
+            request=step,
+        )
+
 
 class StepAbandoned(Contract):
     """Recovery gave up on a step; the router fails its task."""
@@ -264,6 +307,25 @@ class StepAbandoned(Contract):
     attempts: int
     error: StepError
     dlq: DlqLocation | None = None
+
+    @classmethod
+    def for_failure(
+        cls, failure: StepFailed, *, detail: str | None = None, dlq: DlqLocation | None = None
+    ) -> StepAbandoned:
+        """Recovery gives up on ``failure``'s step; ``detail`` (why) joins the error's message.
+        The error's ``retry_after_s`` is left out: no attempt follows."""
+        error = failure.error
+        return cls(
+            task_id=failure.task_id,
+            step_id=failure.step_id,
+            attempts=failure.attempt,
+            error=StepError(
+                type=error.type,
+                message=f"{error.message} ({detail})" if detail else error.message,
+                error_class=error.error_class,
+            ),
+            dlq=dlq,
+        )
 
 
 class TaskCancelRequested(Contract):
@@ -296,6 +358,21 @@ class StepRetryScheduled(Contract):
     model: str | None = None
     due_at: datetime
     error: StepError
+
+    @classmethod
+    def for_failure(
+        cls, failure: StepFailed, *, attempt: int, pool: str, model: str | None, due_at: datetime
+    ) -> StepRetryScheduled:
+        """Recovery will run ``failure``'s step again (attempt ``attempt``, at ``due_at``)."""
+        return cls(
+            task_id=failure.task_id,
+            step_id=failure.step_id,
+            attempt=attempt,
+            pool=pool,
+            model=model,
+            due_at=due_at,
+            error=failure.error,
+        )
 
 
 ALL_CONTRACTS: tuple[type[Contract], ...] = (

@@ -1,8 +1,9 @@
 """Dead-letter records: the original bytes and headers, untouched, plus
 ``podium-dlq-*`` headers saying why, from where, and when.
 
-The reason is part of the contract (``DlqReason``), not a free string, so
-operators can filter on it and replay tools can reason about it.
+The reason is part of the contract (``podium_contracts.DlqReason``), not a free
+string, so operators can filter on it and replay tools can reason about it; the
+header names are ``podium_contracts.DlqHeader``.
 
 A copy is always sendable. One that would pass ``MAX_RECORD_BYTES`` keeps its
 body in the blob store and says where (``podium-dlq-value-ref``, its size and
@@ -18,27 +19,18 @@ from __future__ import annotations
 import base64
 import hashlib
 from datetime import UTC, datetime
-from enum import StrEnum
 
 import orjson
 
-from podium_contracts import Headers
+from podium_contracts import DLQ_HEADER_PREFIX, DlqHeader, DlqReason, Headers
 from podium_shared import blobs
 from podium_shared.limits import MAX_RECORD_BYTES, record_size
 from podium_shared.outbox import OutgoingMessage
 from podium_shared.topics import Topics
 
-PREFIX = "podium-dlq-"
+PREFIX = DLQ_HEADER_PREFIX
 
-
-class DlqReason(StrEnum):
-    UNDECODABLE = "undecodable"  # not a CloudEvent with a JSON payload
-    UNKNOWN_TYPE = "unknown_type"  # a ce_type or version this consumer does not read
-    UNEXPECTED_TYPE = "unexpected_type"  # a known ce_type on a topic that does not carry it
-    INVALID = "invalid"  # a known type whose payload fails validation
-    UNKNOWN_TASK = "unknown_task"  # well-formed, about a task this reader has no record of
-    PROCESSING_ERROR = "processing_error"  # the handler raised on this message
-    STEP_ABANDONED = "step_abandoned"  # recovery gave up on a step
+__all__ = ["PREFIX", "DlqHeader", "DlqReason", "dead_letter", "dlq_headers", "fit"]
 
 
 def dead_letter(
@@ -59,15 +51,15 @@ def dead_letter(
     """Build the DLQ record for a consumed message (sent through the outbox)."""
     own = [(k, v) for k, v in headers if not k.startswith(PREFIX)]
     meta = {
-        "reason": reason.value,
-        "error-type": error_type,
-        "error-message": error_message[:2000],
-        "original-topic": topic,
-        "original-partition": str(partition),
-        "original-offset": str(offset),
-        "service": service,
-        "attempts": str(attempts),
-        "time": datetime.now(UTC).isoformat(),
+        DlqHeader.REASON: reason.value,
+        DlqHeader.ERROR_TYPE: error_type,
+        DlqHeader.ERROR_MESSAGE: error_message[:2000],
+        DlqHeader.ORIGINAL_TOPIC: topic,
+        DlqHeader.ORIGINAL_PARTITION: str(partition),
+        DlqHeader.ORIGINAL_OFFSET: str(offset),
+        DlqHeader.SERVICE: service,
+        DlqHeader.ATTEMPTS: str(attempts),
+        DlqHeader.TIME: datetime.now(UTC).isoformat(),
         **(extra or {}),
     }
     return fit(Topics.dlq(topic), key, value, own, meta)
@@ -87,7 +79,7 @@ def fit(
     whatever does not fit under ``limit`` goes to the blob store, by reference."""
     meta = dict(meta)
     if key is None and value is None:
-        meta["value-null"] = "true"
+        meta[DlqHeader.VALUE_NULL] = "true"
         value = b""
 
     def record() -> OutgoingMessage:
@@ -120,9 +112,9 @@ def fit(
 def _aside(part: str, data: bytes, store: blobs.BlobStore | None) -> dict[str, str]:
     url = (store or blobs.current()).put(data)
     return {
-        f"{part}-ref": url,
-        f"{part}-bytes": str(len(data)),
-        f"{part}-sha256": hashlib.sha256(data).hexdigest(),
+        DlqHeader(f"{part}-ref"): url,
+        DlqHeader(f"{part}-bytes"): str(len(data)),
+        DlqHeader(f"{part}-sha256"): hashlib.sha256(data).hexdigest(),
     }
 
 
@@ -133,21 +125,21 @@ def original_record(
     store where the copy kept them aside."""
     meta = dlq_headers(headers)
     own = [(k, v) for k, v in headers if not k.startswith(PREFIX)]
-    if "key-ref" in meta:
+    if DlqHeader.KEY_REF in meta:
         key = _fetch(meta, "key")
-    if "value-ref" in meta:
+    if DlqHeader.VALUE_REF in meta:
         value = _fetch(meta, "value")
-    elif meta.get("value-null") == "true":
+    elif meta.get(DlqHeader.VALUE_NULL) == "true":
         value = None
-    if "headers-ref" in meta:
+    if DlqHeader.HEADERS_REF in meta:
         own = [(k, base64.b64decode(v)) for k, v in orjson.loads(_fetch(meta, "headers"))]
     return key, value, own
 
 
 def _fetch(meta: dict[str, str], part: str) -> bytes:
-    data = blobs.read(meta[f"{part}-ref"])
-    if hashlib.sha256(data).hexdigest() != meta.get(f"{part}-sha256"):
-        raise blobs.BlobError(f"blob {meta[f'{part}-ref']} does not match its SHA-256")
+    ref = meta[DlqHeader(f"{part}-ref")]
+    if hashlib.sha256(data := blobs.read(ref)).hexdigest() != meta.get(DlqHeader(f"{part}-sha256")):
+        raise blobs.BlobError(f"blob {ref} does not match its SHA-256")
     return data
 
 

@@ -22,10 +22,12 @@ from typing import Any
 import orjson
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from podium_contracts import StepErrorType
+
 MAX_RECORD_BYTES = 1_048_576
 MAX_PAYLOAD_BYTES = 1_000_000
 MAX_DATA_BYTES = 960_000
-TOO_LARGE = "too_large"
+TOO_LARGE = StepErrorType.TOO_LARGE  # also a TaskErrorType: the same value
 
 
 class PayloadTooLarge(ValueError):

@@ -51,14 +51,11 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from podium_contracts import Event
+from podium_contracts import DLQ_HEADER_PREFIX, TRACE_HEADERS, TRACEPARENT, TRACESTATE, Event
 from podium_shared import metrics
 
 log = structlog.get_logger(__name__)
 
-TRACEPARENT = "traceparent"
-TRACESTATE = "tracestate"
-DLQ_PREFIX = "podium-dlq-"
 TaskAttr = "podium.task_id"
 StepAttr = "podium.step_id"
 Mode = Literal["off", "local", "otlp"]
@@ -477,7 +474,7 @@ def start_publish(
     try:
         tp, ts = header_context(headers)
         ce_id = next((v.decode("latin-1") for k, v in headers if k == "ce_id"), None)
-        dlq = any(k.startswith(DLQ_PREFIX) for k, _ in headers)
+        dlq = any(k.startswith(DLQ_HEADER_PREFIX) for k, _ in headers)
         send = tracer.start_span(
             f"publish {topic}",
             context=extract(tp, ts),
@@ -497,7 +494,7 @@ def start_publish(
         if dlq:
             return send, headers
         new_tp, new_ts = inject(send)
-        out = [(k, v) for k, v in headers if k.lower() not in (TRACEPARENT, TRACESTATE)]
+        out = [(k, v) for k, v in headers if k.lower() not in TRACE_HEADERS]
         if new_tp:
             out.append((TRACEPARENT, new_tp.encode()))
         if new_ts:

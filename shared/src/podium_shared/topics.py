@@ -11,9 +11,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from podium_contracts import (
+    DLQ_SUFFIX,
+    STEP_FAILURES_TOPIC,
+    STEP_RESULTS_TOPIC,
+    STEPS_TOPIC,
+    TASK_EVENTS_TOPIC,
+    TASKS_TOPIC,
+    TOPIC_PREFIX,
+    consumer_group,
+    dlq_topic,
+    topic_name,
+)
 from podium_contracts.asyncapi import carried_by
 
-DLQ_SUFFIX = ".dlq"
+__all__ = ["DLQ_RETENTION_MS", "DLQ_SUFFIX", "TopicSpec", "Topics", "dlq_configs"]
 # Dead letters must outlive the fix: the broker's default retention (7 days on
 # Apache Kafka) can expire a record before anyone has replayed it.
 DLQ_RETENTION_MS = 90 * 24 * 3600 * 1000  # 90 days; -1 keeps them for ever
@@ -30,28 +42,33 @@ class TopicSpec:
 
 @dataclass(frozen=True, slots=True)
 class Topics:
-    """Topic names under one prefix (``podium`` unless configured)."""
+    """Topic names under one prefix (``podium`` unless configured), from the patterns
+    in ``podium_contracts.vocabulary``."""
 
-    prefix: str = "podium"
+    prefix: str = TOPIC_PREFIX
 
     @property
     def tasks(self) -> str:
-        return f"{self.prefix}.tasks.v1"
+        return topic_name(TASKS_TOPIC, self.prefix)
 
     @property
     def task_events(self) -> str:
-        return f"{self.prefix}.task-events.v1"
+        return topic_name(TASK_EVENTS_TOPIC, self.prefix)
 
     @property
     def step_results(self) -> str:
-        return f"{self.prefix}.step-results.v1"
+        return topic_name(STEP_RESULTS_TOPIC, self.prefix)
 
     @property
     def step_failures(self) -> str:
-        return f"{self.prefix}.step-failures.v1"
+        return topic_name(STEP_FAILURES_TOPIC, self.prefix)
 
     def steps(self, pool: str) -> str:
-        return f"{self.prefix}.steps.{pool}.v1"
+        return topic_name(STEPS_TOPIC, self.prefix, pool=pool)
+
+    def group(self, service: str, pool: str | None = None) -> str:
+        """The consumer group of ``service`` (of one ``pool``, for the executor)."""
+        return consumer_group(self.prefix, service, pool)
 
     def carries(self, topic: str) -> frozenset[str]:
         """The ce_types ``topic`` carries, as the AsyncAPI document declares them
@@ -60,7 +77,7 @@ class Topics:
 
     @staticmethod
     def dlq(topic: str) -> str:
-        return topic + DLQ_SUFFIX
+        return dlq_topic(topic)
 
     def declarations(
         self,

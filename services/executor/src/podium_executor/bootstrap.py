@@ -63,7 +63,7 @@ def build(
     )
     return ExecutorApp(
         pool=xs.pool,
-        group=f"{settings.topic_prefix}-executor-{xs.pool}",
+        group=topics.group("executor", xs.pool),
         topic=topics.steps(xs.pool),
         pools=tuple(sorted({"default", "memory", xs.pool})),
         engine=engine,

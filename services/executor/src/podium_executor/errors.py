@@ -12,19 +12,11 @@ raises is reported as a fatal ``capability_error`` naming the exception.
 
 from __future__ import annotations
 
-from enum import StrEnum
+from podium_contracts import StepError, StepErrorType
 
-from podium_contracts import StepError
-
-
-class ErrorType(StrEnum):
-    TIMEOUT = "timeout"  # no result within the step's timeout
-    RATE_LIMITED = "rate_limited"  # the provider said "slow down" (HTTP 429)
-    UNAVAILABLE = "unavailable"  # provider down, unreachable, or its circuit is open
-    INVALID_INPUT = "invalid_input"  # the step's input does not fit the capability
-    CAPABILITY_ERROR = "capability_error"  # the call failed in a way a retry will not fix
-    UNKNOWN_CAPABILITY = "unknown_capability"  # the pool has no capability by that name
-    TOO_LARGE = "too_large"  # the output is over MAX_DATA_BYTES (podium_shared.limits)
+# The step error types are wire vocabulary, declared in podium_contracts; the
+# executor's name for them stays.
+ErrorType = StepErrorType
 
 
 RETRYABLE = frozenset({ErrorType.TIMEOUT, ErrorType.RATE_LIMITED, ErrorType.UNAVAILABLE})

@@ -109,13 +109,9 @@ class Ledger:
 
 
 def _completed(step: StepRequested, row: Any) -> StepCompleted:
-    return StepCompleted(
-        task_id=step.task_id,
-        step_id=step.step_id,
-        capability=step.capability,
-        pool=step.pool,
+    return StepCompleted.for_step(
+        step,
         output=orjson.loads(row.output),
-        attempt=step.attempt,
         duration_ms=row.duration_ms,
         usage=Usage.model_validate(row.usage),
     )

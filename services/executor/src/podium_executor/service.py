@@ -77,15 +77,8 @@ class Executor:
             output, usage = await self._call(step)
         except CapabilityError as exc:
             return self._failed(step, exc.error, started)
-        return StepCompleted(
-            task_id=step.task_id,
-            step_id=step.step_id,
-            capability=step.capability,
-            pool=step.pool,
-            output=output,
-            attempt=step.attempt,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            usage=usage,
+        return StepCompleted.for_step(
+            step, output=output, duration_ms=(time.perf_counter() - started) * 1000, usage=usage
         )
 
     async def _call(self, step: StepRequested) -> tuple[Any, Usage]:
@@ -160,15 +153,8 @@ class Executor:
 
     @staticmethod
     def _failed(step: StepRequested, error: StepError, started: float) -> StepFailed:
-        return StepFailed(
-            task_id=step.task_id,
-            step_id=step.step_id,
-            capability=step.capability,
-            pool=step.pool,
-            attempt=step.attempt,
-            error=error,
-            duration_ms=(time.perf_counter() - started) * 1000,
-            request=step,
+        return StepFailed.for_step(
+            step, error=error, duration_ms=(time.perf_counter() - started) * 1000
         )
 
 

@@ -22,7 +22,7 @@ def build(
     engine = open_database(settings.database_url("memory"), HISTORY)
     return ServiceSpec(
         name="memory",
-        group=f"{settings.topic_prefix}-memory",
+        group=topics.group("memory"),
         topics=[topics.steps("memory"), topics.task_events],
         handler=make_handler(Memory(topics, memory_settings, summarizer)),
         engine=engine,

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from podium_contracts import (
     StepCompleted,
     StepError,
+    StepErrorType,
     StepFailed,
     StepRequested,
     TaskCompleted,
@@ -36,7 +37,7 @@ from podium_memory.scopes import (
 from podium_memory.settings import MemorySettings
 from podium_memory.store import EntryType, MemoryStore, NewEntry, SessionState
 from podium_shared import Topics, UnitOfWork, metrics, telemetry
-from podium_shared.limits import TOO_LARGE, too_large
+from podium_shared.limits import too_large
 
 log = structlog.get_logger(__name__)
 
@@ -165,7 +166,8 @@ class Memory:
         output: Any = None
         if operation is None:
             error = StepError(
-                type="unknown_capability", message=f"memory has no capability {step.capability!r}"
+                type=StepErrorType.UNKNOWN_CAPABILITY,
+                message=f"memory has no capability {step.capability!r}",
             )
         else:
             with telemetry.span(
@@ -183,16 +185,16 @@ class Memory:
                     # can never be sent: fail the step saying so instead.
                     why = too_large(f"{step.capability}: output", output)
                     if why:
-                        error = StepError(type=TOO_LARGE, message=why)
+                        error = StepError(type=StepErrorType.TOO_LARGE, message=why)
                     elif telemetry.enabled():
                         telemetry.annotate(**_memory_attributes(output))
                 except ValidationError as exc:
                     first = exc.errors()[0]
                     where = ".".join(str(p) for p in first["loc"])
                     message = f"{where}: {first['msg']}" if where else str(first["msg"])
-                    error = StepError(type="invalid_input", message=message)
+                    error = StepError(type=StepErrorType.INVALID_INPUT, message=message)
                 except ScopeForbidden as exc:
-                    error = StepError(type="forbidden", message=str(exc))
+                    error = StepError(type=StepErrorType.FORBIDDEN, message=str(exc))
                 if error is not None:
                     telemetry.mark_failed(error.type, error.message)
         elapsed = (time.perf_counter() - started) * 1000
@@ -202,30 +204,13 @@ class Memory:
         if error is None:
             uow.publish(
                 self.topics.step_results,
-                StepCompleted(
-                    task_id=step.task_id,
-                    step_id=step.step_id,
-                    capability=step.capability,
-                    pool=step.pool,
-                    output=output,
-                    attempt=step.attempt,
-                    duration_ms=elapsed,
-                ),
+                StepCompleted.for_step(step, output=output, duration_ms=elapsed),
                 key=step.task_id,
             )
             return
         uow.publish(
             self.topics.step_failures,
-            StepFailed(
-                task_id=step.task_id,
-                step_id=step.step_id,
-                capability=step.capability,
-                pool=step.pool,
-                attempt=step.attempt,
-                error=error,
-                duration_ms=elapsed,
-                request=step,
-            ),
+            StepFailed.for_step(step, error=error, duration_ms=elapsed),
             key=step.task_id,
         )
 

@@ -24,7 +24,7 @@ def build(
     engine = open_database(settings.database_url("recovery"), HISTORY, legacy=to_baseline)
     return ServiceSpec(
         name="recovery",
-        group=f"{settings.topic_prefix}-recovery",
+        group=topics.group("recovery"),
         topics=[topics.step_failures],
         handler=make_handler(Recovery(topics, rs, rng=rng)),
         engine=engine,

@@ -12,9 +12,9 @@ import sqlalchemy as sa
 import structlog
 
 from podium_contracts import (
+    DlqHeader,
     DlqLocation,
     StepAbandoned,
-    StepError,
     StepFailed,
     StepRetryScheduled,
     encode,
@@ -135,14 +135,12 @@ class Recovery:
         )
         uow.publish(
             self.topics.step_results,
-            StepRetryScheduled(
-                task_id=failure.task_id,
-                step_id=failure.step_id,
+            StepRetryScheduled.for_failure(
+                failure,
                 attempt=retry.attempt,
                 pool=retry.pool,
                 model=retry.model,
                 due_at=retry.due_at,
-                error=failure.error,
             ),
             key=failure.task_id,
         )
@@ -188,24 +186,18 @@ class Recovery:
                 service=SERVICE,
                 attempts=failure.attempt,
                 extra={
-                    "error-class": failure.error.error_class,
-                    "task-id": failure.task_id,
-                    "step-id": failure.step_id,
-                    "abandoned": abandon.why.value,
+                    DlqHeader.ERROR_CLASS: failure.error.error_class,
+                    DlqHeader.TASK_ID: failure.task_id,
+                    DlqHeader.STEP_ID: failure.step_id,
+                    DlqHeader.ABANDONED: abandon.why.value,
                 },
             )
         )
         uow.publish(
             self.topics.step_results,
-            StepAbandoned(
-                task_id=failure.task_id,
-                step_id=failure.step_id,
-                attempts=failure.attempt,
-                error=StepError(
-                    type=failure.error.type,
-                    message=f"{failure.error.message} ({abandon.detail})",
-                    error_class=failure.error.error_class,
-                ),
+            StepAbandoned.for_failure(
+                failure,
+                detail=abandon.detail,
                 dlq=DlqLocation(topic=self.topics.dlq(original), record_id=record_id),
             ),
             key=failure.task_id,

@@ -25,7 +25,7 @@ def build(
     router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s)
     return ServiceSpec(
         name="router",
-        group=f"{settings.topic_prefix}-router",
+        group=topics.group("router"),
         topics=[topics.tasks, topics.step_results],
         handler=make_handler(router),
         pools=tuple(sorted(pools_of(catalog.all()))),
