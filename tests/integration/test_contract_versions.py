@@ -20,7 +20,7 @@ import pytest
 from podium.client import PodiumClient
 from podium.stack import Stack
 from podium.status import StatusError, task_status
-from podium_contracts import TaskCompleted, encode
+from podium_contracts import DLQ_HEADER_PREFIX, TaskCompleted, encode
 from podium_shared import Topics, dlq_headers
 from tests.support.contracts_v2 import TaskSubmittedV2, WorkflowRef
 from tests.support.kafka import read_topic
@@ -74,7 +74,7 @@ async def test_a_future_major_version_is_dead_lettered_and_replayed_after_the_up
 
     # Dead-lettered by today's router, with the reason, and nothing lost or changed.
     assert record.value == value and record.key == task_id.encode()
-    assert [(k, v) for k, v in record.headers if not k.startswith("podium-dlq-")] == headers
+    assert [(k, v) for k, v in record.headers if not k.startswith(DLQ_HEADER_PREFIX)] == headers
     meta = dlq_headers(list(record.headers))
     assert meta["reason"] == "unknown_type"
     assert meta["error-type"] == "UnknownContract"

@@ -139,7 +139,7 @@ async def test_three_replicas_share_the_pool_and_finish_a_batch(
     assert sorted(p for s in shares for p in s) == sorted({p for s in shares for p in s})
     # Every consumed step's offset is committed: nothing would be redelivered.
     topic = Topics(pools.settings.topic_prefix).steps("work")
-    group = f"{pools.settings.topic_prefix}-executor-work"
+    group = Topics(pools.settings.topic_prefix).group("executor", "work")
     ends = await end_offsets(pools.bootstrap, topic, at_least=48)
     assert sum(ends.values()) == 48
     deadline = time.monotonic() + 15

@@ -13,6 +13,7 @@ from podium.client import PodiumClient
 from podium.stack import Stack
 from podium.status import StatusError, task_status
 from podium_contracts import (
+    DLQ_HEADER_PREFIX,
     MAX_JSON_DEPTH,
     StepError,
     StepFailed,
@@ -83,10 +84,9 @@ async def test_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_services_g
         outcome = (await client.wait_for([after.task_id], 45))[after.task_id]
     assert isinstance(outcome, TaskCompleted), outcome
 
-    prefix = stack.settings.topic_prefix
     for topic, partitions, service, group in (
-        (topics.tasks, 4, "router", f"{prefix}-router"),
-        (topics.steps("default"), 8, "executor", f"{prefix}-executor-default"),
+        (topics.tasks, 4, "router", topics.group("router")),
+        (topics.steps("default"), 8, "executor", topics.group("executor", "default")),
     ):
         dlq = await dead_letters(stack, topic, marker, partitions)
         assert len(dlq) == partitions, (topic, len(dlq))
@@ -96,7 +96,7 @@ async def test_a_header_key_that_is_not_utf8_is_dead_lettered_and_the_services_g
             assert "header key" in meta["error-message"] and "not UTF-8" in meta["error-message"]
             assert r.value == value and r.key == b"badkey"
             # What can be read goes along untouched; the bad key, as its escaped bytes.
-            original = [(k, v) for k, v in r.headers if not k.startswith("podium-dlq-")]
+            original = [(k, v) for k, v in r.headers if not k.startswith(DLQ_HEADER_PREFIX)]
             assert original == [*headers, ("\\xff\\xfe-key", b"x")]
         await assert_committed_past(stack, group, topic, dlq)
     assert all(p.proc.poll() is None for p in stack.processes)
@@ -133,9 +133,7 @@ async def test_a_task_nested_too_deep_is_dead_lettered_and_the_router_goes_on(
     assert meta["reason"] == "undecodable" and meta["service"] == "router"
     assert f"deeper than {MAX_JSON_DEPTH} levels" in meta["error-message"]
     assert record.value == value
-    await assert_committed_past(
-        stack, f"{stack.settings.topic_prefix}-router", topics.tasks, [record]
-    )
+    await assert_committed_past(stack, topics.group("router"), topics.tasks, [record])
     with pytest.raises(StatusError):
         task_status(stack.settings, task_id)
 
@@ -156,16 +154,7 @@ async def test_a_contract_on_a_topic_that_does_not_carry_it_is_dead_lettered_as_
         pool="default",
         idempotency_key="k",
     )
-    failed = StepFailed(
-        task_id=request.task_id,
-        step_id="s",
-        capability="echo",
-        pool="default",
-        attempt=1,
-        error=StepError(type="x", message="y"),
-        duration_ms=1.0,
-        request=request,
-    )
+    failed = StepFailed.for_step(request, error=StepError(type="x", message="y"), duration_ms=1.0)
     cases = [
         (topics.step_results, stray, "router"),
         (topics.step_results, failed, "router"),

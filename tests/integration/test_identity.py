@@ -169,7 +169,7 @@ async def test_a_cancelled_task_is_not_dead_lettered_by_memory(stack: Stack) -> 
         if r.key == task.task_id.encode()
         and dict(r.headers)["ce_type"] == TaskCancelled.CE_TYPE.encode()
     )
-    group = f"{stack.settings.topic_prefix}-memory"
+    group = topics.group("memory")
     deadline = time.monotonic() + 20
     while (await committed_offsets(stack.bootstrap, group, topics.task_events)).get(
         cancelled.partition, -1

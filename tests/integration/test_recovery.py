@@ -22,7 +22,7 @@ from podium.client import PodiumClient
 from podium.dlq import Filters, read_records, replay, select, send_all
 from podium.stack import Stack
 from podium.status import task_history, task_status
-from podium_contracts import TaskCompleted, TaskFailed, TaskSubmitted
+from podium_contracts import DLQ_HEADER_PREFIX, DlqHeader, TaskCompleted, TaskFailed, TaskSubmitted
 from podium_recovery.state import timers
 from podium_shared import Topics, dlq_headers
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
@@ -274,9 +274,9 @@ async def test_a_dlq_of_ten_thousand_records_lists_and_replays_with_progress(
         reason = "undecodable" if i % 4 else "invalid"
         headers = [
             ("x-n", str(i).encode()),
-            ("podium-dlq-reason", reason.encode()),
-            ("podium-dlq-error-type", b"UndecodableMessage" if i % 4 else b"InvalidMessage"),
-            ("podium-dlq-original-topic", f"{prefix}.bulk.v1".encode()),
+            (DlqHeader.REASON.header, reason.encode()),
+            (DlqHeader.ERROR_TYPE.header, b"UndecodableMessage" if i % 4 else b"InvalidMessage"),
+            (DlqHeader.ORIGINAL_TOPIC.header, f"{prefix}.bulk.v1".encode()),
         ]
         poison.append((dlq, None, b"{poison %d" % i, headers))
     producer = make_producer(stack.settings, client_id="test-bulk")
@@ -308,7 +308,7 @@ async def test_a_dlq_of_ten_thousand_records_lists_and_replays_with_progress(
     copies = await read_topic(stack.bootstrap, scratch, at_least=10_000, timeout_s=60)
     assert len(copies) == 10_000
     assert len({dict(r.headers)["x-n"] for r in copies}) == 10_000
-    assert not any(k.startswith("podium-dlq-") for r in copies for k, _ in r.headers)
+    assert not any(k.startswith(DLQ_HEADER_PREFIX) for r in copies for k, _ in r.headers)
 
     dry = podium(
         stack,

@@ -10,7 +10,7 @@ import pytest
 from podium.client import PodiumClient
 from podium.stack import Stack
 from podium.status import task_status
-from podium_contracts import TaskCompleted, TaskFailed, TaskSubmitted, encode
+from podium_contracts import DLQ_HEADER_PREFIX, TaskCompleted, TaskFailed, TaskSubmitted, encode
 from podium_shared import Topics, dlq_headers
 from tests.support.kafka import committed_offsets, read_topic
 
@@ -149,7 +149,7 @@ async def test_poison_goes_to_the_dlq_untouched_and_the_next_task_completes(
     dlq = await read_topic(stack.bootstrap, topics.dlq(topics.tasks), at_least=1)
     record = next(r for r in dlq if dict(r.headers).get("x-test-marker") == marker)
     assert record.value == value and record.key == key
-    original = [(k, v) for k, v in record.headers if not k.startswith("podium-dlq-")]
+    original = [(k, v) for k, v in record.headers if not k.startswith(DLQ_HEADER_PREFIX)]
     assert original == headers
     meta = dlq_headers(list(record.headers))
     assert meta["reason"] == reason
@@ -158,7 +158,5 @@ async def test_poison_goes_to_the_dlq_untouched_and_the_next_task_completes(
     assert meta["error-message"] and meta["error-type"] and meta["time"]
     assert int(meta["original-offset"]) >= 0 and int(meta["original-partition"]) >= 0
     # The poison's offset is committed, so a restart does not read it again.
-    committed = await committed_offsets(
-        stack.bootstrap, f"{stack.settings.topic_prefix}-router", topics.tasks
-    )
+    committed = await committed_offsets(stack.bootstrap, topics.group("router"), topics.tasks)
     assert committed[int(meta["original-partition"])] > int(meta["original-offset"])

@@ -212,7 +212,7 @@ def test_metrics_report_lag_and_step_latency_after_a_batch(stack: Stack) -> None
     executor = next(p for p in stack.processes if p.name == "executor")
     router = next(p for p in stack.processes if p.name == "router")
     assert executor.metrics_url and router.metrics_url
-    group = f"{stack.settings.topic_prefix}-executor-default"
+    group = Topics(stack.settings.topic_prefix).group("executor", "default")
     steps = Topics(stack.settings.topic_prefix).steps("default")
     deadline = time.monotonic() + 10
     while True:

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from aiokafka import ConsumerRecord, TopicPartition
 from sqlalchemy.engine import Connection
 
-from podium_contracts import Event, TaskAccepted, TaskSubmitted, encode
+from podium_contracts import DLQ_HEADER_PREFIX, Event, TaskAccepted, TaskSubmitted, encode
 from podium_shared import ConsumeLoop, Handler, UnitOfWork, make_engine, telemetry
 from podium_shared import concurrent_consumer as concurrent_module
 from podium_shared import consumer as consumer_module
@@ -148,7 +148,7 @@ def _bad_record(r: Any, *_: Any, **__: Any) -> bool:
 
 
 def _with_headers(**kwargs: Any) -> bool:
-    return any(not k.startswith("podium-dlq-") for k, _ in kwargs["headers"])
+    return any(not k.startswith(DLQ_HEADER_PREFIX) for k, _ in kwargs["headers"])
 
 
 @dataclass(frozen=True)

@@ -862,11 +862,6 @@ def test_public_names() -> None:
         "DLQ_SUFFIX",
         "MAX_JSON_DEPTH",
         "REGISTRY",
-        "STEPS_TOPIC",
-        "STEP_FAILURES_TOPIC",
-        "STEP_RESULTS_TOPIC",
-        "TASKS_TOPIC",
-        "TASK_EVENTS_TOPIC",
         "TOPIC_PREFIX",
         "TRACEPARENT",
         "TRACESTATE",
@@ -901,6 +896,7 @@ def test_public_names() -> None:
         "TaskFailed",
         "TaskRejected",
         "TaskSubmitted",
+        "TopicPattern",
         "UndecodableMessage",
         "UnexpectedContract",
         "UnknownContract",
@@ -913,7 +909,6 @@ def test_public_names() -> None:
         "encode",
         "json_depth",
         "new_id",
-        "topic_name",
     ]
     for name in podium_contracts.__all__:
         assert hasattr(podium_contracts, name), name

@@ -37,15 +37,10 @@ def failure(
         retry=retry,
         fallback=fallback,
     )
-    return StepFailed(
-        task_id="t1",
-        step_id="s1",
-        capability="flaky",
-        pool=pool,
-        attempt=attempt,
+    return StepFailed.for_step(
+        request,
         error=StepError(type="unavailable", message="down", error_class=error_class),  # type: ignore[arg-type]
         duration_ms=1.0,
-        request=request,
     )
 
 

@@ -11,6 +11,7 @@ import orjson
 import pytest
 
 from podium.dlq import DlqRecord, Filters, parse_since, plan_replay, replay, select, summarize
+from podium_contracts import DLQ_HEADER_PREFIX
 from podium_shared.blobs import FolderStore
 from podium_shared.dlq import fit
 
@@ -43,7 +44,7 @@ def record(
     if original:
         meta["original-topic"] = original
     headers = [("ce_id", (ce_id or f"id{offset}").encode()), ("x-app", b"1")]
-    headers += [(f"podium-dlq-{k}", v.encode()) for k, v in meta.items()]
+    headers += [(DLQ_HEADER_PREFIX + k, v.encode()) for k, v in meta.items()]
     return DlqRecord("p.steps.default.v1.dlq", 0, offset, 0, b"k", value, headers)
 
 

@@ -58,15 +58,10 @@ def request(attempt: int = 1, **kw: object) -> StepRequested:
 
 
 def failure(attempt: int = 1, error_class: str = "retryable", **kw: object) -> StepFailed:
-    return StepFailed(
-        task_id="t1",
-        step_id="s1",
-        capability="flaky",
-        pool="default",
-        attempt=attempt,
+    return StepFailed.for_step(
+        request(attempt, **kw),
         error=StepError(type="unavailable", message="down", error_class=error_class),  # type: ignore[arg-type]
         duration_ms=1.0,
-        request=request(attempt, **kw),
     )
 
 

@@ -39,16 +39,7 @@ def failed(attempt: int, retry_after_s: float | None) -> StepFailed:
         type="unavailable", message="open", error_class="retryable", retry_after_s=retry_after_s
     )
     request = down().model_copy(update={"attempt": attempt, "retry": QUICK})
-    return StepFailed(
-        task_id="t",
-        step_id="s",
-        capability="fail",
-        pool="p",
-        attempt=attempt,
-        error=error,
-        duration_ms=1.0,
-        request=request,
-    )
+    return StepFailed.for_step(request, error=error, duration_ms=1.0)
 
 
 async def test_an_open_circuit_reports_when_its_next_trial_is() -> None:

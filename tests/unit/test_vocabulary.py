@@ -13,8 +13,6 @@ import pytest
 from podium_contracts import (
     DLQ_HEADER_PREFIX,
     DLQ_SUFFIX,
-    STEPS_TOPIC,
-    TASKS_TOPIC,
     TRACE_HEADERS,
     ContractError,
     DlqHeader,
@@ -29,6 +27,7 @@ from podium_contracts import (
     StepRequested,
     StepRetryScheduled,
     TaskErrorType,
+    TopicPattern,
     UndecodableMessage,
     UnexpectedContract,
     UnknownContract,
@@ -38,7 +37,6 @@ from podium_contracts import (
     consumer_group,
     dlq_topic,
     encode,
-    topic_name,
 )
 from podium_executor.errors import ErrorType, fatal, retryable
 from podium_shared import Topics, blobs, dead_letter, dlq_headers
@@ -125,10 +123,10 @@ def test_a_copy_set_aside_names_declared_headers_and_reads_back(tmp_path: Path) 
 
 
 def test_topic_names_follow_the_patterns() -> None:
-    assert topic_name(TASKS_TOPIC) == "podium.tasks.v1"
-    assert topic_name(TASKS_TOPIC, "acme") == "acme.tasks.v1"
-    assert topic_name(STEPS_TOPIC, "acme", pool="gpu") == "acme.steps.gpu.v1"
-    assert topic_name(STEPS_TOPIC) == "podium.steps.{pool}.v1"  # the AsyncAPI address
+    assert TopicPattern.TASKS.under() == "podium.tasks.v1"
+    assert TopicPattern.TASKS.under("acme") == "acme.tasks.v1"
+    assert TopicPattern.STEPS.under("acme", pool="gpu") == "acme.steps.gpu.v1"
+    assert TopicPattern.STEPS.under() == "podium.steps.{pool}.v1"  # the AsyncAPI address
     assert DLQ_SUFFIX == ".dlq"
     assert dlq_topic("acme.tasks.v1") == "acme.tasks.v1.dlq"
     topics = Topics("acme")

@@ -46,11 +46,6 @@ from podium_contracts.vocabulary import (
     CONSUMER_GROUP,
     DLQ_HEADER_PREFIX,
     DLQ_SUFFIX,
-    STEP_FAILURES_TOPIC,
-    STEP_RESULTS_TOPIC,
-    STEPS_TOPIC,
-    TASK_EVENTS_TOPIC,
-    TASKS_TOPIC,
     TOPIC_PREFIX,
     TRACE_HEADERS,
     TRACEPARENT,
@@ -60,9 +55,9 @@ from podium_contracts.vocabulary import (
     ErrorClass,
     StepErrorType,
     TaskErrorType,
+    TopicPattern,
     consumer_group,
     dlq_topic,
-    topic_name,
 )
 
 __all__ = [
@@ -72,11 +67,6 @@ __all__ = [
     "DLQ_SUFFIX",
     "MAX_JSON_DEPTH",
     "REGISTRY",
-    "STEPS_TOPIC",
-    "STEP_FAILURES_TOPIC",
-    "STEP_RESULTS_TOPIC",
-    "TASKS_TOPIC",
-    "TASK_EVENTS_TOPIC",
     "TOPIC_PREFIX",
     "TRACEPARENT",
     "TRACESTATE",
@@ -111,6 +101,7 @@ __all__ = [
     "TaskFailed",
     "TaskRejected",
     "TaskSubmitted",
+    "TopicPattern",
     "UndecodableMessage",
     "UnexpectedContract",
     "UnknownContract",
@@ -123,5 +114,4 @@ __all__ = [
     "encode",
     "json_depth",
     "new_id",
-    "topic_name",
 ]

@@ -25,16 +25,11 @@ from podium_contracts.models import ALL_CONTRACTS, Contract
 from podium_contracts.vocabulary import (
     DLQ_HEADER_PREFIX,
     DLQ_SUFFIX,
-    STEP_FAILURES_TOPIC,
-    STEP_RESULTS_TOPIC,
-    STEPS_TOPIC,
-    TASK_EVENTS_TOPIC,
-    TASKS_TOPIC,
     TOPIC_PREFIX,
     TRACEPARENT,
     DlqHeader,
     DlqReason,
-    topic_name,
+    TopicPattern,
 )
 
 ASYNCAPI_PATH = Path(__file__).resolve().parents[2] / "asyncapi.yaml"
@@ -62,7 +57,7 @@ class ChannelSpec:
 CHANNELS: tuple[ChannelSpec, ...] = (
     ChannelSpec(
         id="tasks",
-        address=topic_name(TASKS_TOPIC),
+        address=TopicPattern.TASKS.under(),
         key="task_id",
         ce_types=("podium.task.submitted.v1", "podium.task.cancel-requested.v1"),
         description="Tasks submitted (or cancelled) by upstream systems. "
@@ -72,7 +67,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ),
     ChannelSpec(
         id="taskEvents",
-        address=topic_name(TASK_EVENTS_TOPIC),
+        address=TopicPattern.TASK_EVENTS.under(),
         key="task_id",
         ce_types=(
             "podium.task.accepted.v1",
@@ -89,7 +84,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ),
     ChannelSpec(
         id="stepResults",
-        address=topic_name(STEP_RESULTS_TOPIC),
+        address=TopicPattern.STEP_RESULTS.under(),
         key="task_id",
         ce_types=(
             "podium.step.completed.v1",
@@ -103,7 +98,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ),
     ChannelSpec(
         id="stepFailures",
-        address=topic_name(STEP_FAILURES_TOPIC),
+        address=TopicPattern.STEP_FAILURES.under(),
         key="task_id",
         ce_types=("podium.step.failed.v1",),
         description="Steps that failed, to recovery, which retries or abandons them.",
@@ -112,7 +107,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
     ),
     ChannelSpec(
         id="steps",
-        address=topic_name(STEPS_TOPIC),
+        address=TopicPattern.STEPS.under(),
         key="step_id",
         ce_types=("podium.step.requested.v1",),
         description="Steps for one executor pool to run; one topic per pool.",

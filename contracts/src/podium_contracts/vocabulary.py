@@ -1,7 +1,7 @@
 """Every name that crosses the wire besides the contracts' own fields, declared once.
 
     trace headers   TRACEPARENT, TRACESTATE           W3C trace context in Kafka headers
-    topics          TOPIC_PREFIX, *_TOPIC, DLQ_SUFFIX topic names under a prefix (topic_name)
+    topics          TopicPattern, DLQ_SUFFIX          topic names under a prefix
     consumer groups CONSUMER_GROUP                    one group per service (and pool)
     dead letters    DLQ_HEADER_PREFIX, DlqHeader      the ``podium-dlq-*`` headers
                     DlqReason                         why a record was dead-lettered
@@ -32,19 +32,23 @@ TRACE_HEADERS: Final = (TRACEPARENT, TRACESTATE)
 # -- topics ----------------------------------------------------------------------------------
 
 TOPIC_PREFIX: Final = "podium"  # the default of PODIUM_TOPIC_PREFIX
-TASKS_TOPIC: Final = "{prefix}.tasks.v1"
-TASK_EVENTS_TOPIC: Final = "{prefix}.task-events.v1"
-STEP_RESULTS_TOPIC: Final = "{prefix}.step-results.v1"
-STEP_FAILURES_TOPIC: Final = "{prefix}.step-failures.v1"
-STEPS_TOPIC: Final = "{prefix}.steps.{pool}.v1"  # one topic per executor pool
 DLQ_SUFFIX: Final = ".dlq"  # a topic's dead letters go to the topic's name plus this
 CONSUMER_GROUP: Final = "{prefix}-{service}"  # the executor adds "-{pool}"
 
 
-def topic_name(pattern: str, prefix: str = TOPIC_PREFIX, *, pool: str = "{pool}") -> str:
-    """A topic's name from its pattern (``*_TOPIC``) under ``prefix``; without ``pool``,
-    the steps topic keeps its ``{pool}`` parameter (the AsyncAPI address)."""
-    return pattern.format(prefix=prefix, pool=pool)
+class TopicPattern(StrEnum):
+    """A topic's name under a prefix; ``{pool}``: one topic per executor pool."""
+
+    TASKS = "{prefix}.tasks.v1"
+    TASK_EVENTS = "{prefix}.task-events.v1"
+    STEP_RESULTS = "{prefix}.step-results.v1"
+    STEP_FAILURES = "{prefix}.step-failures.v1"
+    STEPS = "{prefix}.steps.{pool}.v1"
+
+    def under(self, prefix: str = TOPIC_PREFIX, *, pool: str = "{pool}") -> str:
+        """The topic's name under ``prefix``; without ``pool``, the steps topic keeps
+        its ``{pool}`` parameter (the AsyncAPI address)."""
+        return self.value.format(prefix=prefix, pool=pool)
 
 
 def dlq_topic(topic: str) -> str:

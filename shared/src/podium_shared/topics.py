@@ -11,18 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from podium_contracts import (
-    DLQ_SUFFIX,
-    STEP_FAILURES_TOPIC,
-    STEP_RESULTS_TOPIC,
-    STEPS_TOPIC,
-    TASK_EVENTS_TOPIC,
-    TASKS_TOPIC,
-    TOPIC_PREFIX,
-    consumer_group,
-    dlq_topic,
-    topic_name,
-)
+from podium_contracts import DLQ_SUFFIX, TOPIC_PREFIX, TopicPattern, consumer_group, dlq_topic
 from podium_contracts.asyncapi import carried_by
 
 __all__ = ["DLQ_RETENTION_MS", "DLQ_SUFFIX", "TopicSpec", "Topics", "dlq_configs"]
@@ -49,22 +38,22 @@ class Topics:
 
     @property
     def tasks(self) -> str:
-        return topic_name(TASKS_TOPIC, self.prefix)
+        return TopicPattern.TASKS.under(self.prefix)
 
     @property
     def task_events(self) -> str:
-        return topic_name(TASK_EVENTS_TOPIC, self.prefix)
+        return TopicPattern.TASK_EVENTS.under(self.prefix)
 
     @property
     def step_results(self) -> str:
-        return topic_name(STEP_RESULTS_TOPIC, self.prefix)
+        return TopicPattern.STEP_RESULTS.under(self.prefix)
 
     @property
     def step_failures(self) -> str:
-        return topic_name(STEP_FAILURES_TOPIC, self.prefix)
+        return TopicPattern.STEP_FAILURES.under(self.prefix)
 
     def steps(self, pool: str) -> str:
-        return topic_name(STEPS_TOPIC, self.prefix, pool=pool)
+        return TopicPattern.STEPS.under(self.prefix, pool=pool)
 
     def group(self, service: str, pool: str | None = None) -> str:
         """The consumer group of ``service`` (of one ``pool``, for the executor)."""

@@ -15,9 +15,9 @@ from typing import Any
 import orjson
 
 from podium_contracts import Headers, TaskSubmitted
+from podium_contracts.envelope import STRUCTURED
 
 SUBMITTED = TaskSubmitted.CE_TYPE.rsplit(".", 1)[0] + "."  # any version of the contract
-STRUCTURED = "application/cloudevents+json"
 _ID_LIMIT = 200  # TaskSubmitted.task_id's max_length
 
 

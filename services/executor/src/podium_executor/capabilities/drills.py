@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import fcntl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from podium_contracts import ErrorClass
 from podium_executor.capabilities.base import StepContext, capability
 from podium_executor.errors import ErrorType, fatal, retryable
 
@@ -31,7 +32,7 @@ class FlakyInput(BaseModel):
 
 class FailInput(BaseModel):
     model_config = ConfigDict(extra="allow")
-    error: Literal["retryable", "fatal"] = "fatal"
+    error: ErrorClass = "fatal"
     message: str = "drill failure"
     unless_exists: str | None = None
 
