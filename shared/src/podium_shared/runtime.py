@@ -206,31 +206,23 @@ async def run_service(
         settings, service=spec.name, instance=instance, group=spec.group, pools=spec.pools
     )
     relay = spec.relay(spec.engine, clients.producer, instance)
-    carries = Topics(settings.topic_prefix).carries
+    parts: dict[str, Any] = {
+        "consumer": clients.consumer,
+        "engine": spec.engine,
+        "relay": relay,
+        "handler": spec.handler,
+        "group": spec.group,
+        "service": spec.name,
+        "carries": Topics(settings.topic_prefix).carries,
+    }
     loop: ConsumeLoop | ConcurrentConsumeLoop
     listener: ConsumerRebalanceListener
     if spec.concurrency is None:
-        loop = ConsumeLoop(
-            consumer=clients.consumer,
-            engine=spec.engine,
-            relay=relay,
-            handler=spec.handler,
-            group=spec.group,
-            service=spec.name,
-            carries=carries,
-        )
+        loop = ConsumeLoop(**parts)
         listener = _ReadyOnAssign(clients.ready)
     else:
         loop = ConcurrentConsumeLoop(
-            consumer=clients.consumer,
-            engine=spec.engine,
-            relay=relay,
-            handler=spec.handler,
-            group=spec.group,
-            service=spec.name,
-            concurrency=spec.concurrency,
-            release_timeout_s=spec.grace_s,
-            carries=carries,
+            **parts, concurrency=spec.concurrency, release_timeout_s=spec.grace_s
         )
         listener = ReleaseOnRevoke(loop, on_assigned=lambda _: mark_ready(clients.ready))
     clients.consumer.subscribe(spec.topics, listener=listener)
