@@ -151,7 +151,10 @@ class Stack:
             if url:
                 env[f"PODIUM_{service.upper()}_DATABASE_URL"] = url
         if pool:
-            env["PODIUM_POOL"] = pool
+            # The executor's own name for it; the deprecated PODIUM_POOL, if the user's
+            # environment has it, must not leave a second, older answer beside it.
+            env["PODIUM_EXECUTOR_POOL"] = pool
+            env.pop("PODIUM_POOL", None)
         return env
 
     def spawn(self, name: str, pool: str | None = None) -> ServiceProcess:

@@ -13,9 +13,9 @@ from podium_contracts import StepCompleted, StepFailed, StepRequested
 from podium_executor.breaker import Breakers, CircuitOpen, State
 from podium_executor.capabilities import BUILTINS
 from podium_executor.errors import CapabilityError, ErrorType
-from podium_executor.ledger import metadata
 from podium_executor.ratelimit import PoolRateLimit
 from podium_executor.service import Executor
+from podium_executor.state import metadata
 from podium_shared import Topics, make_engine
 
 pytestmark = pytest.mark.unit

@@ -13,9 +13,11 @@ import sqlalchemy as sa
 from podium_contracts import StepCompleted, StepFailed, StepRequested, decode
 from podium_executor.capabilities import Capability, StepContext
 from podium_executor.capabilities.basic import AnyInput
-from podium_executor.ledger import Ledger, metadata
-from podium_executor.relay import ClaimingRelay, claims
+from podium_executor.ledger import Ledger
+from podium_executor.relay import ClaimingRelay
 from podium_executor.service import Executor
+from podium_executor.state import metadata
+from podium_executor.state import outbox_claims as claims
 from podium_shared import Topics, UnitOfWork, make_engine
 from podium_shared.db import outbox
 

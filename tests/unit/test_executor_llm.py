@@ -95,7 +95,7 @@ async def test_unreachable_and_unconfigured_provider(fake_openai: FakeOpenAI) ->
     out = await run(gone, chat("hi"))
     assert isinstance(out, StepFailed) and out.error.type == "unavailable"
     out = await run(ExecutorSettings(), chat("hi"))
-    assert isinstance(out, StepFailed) and "PODIUM_LLM_BASE_URL" in out.error.message
+    assert isinstance(out, StepFailed) and "PODIUM_EXECUTOR_LLM_BASE_URL" in out.error.message
     assert out.error.error_class == "fatal"
     wrong_path = ExecutorSettings(llm_base_url=fake_openai.base_url + "/nope", llm_model="m")
     out = await run(wrong_path, chat("hi"))

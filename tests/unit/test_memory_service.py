@@ -26,7 +26,7 @@ from podium_contracts import (
     decode,
     encode,
 )
-from podium_memory.handlers import HANDLED, IGNORED, make_handler
+from podium_memory.handlers import make_handler, use_cases
 from podium_memory.service import Memory
 from podium_memory.settings import MemorySettings
 from podium_memory.state import entries
@@ -268,7 +268,7 @@ def test_every_contract_on_the_topics_memory_reads_is_handled_or_ignored(h: Harn
     read = {t for ch in asyncapi.CHANNELS if "memory" in ch.consumers for t in ch.ce_types}
     steps = next(ch for ch in asyncapi.CHANNELS if "{pool}" in ch.address)
     assert "memory" in steps.consumers
-    assert read == {c.CE_TYPE for c in (*HANDLED, *IGNORED)}
+    assert read == {c.CE_TYPE for c in use_cases(h.memory)}
     cancelled = TaskCancelled(
         task_id="run-1", workflow="w", reason="not needed", cancelled_at=datetime.now(UTC)
     )

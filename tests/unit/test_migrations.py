@@ -38,7 +38,7 @@ SERVICES = ("router", "executor", "memory", "recovery")
 # The module holding each service's metadata.
 MODELS = {
     "router": "podium_router.state",
-    "executor": "podium_executor.ledger",
+    "executor": "podium_executor.state",
     "memory": "podium_memory.state",
     "recovery": "podium_recovery.state",
 }

@@ -205,8 +205,9 @@ def test_too_large_names_the_data_and_the_limit() -> None:
 async def test_the_executors_claiming_relay_parks_too_and_leaves_no_claim(
     database_url: str,
 ) -> None:
-    from podium_executor.ledger import metadata
-    from podium_executor.relay import ClaimingRelay, claims
+    from podium_executor.relay import ClaimingRelay
+    from podium_executor.state import metadata
+    from podium_executor.state import outbox_claims as claims
 
     engine = make_engine(database_url, metadata)
     with engine.begin() as conn:

@@ -1,5 +1,12 @@
 """Runs one service process: topics, clients, relay and consume loop, with a
-readiness file and a clean shutdown on SIGTERM/SIGINT."""
+readiness file and a clean shutdown on SIGTERM/SIGINT.
+
+``serve`` is what every service's ``__main__`` calls: it reads the shared settings,
+sets up logging, builds the service with its ``bootstrap.build`` and runs it with
+``run_service``; a bad setting or definition exits 2 with one line (``startup``).
+A ``ServiceSpec`` says which loop to run: the sequential one (router, memory,
+recovery), or with ``concurrency`` the concurrent one whose revoked partitions
+finish or release their in-flight messages (the executor)."""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ import contextlib
 import gc
 import os
 import signal
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,13 +25,24 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from sqlalchemy.engine import Engine
 
 from podium_shared import blobs, metrics, telemetry
+from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
 from podium_shared.consumer import ConsumeLoop, Handler
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer, resolve_idempotence
-from podium_shared.outbox import OutboxRelay
+from podium_shared.logs import configure
+from podium_shared.outbox import OutboxRelay, Sender
 from podium_shared.settings import Settings
+from podium_shared.startup import read_settings, refusing
 from podium_shared.topics import Topics
 
 log = structlog.get_logger(__name__)
+
+
+RelayFactory = Callable[[Engine, Sender, str], OutboxRelay]
+
+
+def plain_relay(engine: Engine, producer: Sender, _instance: str) -> OutboxRelay:
+    """The relay of a service that is the only writer of its database's outbox."""
+    return OutboxRelay(engine, producer)
 
 
 @dataclass
@@ -37,6 +56,16 @@ class ServiceSpec:
     engine: Engine
     pools: tuple[str, ...] = ("default", "memory")
     background: list[Any] = field(default_factory=list)  # extra coroutine factories
+    # Messages in flight at once; None runs the sequential loop. With a number, the
+    # concurrent loop runs, and a revoked partition's messages get ``grace_s`` to finish.
+    concurrency: int | None = None
+    grace_s: float = 10.0
+    # The relay, given the instance name (replicas sharing a database claim rows by it).
+    relay: RelayFactory = plain_relay
+    # The instance name before ``-<pid>``: the readiness file is ``<instance>-<pid>.ready``.
+    instance: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)  # logged at start
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # after the clients
 
 
 def mark_ready(ready: Path) -> None:
@@ -161,40 +190,84 @@ async def close_clients(clients: Clients, relay: OutboxRelay) -> None:
         clients.ready.unlink(missing_ok=True)
 
 
+def instance_name(spec: ServiceSpec) -> str:
+    """One readiness file per process, so replicas never share one: what `podium.stack`
+    waits for (``<name>-<pid>``, the executor's ``executor-<pool>-<pid>``)."""
+    return f"{spec.instance or spec.name}-{os.getpid()}"
+
+
 async def run_service(
     settings: Settings, spec: ServiceSpec, *, instance: str | None = None
 ) -> None:
-    """Run until SIGTERM/SIGINT; then stop consuming, drain the outbox, and exit."""
-    # One readiness file per process, so replicas of a service never share one.
-    instance = instance or f"{spec.name}-{os.getpid()}"
+    """Run until SIGTERM/SIGINT; then stop consuming, settle what is in flight,
+    drain the outbox, and exit."""
+    instance = instance or instance_name(spec)
     clients = await open_clients(
         settings, service=spec.name, instance=instance, group=spec.group, pools=spec.pools
     )
-    clients.consumer.subscribe(spec.topics, listener=_ReadyOnAssign(clients.ready))
+    relay = spec.relay(spec.engine, clients.producer, instance)
+    parts: dict[str, Any] = {
+        "consumer": clients.consumer,
+        "engine": spec.engine,
+        "relay": relay,
+        "handler": spec.handler,
+        "group": spec.group,
+        "service": spec.name,
+        "carries": Topics(settings.topic_prefix).carries,
+    }
+    loop: ConsumeLoop | ConcurrentConsumeLoop
+    listener: ConsumerRebalanceListener
+    if spec.concurrency is None:
+        loop = ConsumeLoop(**parts)
+        listener = _ReadyOnAssign(clients.ready)
+    else:
+        loop = ConcurrentConsumeLoop(
+            **parts, concurrency=spec.concurrency, release_timeout_s=spec.grace_s
+        )
+        listener = ReleaseOnRevoke(loop, on_assigned=lambda _: mark_ready(clients.ready))
+    clients.consumer.subscribe(spec.topics, listener=listener)
     await clients.producer.start()
     await clients.consumer.start()
-    relay = OutboxRelay(spec.engine, clients.producer)
-    loop = ConsumeLoop(
-        consumer=clients.consumer,
-        engine=spec.engine,
-        relay=relay,
-        handler=spec.handler,
-        group=spec.group,
-        service=spec.name,
-        carries=Topics(settings.topic_prefix).carries,
-    )
-    tasks = [
+    watched = [
         asyncio.create_task(loop.run(), name="consume"),
         asyncio.create_task(relay.run(), name="relay"),
-        asyncio.create_task(metrics.watch_lag(clients.consumer, spec.group), name="lag"),
     ]
-    tasks += [asyncio.create_task(factory(relay)) for factory in spec.background]
-    log.info("service started", topics=spec.topics, group=spec.group)
-    crashed = await run_until_stopped(tasks)
-    await cancel_all(tasks)
+    watched += [asyncio.create_task(factory(relay)) for factory in spec.background]
+    lag = asyncio.create_task(metrics.watch_lag(clients.consumer, spec.group), name="lag")
+    log.info("service started", topics=spec.topics, group=spec.group, **spec.details)
+    crashed = await run_until_stopped(watched)
+    released = None
+    if isinstance(loop, ConcurrentConsumeLoop):
+        # In-flight messages finish within the grace period or are released uncommitted.
+        released = await loop.shutdown(spec.grace_s)
+    await cancel_all([*watched, lag])
     await close_clients(clients, relay)
+    for close in spec.closers:
+        await close()
     spec.engine.dispose()
     telemetry.shutdown()
-    log.info("service stopped", handled=loop.stats.handled, dead_lettered=loop.stats.dead_lettered)
+    log.info(
+        "service stopped",
+        handled=loop.stats.handled,
+        duplicates=loop.stats.duplicates,
+        dead_lettered=loop.stats.dead_lettered,
+        **({} if released is None else {"released": released}),
+    )
     if crashed is not None:
         raise crashed
+
+
+def serve(
+    service: str,
+    build: Callable[[Settings], ServiceSpec],
+    *,
+    definitions: Mapping[type[Exception], str] | None = None,
+) -> None:
+    """A service's ``__main__``: settings, logging, ``build(settings)``, then run until
+    SIGTERM/SIGINT. A bad setting, or an error of ``definitions`` raised while building
+    (exception type -> what it is), is one line on stderr and exit 2."""
+    with refusing(service, definitions):
+        settings = read_settings(Settings)
+        configure(service, settings.log_level)
+        spec = build(settings)
+    asyncio.run(run_service(settings, spec))

@@ -2,53 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 
 import httpx
 from sqlalchemy.engine import Engine
 
 from podium_executor.breaker import Breakers
 from podium_executor.capabilities import Capability, Resources, discover
-from podium_executor.handlers import Ran, make_handler
+from podium_executor.handlers import make_handler
 from podium_executor.ledger import Ledger
 from podium_executor.migrations import HISTORY
 from podium_executor.ratelimit import PoolRateLimit
+from podium_executor.relay import ClaimingRelay
 from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
-from podium_shared import Handler, Settings, Topics
+from podium_shared import ServiceSpec, Settings, Topics
 from podium_shared.migrations import open_database
+from podium_shared.outbox import Sender
+from podium_shared.startup import read_settings
 
 
-@dataclass
-class ExecutorApp:
-    """Everything one replica runs, built from settings."""
-
-    pool: str
-    group: str
-    topic: str
-    pools: tuple[str, ...]
-    engine: Engine
-    executor: Executor
-    handler: Handler[Ran]
-    http: httpx.AsyncClient
-    settings: ExecutorSettings
-
-    async def aclose(self) -> None:
-        await self.http.aclose()
-        self.engine.dispose()
+def claiming_relay(lease_s: float, engine: Engine, producer: Sender, owner: str) -> ClaimingRelay:
+    """Replicas of a pool share its database, so each relay claims the rows it sends."""
+    return ClaimingRelay(engine, producer, owner=owner, lease_s=lease_s)
 
 
 def build(
     settings: Settings,
     executor_settings: ExecutorSettings | None = None,
     capabilities: dict[str, Capability] | None = None,
-) -> ExecutorApp:
-    xs = executor_settings or ExecutorSettings(pool=settings.pool)
+    http: httpx.AsyncClient | None = None,
+) -> ServiceSpec:
+    """Build one replica of the pool ``executor_settings.pool`` (the executor's
+    settings decide the pool; the database is that pool's)."""
+    xs = executor_settings or read_settings(ExecutorSettings)
     if xs.pool != settings.pool:
         settings = settings.model_copy(update={"pool": xs.pool})
     topics = Topics(settings.topic_prefix)
     engine = open_database(settings.database_url("executor"), HISTORY)
-    http = httpx.AsyncClient(follow_redirects=False)
+    http = http or httpx.AsyncClient(follow_redirects=False)
     executor = Executor(
         capabilities if capabilities is not None else discover(Resources(xs, http)),
         topics,
@@ -61,14 +53,21 @@ def build(
         ),
         default_timeout_s=xs.default_timeout_s,
     )
-    return ExecutorApp(
-        pool=xs.pool,
+    return ServiceSpec(
+        name="executor",
         group=topics.group("executor", xs.pool),
-        topic=topics.steps(xs.pool),
-        pools=tuple(sorted({"default", "memory", xs.pool})),
-        engine=engine,
-        executor=executor,
+        topics=[topics.steps(xs.pool)],
         handler=make_handler(executor),
-        http=http,
-        settings=xs,
+        engine=engine,
+        pools=tuple(sorted({"default", "memory", xs.pool})),
+        concurrency=xs.concurrency,
+        grace_s=xs.shutdown_grace_s,
+        relay=functools.partial(claiming_relay, xs.outbox_lease_s),
+        instance=f"executor-{xs.pool}",
+        details={
+            "pool": xs.pool,
+            "concurrency": xs.concurrency,
+            "capabilities": sorted(executor.capabilities),
+        },
+        closers=[http.aclose],
     )

@@ -22,23 +22,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import StepCompleted, StepRequested, Usage
+from podium_executor.state import effects
 from podium_shared.db import insert_ignore
-
-metadata = sa.MetaData()
-
-effects = sa.Table(
-    "effects",
-    metadata,
-    sa.Column("idempotency_key", sa.String(500), primary_key=True),
-    sa.Column("task_id", sa.String(200), nullable=False),
-    sa.Column("step_id", sa.String(200), nullable=False),
-    sa.Column("capability", sa.String(200), nullable=False),
-    sa.Column("attempt", sa.Integer, nullable=False),
-    sa.Column("output", sa.LargeBinary, nullable=False),  # orjson bytes, as published
-    sa.Column("usage", sa.JSON, nullable=False),
-    sa.Column("duration_ms", sa.Float, nullable=False),
-    sa.Column("recorded_at", sa.Float, nullable=False),
-)
 
 # Built once: executed per step, so SQLAlchemy reuses its compiled form.
 _BY_KEY = sa.select(effects).where(effects.c.idempotency_key == sa.bindparam("key"))

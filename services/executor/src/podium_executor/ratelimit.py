@@ -19,36 +19,30 @@ from collections.abc import Callable
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from podium_executor.ledger import metadata
+from podium_executor.state import rate_buckets
 from podium_shared.db import insert_ignore
-
-buckets = sa.Table(
-    "rate_buckets",
-    metadata,
-    sa.Column("pool", sa.String(200), primary_key=True),
-    sa.Column("tokens", sa.Float, nullable=False),
-    sa.Column("updated_at", sa.Float, nullable=False),
-)
 
 _NOW = sa.bindparam("now", type_=sa.Float)
 _RATE = sa.bindparam("rate", type_=sa.Float)
 _BURST = sa.bindparam("burst", type_=sa.Float)
 # Tokens now: what was left plus the refill since, capped at the burst (a clock
 # behind the last writer's refills nothing rather than taking tokens away).
-_ELAPSED = sa.case((buckets.c.updated_at < _NOW, _NOW - buckets.c.updated_at), else_=0.0)
+_ELAPSED = sa.case((rate_buckets.c.updated_at < _NOW, _NOW - rate_buckets.c.updated_at), else_=0.0)
 _REFILLED = sa.case(
-    (buckets.c.tokens + _ELAPSED * _RATE > _BURST, _BURST),
-    else_=buckets.c.tokens + _ELAPSED * _RATE,
+    (rate_buckets.c.tokens + _ELAPSED * _RATE > _BURST, _BURST),
+    else_=rate_buckets.c.tokens + _ELAPSED * _RATE,
 )
 _TAKE = (
-    buckets.update()
-    .where(buckets.c.pool == sa.bindparam("_pool"), _REFILLED >= 1)
+    rate_buckets.update()
+    .where(rate_buckets.c.pool == sa.bindparam("_pool"), _REFILLED >= 1)
     .values(
         tokens=_REFILLED - 1,
-        updated_at=sa.case((buckets.c.updated_at < _NOW, _NOW), else_=buckets.c.updated_at),
+        updated_at=sa.case(
+            (rate_buckets.c.updated_at < _NOW, _NOW), else_=rate_buckets.c.updated_at
+        ),
     )
 )
-_LEFT = sa.select(_REFILLED).where(buckets.c.pool == sa.bindparam("_pool"))
+_LEFT = sa.select(_REFILLED).where(rate_buckets.c.pool == sa.bindparam("_pool"))
 
 
 class PoolRateLimit:
@@ -70,7 +64,7 @@ class PoolRateLimit:
         self._lock = asyncio.Lock()
         with engine.begin() as conn:
             insert_ignore(
-                conn, buckets, {"pool": pool, "tokens": self.burst, "updated_at": clock()}
+                conn, rate_buckets, {"pool": pool, "tokens": self.burst, "updated_at": clock()}
             )
 
     async def acquire(self) -> None:

@@ -19,18 +19,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from podium_executor.ledger import metadata
+from podium_executor.state import outbox_claims
 from podium_shared import OutboxRelay
 from podium_shared.db import outbox
 from podium_shared.outbox import Sender, park, send_rows, settle
-
-claims = sa.Table(
-    "outbox_claims",
-    metadata,
-    sa.Column("outbox_id", sa.Integer, primary_key=True),
-    sa.Column("owner", sa.String(200), nullable=False),
-    sa.Column("claimed_at", sa.Float, nullable=False),
-)
 
 
 class ClaimingRelay(OutboxRelay):
@@ -52,13 +44,15 @@ class ClaimingRelay(OutboxRelay):
         """Claim up to one batch of unclaimed rows; return every row this relay holds."""
         now = time.time()
         with self._engine.begin() as conn:
-            conn.execute(claims.delete().where(claims.c.claimed_at < now - self.lease_s))
+            conn.execute(
+                outbox_claims.delete().where(outbox_claims.c.claimed_at < now - self.lease_s)
+            )
             conn.execute(self._claim_statement(conn, now))
         with self._engine.connect() as conn:
             return conn.execute(
                 sa.select(outbox)
-                .join(claims, claims.c.outbox_id == outbox.c.id)
-                .where(claims.c.owner == self.owner)
+                .join(outbox_claims, outbox_claims.c.outbox_id == outbox.c.id)
+                .where(outbox_claims.c.owner == self.owner)
                 .order_by(outbox.c.id)
                 .limit(self._batch)
             ).all()
@@ -66,18 +60,24 @@ class ClaimingRelay(OutboxRelay):
     def _claim_statement(self, conn: Connection, now: float) -> Any:
         unclaimed = (
             sa.select(outbox.c.id, sa.literal(self.owner), sa.literal(now))
-            .where(outbox.c.id.not_in(sa.select(claims.c.outbox_id)))
+            .where(outbox.c.id.not_in(sa.select(outbox_claims.c.outbox_id)))
             .order_by(outbox.c.id)
             .limit(self._batch)
         )
         columns = ["outbox_id", "owner", "claimed_at"]
         if conn.dialect.name == "postgresql":
             return (
-                postgresql.insert(claims).from_select(columns, unclaimed).on_conflict_do_nothing()
+                postgresql.insert(outbox_claims)
+                .from_select(columns, unclaimed)
+                .on_conflict_do_nothing()
             )
         if conn.dialect.name == "sqlite":
-            return sqlite.insert(claims).from_select(columns, unclaimed).on_conflict_do_nothing()
-        return claims.insert().from_select(columns, unclaimed)
+            return (
+                sqlite.insert(outbox_claims)
+                .from_select(columns, unclaimed)
+                .on_conflict_do_nothing()
+            )
+        return outbox_claims.insert().from_select(columns, unclaimed)
 
     async def publish_pending(self) -> int:
         rows = self.claim()
@@ -87,8 +87,8 @@ class ClaimingRelay(OutboxRelay):
         settled = [r.id for r in done.sent] + [r.id for r, _ in done.parked]
         # Only rows still claimed by us: if our lease lapsed, another relay owns them
         # now (and SQLite may even have reused an id for a new row).
-        mine = sa.select(claims.c.outbox_id).where(
-            claims.c.owner == self.owner, claims.c.outbox_id.in_(settled)
+        mine = sa.select(outbox_claims.c.outbox_id).where(
+            outbox_claims.c.owner == self.owner, outbox_claims.c.outbox_id.in_(settled)
         )
         with self._engine.begin() as conn:
             still_mine = {row[0] for row in conn.execute(mine)}
@@ -100,6 +100,8 @@ class ClaimingRelay(OutboxRelay):
                 )
             )
             conn.execute(
-                claims.delete().where(claims.c.owner == self.owner, claims.c.outbox_id.in_(settled))
+                outbox_claims.delete().where(
+                    outbox_claims.c.owner == self.owner, outbox_claims.c.outbox_id.in_(settled)
+                )
             )
         return self._count(done)

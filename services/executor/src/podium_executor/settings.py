@@ -1,9 +1,26 @@
-"""The executor's own settings (``PODIUM_*``), beside the shared ``Settings``."""
+"""The executor's own settings (``PODIUM_EXECUTOR_*``), beside the shared ``Settings``.
+
+Until this release they were read from ``PODIUM_<NAME>`` (``PODIUM_POOL``,
+``PODIUM_CONCURRENCY``, ``PODIUM_LLM_BASE_URL``, ...). Compose files and users set
+those, so each old name still works as a deprecated alias of its new one; where both
+are set, ``PODIUM_EXECUTOR_<NAME>`` wins, and the executor logs a warning for each
+old name it finds.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from collections.abc import Mapping
+
+from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PREFIX = "PODIUM_EXECUTOR_"
+OLD_PREFIX = "PODIUM_"
+
+
+def _variables(name: str) -> AliasChoices:
+    """``PODIUM_EXECUTOR_<NAME>``, then the deprecated ``PODIUM_<NAME>``."""
+    return AliasChoices(f"{PREFIX}{name.upper()}", f"{OLD_PREFIX}{name.upper()}")
 
 
 class ModelPrice(BaseModel):
@@ -16,7 +33,13 @@ class ModelPrice(BaseModel):
 
 
 class ExecutorSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PODIUM_", extra="ignore")
+    # populate_by_name: code and tests pass fields by name, ExecutorSettings(pool="gpu").
+    model_config = SettingsConfigDict(
+        env_prefix=PREFIX,
+        extra="ignore",
+        populate_by_name=True,
+        alias_generator=AliasGenerator(validation_alias=_variables),
+    )
 
     pool: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     concurrency: int = Field(default=16, ge=1, le=4096, description="steps in flight per replica")
@@ -51,3 +74,13 @@ class ExecutorSettings(BaseSettings):
     llm_prices: dict[str, ModelPrice] = Field(
         default_factory=dict, description='JSON: {"model": {"prompt": 0.15, "completion": 0.6}}'
     )
+
+
+def deprecated_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
+    """(old name, new name) of every deprecated ``PODIUM_<NAME>`` set in ``environ``."""
+    upper = {k.upper() for k in environ}
+    return [
+        (f"{OLD_PREFIX}{name.upper()}", f"{PREFIX}{name.upper()}")
+        for name in ExecutorSettings.model_fields
+        if f"{OLD_PREFIX}{name.upper()}" in upper
+    ]

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from podium_memory.bootstrap import build
-from podium_shared import Settings, run_service
-from podium_shared.logs import configure
+from podium_shared.runtime import serve
 
 
 def main() -> None:
-    settings = Settings()
-    configure("memory", settings.log_level)
-    asyncio.run(run_service(settings, build(settings)))
+    serve("memory", build)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from podium_memory.service import Memory
 from podium_memory.settings import MemorySettings
 from podium_shared import ServiceSpec, Settings, Topics
 from podium_shared.migrations import open_database
+from podium_shared.startup import read_settings
 
 
 def build(
@@ -18,7 +19,7 @@ def build(
     summarizer: Summarizer | None = None,
 ) -> ServiceSpec:
     topics = Topics(settings.topic_prefix)
-    memory_settings = memory_settings or MemorySettings()
+    memory_settings = memory_settings or read_settings(MemorySettings)
     engine = open_database(settings.database_url("memory"), HISTORY)
     return ServiceSpec(
         name="memory",

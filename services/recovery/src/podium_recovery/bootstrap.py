@@ -12,6 +12,7 @@ from podium_recovery.settings import RecoverySettings
 from podium_recovery.timers import make_timer_loop
 from podium_shared import ServiceSpec, Settings, Topics
 from podium_shared.migrations import open_database
+from podium_shared.startup import read_settings
 
 
 def build(
@@ -19,7 +20,7 @@ def build(
     recovery_settings: RecoverySettings | None = None,
     rng: random.Random | None = None,
 ) -> ServiceSpec:
-    rs = recovery_settings or RecoverySettings()
+    rs = recovery_settings or read_settings(RecoverySettings)
     topics = Topics(settings.topic_prefix)
     engine = open_database(settings.database_url("recovery"), HISTORY, legacy=to_baseline)
     return ServiceSpec(

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from podium_contracts import Event, StepFailed
+from podium_contracts import StepFailed
 from podium_recovery.service import Recovery
-from podium_shared import Handler, UnitOfWork
+from podium_shared import Handler
+from podium_shared.dispatch import UseCases, apply_by_type
+
+
+def use_cases(recovery: Recovery) -> UseCases:
+    return {StepFailed: recovery.step_failed}
 
 
 def make_handler(recovery: Recovery) -> Handler[None]:
-    def apply(event: Event, _result: None, uow: UnitOfWork) -> None:
-        if not isinstance(event.payload, StepFailed):
-            raise TypeError(f"recovery does not handle {type(event.payload).__name__}")
-        recovery.step_failed(event.payload, uow)
-
-    return Handler(apply=apply)
+    return Handler(apply=apply_by_type("recovery", use_cases(recovery)))

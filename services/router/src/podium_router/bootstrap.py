@@ -11,6 +11,7 @@ from podium_router.watchdog import make_watchdog
 from podium_router.workflows import WorkflowCatalog
 from podium_shared import ServiceSpec, Settings, Topics
 from podium_shared.migrations import open_database
+from podium_shared.startup import read_settings
 
 
 def build(
@@ -18,7 +19,7 @@ def build(
     catalog: WorkflowCatalog | None = None,
     router_settings: RouterSettings | None = None,
 ) -> ServiceSpec:
-    rs = router_settings or RouterSettings()
+    rs = router_settings or read_settings(RouterSettings)
     topics = Topics(settings.topic_prefix)
     catalog = catalog or WorkflowCatalog.load(settings.workflows)
     engine = open_database(settings.database_url("router"), HISTORY)

@@ -1,9 +1,8 @@
-"""The router's edge: route each decoded event to one use case."""
+"""The router's edge: each decoded event type → one use case."""
 
 from __future__ import annotations
 
 from podium_contracts import (
-    Event,
     StepAbandoned,
     StepCompleted,
     StepRetryScheduled,
@@ -11,23 +10,19 @@ from podium_contracts import (
     TaskSubmitted,
 )
 from podium_router.service import Router
-from podium_shared import Handler, UnitOfWork
+from podium_shared import Handler
+from podium_shared.dispatch import UseCases, apply_by_type
+
+
+def use_cases(router: Router) -> UseCases:
+    return {
+        TaskSubmitted: router.accept_task,
+        StepCompleted: router.step_completed,
+        StepRetryScheduled: router.retry_scheduled,
+        StepAbandoned: router.step_abandoned,
+        TaskCancelRequested: router.cancel_task,
+    }
 
 
 def make_handler(router: Router) -> Handler[None]:
-    def apply(event: Event, _result: None, uow: UnitOfWork) -> None:
-        match event.payload:
-            case TaskSubmitted() as task:
-                router.accept_task(task, uow)
-            case StepCompleted() as result:
-                router.step_completed(result, uow)
-            case StepRetryScheduled() as retry:
-                router.retry_scheduled(retry, uow)
-            case StepAbandoned() as abandoned:
-                router.step_abandoned(abandoned, uow)
-            case TaskCancelRequested() as cancel:
-                router.cancel_task(cancel, uow)
-            case other:
-                raise TypeError(f"the router does not handle {type(other).__name__}")
-
-    return Handler(apply=apply, refused=router.reject)
+    return Handler(apply=apply_by_type("the router", use_cases(router)), refused=router.reject)

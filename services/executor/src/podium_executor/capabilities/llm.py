@@ -1,6 +1,6 @@
 """llm.chat: any OpenAI-compatible chat completions API over httpx.
 
-Base URL, model and key come from settings (``PODIUM_LLM_*``); the step may
+Base URL, model and key come from settings (``PODIUM_EXECUTOR_LLM_*``); the step may
 name another model. Usage (prompt and completion tokens) is reported with its
 cost from the price table (USD per million tokens; settings override the
 defaults). A response that is not JSON is retryable (``unavailable``: a proxy
@@ -21,7 +21,7 @@ from podium_executor.errors import ErrorType, fatal, retryable
 from podium_executor.settings import ModelPrice
 
 # USD per million tokens, for models whose list price is well known; extend or
-# override with PODIUM_LLM_PRICES. A model not in the table costs 0 (reported).
+# override with PODIUM_EXECUTOR_LLM_PRICES. A model not in the table costs 0 (reported).
 DEFAULT_PRICES: dict[str, ModelPrice] = {
     "gpt-4o": ModelPrice(prompt=2.50, completion=10.00),
     "gpt-4o-mini": ModelPrice(prompt=0.15, completion=0.60),
@@ -94,11 +94,15 @@ def make_llm_chat(resources: Resources) -> Capability:
 
     async def run(data: ChatInput, ctx: StepContext) -> Result:
         if not base_url:
-            raise fatal(ErrorType.CAPABILITY_ERROR, "llm.chat: PODIUM_LLM_BASE_URL is not set")
+            raise fatal(
+                ErrorType.CAPABILITY_ERROR, "llm.chat: PODIUM_EXECUTOR_LLM_BASE_URL is not set"
+            )
         # The routed (or fallback) model wins over the input's, which wins over the default.
         model = ctx.model or data.model or settings.llm_model
         if not model:
-            raise fatal(ErrorType.INVALID_INPUT, "llm.chat: no model (set PODIUM_LLM_MODEL)")
+            raise fatal(
+                ErrorType.INVALID_INPUT, "llm.chat: no model (set PODIUM_EXECUTOR_LLM_MODEL)"
+            )
         body: dict[str, Any] = {
             "model": model,
             "messages": [m.model_dump() for m in data.messages],

@@ -1,5 +1,5 @@
 """Which capabilities a pool has: the built-ins, then every entry point in the
-``podium.capabilities`` group, then ``PODIUM_PLUGINS`` ("module:attr,...").
+``podium.capabilities`` group, then ``PODIUM_EXECUTOR_PLUGINS`` ("module:attr,...").
 
 An entry point names either a ``Capability`` or a factory that takes
 ``Resources`` and returns one capability or several. Two capabilities with one
