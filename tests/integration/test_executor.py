@@ -30,6 +30,7 @@ from podium_shared.kafka import ensure_topics, make_producer
 from tests.conftest import stack_settings
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.kafka import committed_offsets, read_topic
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -238,7 +239,13 @@ async def test_the_rate_limit_holds_for_the_pool_across_replicas(
     try:
         pair = [stack.spawn("executor", pool="quota") for _ in range(2)]
         stack.wait_ready(60)
-        await asyncio.sleep(3)  # let the second join settle the assignment
+
+        def settled() -> bool:  # the second join rebalanced: each holds its own share
+            shares = [last_assignment(p.log_path) for p in pair]
+            held = [p for s in shares for p in s]
+            return all(shares) and len(held) == len(set(held)) == 8
+
+        await wait_until(settled, 60, "both replicas holding a share of the partitions")
         producer = make_producer(settings, client_id="test-quota")
         await producer.start()
         try:

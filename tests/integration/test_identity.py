@@ -25,6 +25,7 @@ from podium_contracts import (
 )
 from podium_shared import Topics, dlq_headers
 from tests.support.kafka import committed_offsets, read_topic
+from tests.support.waiting import outbox_empty, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -176,7 +177,11 @@ async def test_a_cancelled_task_is_not_dead_lettered_by_memory(stack: Stack) -> 
     ) <= cancelled.offset:
         assert time.monotonic() < deadline, "memory never read the TaskCancelled"
         await asyncio.sleep(0.2)
-    await asyncio.sleep(1.5)  # the relay publishes what that transaction wrote
+    # Whatever that transaction wrote (a dead letter, if it were wrong) is published
+    # once memory's outbox is empty.
+    await wait_until(
+        outbox_empty(stack.settings.database_url("memory")), 20, "memory's outbox emptying"
+    )
     dead = await read_topic(
         stack.bootstrap, topics.dlq(topics.task_events), at_least=1, timeout_s=3
     )

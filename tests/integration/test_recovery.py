@@ -17,6 +17,8 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from aiokafka import AIOKafkaProducer
+from aiokafka.structs import RecordMetadata
 
 from podium.client import PodiumClient
 from podium.dlq import Filters, read_records, replay, select, send_all
@@ -28,7 +30,8 @@ from podium_shared import Topics, dlq_headers
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 from podium_shared.topics import TopicSpec
 from tests.conftest import stack_settings
-from tests.support.kafka import read_topic
+from tests.support.kafka import committed_offsets, read_topic
+from tests.support.waiting import outbox_empty, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +49,19 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 def tid(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+class Recording:
+    """A producer that keeps the futures of what it sent: where each record landed."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self.sent: list[asyncio.Future[RecordMetadata]] = []
+
+    async def send(self, topic: str, **kwargs: Any) -> asyncio.Future[RecordMetadata]:
+        future = await self._producer.send(topic, **kwargs)
+        self.sent.append(future)
+        return future
 
 
 def podium(stack: Stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -181,14 +197,23 @@ async def test_exhausted_retries_fall_back_then_dead_letter_and_replay_completes
     producer = make_producer(stack.settings, client_id="test-replay")
     await consumer.start()
     await producer.start()
+    sending = Recording(producer)
     try:
         records = select(await read_records(consumer, backup_dlq), Filters(task=task.task_id))
-        forced = await replay(producer, backup_dlq, records, states={})
+        forced = await replay(sending, backup_dlq, records, states={})  # type: ignore[arg-type]
         assert len(forced.replayed) == 1
+        (sent,) = [await f for f in sending.sent]
     finally:
         await consumer.stop()
         await producer.stop()
-    await asyncio.sleep(1.0)  # anything a replay set off has had time to land
+
+    # The backup executor has handled the replayed record once its group committed past it.
+    async def consumed() -> bool:
+        group = f"{stack.settings.topic_prefix}-executor-backup"
+        committed = await committed_offsets(stack.bootstrap, group, sent.topic)
+        return committed.get(sent.partition, -1) > sent.offset
+
+    await wait_until(consumed, 30, "the executor reading the replayed record")
 
     lines = [orjson.loads(x) for x in effects.read_text().splitlines()]
     # each effect once: through three failures, a fallback and three replays
@@ -242,9 +267,12 @@ async def test_recovery_killed_with_pending_retries_fires_each_once_after_restar
                 sa.select(sa.func.count()).where(timers.c.task_id.in_(ids))
             ).scalar_one()
         assert left == 0
+        # Every dispatch recovery committed is on the topic once its outbox is empty.
+        await wait_until(
+            outbox_empty(stack.settings.database_url("recovery")), 20, "recovery's outbox emptying"
+        )
     finally:
         db.dispose()
-    await asyncio.sleep(0.5)
     requests = await read_topic(stack.bootstrap, topics.steps("default"), at_least=10)
     dispatches: dict[str, set[tuple[int, str]]] = {t.task_id: set() for t in tasks}
     for r in requests:

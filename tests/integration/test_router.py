@@ -96,7 +96,14 @@ async def test_cancel_ends_the_task_as_cancelled(stack: Stack) -> None:
         )
         outcome = (await client.wait_for([task.task_id], 20))[task.task_id]
         assert isinstance(outcome, TaskCancelled) and outcome.reason == "not needed"
-        time.sleep(3.5)  # the sleep step finishes; its late result must change nothing
+        # The sleep step finishes after the cancel; its late result must change nothing.
+        await wait_until(
+            lambda: (
+                task_history(stack.settings, task.task_id)["history"][-1]["event"]
+                == "late_result_ignored"
+            ),
+            15,
+        )
     info = task_history(stack.settings, task.task_id)
     assert info["status"] == "cancelled"
     assert info["history"][-1]["event"] == "late_result_ignored"

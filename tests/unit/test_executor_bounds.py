@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,20 +16,13 @@ from podium_executor.ratelimit import PoolRateLimit
 from podium_executor.service import Executor
 from podium_executor.state import metadata
 from podium_shared import Topics, make_engine
+from tests.support.clock import FakeClock, run_in_virtual_time
 
 pytestmark = pytest.mark.unit
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown() -> None:
-    clock = Clock()
+    clock = FakeClock()
     b = Breakers(failures=3, cooldown_s=10, clock=clock)
     for _ in range(2):
         b.before_call("p")
@@ -44,14 +36,14 @@ def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown(
     with pytest.raises(CircuitOpen, match=r"next trial in 10\.0s"):
         b.before_call("p")
     b.before_call("other")  # providers are independent
-    clock.now += 10
+    clock.advance(10)
     b.before_call("p")  # the one trial call
     assert b.state("p") is State.HALF_OPEN
     with pytest.raises(CircuitOpen):
         b.before_call("p")  # others fail fast while the trial runs
     b.failed("p")
     assert b.state("p") is State.OPEN
-    clock.now += 10
+    clock.advance(10)
     b.before_call("p")
     b.succeeded("p")
     assert b.state("p") is State.CLOSED
@@ -90,40 +82,69 @@ async def test_invalid_input_does_not_count_against_the_provider() -> None:
     assert isinstance(await ex.run_step(good), StepCompleted)
 
 
-def limit(tmp_path: Path, rate: float, burst: int, pool: str = "p") -> PoolRateLimit:
+# The rate limit's tests run in virtual time (tests/support/clock.py): the limiter's
+# clock is the loop's, its waits take no real time, and how long the calls took is
+# exact whatever the machine's load. The waits come from the token arithmetic, so a
+# float rounding may add one 1 ms wait per paced call: hence the tolerance.
+def limit(
+    tmp_path: Path, clock: FakeClock, rate: float, burst: int, pool: str = "p"
+) -> PoolRateLimit:
     engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
-    return PoolRateLimit(engine, pool, rate, burst)
+    return PoolRateLimit(engine, pool, rate, burst, clock=clock)
 
 
-async def test_the_rate_limit_paces_calls_after_the_burst(tmp_path: Path) -> None:
-    bucket = limit(tmp_path, rate=50, burst=5)
-    started = time.perf_counter()
-    await asyncio.gather(*(bucket.acquire() for _ in range(15)))
-    elapsed = time.perf_counter() - started
-    assert 0.18 <= elapsed < 0.6  # 5 at once, then 10 at 50/s
+def test_the_rate_limit_paces_calls_after_the_burst(tmp_path: Path) -> None:
+    clock = FakeClock()
+    bucket = limit(tmp_path, clock, rate=50, burst=5)
+    took: list[float] = []
+
+    async def main() -> None:
+        started = clock()
+        for _ in range(5):  # the burst: no wait
+            await bucket.acquire()
+        assert clock() == started
+        await asyncio.gather(*(bucket.acquire() for _ in range(10)))
+        took.append(clock() - started)
+
+    run_in_virtual_time(clock, main())
+    assert took[0] == pytest.approx(10 / 50, abs=0.011)  # then 10 at 50/s
 
 
-async def test_the_rate_limit_is_the_pools_whatever_the_replicas(tmp_path: Path) -> None:
+def test_the_rate_limit_is_the_pools_whatever_the_replicas(tmp_path: Path) -> None:
     # Two replicas (two limiters, one shared database) share one quota of 40/s:
     # 21 calls with a burst of 1 take 0.5 s, not the 0.25 s of 40/s each.
-    a, b = limit(tmp_path, rate=40, burst=1), limit(tmp_path, rate=40, burst=1)
-    other_pool = limit(tmp_path, rate=40, burst=1, pool="q")
-    started = time.perf_counter()
-    await asyncio.gather(*(r.acquire() for r in [a, b] * 10 + [a]))
-    elapsed = time.perf_counter() - started
-    assert 0.45 <= elapsed < 1.0
-    started = time.perf_counter()
-    await other_pool.acquire()  # another pool's bucket is untouched
-    assert time.perf_counter() - started < 0.05
+    clock = FakeClock()
+    a, b = limit(tmp_path, clock, rate=40, burst=1), limit(tmp_path, clock, rate=40, burst=1)
+    other_pool = limit(tmp_path, clock, rate=40, burst=1, pool="q")
+    took: list[float] = []
+
+    async def main() -> None:
+        started = clock()
+        await asyncio.gather(*(r.acquire() for r in [a, b] * 10 + [a]))
+        took.append(clock() - started)
+        started = clock()
+        await other_pool.acquire()  # another pool's bucket is untouched
+        took.append(clock() - started)
+
+    run_in_virtual_time(clock, main())
+    assert took[0] == pytest.approx(20 / 40, abs=0.021)
+    assert took[1] == 0
 
 
-async def test_rate_limit_applies_to_capability_calls(tmp_path: Path) -> None:
-    ex = Executor(BUILTINS, Topics("t"), rate_limit=limit(tmp_path, rate=20, burst=1))
+def test_rate_limit_applies_to_capability_calls(tmp_path: Path) -> None:
+    clock = FakeClock()
+    ex = Executor(BUILTINS, Topics("t"), rate_limit=limit(tmp_path, clock, rate=20, burst=1))
     echo = down().model_copy(update={"capability": "echo", "input": {}})
-    started = time.perf_counter()
-    outs = await asyncio.gather(*(ex.run_step(echo) for _ in range(5)))
-    assert all(isinstance(o, StepCompleted) for o in outs)
-    assert time.perf_counter() - started >= 0.19
+    took: list[float] = []
+
+    async def main() -> None:
+        started = clock()
+        outs = await asyncio.gather(*(ex.run_step(echo) for _ in range(5)))
+        assert all(isinstance(o, StepCompleted) for o in outs)
+        took.append(clock() - started)
+
+    run_in_virtual_time(clock, main())
+    assert took[0] == pytest.approx(4 / 20, abs=0.005)
 
 
 def test_error_class_follows_the_type() -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from podium_executor.state import metadata
 from podium_executor.state import outbox_claims as claims
 from podium_shared import Topics, UnitOfWork, make_engine
 from podium_shared.db import outbox
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -180,12 +180,14 @@ async def test_relays_sharing_a_database_publish_each_row_once(tmp_path: Path) -
 async def test_a_dead_relays_claims_expire_and_its_rows_are_published(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
     add_rows(engine, 3)
-    dead = ClaimingRelay(engine, Sender(), owner="dead", lease_s=0.2)
+    clock = FakeClock()
+    dead = ClaimingRelay(engine, Sender(), owner="dead", lease_s=0.2, clock=clock)
     assert len(dead.claim()) == 3  # claimed, then killed before sending
     alive_sender = Sender()
-    alive = ClaimingRelay(engine, alive_sender, owner="alive", lease_s=0.2)
+    alive = ClaimingRelay(engine, alive_sender, owner="alive", lease_s=0.2, clock=clock)
+    clock.advance(0.15)
     assert await alive.publish_pending() == 0  # still leased
-    time.sleep(0.25)
+    clock.advance(0.1)
     assert await alive.publish_pending() == 3
     assert await dead.publish_pending() == 0  # its lease is gone: it deletes nothing
     assert len(alive_sender.sent) == 3

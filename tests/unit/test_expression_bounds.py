@@ -3,7 +3,6 @@ could only fail when a step is sent is refused when the workflow loads."""
 
 from __future__ import annotations
 
-import time
 import tracemalloc
 from typing import Any
 
@@ -36,14 +35,13 @@ CTX: dict[str, Any] = {
 )
 def test_oversized_results_are_refused_before_they_are_built(source: str, says: str) -> None:
     tracemalloc.start()
-    started = time.perf_counter()
     try:
         with pytest.raises(ExpressionError, match=says):
             evaluate(source, CTX)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert time.perf_counter() - started < 2
+    # Bytes, not seconds: what building them would cost, and what load cannot change.
     assert peak < 64 * 1024 * 1024, f"{peak / 1e6:.0f} MB allocated before the refusal"
 
 

@@ -30,6 +30,7 @@ from podium_recovery.timers import LostRace, fire_due, make_timer_loop, pending,
 from podium_shared import OutboxRelay, Topics, UnitOfWork, dlq_headers, make_engine
 from podium_shared.db import outbox
 from podium_shared.migrations import head_revision, migrate, open_database
+from tests.support.clock import FakeClock, run_in_virtual_time
 
 pytestmark = pytest.mark.unit
 
@@ -222,30 +223,32 @@ class _Producer:
         return done
 
 
-async def test_the_timer_loop_fires_due_timers_through_the_outbox(engine: Engine) -> None:
-    clock = [NOW.timestamp()]
+def test_the_timer_loop_fires_due_timers_through_the_outbox(engine: Engine) -> None:
+    # In virtual time (tests/support/clock.py): the loop's rounds every 10 ms and the
+    # relay's waits take no real time, and "not before it is due" is exact.
+    clock = FakeClock(NOW.timestamp())
     with engine.begin() as conn:
         schedule(conn, TOPICS, request(2), NOW + timedelta(seconds=1))
     producer = _Producer()
-    relay = OutboxRelay(engine, producer)
-    loop = asyncio.create_task(
-        make_timer_loop(engine, interval_s=0.01, clock=lambda: clock[0])(relay)
-    )
-    relaying = asyncio.create_task(relay.run())
-    try:
-        await asyncio.sleep(0.1)
-        assert producer.sent == []
-        clock[0] += 1
-        for _ in range(100):
-            if producer.sent:
-                break
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.1)
-        assert producer.sent == [(TOPICS.steps("default"), b"t1/s1")]
-    finally:
-        loop.cancel()
-        relaying.cancel()
-        await asyncio.gather(loop, relaying, return_exceptions=True)
+    wanted = [(TOPICS.steps("default"), b"t1/s1")]
+
+    async def main() -> None:
+        relay = OutboxRelay(engine, producer)
+        loop = asyncio.create_task(make_timer_loop(engine, interval_s=0.01, clock=clock)(relay))
+        relaying = asyncio.create_task(relay.run())
+        try:
+            await asyncio.sleep(0.95)  # some 95 rounds before it is due
+            assert producer.sent == []
+            await asyncio.sleep(0.1)  # due at 1 s: fired and sent within a round
+            assert producer.sent == wanted
+            await asyncio.sleep(2)  # and only once
+            assert producer.sent == wanted
+        finally:
+            loop.cancel()
+            relaying.cancel()
+            await asyncio.gather(loop, relaying, return_exceptions=True)
+
+    run_in_virtual_time(clock, main())
     with engine.connect() as conn:
         assert pending(conn) == 0
 

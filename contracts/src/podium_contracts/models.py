@@ -3,7 +3,13 @@
 Every model is frozen and names its CloudEvents type in ``CE_TYPE``. Additive
 changes (a new optional field) keep the version; anything else is a new
 module with new types, and consumers keep reading the old one.
-Commands are imperative, events past tense.
+
+Every message is named as a fact, in the past tense, requests included
+(``TaskSubmitted``, ``StepRequested``, ``TaskCancelRequested``): on a log a request
+is something that happened, read by more than one consumer and replayed later, and
+each receiver decides what it means. There are no imperative commands; why is in
+docs/architecture.md. A class's docstring is its JSON Schema's description: rewording
+one changes the checked-in schema.
 """
 
 from __future__ import annotations

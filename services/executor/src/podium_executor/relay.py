@@ -12,7 +12,7 @@ past its lease may publish a row twice; consumers deduplicate by ``ce_id``.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,14 +35,16 @@ class ClaimingRelay(OutboxRelay):
         lease_s: float = 10.0,
         sweep_interval_s: float = 1.0,
         batch: int = 1000,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         super().__init__(engine, producer, sweep_interval_s=sweep_interval_s, batch=batch)
         self.owner = owner
         self.lease_s = lease_s
+        self._clock = clock
 
     def claim(self) -> Sequence[Any]:
         """Claim up to one batch of unclaimed rows; return every row this relay holds."""
-        now = time.time()
+        now = self._clock()
         with self._engine.begin() as conn:
             conn.execute(
                 outbox_claims.delete().where(outbox_claims.c.claimed_at < now - self.lease_s)
