@@ -867,6 +867,7 @@ def test_public_names() -> None:
         "Event",
         "FallbackPolicy",
         "Headers",
+        "HistoryKind",
         "InvalidMessage",
         "RetryPolicy",
         "StepAbandoned",
