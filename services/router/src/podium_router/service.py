@@ -207,12 +207,10 @@ class Router:
             if isinstance(action, Start):
                 repo.add_run(action.run)
                 run = action.run
-            elif isinstance(action, Ignore) and action.kind is None:
-                log.info("event ignored", reason=action.reason, task_id=run and run.task_id)
-            else:
-                assert run is not None, "every other action is about a stored run"
-                if not self._act(repo, uow, run, action, now):
-                    return
+                continue
+            assert run is not None, "decide acts on a stored run, or starts one first"
+            if not self._act(repo, uow, run, action, now):
+                return
 
     def _act(
         self, repo: RunRepository, uow: UnitOfWork, run: Run, action: Action, now: datetime
@@ -222,7 +220,7 @@ class Router:
         task_id = run.task_id
         match action:
             case Start():
-                raise AssertionError("a run is started only once, before anything else")
+                raise AssertionError("_apply stores a new run itself")
             case Accept(workflow=workflow):
                 repo.record(
                     task_id,
@@ -362,7 +360,9 @@ class Router:
                     key=task_id,
                 )
             case Ignore(reason=reason, kind=kind, step_id=step_id, attempt=attempt):
-                if kind is not None:
+                if kind is None:
+                    log.info("event ignored", task_id=task_id, reason=reason)
+                else:
                     repo.record(task_id, now, kind, step_id=step_id, attempt=attempt, cause=reason)
             case _:
                 assert_never(action)
