@@ -495,3 +495,12 @@ def test_a_step_that_outlived_its_watch_goes_to_recovery_as_a_retryable_timeout(
         "backup",
         "m2",
     )
+
+
+def test_the_records_are_their_tables_column_for_column() -> None:
+    from dataclasses import fields
+
+    from podium_router.state import run_steps, runs
+
+    assert {f.name for f in fields(Run)} == set(runs.c.keys())
+    assert {f.name for f in fields(Step)} == set(run_steps.c.keys())

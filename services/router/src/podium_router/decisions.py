@@ -53,7 +53,7 @@ from podium_contracts import (
 from podium_router.expressions import ExpressionError, ResultTooLarge
 from podium_router.records import Run, Step, aware
 from podium_router.routing import Route, choose_route
-from podium_router.state import TERMINAL_RUN, RunStatus, StepStatus
+from podium_router.state import OPEN_STEP, TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.templates import render_json
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
 from podium_shared.limits import TOO_LARGE, too_large
@@ -302,7 +302,7 @@ def _completed(
                 attempt=result.attempt,
             ),
         )
-    if step is None or step.status not in (StepStatus.DISPATCHED, StepStatus.FAILED):
+    if step is None or step.status not in OPEN_STEP:
         return (Ignore(f"step {result.step_id} is not open: a duplicate or a settled step"),)
     usage = result.usage
     cost = run.cost_usd + usage.cost_usd
@@ -346,7 +346,7 @@ def _abandoned(
     if run.status != RunStatus.RUNNING:
         return (Ignore(f"step {abandoned.step_id} abandoned, but the task is {run.status}"),)
     step = _step(steps, abandoned.step_id)
-    if step is None or step.status not in (StepStatus.DISPATCHED, StepStatus.FAILED):
+    if step is None or step.status not in OPEN_STEP:
         return (Ignore(f"step {abandoned.step_id} abandoned, but it settled first"),)
     error_type, message = abandoned.error.type, abandoned.error.message
     if run.deadline is not None and now >= run.deadline and error_type == "timeout":

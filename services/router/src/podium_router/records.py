@@ -1,5 +1,6 @@
 """Runs and steps as typed, immutable records: the repository builds them from
-rows, so decisions never see a database row (or SQLite's naive datetimes)."""
+rows, so decisions never see a database row (or SQLite's naive datetimes).
+A record's fields are its table's columns (state.py), name for name."""
 
 from __future__ import annotations
 
@@ -45,28 +46,14 @@ class Run:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Run:
-        accepted_at = aware(row.accepted_at)
-        assert accepted_at is not None  # the column is NOT NULL
         return cls(
-            task_id=row.task_id,
-            workflow=row.workflow,
-            workflow_version=row.workflow_version,
-            definition=row.definition,
-            status=RunStatus(row.status),
-            tenant=row.tenant,
-            subject=row.subject,
-            priority=row.priority,
-            metadata=row.metadata,
-            input=row.input,
-            deadline=aware(row.deadline),
-            budget_cost_usd=row.budget_cost_usd,
-            budget_tokens=row.budget_tokens,
-            cost_usd=row.cost_usd,
-            tokens=row.tokens,
-            accepted_at=accepted_at,
-            output=row.output,
-            error=row.error,
-            finished_at=aware(row.finished_at),
+            **{
+                **row._asdict(),
+                "status": RunStatus(row.status),
+                "deadline": aware(row.deadline),
+                "accepted_at": aware(row.accepted_at),
+                "finished_at": aware(row.finished_at),
+            }
         )
 
 
@@ -92,22 +79,12 @@ class Step:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Step:
-        dispatched_at = aware(row.dispatched_at)
-        assert dispatched_at is not None  # the column is NOT NULL
         return cls(
-            task_id=row.task_id,
-            step_id=row.step_id,
-            capability=row.capability,
-            pool=row.pool,
-            model=row.model,
-            status=StepStatus(row.status),
-            attempts=row.attempts,
-            request=row.request,
-            timeout_s=row.timeout_s,
-            deadline_at=aware(row.deadline_at),
-            dispatched_at=dispatched_at,
-            output=row.output,
-            usage=row.usage,
-            duration_ms=row.duration_ms,
-            finished_at=aware(row.finished_at),
+            **{
+                **row._asdict(),
+                "status": StepStatus(row.status),
+                "deadline_at": aware(row.deadline_at),
+                "dispatched_at": aware(row.dispatched_at),
+                "finished_at": aware(row.finished_at),
+            }
         )

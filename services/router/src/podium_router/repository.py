@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from podium_contracts import HistoryKind
 from podium_router.records import Run, Step
-from podium_router.state import RunStatus, StepStatus, history, run_steps, runs
+from podium_router.state import OPEN_STEP, RunStatus, StepStatus, history, run_steps, runs
 
 # The hot statements are built once and executed with parameters: SQLAlchemy then
 # reuses their compiled form instead of building and keying new ones per message
@@ -77,12 +77,26 @@ class RunRepository:
             return self.conn.execute(_UPDATE_STEP_IF, row).rowcount == 1
         return self.conn.execute(_UPDATE_STEP, row).rowcount == 1
 
+    def close_step(
+        self, task_id: str, step_id: str, status: StepStatus, at: datetime, **values: Any
+    ) -> bool:
+        """Settle a step that is still open; False if it was settled already."""
+        return self.update_step(
+            task_id,
+            step_id,
+            only_if=OPEN_STEP,
+            status=status,
+            finished_at=at,
+            deadline_at=None,
+            **values,
+        )
+
     def cancel_open_steps(self, task_id: str, at: datetime) -> None:
         self.conn.execute(
             run_steps.update()
             .where(
                 run_steps.c.task_id == task_id,
-                run_steps.c.status.in_([StepStatus.DISPATCHED, StepStatus.FAILED]),
+                run_steps.c.status.in_(sorted(OPEN_STEP)),
             )
             .values(status=StepStatus.CANCELLED, finished_at=at, deadline_at=None)
         )

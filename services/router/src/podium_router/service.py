@@ -252,17 +252,15 @@ class Router:
                     next="carrying on from that step",
                 )
             case Settle(result=result, cost_usd=cost, tokens=tokens):
-                if not repo.update_step(
+                if not repo.close_step(
                     task_id,
                     result.step_id,
-                    only_if={StepStatus.DISPATCHED, StepStatus.FAILED},
-                    status=StepStatus.COMPLETED,
+                    StepStatus.COMPLETED,
+                    now,
                     output=result.output,
                     usage=result.usage.model_dump(),
                     duration_ms=result.duration_ms,
                     attempts=result.attempt,
-                    finished_at=now,
-                    deadline_at=None,
                 ):
                     return False
                 repo.update_run(task_id, cost_usd=cost, tokens=tokens)
@@ -307,14 +305,12 @@ class Router:
                     next=f"attempt {retry.attempt} on pool {retry.pool} in {wait:.1f}s",
                 )
             case GiveUp(abandoned=abandoned):
-                if not repo.update_step(
+                if not repo.close_step(
                     task_id,
                     abandoned.step_id,
-                    only_if={StepStatus.DISPATCHED, StepStatus.FAILED},
-                    status=StepStatus.ABANDONED,
+                    StepStatus.ABANDONED,
+                    now,
                     attempts=abandoned.attempts,
-                    finished_at=now,
-                    deadline_at=None,
                 ):
                     return False
                 where = (
