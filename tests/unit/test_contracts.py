@@ -877,6 +877,7 @@ def test_public_names() -> None:
         "Event",
         "FallbackPolicy",
         "Headers",
+        "HistoryKind",
         "InvalidMessage",
         "RetryPolicy",
         "StepAbandoned",

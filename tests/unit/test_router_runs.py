@@ -32,6 +32,8 @@ from podium_shared import Topics, UnitOfWork, make_engine
 
 pytestmark = pytest.mark.unit
 
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)  # the router's clock in these tests: it stands still
+
 TRIAGE = {
     "name": "ticket-triage",
     "version": 1,
@@ -79,6 +81,7 @@ class Harness:
             WorkflowCatalog([Workflow.model_validate(w) for w in workflows]),
             Topics("t"),
             step_timeout_s=step_timeout_s,
+            clock=lambda: T0,
         )
 
     def run(self, fn: Any, *args: Any) -> list[tuple[str, Any]]:
@@ -227,7 +230,7 @@ def test_cost_budget(database_url: str) -> None:
 
 def test_watchdog_hands_overdue_steps_to_recovery_and_fails_late_tasks(database_url: str) -> None:
     h = Harness(database_url, TRIAGE)
-    now = datetime.now(UTC)
+    now = T0
     h.run(
         h.router.accept_task,
         TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "x"}),
@@ -281,18 +284,18 @@ def test_step_timeout_is_capped_by_the_task_deadline(database_url: str) -> None:
             task_id="t1",
             workflow="ticket-triage",
             input={"text": "x"},
-            deadline=datetime.now(UTC) + timedelta(seconds=3),
+            deadline=T0 + timedelta(seconds=3),
         ),
     )
     steps = [p for _, p in out if isinstance(p, StepRequested)]
-    assert all(s.timeout_s is not None and 2 < s.timeout_s <= 3 for s in steps)
+    assert [s.timeout_s for s in steps] == [3.0, 3.0]
 
 
 def test_a_step_without_a_timeout_is_watched_for_the_default_and_re_driven(
     database_url: str,
 ) -> None:
     h = Harness(database_url, TRIAGE, step_timeout_s=120)
-    now = datetime.now(UTC)
+    now = T0
     # `history` and `sentiment` name no timeout; before, nothing watched them at all
     sent = h.run(
         h.router.accept_task,
@@ -334,7 +337,7 @@ def test_a_step_without_a_timeout_is_watched_for_the_default_and_re_driven(
 
 
 def test_the_watch_is_the_step_timeout_else_the_default_capped_by_the_deadline() -> None:
-    now = datetime.now(UTC)
+    now = T0
     assert watch_timeout(None, 600, None, now) == 600
     assert watch_timeout(30, 600, None, now) == 30
     assert watch_timeout(7200, 600, None, now) == 7200  # a step's own timeout wins
@@ -382,7 +385,7 @@ def test_cancel_stops_dispatch_and_ignores_late_results(database_url: str) -> No
     assert h.run(h.router.step_completed, done("t1", "history", [], "memory")) == []
     assert h.run(h.router.step_completed, done("t1", "sentiment", {"text": "x"})) == []
     assert h.run(h.router.cancel_task, TaskCancelRequested(task_id="t1")) == []
-    assert h.run(lambda uow: h.router.watchdog(uow, datetime.now(UTC) + timedelta(hours=1))) == []
+    assert h.run(lambda uow: h.router.watchdog(uow, T0 + timedelta(hours=1))) == []
 
 
 def test_a_running_task_finishes_on_the_version_it_started_with(database_url: str) -> None:
@@ -396,7 +399,9 @@ def test_a_running_task_finishes_on_the_version_it_started_with(database_url: st
     h.run(h.router.accept_task, TaskSubmitted(task_id="old", workflow="w"))
     # the router restarts with v2 loaded beside v1
     h.router = Router(
-        WorkflowCatalog([Workflow.model_validate(v1), Workflow.model_validate(v2)]), Topics("t")
+        WorkflowCatalog([Workflow.model_validate(v1), Workflow.model_validate(v2)]),
+        Topics("t"),
+        clock=lambda: T0,
     )
     [(_, completed)] = h.run(h.router.step_completed, done("old", "a", {"ok": 1}))
     assert type(completed).__name__ == "TaskCompleted"

@@ -17,6 +17,7 @@ from podium_contracts.envelope import (
     encode,
     new_id,
 )
+from podium_contracts.history import HistoryKind
 from podium_contracts.models import (
     ALL_CONTRACTS,
     Budget,
@@ -82,6 +83,7 @@ __all__ = [
     "Event",
     "FallbackPolicy",
     "Headers",
+    "HistoryKind",
     "InvalidMessage",
     "RetryPolicy",
     "StepAbandoned",

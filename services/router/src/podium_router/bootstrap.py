@@ -5,7 +5,7 @@ from __future__ import annotations
 from podium_router.handlers import make_handler
 from podium_router.migrations import HISTORY
 from podium_router.routing import pools_of
-from podium_router.service import Router
+from podium_router.service import Clock, Router, utc_now
 from podium_router.settings import RouterSettings
 from podium_router.watchdog import make_watchdog
 from podium_router.workflows import WorkflowCatalog
@@ -18,12 +18,13 @@ def build(
     settings: Settings,
     catalog: WorkflowCatalog | None = None,
     router_settings: RouterSettings | None = None,
+    clock: Clock = utc_now,
 ) -> ServiceSpec:
     rs = router_settings or read_settings(RouterSettings)
     topics = Topics(settings.topic_prefix)
     catalog = catalog or WorkflowCatalog.load(settings.workflows)
     engine = open_database(settings.database_url("router"), HISTORY)
-    router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s)
+    router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s, clock=clock)
     return ServiceSpec(
         name="router",
         group=topics.group("router"),

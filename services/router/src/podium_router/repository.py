@@ -1,17 +1,21 @@
-"""Reads and writes of the run state over one SQLAlchemy connection.
+"""Reads and writes of the run state over one SQLAlchemy connection: the edge
+where rows become typed records (``Run``, ``Step``) and records become rows.
 
 Rows are locked ``FOR UPDATE`` where two router replicas could race (on
 PostgreSQL; SQLite has one writer and ignores the clause)."""
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from podium_router.state import RunStatus, StepStatus, history, run_steps, runs
+from podium_contracts import HistoryKind
+from podium_router.records import Run, Step
+from podium_router.state import OPEN_STEP, RunStatus, StepStatus, history, run_steps, runs
 
 # The hot statements are built once and executed with parameters: SQLAlchemy then
 # reuses their compiled form instead of building and keying new ones per message
@@ -24,10 +28,6 @@ _STEPS = (
     .where(run_steps.c.task_id == sa.bindparam("task_id"))
     .order_by(run_steps.c.dispatched_at, run_steps.c.step_id)
 )
-_STEP = sa.select(run_steps).where(
-    run_steps.c.task_id == sa.bindparam("task_id"),
-    run_steps.c.step_id == sa.bindparam("step_id"),
-)
 _UPDATE_RUN = runs.update().where(runs.c.task_id == sa.bindparam("_task_id"))
 _UPDATE_STEP = run_steps.update().where(
     run_steps.c.task_id == sa.bindparam("_task_id"),
@@ -39,24 +39,24 @@ _UPDATE_STEP_IF = _UPDATE_STEP.where(
 _ADD_RUN = runs.insert()
 _ADD_STEP = run_steps.insert()
 _RECORD = history.insert()
+_RUN_FIELDS = tuple(f.name for f in fields(Run))
 
 
 class RunRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
 
-    def get_run(self, task_id: str, *, lock: bool = True) -> sa.Row[Any] | None:
+    def get_run(self, task_id: str, *, lock: bool = True) -> Run | None:
         query = _RUN_LOCKED if lock else _RUN
-        return self.conn.execute(query, {"task_id": task_id}).first()
+        row = self.conn.execute(query, {"task_id": task_id}).first()
+        return None if row is None else Run.from_row(row)
 
-    def steps(self, task_id: str) -> list[sa.Row[Any]]:
-        return list(self.conn.execute(_STEPS, {"task_id": task_id}))
+    def steps(self, task_id: str) -> list[Step]:
+        """The run's steps in the order they were dispatched."""
+        return [Step.from_row(r) for r in self.conn.execute(_STEPS, {"task_id": task_id})]
 
-    def get_step(self, task_id: str, step_id: str) -> sa.Row[Any] | None:
-        return self.conn.execute(_STEP, {"task_id": task_id, "step_id": step_id}).first()
-
-    def add_run(self, **values: Any) -> None:
-        self.conn.execute(_ADD_RUN, {"status": RunStatus.RUNNING, **values})
+    def add_run(self, run: Run) -> None:
+        self.conn.execute(_ADD_RUN, {name: getattr(run, name) for name in _RUN_FIELDS})
 
     def update_run(self, task_id: str, **values: Any) -> None:
         self.conn.execute(_UPDATE_RUN, {"_task_id": task_id, **values})
@@ -77,23 +77,38 @@ class RunRepository:
             return self.conn.execute(_UPDATE_STEP_IF, row).rowcount == 1
         return self.conn.execute(_UPDATE_STEP, row).rowcount == 1
 
+    def close_step(
+        self, task_id: str, step_id: str, status: StepStatus, at: datetime, **values: Any
+    ) -> bool:
+        """Settle a step that is still open; False if it was settled already."""
+        return self.update_step(
+            task_id,
+            step_id,
+            only_if=OPEN_STEP,
+            status=status,
+            finished_at=at,
+            deadline_at=None,
+            **values,
+        )
+
     def cancel_open_steps(self, task_id: str, at: datetime) -> None:
         self.conn.execute(
             run_steps.update()
             .where(
                 run_steps.c.task_id == task_id,
-                run_steps.c.status.in_([StepStatus.DISPATCHED, StepStatus.FAILED]),
+                run_steps.c.status.in_(sorted(OPEN_STEP)),
             )
             .values(status=StepStatus.CANCELLED, finished_at=at, deadline_at=None)
         )
 
-    def record(self, task_id: str, at: datetime, event: str, **values: Any) -> None:
+    def record(self, task_id: str, at: datetime, event: HistoryKind, **values: Any) -> None:
         """Append one transition to the task's history."""
         self.conn.execute(_RECORD, {"task_id": task_id, "at": at, "event": event, **values})
 
-    def overdue_steps(self, now: datetime, limit: int = 500) -> list[sa.Row[Any]]:
-        return list(
-            self.conn.execute(
+    def overdue_steps(self, now: datetime, limit: int = 500) -> list[Step]:
+        return [
+            Step.from_row(r)
+            for r in self.conn.execute(
                 sa.select(run_steps)
                 .where(
                     run_steps.c.status == StepStatus.DISPATCHED,
@@ -103,11 +118,12 @@ class RunRepository:
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
-        )
+        ]
 
-    def overdue_runs(self, now: datetime, limit: int = 500) -> list[sa.Row[Any]]:
-        return list(
-            self.conn.execute(
+    def overdue_runs(self, now: datetime, limit: int = 500) -> list[Run]:
+        return [
+            Run.from_row(r)
+            for r in self.conn.execute(
                 sa.select(runs)
                 .where(
                     runs.c.status == RunStatus.RUNNING,
@@ -117,4 +133,4 @@ class RunRepository:
                 .limit(limit)
                 .with_for_update(skip_locked=True)
             )
-        )
+        ]

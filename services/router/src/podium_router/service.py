@@ -1,26 +1,25 @@
 """The router's use cases: accept a task, advance its run, end it, and watch
-for steps and tasks that outlive their time. Decisions live in decisions.py
-and routing.py; this module applies them to the stored state and records
-every transition in the history."""
+for steps and tasks that outlive their time. What happens is decided in
+decisions.py (``decide``, a pure function); this module is the edge around it:
+it loads the run as typed records, asks ``decide``, and applies the actions to
+the stored state, the history and the outbox, in the caller's transaction."""
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, assert_never
 
 import orjson
 import structlog
 
 from podium_contracts import (
     DlqLocation,
+    HistoryKind,
     StepAbandoned,
     StepCompleted,
-    StepError,
-    StepFailed,
-    StepRequested,
     StepRetryScheduled,
-    StepSummary,
     TaskAccepted,
     TaskCancelled,
     TaskCancelRequested,
@@ -29,42 +28,45 @@ from podium_contracts import (
     TaskFailed,
     TaskRejected,
     TaskSubmitted,
-    UnknownTask,
-    Usage,
 )
 from podium_router.decisions import (
-    budget_exceeded,
-    idempotency_key,
-    runnable_steps,
-    step_input,
-    step_timeout,
-    task_output,
-    template_context,
-    watch_timeout,
+    Accept,
+    Action,
+    Cancel,
+    Complete,
+    DeadlinePassed,
+    Decision,
+    Dispatch,
+    Fail,
+    GiveUp,
+    Ignore,
+    Planned,
+    Reopen,
+    Rewatch,
+    Settle,
+    Start,
+    Trigger,
+    decide,
+    timed_out,
 )
-from podium_router.expressions import ExpressionError, ResultTooLarge
+from podium_router.records import Run
 from podium_router.rejections import Submission, refused_submission
 from podium_router.repository import RunRepository
-from podium_router.routing import Route, choose_route
-from podium_router.state import TERMINAL_RUN, RunStatus, StepStatus
-from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
+from podium_router.state import RunStatus, StepStatus
+from podium_router.workflows import WorkflowCatalog
 from podium_shared import Refusal, Topics, UnitOfWork, telemetry
 from podium_shared.consumer import record_headers
-from podium_shared.limits import TOO_LARGE, too_large
 
 log = structlog.get_logger(__name__)
 
-Row = Any
+Clock = Callable[[], datetime]
 
 
-def _aware(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything stored is UTC."""
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
-def _owner(run: Row) -> dict[str, Any]:
+def _owner(run: Run) -> dict[str, Any]:
     """Whose task it was, for consumers of task events (memory's episodes)."""
     digest = hashlib.sha256(orjson.dumps(run.input, option=orjson.OPT_SORT_KEYS)).hexdigest()
     return {"tenant": run.tenant, "subject": run.subject, "input_digest": digest}
@@ -72,80 +74,55 @@ def _owner(run: Row) -> dict[str, Any]:
 
 class Router:
     def __init__(
-        self, catalog: WorkflowCatalog, topics: Topics, *, step_timeout_s: float = 600.0
+        self,
+        catalog: WorkflowCatalog,
+        topics: Topics,
+        *,
+        step_timeout_s: float = 600.0,
+        clock: Clock = utc_now,
     ) -> None:
         self.catalog = catalog
         self.topics = topics
         self.step_timeout_s = step_timeout_s  # the watchdog's wait for a step without one
+        self.clock = clock
 
-    # -- tasks -------------------------------------------------------------------------------
+    # -- events ------------------------------------------------------------------------------
 
     def accept_task(self, task: TaskSubmitted, uow: UnitOfWork) -> None:
         """Start a run for a new task; a repeated task_id starts nothing."""
+        self._handle(task, uow)
+
+    def step_completed(self, result: StepCompleted, uow: UnitOfWork) -> None:
+        """Record a step's output, then dispatch what it unblocked or finish the task."""
+        self._handle(result, uow)
+
+    def retry_scheduled(self, retry: StepRetryScheduled, uow: UnitOfWork) -> None:
+        """Recovery will run the step again: watch the new attempt."""
+        self._handle(retry, uow)
+
+    def step_abandoned(self, abandoned: StepAbandoned, uow: UnitOfWork) -> None:
+        """Recovery gave up on a step: fail its task, naming the DLQ record."""
+        self._handle(abandoned, uow)
+
+    def cancel_task(self, request: TaskCancelRequested, uow: UnitOfWork) -> None:
+        """Stop dispatching and end the task as cancelled."""
+        self._handle(request, uow)
+
+    def _handle(self, event: Trigger, uow: UnitOfWork) -> None:
+        """Load the run (locked) and its steps, decide, apply."""
         repo = RunRepository(uow.conn)
-        if repo.get_run(task.task_id) is not None:
-            log.info("duplicate submission ignored", task_id=task.task_id)
-            return
-        now = datetime.now(UTC)
-        workflow = self.catalog.get(task.workflow, task.workflow_version)
-        repo.add_run(
-            task_id=task.task_id,
-            workflow=task.workflow,
-            workflow_version=workflow.version if workflow else 0,
-            definition=workflow.model_dump(mode="json", by_alias=True) if workflow else {},
-            tenant=task.tenant,
-            subject=task.subject,
-            priority=task.priority,
-            metadata=task.metadata,
-            input=task.input,
-            deadline=task.deadline,
-            budget_cost_usd=task.budget.max_cost_usd,
-            budget_tokens=task.budget.max_tokens,
-            cost_usd=0.0,
-            tokens=0,
-            accepted_at=now,
+        run = repo.get_run(event.task_id)
+        steps = repo.steps(event.task_id) if run is not None else []
+        now = self.clock()
+        decision = decide(
+            run,
+            steps,
+            event,
+            now=now,
+            catalog=self.catalog,
+            default_watch_s=self.step_timeout_s,
         )
-        if workflow is None:
-            wanted = f"{task.workflow!r}" + (
-                f" version {task.workflow_version}" if task.workflow_version else ""
-            )
-            self._fail(
-                repo,
-                uow,
-                task.task_id,
-                task.workflow,
-                TaskError(
-                    type="unknown_workflow",
-                    message=f"no workflow named {wanted} (known: {', '.join(self.catalog.names)})",
-                ),
-                now,
-            )
-            return
-        why = too_large("the task's input", task.input)
-        if why:
-            self._fail(
-                repo, uow, task.task_id, task.workflow, TaskError(type=TOO_LARGE, message=why), now
-            )
-            return
-        repo.record(
-            task.task_id,
-            now,
-            "accepted",
-            workflow_version=workflow.version,
-            cause=f"submitted for {workflow.name} v{workflow.version}",
-        )
-        uow.publish(
-            self.topics.task_events,
-            TaskAccepted(
-                task_id=task.task_id,
-                workflow=workflow.name,
-                workflow_version=workflow.version,
-                accepted_at=now,
-            ),
-            key=task.task_id,
-        )
-        run = repo.get_run(task.task_id)
-        self._advance(repo, uow, run, workflow, now)
+        self._apply(repo, uow, run, decision, now)
 
     def reject(self, refusal: Refusal, uow: UnitOfWork) -> None:
         """Answer a submission that went to the dead-letter topic with TaskRejected."""
@@ -175,456 +152,286 @@ class Router:
                     + ("" if who.ce_id else f" (dead-lettered to {dlq_topic})"),
                 ),
                 dlq=DlqLocation(topic=dlq_topic, record_id=who.ce_id) if who.ce_id else None,
-                rejected_at=datetime.now(UTC),
+                rejected_at=self.clock(),
             ),
             key=who.task_id,
-        )
-
-    def cancel_task(self, request: TaskCancelRequested, uow: UnitOfWork) -> None:
-        """Stop dispatching and end the task as cancelled."""
-        repo = RunRepository(uow.conn)
-        run = repo.get_run(request.task_id)
-        now = datetime.now(UTC)
-        if run is None:
-            raise UnknownTask(
-                f"cancel requested for task {request.task_id!r}, which was never submitted here"
-            )
-        if run.status in TERMINAL_RUN:
-            repo.record(
-                run.task_id,
-                now,
-                "cancel_ignored",
-                cause=f"cancel requested but the task is already {run.status}",
-            )
-            return
-        repo.cancel_open_steps(run.task_id, now)
-        reason = request.reason or "cancel requested"
-        repo.finish_run(
-            run.task_id, RunStatus.CANCELLED, now, error={"type": "cancelled", "message": reason}
-        )
-        repo.record(
-            run.task_id,
-            now,
-            "cancelled",
-            cause=reason,
-            next="nothing: late step results are ignored",
-        )
-        uow.publish(
-            self.topics.task_events,
-            TaskCancelled(
-                task_id=run.task_id, workflow=run.workflow, reason=reason, cancelled_at=now
-            ),
-            key=run.task_id,
-        )
-
-    # -- steps -------------------------------------------------------------------------------
-
-    def step_completed(self, result: StepCompleted, uow: UnitOfWork) -> None:
-        """Record a step's output, then dispatch what it unblocked or finish the task."""
-        repo = RunRepository(uow.conn)
-        run = repo.get_run(result.task_id)
-        now = datetime.now(UTC)
-        if run is None:
-            raise UnknownTask(
-                f"a result for task {result.task_id!r}, which was never submitted here"
-            )
-        if self._reopens(repo, run, result, now):
-            run = repo.get_run(result.task_id)
-        if run is None or run.status != RunStatus.RUNNING:
-            if run is not None:
-                repo.record(
-                    run.task_id,
-                    now,
-                    "late_result_ignored",
-                    step_id=result.step_id,
-                    attempt=result.attempt,
-                    cause=f"the task is {run.status}",
-                )
-            return
-        if not repo.update_step(
-            result.task_id,
-            result.step_id,
-            only_if={StepStatus.DISPATCHED, StepStatus.FAILED},
-            status=StepStatus.COMPLETED,
-            output=result.output,
-            usage=result.usage.model_dump(),
-            duration_ms=result.duration_ms,
-            attempts=result.attempt,
-            finished_at=now,
-            deadline_at=None,
-        ):
-            return  # a duplicate, or a result for a step already settled
-        usage = result.usage
-        cost = run.cost_usd + usage.cost_usd
-        tokens = run.tokens + usage.prompt_tokens + usage.completion_tokens
-        repo.update_run(run.task_id, cost_usd=cost, tokens=tokens)
-        repo.record(
-            run.task_id,
-            now,
-            "step_completed",
-            step_id=result.step_id,
-            attempt=result.attempt,
-            pool=result.pool,
-            capability=result.capability,
-            cause=f"{result.duration_ms:.1f} ms"
-            + (
-                f", ${usage.cost_usd:.4f}, {usage.prompt_tokens + usage.completion_tokens} tokens"
-                if usage.cost_usd or usage.prompt_tokens
-                else ""
-            ),
-        )
-        over = budget_exceeded(cost, tokens, run.budget_cost_usd, run.budget_tokens)
-        if over:
-            self._fail(
-                repo,
-                uow,
-                run.task_id,
-                run.workflow,
-                TaskError(type="budget_exceeded", message=over, step_id=result.step_id),
-                now,
-            )
-            return
-        self._advance(
-            repo, uow, repo.get_run(run.task_id), Workflow.model_validate(run.definition), now
-        )
-
-    @staticmethod
-    def _reopens(repo: RunRepository, run: Row, result: StepCompleted, now: datetime) -> bool:
-        """A replayed step that now succeeds reopens the task it failed."""
-        if run.status != RunStatus.FAILED or (run.error or {}).get("step_id") != result.step_id:
-            return False
-        step = repo.get_step(run.task_id, result.step_id)
-        if step is None or step.status != StepStatus.ABANDONED:
-            return False
-        repo.update_step(run.task_id, result.step_id, status=StepStatus.DISPATCHED)
-        repo.update_run(run.task_id, status=RunStatus.RUNNING, error=None, finished_at=None)
-        repo.record(
-            run.task_id,
-            now,
-            "reopened",
-            step_id=result.step_id,
-            attempt=result.attempt,
-            cause=f"step {result.step_id} succeeded on replay",
-            next="carrying on from that step",
-        )
-        return True
-
-    def retry_scheduled(self, retry: StepRetryScheduled, uow: UnitOfWork) -> None:
-        """Recovery will run the step again: watch the new attempt."""
-        repo = RunRepository(uow.conn)
-        run = repo.get_run(retry.task_id)
-        if run is None:
-            raise UnknownTask(f"a retry for task {retry.task_id!r}, which was never submitted here")
-        if run.status != RunStatus.RUNNING:
-            return
-        step = repo.get_step(retry.task_id, retry.step_id)
-        if step is None or step.status == StepStatus.COMPLETED:
-            return
-        now = datetime.now(UTC)
-        due = _aware(retry.due_at) or now
-        deadline = due + timedelta(seconds=step.timeout_s) if step.timeout_s else None
-        repo.update_step(
-            retry.task_id,
-            retry.step_id,
-            status=StepStatus.DISPATCHED,
-            attempts=retry.attempt,
-            pool=retry.pool,
-            model=retry.model,
-            deadline_at=deadline,
-        )
-        wait = max((due - now).total_seconds(), 0)
-        repo.record(
-            run.task_id,
-            now,
-            "retry_scheduled",
-            step_id=retry.step_id,
-            attempt=retry.attempt,
-            pool=retry.pool,
-            capability=step.capability,
-            model=retry.model,
-            cause=f"attempt {retry.attempt - 1} failed: {retry.error.type}: {retry.error.message}",
-            next=f"attempt {retry.attempt} on pool {retry.pool} in {wait:.1f}s",
-        )
-
-    def step_abandoned(self, abandoned: StepAbandoned, uow: UnitOfWork) -> None:
-        """Recovery gave up on a step: fail its task, naming the DLQ record."""
-        repo = RunRepository(uow.conn)
-        run = repo.get_run(abandoned.task_id)
-        if run is None:
-            raise UnknownTask(
-                f"an abandoned step of task {abandoned.task_id!r}, which was never submitted here"
-            )
-        if run.status != RunStatus.RUNNING:
-            return
-        now = datetime.now(UTC)
-        if not repo.update_step(
-            abandoned.task_id,
-            abandoned.step_id,
-            only_if={StepStatus.DISPATCHED, StepStatus.FAILED},
-            status=StepStatus.ABANDONED,
-            attempts=abandoned.attempts,
-            finished_at=now,
-            deadline_at=None,
-        ):
-            return  # it completed after all (a late result won the race)
-        where = (
-            f"; dead letter {abandoned.dlq.topic} {abandoned.dlq.record_id}"
-            if abandoned.dlq
-            else ""
-        )
-        error_type, message = abandoned.error.type, abandoned.error.message
-        deadline = _aware(run.deadline)
-        if deadline is not None and now >= deadline and error_type == "timeout":
-            # The step's timeout was the task's remaining time: say which limit it was.
-            error_type = "deadline_exceeded"
-            message = f"deadline {deadline.isoformat()} passed during step {abandoned.step_id}"
-        repo.record(
-            run.task_id,
-            now,
-            "step_abandoned",
-            step_id=abandoned.step_id,
-            attempt=abandoned.attempts,
-            cause=f"{abandoned.error.type}: {abandoned.error.message}{where}",
-        )
-        self._fail(
-            repo,
-            uow,
-            run.task_id,
-            run.workflow,
-            TaskError(type=error_type, message=message, step_id=abandoned.step_id),
-            now,
-            dlq=abandoned.dlq,
         )
 
     # -- the watchdog ------------------------------------------------------------------------
 
     def watchdog(self, uow: UnitOfWork, now: datetime | None = None) -> int:
         """Fail steps that outlived their timeout and tasks past their deadline."""
-        now = now or datetime.now(UTC)
+        now = now or self.clock()
         repo = RunRepository(uow.conn)
         acted = 0
         for run in repo.overdue_runs(now):
-            self._fail(
-                repo,
-                uow,
-                run.task_id,
-                run.workflow,
-                TaskError(
-                    type="deadline_exceeded",
-                    message=f"deadline {run.deadline.isoformat()} passed",
-                ),
-                now,
+            decision = decide(
+                run,
+                repo.steps(run.task_id),
+                DeadlinePassed(run.task_id),
+                now=now,
+                catalog=self.catalog,
+                default_watch_s=self.step_timeout_s,
             )
-            repo.cancel_open_steps(run.task_id, now)
+            self._apply(repo, uow, run, decision, now)
             acted += 1
         for step in repo.overdue_steps(now):
-            request = StepRequested.model_validate(step.request)
-            request = request.model_copy(
-                update={"attempt": step.attempts, "pool": step.pool, "model": step.model}
-            )
+            failure = timed_out(step)
             repo.update_step(step.task_id, step.step_id, status=StepStatus.FAILED, deadline_at=None)
-            error = StepError(
-                type="timeout",
-                error_class="retryable",
-                message=f"no result within {step.timeout_s}s (router watchdog)",
-            )
             repo.record(
                 step.task_id,
                 now,
-                "step_timed_out",
+                HistoryKind.STEP_TIMED_OUT,
                 step_id=step.step_id,
                 attempt=step.attempts,
                 pool=step.pool,
                 capability=step.capability,
-                cause=error.message,
+                cause=failure.error.message,
                 next="handed to recovery",
             )
-            uow.publish(
-                self.topics.step_failures,
-                StepFailed(
-                    task_id=step.task_id,
-                    step_id=step.step_id,
-                    capability=step.capability,
-                    pool=step.pool,
-                    attempt=step.attempts,
-                    error=error,
-                    duration_ms=(step.timeout_s or 0) * 1000,
-                    request=request,
-                ),
-                key=step.task_id,
-            )
+            uow.publish(self.topics.step_failures, failure, key=step.task_id)
             acted += 1
         return acted
 
-    # -- internals ---------------------------------------------------------------------------
+    # -- applying a decision -----------------------------------------------------------------
 
-    def _advance(
-        self, repo: RunRepository, uow: UnitOfWork, run: Row, workflow: Workflow, now: datetime
+    def _apply(
+        self,
+        repo: RunRepository,
+        uow: UnitOfWork,
+        run: Run | None,
+        decision: Decision,
+        now: datetime,
     ) -> None:
-        """Dispatch every step that became runnable, or complete the task.
+        for action in decision:
+            if isinstance(action, Start):
+                repo.add_run(action.run)
+                run = action.run
+                continue
+            assert run is not None, "decide acts on a stored run, or starts one first"
+            if not self._act(repo, uow, run, action, now):
+                return
 
-        Every input and route is worked out before anything is dispatched, so a
-        template error fails the task without half of a fan-out already sent."""
-        steps = repo.steps(run.task_id)
-        completed = {s.step_id: s.output for s in steps if s.status == StepStatus.COMPLETED}
-        context = template_context(
-            {
-                "task_id": run.task_id,
-                "workflow": run.workflow,
-                "tenant": run.tenant,
-                "subject": run.subject,
-                "priority": run.priority,
-                "metadata": run.metadata,
-            },
-            run.input,
-            completed,
-        )
-        current: str | None = None
-        try:
-            if len(completed) == len(workflow.steps):
-                output = task_output(workflow, context)
-                why = too_large("the task's output", output)
-                if why:
-                    self._fail(
-                        repo,
-                        uow,
-                        run.task_id,
-                        run.workflow,
-                        TaskError(type=TOO_LARGE, message=why),
-                        now,
-                    )
-                    return
-                self._complete(repo, uow, run, steps, output, now)
-                return
-            plans = []
-            for step in runnable_steps(workflow, {s.step_id for s in steps}, set(completed)):
-                current = step.id
-                plans.append((step, choose_route(step, context), step_input(step, context)))
-        except ExpressionError as exc:
-            where = f"step {current}" if current else "workflow output"
-            kind = TOO_LARGE if isinstance(exc, ResultTooLarge) else "template_error"
-            self._fail(
-                repo,
-                uow,
-                run.task_id,
-                run.workflow,
-                TaskError(type=kind, message=f"{where}: {exc}", step_id=current),
-                now,
-            )
-            return
-        for step, _, data in plans:
-            # Before anything is dispatched: a step whose input could never be sent
-            # fails the task now, rather than leaving a fan-out half sent.
-            why = too_large(f"step {step.id}'s input", data)
-            if why:
-                error = TaskError(type=TOO_LARGE, message=why, step_id=step.id)
-                self._fail(repo, uow, run.task_id, run.workflow, error, now)
-                return
-        for step, route, data in plans:
-            # The step's message carries this span's context: the executor's work hangs under it.
-            with telemetry.span(
-                "router.route",
-                **{
-                    "podium.task_id": run.task_id,
-                    "podium.step_id": step.id,
-                    "podium.workflow": workflow.name,
-                    "podium.capability": step.uses,
-                    "podium.route.pool": route.pool,
-                    "podium.route.model": route.model,
-                    "podium.route.rule": route.rule,
-                    "podium.route.reason": route.reason,
-                },
-            ):
-                self._dispatch(repo, uow, run, workflow, step, route, data, now)
+    def _act(
+        self, repo: RunRepository, uow: UnitOfWork, run: Run, action: Action, now: datetime
+    ) -> bool:
+        """Apply one action; False when a guarded write found the step already settled
+        (a race lost to another writer), which drops the actions after it."""
+        task_id = run.task_id
+        match action:
+            case Start():
+                raise AssertionError("_apply stores a new run itself")
+            case Accept(workflow=workflow):
+                repo.record(
+                    task_id,
+                    now,
+                    HistoryKind.ACCEPTED,
+                    workflow_version=workflow.version,
+                    cause=f"submitted for {workflow.name} v{workflow.version}",
+                )
+                uow.publish(
+                    self.topics.task_events,
+                    TaskAccepted(
+                        task_id=task_id,
+                        workflow=workflow.name,
+                        workflow_version=workflow.version,
+                        accepted_at=now,
+                    ),
+                    key=task_id,
+                )
+            case Reopen(step_id=step_id, attempt=attempt):
+                repo.update_step(task_id, step_id, status=StepStatus.DISPATCHED)
+                repo.update_run(task_id, status=RunStatus.RUNNING, error=None, finished_at=None)
+                repo.record(
+                    task_id,
+                    now,
+                    HistoryKind.REOPENED,
+                    step_id=step_id,
+                    attempt=attempt,
+                    cause=f"step {step_id} succeeded on replay",
+                    next="carrying on from that step",
+                )
+            case Settle(result=result, cost_usd=cost, tokens=tokens):
+                if not repo.close_step(
+                    task_id,
+                    result.step_id,
+                    StepStatus.COMPLETED,
+                    now,
+                    output=result.output,
+                    usage=result.usage.model_dump(),
+                    duration_ms=result.duration_ms,
+                    attempts=result.attempt,
+                ):
+                    return False
+                repo.update_run(task_id, cost_usd=cost, tokens=tokens)
+                usage = result.usage
+                repo.record(
+                    task_id,
+                    now,
+                    HistoryKind.STEP_COMPLETED,
+                    step_id=result.step_id,
+                    attempt=result.attempt,
+                    pool=result.pool,
+                    capability=result.capability,
+                    cause=f"{result.duration_ms:.1f} ms"
+                    + (
+                        f", ${usage.cost_usd:.4f},"
+                        f" {usage.prompt_tokens + usage.completion_tokens} tokens"
+                        if usage.cost_usd or usage.prompt_tokens
+                        else ""
+                    ),
+                )
+            case Rewatch(retry=retry, capability=capability, deadline_at=deadline, wait_s=wait):
+                repo.update_step(
+                    task_id,
+                    retry.step_id,
+                    status=StepStatus.DISPATCHED,
+                    attempts=retry.attempt,
+                    pool=retry.pool,
+                    model=retry.model,
+                    deadline_at=deadline,
+                )
+                repo.record(
+                    task_id,
+                    now,
+                    HistoryKind.RETRY_SCHEDULED,
+                    step_id=retry.step_id,
+                    attempt=retry.attempt,
+                    pool=retry.pool,
+                    capability=capability,
+                    model=retry.model,
+                    cause=f"attempt {retry.attempt - 1} failed:"
+                    f" {retry.error.type}: {retry.error.message}",
+                    next=f"attempt {retry.attempt} on pool {retry.pool} in {wait:.1f}s",
+                )
+            case GiveUp(abandoned=abandoned):
+                if not repo.close_step(
+                    task_id,
+                    abandoned.step_id,
+                    StepStatus.ABANDONED,
+                    now,
+                    attempts=abandoned.attempts,
+                ):
+                    return False
+                where = (
+                    f"; dead letter {abandoned.dlq.topic} {abandoned.dlq.record_id}"
+                    if abandoned.dlq
+                    else ""
+                )
+                repo.record(
+                    task_id,
+                    now,
+                    HistoryKind.STEP_ABANDONED,
+                    step_id=abandoned.step_id,
+                    attempt=abandoned.attempts,
+                    cause=f"{abandoned.error.type}: {abandoned.error.message}{where}",
+                )
+            case Dispatch(steps=planned):
+                for plan in planned:
+                    self._dispatch(repo, uow, run, action, plan, now)
+            case Complete():
+                self._complete(repo, uow, run, action, now)
+            case Fail():
+                self._fail(repo, uow, run, action, now)
+            case Cancel(reason=reason):
+                repo.cancel_open_steps(task_id, now)
+                repo.finish_run(
+                    task_id,
+                    RunStatus.CANCELLED,
+                    now,
+                    error={"type": "cancelled", "message": reason},
+                )
+                repo.record(
+                    task_id,
+                    now,
+                    HistoryKind.CANCELLED,
+                    cause=reason,
+                    next="nothing: late step results are ignored",
+                )
+                uow.publish(
+                    self.topics.task_events,
+                    TaskCancelled(
+                        task_id=task_id, workflow=run.workflow, reason=reason, cancelled_at=now
+                    ),
+                    key=task_id,
+                )
+            case Ignore(reason=reason, kind=kind, step_id=step_id, attempt=attempt):
+                if kind is None:
+                    log.info("event ignored", task_id=task_id, reason=reason)
+                else:
+                    repo.record(task_id, now, kind, step_id=step_id, attempt=attempt, cause=reason)
+            case _:
+                assert_never(action)
+        return True
 
     def _dispatch(
         self,
         repo: RunRepository,
         uow: UnitOfWork,
-        run: Row,
-        workflow: Workflow,
-        step: StepDef,
-        route: Route,
-        data: dict[str, Any],
+        run: Run,
+        dispatch: Dispatch,
+        plan: Planned,
         now: datetime,
     ) -> None:
-        deadline = _aware(run.deadline)
-        timeout = step_timeout(step.timeout, deadline, now)
-        # Every dispatched step is watched, with a default when it names no timeout: a
-        # lost request or result is then re-driven by recovery instead of waited on forever.
-        watch = watch_timeout(step.timeout, self.step_timeout_s, deadline, now)
-        request = StepRequested(
-            task_id=run.task_id,
-            step_id=step.id,
-            workflow=workflow.name,
-            capability=step.uses,
-            pool=route.pool,
-            input=data,
-            idempotency_key=idempotency_key(run.task_id, step.id),
-            tenant=run.tenant,
-            subject=run.subject,
-            timeout_s=timeout,
-            model=route.model,
-            retry=step.retry.policy() if step.retry else None,
-            fallback=step.fallback.policy() if step.fallback else None,
-        )
-        repo.add_step(
-            task_id=run.task_id,
-            step_id=step.id,
-            capability=step.uses,
-            pool=route.pool,
-            model=route.model,
-            request=request.model_dump(mode="json"),
-            timeout_s=watch,
-            deadline_at=now + timedelta(seconds=watch),
-            dispatched_at=now,
-        )
-        repo.record(
-            run.task_id,
-            now,
-            "step_dispatched",
-            step_id=step.id,
-            attempt=1,
-            pool=route.pool,
-            capability=step.uses,
-            model=route.model,
-            workflow_version=workflow.version,
-            cause=route.reason,
-            next=f"waiting for {step.uses} on pool {route.pool}"
-            + f" (timeout {watch:.1f}s{'' if timeout else ', the default'})",
-        )
-        uow.publish(self.topics.steps(route.pool), request, key=f"{run.task_id}/{step.id}")
+        step, route, request, watch = plan.step, plan.route, plan.request, plan.watch_s
+        workflow = dispatch.workflow
+        # The step's message carries this span's context: the executor's work hangs under it.
+        with telemetry.span(
+            "router.route",
+            **{
+                "podium.task_id": run.task_id,
+                "podium.step_id": step.id,
+                "podium.workflow": workflow.name,
+                "podium.capability": step.uses,
+                "podium.route.pool": route.pool,
+                "podium.route.model": route.model,
+                "podium.route.rule": route.rule,
+                "podium.route.reason": route.reason,
+            },
+        ):
+            repo.add_step(
+                task_id=run.task_id,
+                step_id=step.id,
+                capability=step.uses,
+                pool=route.pool,
+                model=route.model,
+                request=request.model_dump(mode="json"),
+                timeout_s=watch,
+                deadline_at=now + timedelta(seconds=watch),
+                dispatched_at=now,
+            )
+            repo.record(
+                run.task_id,
+                now,
+                HistoryKind.STEP_DISPATCHED,
+                step_id=step.id,
+                attempt=1,
+                pool=route.pool,
+                capability=step.uses,
+                model=route.model,
+                workflow_version=workflow.version,
+                cause=route.reason,
+                next=f"waiting for {step.uses} on pool {route.pool}"
+                + f" (timeout {watch:.1f}s{'' if request.timeout_s else ', the default'})",
+            )
+            uow.publish(self.topics.steps(route.pool), request, key=f"{run.task_id}/{step.id}")
 
     def _complete(
-        self,
-        repo: RunRepository,
-        uow: UnitOfWork,
-        run: Row,
-        steps: list[Row],
-        output: Any,
-        now: datetime,
+        self, repo: RunRepository, uow: UnitOfWork, run: Run, done: Complete, now: datetime
     ) -> None:
-        usage = sum((Usage.model_validate(s.usage or {}) for s in steps), Usage())
-        repo.finish_run(run.task_id, RunStatus.COMPLETED, now, output=output)
-        repo.record(run.task_id, now, "completed", cause=f"{len(steps)} steps completed")
+        repo.finish_run(run.task_id, RunStatus.COMPLETED, now, output=done.output)
+        repo.record(
+            run.task_id, now, HistoryKind.COMPLETED, cause=f"{len(done.steps)} steps completed"
+        )
         uow.publish(
             self.topics.task_events,
             TaskCompleted(
                 task_id=run.task_id,
                 workflow=run.workflow,
-                output=output,
-                steps=[
-                    StepSummary(
-                        step_id=s.step_id,
-                        capability=s.capability,
-                        pool=s.pool,
-                        attempts=s.attempts,
-                        duration_ms=s.duration_ms or 0.0,
-                    )
-                    for s in steps
-                ],
-                usage=usage,
-                accepted_at=_aware(run.accepted_at),
+                output=done.output,
+                steps=list(done.steps),
+                usage=done.usage,
+                accepted_at=run.accepted_at,
                 completed_at=now,
                 **_owner(run),
             ),
@@ -632,21 +439,16 @@ class Router:
         )
 
     def _fail(
-        self,
-        repo: RunRepository,
-        uow: UnitOfWork,
-        task_id: str,
-        workflow: str,
-        error: TaskError,
-        now: datetime,
-        dlq: DlqLocation | None = None,
+        self, repo: RunRepository, uow: UnitOfWork, run: Run, fail: Fail, now: datetime
     ) -> None:
-        repo.finish_run(task_id, RunStatus.FAILED, now, error=error.model_dump())
-        run = repo.get_run(task_id, lock=False)
+        error, dlq = fail.error, fail.dlq
+        repo.finish_run(run.task_id, RunStatus.FAILED, now, error=error.model_dump())
+        if fail.close_steps:
+            repo.cancel_open_steps(run.task_id, now)
         repo.record(
-            task_id,
+            run.task_id,
             now,
-            "failed",
+            HistoryKind.FAILED,
             step_id=error.step_id,
             cause=f"{error.type}: {error.message}",
             next="nothing: the task is over"
@@ -655,12 +457,12 @@ class Router:
         uow.publish(
             self.topics.task_events,
             TaskFailed(
-                task_id=task_id,
-                workflow=workflow,
+                task_id=run.task_id,
+                workflow=run.workflow,
                 error=error,
                 dlq=dlq,
                 failed_at=now,
-                **(_owner(run) if run is not None else {}),
+                **_owner(run),
             ),
-            key=task_id,
+            key=run.task_id,
         )

@@ -30,6 +30,7 @@ class StepStatus(StrEnum):
 
 
 TERMINAL_RUN = {RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED}
+OPEN_STEP = {StepStatus.DISPATCHED, StepStatus.FAILED}  # a result may still settle it
 
 Time = sa.DateTime(timezone=True)
 
