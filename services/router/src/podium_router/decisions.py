@@ -40,12 +40,14 @@ from podium_contracts import (
     StepAbandoned,
     StepCompleted,
     StepError,
+    StepErrorType,
     StepFailed,
     StepRequested,
     StepRetryScheduled,
     StepSummary,
     TaskCancelRequested,
     TaskError,
+    TaskErrorType,
     TaskSubmitted,
     UnknownTask,
     Usage,
@@ -269,7 +271,8 @@ def _submitted(
         )
         known = ", ".join(catalog.names)
         error = TaskError(
-            type="unknown_workflow", message=f"no workflow named {wanted} (known: {known})"
+            type=TaskErrorType.UNKNOWN_WORKFLOW,
+            message=f"no workflow named {wanted} (known: {known})",
         )
         return Start(new), Fail(error)
     why = too_large("the task's input", task.input)
@@ -310,7 +313,7 @@ def _completed(
     settle = Settle(result, cost, tokens)
     over = budget_exceeded(cost, tokens, run.budget_cost_usd, run.budget_tokens)
     if over:
-        error = TaskError(type="budget_exceeded", message=over, step_id=result.step_id)
+        error = TaskError(type=TaskErrorType.BUDGET_EXCEEDED, message=over, step_id=result.step_id)
         return *reopen, settle, Fail(error)
     done = replace(
         step,
@@ -349,9 +352,9 @@ def _abandoned(
     if step is None or step.status not in OPEN_STEP:
         return (Ignore(f"step {abandoned.step_id} abandoned, but it settled first"),)
     error_type, message = abandoned.error.type, abandoned.error.message
-    if run.deadline is not None and now >= run.deadline and error_type == "timeout":
+    if run.deadline is not None and now >= run.deadline and error_type == StepErrorType.TIMEOUT:
         # The step's timeout was the task's remaining time: say which limit it was.
-        error_type = "deadline_exceeded"
+        error_type = TaskErrorType.DEADLINE_EXCEEDED
         message = f"deadline {run.deadline.isoformat()} passed during step {abandoned.step_id}"
     error = TaskError(type=error_type, message=message, step_id=abandoned.step_id)
     return GiveUp(abandoned), Fail(error, dlq=abandoned.dlq)
@@ -368,7 +371,9 @@ def _deadline_passed(run: Run, now: datetime) -> Decision:
     if run.status != RunStatus.RUNNING or run.deadline is None or now < run.deadline:
         return (Ignore("not running past a deadline"),)
     message = f"deadline {run.deadline.isoformat()} passed"
-    return (Fail(TaskError(type="deadline_exceeded", message=message), close_steps=True),)
+    return (
+        Fail(TaskError(type=TaskErrorType.DEADLINE_EXCEEDED, message=message), close_steps=True),
+    )
 
 
 def _step(steps: Sequence[Step], step_id: str) -> Step | None:
@@ -409,7 +414,7 @@ def advance(
             routed.append((step, choose_route(step, context), step_input(step, context)))
     except ExpressionError as exc:
         where = f"step {current}" if current else "workflow output"
-        kind = TOO_LARGE if isinstance(exc, ResultTooLarge) else "template_error"
+        kind = TOO_LARGE if isinstance(exc, ResultTooLarge) else TaskErrorType.TEMPLATE_ERROR
         return Fail(TaskError(type=kind, message=f"{where}: {exc}", step_id=current))
     for step, _, data in routed:
         # Before anything is dispatched: a step whose input could never be sent
@@ -478,19 +483,15 @@ def timed_out(step: Step) -> StepFailed:
     request = StepRequested.model_validate(step.request).model_copy(
         update={"attempt": step.attempts, "pool": step.pool, "model": step.model}
     )
-    return StepFailed(
-        task_id=step.task_id,
-        step_id=step.step_id,
-        capability=step.capability,
-        pool=step.pool,
-        attempt=step.attempts,
+    return StepFailed.for_step(
+        request,
         error=StepError(
-            type="timeout",
+            type=StepErrorType.TIMEOUT,
             error_class="retryable",
             message=f"no result within {step.timeout_s}s (router watchdog)",
         ),
         duration_ms=(step.timeout_s or 0) * 1000,
-        request=request,
+        attempt=step.attempts,
     )
 
 

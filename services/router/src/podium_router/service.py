@@ -25,6 +25,7 @@ from podium_contracts import (
     TaskCancelRequested,
     TaskCompleted,
     TaskError,
+    TaskErrorType,
     TaskFailed,
     TaskRejected,
     TaskSubmitted,
@@ -339,7 +340,7 @@ class Router:
                     task_id,
                     RunStatus.CANCELLED,
                     now,
-                    error={"type": "cancelled", "message": reason},
+                    error={"type": TaskErrorType.CANCELLED, "message": reason},
                 )
                 repo.record(
                     task_id,
