@@ -18,8 +18,7 @@ from sqlalchemy.engine import Connection
 
 from podium_contracts import Event, TaskAccepted, TaskSubmitted, encode
 from podium_shared import ConsumeLoop, Handler, UnitOfWork, make_engine, telemetry
-from podium_shared import concurrent_consumer as concurrent_module
-from podium_shared import consumer as consumer_module
+from podium_shared import settle as settle_module
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop
 from podium_shared.db import outbox
 from podium_shared.dlq import dlq_headers
@@ -164,12 +163,12 @@ class Case:
 CASES = [
     Case(
         "decode raises (a payload too deep for a parser)",
-        patches=((consumer_module, "decode_record", RecursionError("deep"), _bad_value),),
+        patches=((settle_module, "decode_record", RecursionError("deep"), _bad_value),),
         message="deep",
     ),
     Case(
         "the inbox lookup raises",
-        patches=((consumer_module, "seen_before", ValueError("lookup"), _bad_ids),),
+        patches=((settle_module, "seen_before", ValueError("lookup"), _bad_ids),),
         message="lookup",
     ),
     Case("prepare raises", faults=Faults(prepare=ValueError("ahead")), dead_lettered=None),
@@ -188,16 +187,15 @@ CASES = [
     Case(
         "the inbox write raises",
         patches=(
-            (consumer_module, "record_all_received", ValueError("inbox"), _bad_pairs),
-            (consumer_module, "record_received", ValueError("inbox"), _bad_ids),
-            (concurrent_module, "record_received", ValueError("inbox"), _bad_ids),
+            (settle_module, "record_all_received", ValueError("inbox"), _bad_pairs),
+            (settle_module, "record_received", ValueError("inbox"), _bad_ids),
         ),
         message="inbox",
     ),
     Case(
         "the dead letter is refused with its headers",
         faults=Faults(apply=ValueError("handler")),
-        patches=((consumer_module, "dead_letter", ValueError("headers"), _with_headers),),
+        patches=((settle_module, "dead_letter", ValueError("headers"), _with_headers),),
         message="original headers dropped",
     ),
 ]
