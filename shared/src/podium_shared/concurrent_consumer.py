@@ -187,6 +187,7 @@ class ConcurrentConsumeLoop:
         """Start queued messages, in fetch order, while slots are free."""
         for _ in range(min(len(self._ready), self._free_slots())):
             m = self._ready.popleft()
+            self._settler.start(m.message)
             self._executing += 1
             task = asyncio.create_task(self._handle(m), name=f"message-{m.tp.partition}")
             self._tasks[task] = m

@@ -154,6 +154,8 @@ class ConsumeLoop:
     async def _handle(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         claimed: set[MessageId] = set()  # a message twice in one batch is handled once
         messages, _ = self._settler.take(records, claimed)
+        for m in messages:
+            self._settler.start(m)
         try:
             await asyncio.gather(*(self._settler.execute(m) for m in messages))
             self._settler.write(messages)

@@ -8,8 +8,9 @@ reason, in the same transaction). The loops differ only in when they call it
 and which offsets they commit::
 
     records ─▶ take      decode, ask the inbox, read ahead (prepare)  ─▶ new | duplicates
-    new     ─▶ execute   the handler's outside work, no transaction (a failure stays on it)
-    new     ─▶ write     one transaction: apply each (or dead-letter it), inbox and outbox
+    new     ─▶ start     its ``process <topic>`` span, as its handling begins
+            ─▶ execute   the handler's outside work, no transaction (a failure stays on it)
+            ─▶ write     one transaction: apply each (or dead-letter it), inbox and outbox
                          ├ clean batch: one inbox insert, one outbox insert, no savepoints
                          └ otherwise:   one savepoint per message, which isolates the one at fault
     a message that still fails alone ─▶ dead_letter_alone, in a transaction of its own
@@ -297,9 +298,9 @@ class Settler:
     def take(
         self, records: list[ConsumerRecord[bytes, bytes]], claimed: set[MessageId]
     ) -> tuple[list[Message], list[Message]]:
-        """Decode records and ask the inbox: the new messages, in fetch order, each with
-        its span started, and the duplicates (seen by the inbox, or in ``claimed``: the
-        ids already on their way, to which the new ones are added)."""
+        """Decode records and ask the inbox: the new messages, in fetch order, and the
+        duplicates (seen by the inbox, or in ``claimed``: the ids already on their way,
+        to which the new ones are added). A new message's span starts with ``start``."""
         messages = [self._decoded(r) for r in records]
         decoded = [m for m in messages if m.id is not None]
         with self.engine.connect() as conn:
@@ -318,9 +319,12 @@ class Settler:
                     duplicates.append(m)
                     continue
                 claimed.add(m.id)
-            m.span = start_span(m.record, m.event, group=self.group, service=self.service)
             new.append(m)
         return new, duplicates
+
+    def start(self, m: Message) -> None:
+        """Open the message's ``process <topic>`` span, as its handling begins."""
+        m.span = start_span(m.record, m.event, group=self.group, service=self.service)
 
     def _decoded(self, r: ConsumerRecord[bytes, bytes]) -> Message:
         try:
