@@ -13,11 +13,19 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client import REGISTRY
 
 from podium_shared import ConsumeLoop, Handler, OutboxRelay, make_engine, telemetry
-from podium_shared.concurrent_consumer import ConcurrentConsumeLoop
 from podium_shared.telemetry import TelemetrySettings
 from tests.unit.test_consume_loop import RecordingProducer
 from tests.unit.test_consume_loop import record as raw_record
-from tests.unit.test_consume_loop_faults import TOPIC, Faults, Relay, ScriptedConsumer, record
+from tests.unit.test_consume_loop_faults import (
+    TOPIC,
+    Faults,
+    Relay,
+    ScriptedConsumer,
+    committed,
+    concurrent_loop,
+    record,
+    running,
+)
 from tests.unit.test_telemetry import Exploding
 
 pytestmark = pytest.mark.unit
@@ -98,26 +106,10 @@ async def through_consume_loop(service: str, engine_url: str) -> None:
 async def through_concurrent_loop(service: str, engine_url: str) -> None:
     consumer = ScriptedConsumer(queued=list(RECORDS))
     faults = Faults(apply=ValueError("handler"))
-    loop = ConcurrentConsumeLoop(
-        consumer=consumer,  # type: ignore[arg-type]
-        engine=make_engine(engine_url),
-        relay=Relay(),  # type: ignore[arg-type]
-        handler=Handler(apply=faults.write, execute=faults.run),
-        group="g",
-        service=service,
-        concurrency=4,
-        poll_timeout_ms=5,
-    )
-    running = asyncio.create_task(loop.run())
-    try:
-        async with asyncio.timeout(10):
-            while not consumer.commits or consumer.commits[-1] != {0: 5}:
-                assert not running.done(), running.exception()
-                await asyncio.sleep(0.01)
-    finally:
-        await loop.shutdown(1.0)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+    handler = Handler(apply=faults.write, execute=faults.run)
+    loop = concurrent_loop(consumer, make_engine(engine_url), handler, service)
+    async with running(loop) as task:
+        await committed(consumer, task, 5)
     assert (loop.stats.handled, loop.stats.duplicates, loop.stats.dead_lettered) == (2, 1, 2)
 
 
