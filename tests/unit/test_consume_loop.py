@@ -297,7 +297,7 @@ async def test_a_message_recorded_meanwhile_is_skipped_and_the_rest_written(
 
     loop, _, engine = make_loop(tmp_path, accept)
     engine_box.append(engine)
-    loop._handler = Handler(apply=accept, execute=another_member_takes_b)
+    loop._settler.handler = Handler(apply=accept, execute=another_member_takes_b)
     await loop.process(
         [record(n, *submitted(f"t{i}", ce_id=i)) for n, i in enumerate(("a", "b", "c"))]
     )

@@ -6,7 +6,8 @@ all of them and the loop goes on. Real SQLite; a scripted consumer instead of a 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,7 @@ from sqlalchemy.engine import Connection
 
 from podium_contracts import DLQ_HEADER_PREFIX, Event, TaskAccepted, TaskSubmitted, encode
 from podium_shared import ConsumeLoop, Handler, UnitOfWork, make_engine, telemetry
-from podium_shared import concurrent_consumer as concurrent_module
-from podium_shared import consumer as consumer_module
+from podium_shared import settle as settle_module
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop
 from podium_shared.db import outbox
 from podium_shared.dlq import dlq_headers
@@ -164,12 +164,12 @@ class Case:
 CASES = [
     Case(
         "decode raises (a payload too deep for a parser)",
-        patches=((consumer_module, "decode_record", RecursionError("deep"), _bad_value),),
+        patches=((settle_module, "decode_record", RecursionError("deep"), _bad_value),),
         message="deep",
     ),
     Case(
         "the inbox lookup raises",
-        patches=((consumer_module, "seen_before", ValueError("lookup"), _bad_ids),),
+        patches=((settle_module, "seen_before", ValueError("lookup"), _bad_ids),),
         message="lookup",
     ),
     Case("prepare raises", faults=Faults(prepare=ValueError("ahead")), dead_lettered=None),
@@ -188,16 +188,15 @@ CASES = [
     Case(
         "the inbox write raises",
         patches=(
-            (consumer_module, "record_all_received", ValueError("inbox"), _bad_pairs),
-            (consumer_module, "record_received", ValueError("inbox"), _bad_ids),
-            (concurrent_module, "record_received", ValueError("inbox"), _bad_ids),
+            (settle_module, "record_all_received", ValueError("inbox"), _bad_pairs),
+            (settle_module, "record_received", ValueError("inbox"), _bad_ids),
         ),
         message="inbox",
     ),
     Case(
         "the dead letter is refused with its headers",
         faults=Faults(apply=ValueError("handler")),
-        patches=((consumer_module, "dead_letter", ValueError("headers"), _with_headers),),
+        patches=((settle_module, "dead_letter", ValueError("headers"), _with_headers),),
         message="original headers dropped",
     ),
 ]
@@ -256,33 +255,48 @@ async def test_consume_loop_contains_a_fault_at_every_step(case: Case, tmp_path:
     assert consumer.commits[-1] == {0: 4}
 
 
+def concurrent_loop(
+    consumer: ScriptedConsumer, engine: sa.Engine, handler: Handler[Any], service: str = "svc"
+) -> ConcurrentConsumeLoop:
+    return ConcurrentConsumeLoop(
+        consumer=consumer,  # type: ignore[arg-type]
+        engine=engine,
+        relay=Relay(),  # type: ignore[arg-type]
+        handler=handler,
+        group="g",
+        service=service,
+        concurrency=4,
+        poll_timeout_ms=5,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(loop: ConcurrentConsumeLoop) -> AsyncIterator[asyncio.Task[None]]:
+    """The loop running in a task; shut down and cancelled on the way out."""
+    task = asyncio.create_task(loop.run())
+    try:
+        yield task
+    finally:
+        await loop.shutdown(1.0)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def committed(consumer: ScriptedConsumer, task: asyncio.Task[None], point: int) -> None:
+    """Wait until the loop has committed partition 0 up to ``point``; fail if it died."""
+    async with asyncio.timeout(10):
+        while not consumer.commits or consumer.commits[-1] != {0: point}:
+            assert not task.done(), task.exception()
+            await asyncio.sleep(0.01)
+
+
 async def test_concurrent_loop_contains_a_fault_at_every_step(case: Case, tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
     consumer = ScriptedConsumer(queued=list(RECORDS))
     f = case.faults
-    loop = ConcurrentConsumeLoop(
-        consumer=consumer,  # type: ignore[arg-type]
-        engine=engine,
-        relay=Relay(),  # type: ignore[arg-type]
-        handler=Handler(apply=f.write, execute=f.run, prepare=f.read_ahead),
-        group="g",
-        service="svc",
-        concurrency=4,
-        poll_timeout_ms=5,
-    )
-    running = asyncio.create_task(loop.run())
-    try:
-        async with asyncio.timeout(10):
-            while not consumer.commits or consumer.commits[-1] != {0: 3}:
-                assert not running.done(), running.exception()
-                await asyncio.sleep(0.01)
+    handler = Handler(apply=f.write, execute=f.run, prepare=f.read_ahead)
+    async with running(concurrent_loop(consumer, engine, handler)) as task:
+        await committed(consumer, task, 3)
         check(case, engine, consumer.commits)
         consumer.queued.append(record(3, "d"))  # and the loop goes on
-        async with asyncio.timeout(10):
-            while consumer.commits[-1] != {0: 4}:
-                assert not running.done(), running.exception()
-                await asyncio.sleep(0.01)
-    finally:
-        await loop.shutdown(1.0)
-        running.cancel()
-        await asyncio.gather(running, return_exceptions=True)
+        await committed(consumer, task, 4)

@@ -20,7 +20,7 @@ from podium_contracts import (
 from podium_contracts.asyncapi import CHANNELS, carried_by
 from podium_contracts.envelope import json_depth_exceeds
 from podium_shared import Topics
-from podium_shared.consumer import describe, printable_key
+from podium_shared.settle import describe, printable_key
 
 pytestmark = pytest.mark.unit
 

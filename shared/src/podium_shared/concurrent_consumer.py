@@ -8,10 +8,11 @@ fully finished *and every message before it* (the contiguous commit point):
     partition 3:  10 ✔  11 ✔  12 …  13 ✔  14 …      → commits 12
     (a crash now redelivers 12, 13 and 14; the inbox skips 13)
 
-The pieces are those of ``ConsumeLoop``: decode, inbox dedup, the handler's
-``execute`` outside any transaction and ``apply`` inside one with the outbox,
-and dead-lettering. Finished messages are written by one writer task, many per
-transaction, one savepoint each.
+Each message takes the path ``ConsumeLoop``'s do, the one ``podium_shared.settle``
+holds: decode, inbox dedup, the handler's ``execute`` outside any transaction and
+``apply`` inside one with the outbox, and dead-lettering. Finished messages are
+written by one writer task, many per transaction (one savepoint each when the
+batch is not clean).
 
 A slot is the ``execute`` phase: a message frees its slot as soon as its call
 returns, not when the writer has committed it, so N calls stay busy while the
@@ -28,36 +29,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Unpack
 
 import structlog
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka import ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
-from sqlalchemy.engine import Connection, Engine
 
-from podium_contracts import ContractError, Event
 from podium_shared import telemetry
-from podium_shared.consumer import (
-    Fresh,
-    Handler,
-    LoopStats,
-    RecordDecoder,
-    Refusal,
-    apply_batch,
-    dead_letter_record,
-    describe,
-    note_duplicate,
-    prepare_quietly,
-    seen_each,
-    start_span,
-    tell_refused,
-    unavailable,
-)
-from podium_shared.dlq import DlqReason
-from podium_shared.outbox import OutboxRelay, UnitOfWork, message_id, record_received
+from podium_shared.consumer import LoopParts, commit_offsets, settler_of
+from podium_shared.outbox import MessageId
+from podium_shared.settle import Message, describe, unavailable
 
 log = structlog.get_logger(__name__)
 
@@ -95,61 +78,43 @@ def _new_future() -> asyncio.Future[None]:
 
 
 @dataclass(eq=False, slots=True)
-class _Message:
-    record: ConsumerRecord[bytes, bytes]
+class _InFlight:
+    """A message of this loop: where its offset is tracked, and when it was written."""
+
+    message: Message
     tp: TopicPartition
     offsets: PartitionOffsets
-    event: Event | None = None
-    poison: ContractError | None = None
-    result: Any = None
-    failure: BaseException | None = None
     written: asyncio.Future[None] = field(default_factory=_new_future)
-    span: Any = None  # its `process <topic>` span, ended once written
 
 
 class ConcurrentConsumeLoop:
     """Runs one consumer group member with up to ``concurrency`` messages in flight."""
 
     def __init__(
-        self,
-        *,
-        consumer: AIOKafkaConsumer,
-        engine: Engine,
-        relay: OutboxRelay,
-        handler: Handler[Any],
-        group: str,
-        service: str,
-        concurrency: int,
-        poll_timeout_ms: int = 100,
-        release_timeout_s: float = 10.0,
-        carries: Callable[[str], Collection[str]] | None = None,
+        self, *, concurrency: int, release_timeout_s: float = 10.0, **parts: Unpack[LoopParts]
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        self._consumer = consumer
-        self._engine = engine
-        self._relay = relay
-        self._handler = handler
-        self._group = group
-        self._service = service
+        self._settler = settler_of(parts)
+        self._consumer = parts["consumer"]
+        self._relay = parts["relay"]
         self._concurrency = concurrency
-        self._poll_timeout_ms = poll_timeout_ms
+        self._poll_timeout_ms = parts.get("poll_timeout_ms", 100)
         self.release_timeout_s = release_timeout_s
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
-        self._tasks: dict[asyncio.Task[None], _Message] = {}
+        self._tasks: dict[asyncio.Task[None], _InFlight] = {}
         self._executing = 0
         # Fetched, deduplicated and waiting for a slot: up to one more round of slots,
         # so a freed slot starts its next message without a fetch round trip.
-        self._ready: deque[_Message] = deque()
-        self._ids_in_flight: set[tuple[str, str]] = set()
-        self._to_write: list[_Message] = []
+        self._ready: deque[_InFlight] = deque()
+        self._ids_in_flight: set[MessageId] = set()
+        self._to_write: list[_InFlight] = []
         self._write_wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = False
         self._commit_wake = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
-        self._decode = RecordDecoder(carries)
-        self.stats = LoopStats()
+        self.stats = self._settler.stats
 
     @property
     def in_flight(self) -> int:
@@ -204,48 +169,25 @@ class ConcurrentConsumeLoop:
 
     def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Decode a fetched batch, drop what the inbox has seen, queue the rest."""
-        messages: list[_Message] = []
         for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            offsets = self._offsets.setdefault(tp, PartitionOffsets())
-            offsets.started(r.offset)
-            m = _Message(r, tp, offsets)
-            try:
-                m.event = self._decode(r)
-            except ContractError as exc:
-                m.poison = exc
-            except Exception as exc:  # a fault of ours, not the message's: replayable
-                m.failure = exc
-            messages.append(m)
-        ids = [message_id(m.event.envelope) for m in messages if m.event is not None]
-        with self._engine.connect() as conn:
-            done, unreadable = seen_each(conn, self._group, ids)
-            for m in messages:
-                if m.event is not None and message_id(m.event.envelope) in unreadable:
-                    m.failure = unreadable[message_id(m.event.envelope)]
-                    m.event = None
-            events = [m.event for m in messages if m.event is not None]
-            prepare_quietly(
-                conn, self._handler, [e for e in events if message_id(e.envelope) not in done]
-            )
-        for m in messages:
-            if m.event is not None:
-                ce_id = message_id(m.event.envelope)
-                if ce_id in done or ce_id in self._ids_in_flight:
-                    self.stats.duplicates += 1
-                    note_duplicate(self._service, m.record.topic, m.event.envelope)
-                    m.offsets.finished(m.record.offset)
-                    continue
-                self._ids_in_flight.add(ce_id)
-            self._ready.append(m)
+            self._tracked(r).started(r.offset)
+        new, duplicates = self._settler.take(records, self._ids_in_flight)
+        for m in duplicates:
+            self._tracked(m.record).finished(m.record.offset)
+        for m in new:
+            tp = TopicPartition(m.record.topic, m.record.partition)
+            self._ready.append(_InFlight(m, tp, self._tracked(m.record)))
         self._commit_wake.set()  # duplicates may have moved a commit point
         self._start_ready()
+
+    def _tracked(self, r: ConsumerRecord[bytes, bytes]) -> PartitionOffsets:
+        return self._offsets.setdefault(TopicPartition(r.topic, r.partition), PartitionOffsets())
 
     def _start_ready(self) -> None:
         """Start queued messages, in fetch order, while slots are free."""
         for _ in range(min(len(self._ready), self._free_slots())):
             m = self._ready.popleft()
-            m.span = start_span(m.record, m.event, group=self._group, service=self._service)
+            self._settler.start(m.message)
             self._executing += 1
             task = asyncio.create_task(self._handle(m), name=f"message-{m.tp.partition}")
             self._tasks[task] = m
@@ -254,21 +196,17 @@ class ConcurrentConsumeLoop:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         m = self._tasks.pop(task)
         if task.cancelled():  # released: not committed, the next owner runs it again
-            telemetry.end(m.span, "released")
-        if m.event is not None:
-            self._ids_in_flight.discard(message_id(m.event.envelope))
+            telemetry.end(m.message.span, "released")
+        self._forget(m.message)
         self._slot_freed.set()
 
-    async def _handle(self, m: _Message) -> None:
+    def _forget(self, m: Message) -> None:
+        if m.id is not None:
+            self._ids_in_flight.discard(m.id)
+
+    async def _handle(self, m: _InFlight) -> None:
         try:
-            if m.event is not None and self._handler.execute is not None:
-                with telemetry.activate(m.span, m.event):
-                    try:
-                        m.result = await self._handler.execute(m.event)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        m.failure = exc
+            await self._settler.execute(m.message)
         finally:
             self._executing -= 1
             self._slot_freed.set()
@@ -295,14 +233,14 @@ class ConcurrentConsumeLoop:
             return
         written = batch
         try:
-            self._write(batch)
+            self._settler.write([m.message for m in batch])
         except Exception as exc:
             if unavailable(exc):
                 written = []
             else:
                 # One message made the write fail: write each alone, which isolates it.
                 log.exception("writing finished messages failed; writing them one at a time")
-                written = [m for m in batch if self._write_alone(m)]
+                written = [m for m in batch if self._write_alone(m.message)]
             if len(written) < len(batch):
                 # The database refused (locked, gone): keep the rest and retry.
                 log.warning("database unavailable; retrying", waiting=len(batch) - len(written))
@@ -310,19 +248,18 @@ class ConcurrentConsumeLoop:
                 await asyncio.sleep(0.5)
                 self._write_wake.set()
         for m in written:
-            telemetry.end(m.span, m.failure or m.poison)
-            m.offsets.finished(m.record.offset)
+            m.offsets.finished(m.message.record.offset)
             if not m.written.done():
                 m.written.set_result(None)
         if written:
             self._relay.notify()
             self._commit_wake.set()
 
-    def _write_alone(self, m: _Message) -> bool:
+    def _write_alone(self, m: Message) -> bool:
         """Write one message, or dead-letter it when that fails; False when the
         database refuses both (then it is kept for the next try)."""
         try:
-            self._write([m])
+            self._settler.write([m])
             return True
         except Exception as exc:
             if unavailable(exc):
@@ -332,88 +269,11 @@ class ConcurrentConsumeLoop:
             "message failed alone; dead-lettering", topic=m.record.topic, error=describe(failure)
         )
         try:
-            with self._engine.begin() as conn:
-                self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, failure, m.event)
+            self._settler.dead_letter_alone(m, failure)
         except Exception:
             log.exception("dead-lettering failed; retrying")
             return False
-        m.failure = failure
         return True
-
-    def _write(self, batch: list[_Message]) -> None:
-        if all(m.event is not None and m.failure is None for m in batch):
-            try:
-                with self._engine.begin() as conn:
-                    fresh = [
-                        Fresh(m.record.topic, m.event, m.result, m.span)
-                        for m in batch
-                        if m.event is not None
-                    ]
-                    apply_batch(
-                        conn, self._handler, group=self._group, service=self._service, batch=fresh
-                    )
-                self.stats.handled += len(batch)
-                return
-            except Exception as refused:
-                # A message another member recorded meanwhile, or a failing handler:
-                # redo the batch one savepoint per message, which isolates it.
-                log.debug(
-                    "batch write refused; writing message by message", error=describe(refused)
-                )
-        with self._engine.begin() as conn:
-            for m in batch:
-                with telemetry.activate(m.span, m.event):
-                    if m.poison is not None:
-                        self._dead_letter(conn, m.record, m.poison.reason, m.poison, None)
-                    elif m.failure is not None or m.event is None:
-                        exc = m.failure or RuntimeError("no event")
-                        self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc, m.event)
-                    else:
-                        self._apply(conn, m, m.event)
-
-    def _apply(self, conn: Connection, m: _Message, e: Event) -> None:
-        savepoint = conn.begin_nested()
-        try:
-            # Another member may have handled it during a rebalance: then it is a duplicate.
-            if not record_received(conn, self._group, message_id(e.envelope), m.record.topic):
-                savepoint.commit()
-                self.stats.duplicates += 1
-                note_duplicate(self._service, m.record.topic, e.envelope)
-                return
-            # The process span's context (the incoming one with tracing off).
-            tp, ts = telemetry.outgoing_context(e.envelope.traceparent, e.envelope.tracestate)
-            uow = UnitOfWork(conn, source=self._service, traceparent=tp, tracestate=ts)
-            self._handler.apply(e, m.result, uow)
-            uow.flush()
-            savepoint.commit()
-            self.stats.handled += 1
-        except Exception as exc:
-            savepoint.rollback()
-            log.exception(
-                "handler failed; dead-lettering", topic=m.record.topic, ce_id=e.envelope.id
-            )
-            self._dead_letter(conn, m.record, DlqReason.PROCESSING_ERROR, exc, e)
-            telemetry.mark_failed(type(exc).__name__, describe(exc))
-
-    def _dead_letter(
-        self,
-        conn: Connection,
-        r: ConsumerRecord[bytes, bytes],
-        reason: str,
-        exc: BaseException,
-        event: Event | None,
-    ) -> None:
-        dead_letter_record(
-            conn,
-            r,
-            reason=reason,
-            error_type=type(exc).__name__,
-            message=describe(exc),
-            service=self._service,
-        )
-        refusal = Refusal(r, event, reason, type(exc).__name__, describe(exc))
-        tell_refused(conn, self._handler, refusal, self._service)
-        self.stats.dead_lettered += 1
 
     async def _commit(self, partitions: Iterable[TopicPartition]) -> None:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
@@ -424,13 +284,7 @@ class ConcurrentConsumeLoop:
             point = tracked.commit_point()
             if point is not None and point != tracked.committed:
                 offsets[tp] = OffsetAndMetadata(point, "")
-        if not offsets:
-            return
-        try:
-            await self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
-            # Not committed means redelivered; the inbox makes that harmless.
-            log.warning("offset commit failed; records will be redelivered", error=str(exc))
+        if not await commit_offsets(self._consumer, offsets):
             return
         for tp, o in offsets.items():
             self._offsets[tp].committed = o.offset
@@ -443,8 +297,8 @@ class ConcurrentConsumeLoop:
         # Queued messages never started: not committed, the next owner runs them.
         kept = deque(m for m in self._ready if m.tp not in lost)
         for m in self._ready:
-            if m.tp in lost and m.event is not None:
-                self._ids_in_flight.discard(message_id(m.event.envelope))
+            if m.tp in lost:
+                self._forget(m.message)
         self._ready = kept
         tasks = [t for t, m in self._tasks.items() if m.tp in lost]
         pending: set[asyncio.Task[None]] = set()

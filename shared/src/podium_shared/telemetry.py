@@ -52,7 +52,6 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from podium_contracts import DLQ_HEADER_PREFIX, TRACE_HEADERS, TRACEPARENT, TRACESTATE, Event
-from podium_shared import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -307,8 +306,7 @@ def _payload_ids(event: Event | None) -> dict[str, str]:
 
 def start_consume(record: Any, event: Event | None, *, group: str, service: str) -> Span | None:
     """Open the ``process <topic>`` span of one consumed record (not made current),
-    the child of the record's context; also counts the message."""
-    metrics.consumed(service, record.topic)
+    the child of the record's context."""
     tracer = _state.tracer
     if tracer is None:
         return None
@@ -467,7 +465,6 @@ def start_publish(
     """Open the ``publish <topic>`` span of an outbox row, the child of the context
     stored with the row, and return the headers to send: with the publish span's
     context, except for DLQ records, whose original headers stay untouched."""
-    metrics.published(topic)
     tracer = _state.tracer
     if tracer is None:
         return None, headers
@@ -521,13 +518,12 @@ def end_when_sent(span: Span | None, future: Any) -> None:
 
 
 # -- hooks for the recovery service ----------------------------------------------------------
+# Span events only: recovery counts its retries and abandoned steps itself
+# (``metrics.retry_scheduled``, ``metrics.step_abandoned``), so tracing off changes no count.
 
 
-def retry_scheduled(
-    *, capability: str, pool: str, error_type: str, attempt: int, delay_s: float, **attrs: Any
-) -> None:
-    """Count a scheduled retry and note it on the current span."""
-    metrics.retry_scheduled(capability, pool, error_type)
+def retry_scheduled(*, error_type: str, attempt: int, delay_s: float, **attrs: Any) -> None:
+    """Note a scheduled retry on the current span."""
     event(
         "retry_scheduled",
         **{"podium.attempt": attempt, "podium.retry.delay_s": delay_s, "error.type": error_type},
@@ -535,9 +531,6 @@ def retry_scheduled(
     )
 
 
-def step_abandoned(
-    *, capability: str, pool: str, error_type: str, attempts: int, **attrs: Any
-) -> None:
-    """Count a step recovery gave up on (dead-lettered) and note it on the current span."""
-    metrics.step_abandoned(capability, pool, error_type)
+def step_abandoned(*, error_type: str, attempts: int, **attrs: Any) -> None:
+    """Note a step recovery gave up on (dead-lettered) on the current span."""
     event("step_abandoned", **{"podium.attempts": attempts, "error.type": error_type}, **attrs)

@@ -24,7 +24,7 @@ from podium_recovery.decisions import Abandon, Decision, Retry, decide
 from podium_recovery.settings import RecoverySettings
 from podium_recovery.state import failures
 from podium_recovery.timers import schedule
-from podium_shared import DlqReason, Topics, UnitOfWork, dead_letter, telemetry
+from podium_shared import DlqReason, Topics, UnitOfWork, dead_letter, metrics, telemetry
 
 log = structlog.get_logger(__name__)
 
@@ -115,9 +115,8 @@ class Recovery:
         }
         with telemetry.span("recovery.retry_scheduled", **attrs):
             self._schedule_retry(failure, retry, uow)
+            metrics.retry_scheduled(failure.capability, failure.pool, failure.error.type)
             telemetry.retry_scheduled(
-                capability=failure.capability,
-                pool=failure.pool,
                 error_type=failure.error.type,
                 attempt=retry.attempt,
                 delay_s=max((retry.due_at - datetime.now(UTC)).total_seconds(), 0.0),
@@ -156,9 +155,8 @@ class Recovery:
         }
         with telemetry.span("recovery.dead_lettered", **attrs):
             record_id = self._dead_letter_step(failure, abandon, uow)
+            metrics.step_abandoned(failure.capability, failure.pool, failure.error.type)
             telemetry.step_abandoned(
-                capability=failure.capability,
-                pool=failure.pool,
                 error_type=failure.error.type,
                 attempts=failure.attempt,
             )

@@ -1,0 +1,457 @@
+"""What becomes of a consumed message, the one path both consume loops call.
+
+A ``Settler`` settles every consumed record as exactly one of: handled (the
+handler's state change, its outgoing messages and the inbox record written in
+one transaction), a duplicate (the inbox had it, or another member recorded it
+meanwhile), or dead-lettered (to ``<topic>.dlq`` through the outbox, with its
+reason, in the same transaction). The loops differ only in when they call it
+and which offsets they commit::
+
+    records ─▶ take      decode, ask the inbox, read ahead (prepare)  ─▶ new | duplicates
+    new     ─▶ start     its ``process <topic>`` span, as its handling begins
+            ─▶ execute   the handler's outside work, no transaction (a failure stays on it)
+            ─▶ write     one transaction: apply each (or dead-letter it), inbox and outbox
+                         ├ clean batch: one inbox insert, one outbox insert, no savepoints
+                         └ otherwise:   one savepoint per message, which isolates the one at fault
+    a message that still fails alone ─▶ dead_letter_alone, in a transaction of its own
+
+``ConsumeLoop`` runs that for one fetched batch at a time; ``ConcurrentConsumeLoop``
+executes messages as slots free and writes whatever has finished. Metrics and
+``stats`` are counted once the transaction that settled a message has committed,
+never in a tracing hook: tracing off, sampled out or broken changes no count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import structlog
+from aiokafka import ConsumerRecord
+from sqlalchemy import exc as db_errors
+from sqlalchemy.engine import Connection, Engine
+
+from podium_contracts import ContractError, Event, Headers, decode_record
+from podium_shared import metrics, telemetry
+from podium_shared.dlq import DlqReason, dead_letter
+from podium_shared.outbox import (
+    MessageId,
+    OutgoingMessage,
+    UnitOfWork,
+    message_id,
+    record_all_received,
+    record_received,
+    seen_before,
+    write_outbox,
+)
+
+log = structlog.get_logger(__name__)
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """A consumed message that went to its DLQ, and why: what a service may tell its sender."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: Event | None  # None when it could not be decoded
+    reason: str
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Handler(Generic[R]):
+    apply: Callable[[Event, R | None, UnitOfWork], None]
+    execute: Callable[[Event], Awaitable[R]] | None = None
+    prepare: Callable[[Connection, list[Event]], None] | None = None
+    # Called in the transaction that dead-letters a message, so whoever waits on it hears
+    # (the router answers a refused submission with TaskRejected).
+    refused: Callable[[Refusal, UnitOfWork], None] | None = None
+
+
+@dataclass(slots=True)
+class LoopStats:
+    handled: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+
+
+class Outcome(enum.Enum):
+    HANDLED = "handled"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead_lettered"
+
+
+@dataclass(eq=False, slots=True)
+class Message:
+    """One consumed record on its way: its event (None when it could not be decoded or
+    its inbox entry could not be read), the error that sends it to the DLQ before any
+    write (decoding, the inbox, ``execute``), the ``execute`` result, its
+    ``process <topic>`` span and, once written, its outcome (``refused``: the error
+    it was dead-lettered for)."""
+
+    record: ConsumerRecord[bytes, bytes]
+    event: Event | None = None
+    error: BaseException | None = None
+    result: Any = None
+    span: Any = None
+    outcome: Outcome | None = None
+    refused: BaseException | None = None
+
+    @property
+    def id(self) -> MessageId | None:
+        return message_id(self.event.envelope) if self.event is not None else None
+
+
+def record_headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
+    """A consumed record's headers as (name, bytes) pairs."""
+    return [(k, v if v is not None else b"") for k, v in (record.headers or ())]
+
+
+def printable_key(key: str) -> str:
+    """A header key that can be published again: a key that was not UTF-8 on the wire
+    (its bytes kept as lone surrogates by ``podium_shared.records``) becomes its bytes
+    with backslash escapes, e.g. ``\\xff-key``, since Kafka header keys must be UTF-8."""
+    if key.isascii():
+        return key
+    return key.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database is unavailable (gone, locked, timed out) rather
+    than that a message is at fault: then nothing is dead-lettered or committed, and
+    the messages are tried again."""
+    return isinstance(
+        exc, db_errors.OperationalError | db_errors.InterfaceError | db_errors.TimeoutError
+    )
+
+
+def describe(exc: BaseException) -> str:
+    """An error's message, for a dead letter: never raises, whatever the error holds
+    (``str()`` of an error can raise itself, e.g. RecursionError on a deep payload)."""
+    try:
+        return str(exc)
+    except Exception as failed:
+        return f"<{type(exc).__name__}; its message could not be rendered: {type(failed).__name__}>"
+
+
+def dlq_reason(exc: BaseException) -> str:
+    """The DLQ reason for an error: a contract error (an undecodable message, or a
+    handler refusing one) names its own; any other is a ``processing_error``."""
+    return exc.reason if isinstance(exc, ContractError) else DlqReason.PROCESSING_ERROR
+
+
+def dead_letter_record(
+    conn: Connection,
+    record: ConsumerRecord[bytes, bytes],
+    *,
+    reason: str,
+    error_type: str,
+    message: str,
+    service: str,
+) -> None:
+    """Queue a consumed record for its DLQ in this transaction, via the outbox.
+
+    Its headers go along (keys made publishable); should the database refuse them,
+    the record goes without them, the message saying so, rather than not at all."""
+
+    def queue(headers: Headers, note: str = "") -> None:
+        uow = UnitOfWork(conn, source=service)
+        uow.publish_raw(
+            dead_letter(
+                topic=record.topic,
+                partition=record.partition,
+                offset=record.offset,
+                key=record.key,
+                value=record.value,
+                headers=headers,
+                reason=DlqReason(reason),
+                error_type=error_type,
+                error_message=note + message,
+                service=service,
+            )
+        )
+        uow.flush()
+
+    try:
+        with conn.begin_nested():
+            queue([(printable_key(k), v) for k, v in record_headers(record)])
+    except Exception as refused:
+        log.warning(
+            "dead letter refused with its headers; writing it without", error=describe(refused)
+        )
+        queue([], f"(original headers dropped: {type(refused).__name__}) ")
+    telemetry.event("dead_lettered", reason=reason, **{"error.type": error_type})
+    log.warning(
+        "dead-lettered", topic=record.topic, offset=record.offset, reason=reason, error=message
+    )
+
+
+def tell_refused(conn: Connection, handler: Handler[Any], refusal: Refusal, service: str) -> None:
+    """Run the handler's ``refused`` hook beside the DLQ record; a failing hook is logged
+    and rolled back, never in the way of the dead-lettering itself."""
+    if handler.refused is None:
+        return
+    savepoint = conn.begin_nested()
+    try:
+        uow = UnitOfWork(conn, source=service)
+        handler.refused(refusal, uow)
+        uow.flush()
+        savepoint.commit()
+    except Exception:
+        savepoint.rollback()
+        log.exception("refusal notice failed", topic=refusal.record.topic)
+
+
+def seen_each(
+    conn: Connection, group: str, ids: list[MessageId]
+) -> tuple[set[MessageId], dict[MessageId, Exception]]:
+    """The ids the inbox has seen, and the ids it could not be asked about: when the
+    batch's question fails (and the database is there), each id is asked alone, so
+    one message that makes the query fail is dead-lettered, not the whole batch."""
+    try:
+        return set(seen_before(conn, group, ids)), {}
+    except Exception as exc:
+        if unavailable(exc):
+            raise
+        conn.rollback()
+    done: set[MessageId] = set()
+    failed: dict[MessageId, Exception] = {}
+    for ce_id in ids:
+        try:
+            done |= set(seen_before(conn, group, [ce_id]))
+        except Exception as exc:
+            if unavailable(exc):
+                raise
+            conn.rollback()
+            failed[ce_id] = exc
+    return done, failed
+
+
+def start_span(
+    r: ConsumerRecord[bytes, bytes], e: Event | None, *, group: str, service: str
+) -> Any:
+    """``telemetry.start_consume``, or no span: tracing never stops a message."""
+    try:
+        return telemetry.start_consume(r, e, group=group, service=service)
+    except Exception:
+        log.exception("starting a process span failed; going on without it")
+        return None
+
+
+def prepare_quietly(conn: Connection, handler: Handler[Any], events: list[Event]) -> None:
+    """The handler's read ahead for a batch. It only saves queries (without it each
+    message reads for itself), so a failure is logged, not the batch's fault."""
+    if handler.prepare is None or not events:
+        return
+    try:
+        handler.prepare(conn, events)
+    except Exception as exc:
+        if unavailable(exc):
+            raise
+        log.exception("prepare failed; going on without it")
+        conn.rollback()
+
+
+class RecordDecoder:
+    """``decode`` bound to the contracts each record's topic carries (``carries``:
+    topic name → ce_types, e.g. ``Topics.carries``; None accepts any known type)."""
+
+    def __init__(self, carries: Callable[[str], Collection[str]] | None) -> None:
+        self._carries = carries
+        self._by_topic: dict[str, Collection[str]] = {}
+
+    def __call__(self, r: ConsumerRecord[bytes, bytes]) -> Event:
+        accepts: Collection[str] | None = None
+        if self._carries is not None:
+            accepts = self._by_topic.get(r.topic)
+            if accepts is None:
+                accepts = self._by_topic[r.topic] = self._carries(r.topic)
+        return decode_record(r.value, record_headers(r), r.key, accepts=accepts)
+
+
+class Settler:
+    """Takes, executes and writes consumed messages for one consumer group member
+    (see the module's docstring); ``stats`` counts what it settled."""
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        handler: Handler[Any],
+        group: str,
+        service: str,
+        carries: Callable[[str], Collection[str]] | None = None,
+    ) -> None:
+        self.engine = engine
+        self.handler = handler
+        self.group = group
+        self.service = service
+        self._decode = RecordDecoder(carries)
+        self.stats = LoopStats()
+
+    def take(
+        self, records: list[ConsumerRecord[bytes, bytes]], claimed: set[MessageId]
+    ) -> tuple[list[Message], list[Message]]:
+        """Decode records and ask the inbox: the new messages, in fetch order, and the
+        duplicates (seen by the inbox, or in ``claimed``: the ids already on their way,
+        to which the new ones are added). A new message's span starts with ``start``."""
+        messages = [self._decoded(r) for r in records]
+        decoded = [m for m in messages if m.id is not None]
+        with self.engine.connect() as conn:
+            done, unreadable = seen_each(conn, self.group, [m.id for m in decoded if m.id])
+            for m in decoded:
+                if m.id in unreadable:
+                    m.error, m.event = unreadable[m.id], None
+            fresh = [m.event for m in messages if m.event is not None and m.id not in done]
+            prepare_quietly(conn, self.handler, fresh)
+        new: list[Message] = []
+        duplicates: list[Message] = []
+        for m in messages:
+            if m.id is not None:
+                if m.id in done or m.id in claimed:
+                    self._duplicate(m)
+                    duplicates.append(m)
+                    continue
+                claimed.add(m.id)
+            new.append(m)
+        return new, duplicates
+
+    def start(self, m: Message) -> None:
+        """Open the message's ``process <topic>`` span, as its handling begins."""
+        m.span = start_span(m.record, m.event, group=self.group, service=self.service)
+
+    def _decoded(self, r: ConsumerRecord[bytes, bytes]) -> Message:
+        try:
+            return Message(r, event=self._decode(r))
+        except Exception as exc:  # a ContractError names its reason; any other is ours
+            return Message(r, error=exc)
+
+    async def execute(self, m: Message) -> None:
+        """The handler's outside work, inside the message's span; a failure stays on
+        the message, which is then dead-lettered when written."""
+        if m.event is None or m.error is not None or self.handler.execute is None:
+            return
+        with telemetry.activate(m.span, m.event):
+            try:
+                m.result = await self.handler.execute(m.event)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                m.error = exc
+
+    def write(self, batch: list[Message]) -> None:
+        """Settle executed messages in one transaction. Raises when that transaction
+        fails (the database, or something no savepoint caught): nothing of it is
+        settled then, and the caller tries again or isolates the message at fault."""
+        if not batch:
+            return
+        for m in batch:  # what a failed try decided was rolled back with it
+            m.outcome = m.refused = None
+        if all(m.event is not None and m.error is None for m in batch) and self._write_clean(batch):
+            return
+        with self.engine.begin() as conn:
+            for m in batch:
+                with telemetry.activate(m.span, m.event):
+                    if m.event is None or m.error is not None:
+                        self._dead_letter(conn, m, m.error or RuntimeError("no event"))
+                    else:
+                        self._apply(conn, m, m.event)
+        self._settled(batch)
+
+    def _write_clean(self, batch: list[Message]) -> bool:
+        """The common case in few statements, every message new and every handler
+        succeeding: one inbox insert and one outbox insert for the whole batch, no
+        savepoints. False when that does not hold (a message another member recorded
+        meanwhile, or a failing handler): then the batch is written again with a
+        savepoint per message, which isolates the one at fault."""
+        try:
+            with self.engine.begin() as conn:
+                record_all_received(
+                    conn, self.group, [(m.id, m.record.topic) for m in batch if m.id]
+                )
+                outgoing: list[OutgoingMessage] = []
+                for m in batch:
+                    assert m.event is not None
+                    with telemetry.activate(m.span, m.event):
+                        outgoing.extend(self._applied(conn, m, m.event).pending)
+                write_outbox(conn, outgoing)
+        except Exception as refused:
+            log.debug("batch write refused; writing message by message", error=describe(refused))
+            return False
+        for m in batch:
+            m.outcome = Outcome.HANDLED
+        self._settled(batch)
+        return True
+
+    def _applied(self, conn: Connection, m: Message, e: Event) -> UnitOfWork:
+        """Run the handler's ``apply``; its messages are in the returned unit of work."""
+        # The process span's context (the incoming one with tracing off).
+        tp, ts = telemetry.outgoing_context(e.envelope.traceparent, e.envelope.tracestate)
+        uow = UnitOfWork(conn, source=self.service, traceparent=tp, tracestate=ts)
+        self.handler.apply(e, m.result, uow)
+        return uow
+
+    def _apply(self, conn: Connection, m: Message, e: Event) -> None:
+        savepoint = conn.begin_nested()
+        try:
+            # Another member may have handled it during a rebalance: then it is a duplicate.
+            if not record_received(conn, self.group, message_id(e.envelope), m.record.topic):
+                savepoint.commit()
+                m.outcome = Outcome.DUPLICATE
+                return
+            self._applied(conn, m, e).flush()
+            savepoint.commit()
+            m.outcome = Outcome.HANDLED
+        except Exception as exc:
+            savepoint.rollback()
+            log.exception(
+                "handler failed; dead-lettering", topic=m.record.topic, ce_id=e.envelope.id
+            )
+            self._dead_letter(conn, m, exc)
+
+    def _dead_letter(self, conn: Connection, m: Message, exc: BaseException) -> None:
+        reason, etype, text = dlq_reason(exc), type(exc).__name__, describe(exc)
+        dead_letter_record(
+            conn, m.record, reason=reason, error_type=etype, message=text, service=self.service
+        )
+        refusal = Refusal(m.record, m.event, reason, etype, text)
+        tell_refused(conn, self.handler, refusal, self.service)
+        m.outcome, m.refused = Outcome.DEAD_LETTERED, exc
+
+    def dead_letter_alone(self, m: Message, exc: BaseException) -> None:
+        """Dead-letter a message that failed even alone, in a transaction of its own;
+        raises only when the database refuses (then nothing is settled)."""
+        with self.engine.begin() as conn, telemetry.activate(m.span, m.event):
+            self._dead_letter(conn, m, exc)
+        self._settled([m])
+
+    def _settled(self, batch: list[Message]) -> None:
+        """Count what the committed transaction settled and end the messages' spans."""
+        for m in batch:
+            topic = m.record.topic
+            if m.outcome is Outcome.DUPLICATE:
+                self._duplicate(m)
+            elif m.outcome is Outcome.HANDLED:
+                self.stats.handled += 1
+                metrics.consumed(self.service, topic)
+            elif m.outcome is Outcome.DEAD_LETTERED and m.refused is not None:
+                self.stats.dead_lettered += 1
+                metrics.consumed(self.service, topic)
+                metrics.dead_lettered(
+                    self.service, topic, dlq_reason(m.refused), type(m.refused).__name__
+                )
+            telemetry.end(m.span, m.refused)
+
+    def _duplicate(self, m: Message) -> None:
+        """Count and log a message the inbox had already taken (same source and id)."""
+        self.stats.duplicates += 1
+        metrics.duplicate(self.service, m.record.topic)
+        assert m.event is not None
+        env = m.event.envelope
+        log.info("duplicate skipped", topic=m.record.topic, ce_source=env.source, ce_id=env.id)
