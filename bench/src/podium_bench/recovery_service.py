@@ -21,7 +21,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from podium.dlq import read_records, replay, send_all
 from podium.stack import Stack
-from podium.stats import percentile
+from podium_bench.options import PeerOptions
+from podium_bench.stats import percentile
 from podium_contracts import StepError, StepFailed, StepRequested, encode
 from podium_shared import EmbeddedBroker, Settings, Topics, TopicSpec
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
@@ -227,6 +228,14 @@ def run_recovery_bench(
             broker.stop()
     figures = Figures(records, raw_s, replay_s, read_s, samples, dlq_ms, hop_ms)
     return markdown(figures), figures.as_dict()
+
+
+def recovery_service_section(settings: Settings, opts: PeerOptions) -> dict[str, Any]:
+    """The report's recovery service section: Markdown and figures."""
+    text, figures = run_recovery_bench(
+        settings, records=opts.recovery_records, samples=opts.recovery_samples
+    )
+    return {"markdown": text, "figures": figures}
 
 
 if __name__ == "__main__":
