@@ -18,7 +18,8 @@ One module per section of the report, run in this order by ``run``:
   write results.json, the Markdown and the PNGs.
 
 Shared by all: ``options`` (what a run measures), ``drivers`` (the load, the same for
-both systems), ``processes`` (CPU and peak RSS of the system under test), ``stats``.
+both systems), ``processes`` (CPU and peak RSS of the system under test), ``scratch``
+(a section's own home, topic prefix and broker), ``stats``.
 
 The entry point is ``podium_bench.run.run_peer_bench`` (``podium bench`` calls it);
 ``python -m podium_bench render`` rewrites a report from its results.json.

@@ -11,11 +11,12 @@ from typing import Any
 
 from podium.client import PodiumClient
 from podium_bench.options import PeerOptions
-from podium_bench.processes import cpu_seconds, peak_rss
-from podium_bench.stats import median_of, open_loop_schedule
+from podium_bench.processes import cpu_seconds, peak_rss, system_processes
+from podium_bench.stats import median_of, open_loop_schedule, summary
 from podium_contracts import TaskCompleted, TaskSubmitted
 
 Call = Callable[[int], Awaitable[None]]
+Advance = Callable[[str], None]  # names the next stage on the progress bar
 
 
 async def open_loop(call: Call, rate_per_s: float, seconds: float) -> list[float]:
@@ -72,7 +73,35 @@ def podium_call(client: PodiumClient, workflow: str) -> Call:
     return call
 
 
-async def throughput(call: Call, opts: PeerOptions, procs: dict[str, Any]) -> dict[str, Any]:
+async def measure_latency(
+    call: Call, system: str, workflow: str, opts: PeerOptions, advance: Advance
+) -> dict[str, Any]:
+    """``repeat`` open-loop runs, each after a warm-up: per-run percentiles, their
+    median, and every sample (for the CDF plot; results.json keeps percentiles only)."""
+    runs, samples = [], []
+    for r in range(opts.repeat):
+        advance(f"{system} {workflow} latency, run {r + 1}/{opts.repeat}")
+        await warm(call, opts.warmup)
+        lat = await open_loop(call, opts.rate_per_s, opts.latency_s)
+        runs.append(summary(lat))
+        samples.extend(lat)
+    return {"runs": runs, "median": median_of(runs), "samples": samples}
+
+
+async def measure_throughput(
+    call: Call, system: str, opts: PeerOptions, advance: Advance
+) -> dict[str, Any]:
+    """``repeat`` closed-loop runs, each after a warm-up, with the CPU and peak RSS of
+    the system's processes (``system_processes``: "podium" or "temporal")."""
+    runs = []
+    for r in range(opts.repeat):
+        advance(f"{system} throughput, run {r + 1}/{opts.repeat}")
+        await warm(call, opts.warmup)
+        runs.append(await _throughput_run(call, opts, system_processes(system.lower())))
+    return _throughput_figure(runs)
+
+
+async def _throughput_run(call: Call, opts: PeerOptions, procs: dict[str, Any]) -> dict[str, Any]:
     before = cpu_seconds(procs)
     client_before = time.process_time()
     with peak_rss(procs) as peaks:
@@ -91,7 +120,7 @@ async def throughput(call: Call, opts: PeerOptions, procs: dict[str, Any]) -> di
     }
 
 
-def throughput_figure(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def _throughput_figure(runs: list[dict[str, Any]]) -> dict[str, Any]:
     scalar = median_of(
         [
             {k: float(v) for k, v in r.items() if isinstance(v, int | float) and k != "tasks"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 
 @dataclass
@@ -36,9 +35,9 @@ class PeerOptions:
     out_dir: Path = Path("docs/bench")
 
     @classmethod
-    def quick(cls, **overrides: Any) -> PeerOptions:
+    def quick(cls) -> PeerOptions:
         """Tiny counts: a smoke run that exercises every path in a couple of minutes."""
-        opts = cls(
+        return cls(
             repeat=1,
             rate_per_s=10.0,
             latency_s=1.0,
@@ -59,6 +58,3 @@ class PeerOptions:
             memory_remembers=20,
             profile=False,
         )
-        for key, value in overrides.items():
-            setattr(opts, key, value)
-        return opts

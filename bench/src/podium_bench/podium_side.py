@@ -14,14 +14,7 @@ from typing import Any
 from podium.client import PodiumClient
 from podium.stack import Stack
 from podium_bench.baselines import raw_hop, sqlite_commit_ms
-from podium_bench.drivers import (
-    closed_loop,
-    open_loop,
-    podium_call,
-    throughput,
-    throughput_figure,
-    warm,
-)
+from podium_bench.drivers import closed_loop, measure_latency, measure_throughput, podium_call
 from podium_bench.options import PeerOptions
 from podium_bench.processes import system_processes
 from podium_bench.profiling import profile_services
@@ -36,21 +29,11 @@ async def _podium_latency_and_throughput(
     async with PodiumClient(settings) as client:
         for workflow in ("hello", "chain3"):
             call = podium_call(client, workflow)
-            runs, samples = [], []
-            for r in range(opts.repeat):
-                advance(f"podium {workflow} latency, run {r + 1}/{opts.repeat}")
-                await warm(call, opts.warmup)
-                lat = await open_loop(call, opts.rate_per_s, opts.latency_s)
-                runs.append(summary(lat))
-                samples.extend(lat)
-            out["latency"][workflow] = {"runs": runs, "median": median_of(runs), "samples": samples}
+            out["latency"][workflow] = await measure_latency(
+                call, "podium", workflow, opts, advance
+            )
         call = podium_call(client, "hello")
-        runs = []
-        for r in range(opts.repeat):
-            advance(f"podium throughput, run {r + 1}/{opts.repeat}")
-            await warm(call, opts.warmup)
-            runs.append(await throughput(call, opts, system_processes("podium")))
-        out["throughput"] = throughput_figure(runs)
+        out["throughput"] = await measure_throughput(call, "podium", opts, advance)
         if opts.profile:
             advance("podium throughput under py-spy (not counted)")
             procs = system_processes("podium")

@@ -12,11 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from podium_bench import temporal as bt
-from podium_bench.drivers import Call, open_loop, throughput, throughput_figure, warm
+from podium_bench.drivers import Call, measure_latency, measure_throughput
 from podium_bench.options import PeerOptions
-from podium_bench.processes import system_processes
 from podium_bench.scaling import scaling_figure
-from podium_bench.stats import median_of, summary
 
 
 def temporal_side(opts: PeerOptions, advance: Callable[[str], None]) -> dict[str, Any]:
@@ -37,28 +35,14 @@ def temporal_side(opts: PeerOptions, advance: Callable[[str], None]) -> dict[str
 
                     return call
 
-                out["latency"] = {}
-                for workflow in ("hello", "chain3"):
-                    call = temporal_call(workflow)
-                    runs, samples = [], []
-                    for r in range(opts.repeat):
-                        advance(f"Temporal {workflow} latency, run {r + 1}/{opts.repeat}")
-                        await warm(call, opts.warmup)
-                        lat = await open_loop(call, opts.rate_per_s, opts.latency_s)
-                        runs.append(summary(lat))
-                        samples.extend(lat)
-                    out["latency"][workflow] = {
-                        "runs": runs,
-                        "median": median_of(runs),
-                        "samples": samples,
-                    }
+                out["latency"] = {
+                    workflow: await measure_latency(
+                        temporal_call(workflow), "Temporal", workflow, opts, advance
+                    )
+                    for workflow in ("hello", "chain3")
+                }
                 call = temporal_call("hello")
-                tput = []
-                for r in range(opts.repeat):
-                    advance(f"Temporal throughput, run {r + 1}/{opts.repeat}")
-                    await warm(call, opts.warmup)
-                    tput.append(await throughput(call, opts, system_processes("temporal")))
-                out["throughput"] = throughput_figure(tput)
+                out["throughput"] = await measure_throughput(call, "Temporal", opts, advance)
 
             asyncio.run(measure())
         scaling: dict[str, list[float]] = {str(n): [] for n in opts.replicas}
