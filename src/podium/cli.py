@@ -475,9 +475,7 @@ def bench(
     in_flight: Annotated[
         int | None, typer.Option(min=1, help="tasks in flight in the throughput run (64)")
     ] = None,
-    temporal: Annotated[
-        bool, typer.Option(help="measure Temporal too (needs the bench group)")
-    ] = True,
+    temporal: Annotated[bool, typer.Option(help="measure Temporal too")] = True,
     profile: Annotated[
         bool | None, typer.Option(help="py-spy the services during a throughput run")
     ] = None,
@@ -491,9 +489,15 @@ def bench(
     as_json: JsonFlag = False,
 ) -> None:
     """podium beside Temporal: latency, throughput, scaling, recovery, each beside a baseline."""
+    import importlib.util
     from pathlib import Path
 
-    from podium.bench_peers import PeerOptions, run_peer_bench, strip_samples
+    # The bench is its own workspace package (bench/), which `make run` does not install.
+    if importlib.util.find_spec("podium_bench") is None:
+        fail("the bench is not installed: run `make bench`", EXIT_USAGE)
+    from podium_bench.options import PeerOptions
+    from podium_bench.report import strip_samples
+    from podium_bench.run import run_peer_bench
 
     opts = PeerOptions.quick() if quick else PeerOptions()
     chosen = {

@@ -1,16 +1,20 @@
 """The benchmark's statistics: percentiles, ratios, E(n), medians of repeated
-runs, the open-loop schedule, and the profile parser's bookkeeping."""
+runs, the open-loop schedule, the profile parser's bookkeeping, and the report
+rendered from a results.json."""
 
 from __future__ import annotations
 
 import asyncio
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 
-from podium.bench_peers import closed_loop, open_loop, parse_collapsed
-from podium.stats import (
+from podium_bench.drivers import closed_loop, open_loop
+from podium_bench.profiling import parse_collapsed
+from podium_bench.report import render
+from podium_bench.stats import (
     cdf,
     efficiency,
     median,
@@ -20,6 +24,7 @@ from podium.stats import (
     ratio,
     summary,
 )
+from tests.conftest import REPO
 
 pytestmark = pytest.mark.unit
 
@@ -144,3 +149,15 @@ def test_collapsed_stacks_are_attributed_by_leaf_and_podium_frame() -> None:
     assert categories["Kafka client (aiokafka)"] == 3
     assert categories["event loop (asyncio, selectors)"] == 1
     assert frames["run (podium_router/app.py:10)"] == 9
+
+
+@pytest.mark.parametrize("folder", ["bench", "bench-kafka"])
+def test_the_committed_report_is_its_results_rendered(folder: str, tmp_path: Path) -> None:
+    """docs/benchmarks*.md is what `make bench` wrote: rendering the results.json
+    beside it (and its limits.md) gives the same text, plot links included."""
+    docs = REPO / "docs"
+    report = docs / ("benchmarks.md" if folder == "bench" else "benchmarks-kafka.md")
+    render(docs / folder / "results.json", tmp_path / "report.md")
+    text = (tmp_path / "report.md").read_text()
+    assert text == report.read_text()
+    assert f"]({folder}/latency-cdf.png)" in text

@@ -10,18 +10,18 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from podium.dlq import read_records, replay, send_all
 from podium.stack import Stack
-from podium.stats import percentile
+from podium_bench.options import PeerOptions
+from podium_bench.scratch import scratch_broker
+from podium_bench.stats import percentile
 from podium_contracts import (
     DlqHeader,
     DlqReason,
@@ -32,7 +32,7 @@ from podium_contracts import (
     dlq_topic,
     encode,
 )
-from podium_shared import EmbeddedBroker, Settings, Topics, TopicSpec
+from podium_shared import Settings, Topics, TopicSpec
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 
 
@@ -207,16 +207,7 @@ def run_recovery_bench(
     settings: Settings, *, records: int = 10_000, samples: int = 50
 ) -> tuple[str, dict[str, Any]]:
     """Both figures on their own topic prefix; return (Markdown section, figures)."""
-    home = Path(tempfile.mkdtemp(prefix="podium-bench-recovery-"))
-    settings = settings.model_copy(
-        update={"home": home, "topic_prefix": f"br{uuid.uuid4().hex[:6]}"}
-    )
-    broker = (
-        None if settings.kafka_bootstrap else EmbeddedBroker(log_path=home / "broker.log").start()
-    )
-    try:
-        if broker is not None:
-            settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    with scratch_broker(settings, "recovery", "br") as settings:
         asyncio.run(
             ensure_topics(settings, Topics(settings.topic_prefix).declarations(("default",)))
         )
@@ -228,11 +219,16 @@ def run_recovery_bench(
             dlq_ms, hop_ms = asyncio.run(fatal_to_dlq(settings, samples))
         finally:
             stack.stop()
-    finally:
-        if broker is not None:
-            broker.stop()
     figures = Figures(records, raw_s, replay_s, read_s, samples, dlq_ms, hop_ms)
     return markdown(figures), figures.as_dict()
+
+
+def recovery_service_section(settings: Settings, opts: PeerOptions) -> dict[str, Any]:
+    """The report's recovery service section: Markdown and figures."""
+    text, figures = run_recovery_bench(
+        settings, records=opts.recovery_records, samples=opts.recovery_samples
+    )
+    return {"markdown": text, "figures": figures}
 
 
 if __name__ == "__main__":

@@ -10,18 +10,17 @@ figures are the executor's).
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import time
 import uuid
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiokafka import TopicPartition
 
 from podium.stack import Stack
+from podium_bench.scratch import scratch_broker
 from podium_contracts import StepCompleted, StepRequested, decode, encode
-from podium_shared import EmbeddedBroker, Settings, Topics
+from podium_shared import Settings, Topics
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 
 
@@ -142,21 +141,9 @@ def run_executor_bench(
     replicas: tuple[int, ...] = (1, 2, 4),
 ) -> tuple[str, dict[str, Any]]:
     """Run both figures on their own broker prefix; return (Markdown section, figures)."""
-    home = Path(tempfile.mkdtemp(prefix="podium-bench-executor-"))
-    settings = settings.model_copy(
-        update={"home": home, "topic_prefix": f"bx{uuid.uuid4().hex[:6]}"}
-    )
-    broker = (
-        None if settings.kafka_bootstrap else EmbeddedBroker(log_path=home / "broker.log").start()
-    )
-    try:
-        if broker is not None:
-            settings = settings.model_copy(update={"kafka_bootstrap": broker.bootstrap})
+    with scratch_broker(settings, "executor", "bx") as settings:
         single = measure(settings, 1, single_concurrency, sleep_s, seconds)
         scaling = [measure(settings, n, scaling_concurrency, sleep_s, seconds) for n in replicas]
-    finally:
-        if broker is not None:
-            broker.stop()
     ideal = single_concurrency / sleep_s
     base = scaling[0].steps_s
     figures: dict[str, Any] = {

@@ -7,7 +7,7 @@ wheel) on loopback, in memory.
   runs it three times in a row, each call reading the previous one's output,
   as podium's ``chain3`` does.
 - ``nap``: an activity that sleeps (I/O-bound); ``Nap`` runs it once.
-- Workers run in their own processes (``python -m podium.bench_temporal
+- Workers run in their own processes (``python -m podium_bench.temporal
   worker ...``), as podium's executors do, so the client's event loop measures
   and does nothing else.
 
@@ -30,21 +30,20 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-# Without the bench group these are missing: the ignores keep `mypy src` clean either way.
-from temporalio import activity, workflow  # type: ignore[import-not-found, unused-ignore]
-from temporalio.client import Client  # type: ignore[import-not-found, unused-ignore]
-from temporalio.worker import Worker  # type: ignore[import-not-found, unused-ignore]
+from temporalio import activity, workflow
+from temporalio.client import Client
+from temporalio.worker import Worker
 
 ACTIVITY_TIMEOUT = timedelta(seconds=60)
 
 
-@activity.defn(name="echo")  # type: ignore[untyped-decorator, unused-ignore]
+@activity.defn(name="echo")
 async def echo(payload: dict[str, Any]) -> dict[str, Any]:
     """Return the input."""
     return payload
 
 
-@activity.defn(name="nap")  # type: ignore[untyped-decorator, unused-ignore]
+@activity.defn(name="nap")
 async def nap(seconds: float) -> float:
     """Wait, then return: an I/O-bound step of known length."""
     await asyncio.sleep(seconds)
@@ -53,7 +52,7 @@ async def nap(seconds: float) -> float:
 
 @workflow.defn(name="hello")
 class Hello:
-    @workflow.run  # type: ignore[untyped-decorator, unused-ignore]
+    @workflow.run
     async def run(self, payload: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = await workflow.execute_activity(
             echo, payload, start_to_close_timeout=ACTIVITY_TIMEOUT
@@ -63,7 +62,7 @@ class Hello:
 
 @workflow.defn(name="chain3")
 class Chain3:
-    @workflow.run  # type: ignore[untyped-decorator, unused-ignore]
+    @workflow.run
     async def run(self, payload: dict[str, Any]) -> dict[str, Any]:
         one: dict[str, Any] = await workflow.execute_activity(
             echo, payload, start_to_close_timeout=ACTIVITY_TIMEOUT
@@ -79,7 +78,7 @@ class Chain3:
 
 @workflow.defn(name="nap")
 class Nap:
-    @workflow.run  # type: ignore[untyped-decorator, unused-ignore]
+    @workflow.run
     async def run(self, seconds: float) -> float:
         out: float = await workflow.execute_activity(
             nap, seconds, start_to_close_timeout=ACTIVITY_TIMEOUT
@@ -216,7 +215,7 @@ class WorkerPool:
                     [
                         sys.executable,
                         "-m",
-                        "podium.bench_temporal",
+                        "podium_bench.temporal",
                         "worker",
                         "--address",
                         self.address,
@@ -274,7 +273,7 @@ async def drive_naps(
     address: str, task_queue: str, steps: int, sleep_s: float, in_flight: int = 256
 ) -> float:
     """Run ``steps`` one-nap workflows, at most ``in_flight`` started at once;
-    seconds until the last finished (the analogue of bench_executor.drive)."""
+    seconds until the last finished (the analogue of podium_bench.executor.drive)."""
     client = await connect(address)
     gate = asyncio.Semaphore(in_flight)
 
@@ -326,7 +325,7 @@ async def _worker_main(address: str, task_queue: str, max_activities: int, ready
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m podium.bench_temporal")
+    parser = argparse.ArgumentParser(prog="python -m podium_bench.temporal")
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="run one Temporal worker process")
     w.add_argument("--address", required=True)

@@ -11,7 +11,7 @@ session timeout, and then gets the partitions about *half a session timeout*
 later (measured here: 15.8 s at 10 s, 9.8 s at 6 s, 30.8 s at 20 s), so the
 floor of "recovery ÷ session timeout" on this broker is about 1.5 times.
 
-``python -m podium.bench_failover member BOOTSTRAP TOPIC GROUP SESSION_MS`` is
+``python -m podium_bench.failover member BOOTSTRAP TOPIC GROUP SESSION_MS`` is
 the child.
 """
 
@@ -71,7 +71,7 @@ async def failover_s(bootstrap: str, session_ms: int, timeout_s: float = 120.0) 
         [
             sys.executable,
             "-m",
-            "podium.bench_failover",
+            "podium_bench.failover",
             "member",
             bootstrap,
             topic,
@@ -114,4 +114,4 @@ if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "member":
         asyncio.run(_member(sys.argv[2], sys.argv[3], sys.argv[4], int(sys.argv[5])))
     else:
-        sys.exit("usage: python -m podium.bench_failover member BOOTSTRAP TOPIC GROUP SESSION_MS")
+        sys.exit("usage: python -m podium_bench.failover member BOOTSTRAP TOPIC GROUP SESSION_MS")

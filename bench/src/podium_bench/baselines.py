@@ -1,21 +1,16 @@
 """Baselines the benchmarks measure podium against, in the same run on the same
-broker: the raw produce→consume hop, and the facts of the machine.
-
-`podium bench` itself (podium beside Temporal, every figure) is in bench_peers.py."""
+broker and disk: the raw produce→consume hop, and one SQLite commit."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import platform
 import time
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
+import sqlalchemy as sa
 from aiokafka import TopicPartition
 
-from podium_shared import Settings, TopicSpec
+from podium_shared import Settings, TopicSpec, make_engine
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 
 
@@ -23,24 +18,6 @@ from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 # router→executor and executor→router, then router→client.
 def hops(depth: int) -> int:
     return 2 + 2 * depth
-
-
-def machine_facts(broker: str) -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-        "cpus": os.cpu_count(),
-        "cpu": cpu,
-        "python": platform.python_version(),
-        "broker": broker,
-    }
 
 
 async def raw_hop(settings: Settings, samples: int, burst: int) -> tuple[list[float], float]:
@@ -76,3 +53,25 @@ async def raw_hop(settings: Settings, samples: int, burst: int) -> tuple[list[fl
     finally:
         await consumer.stop()
         await producer.stop()
+
+
+def sqlite_commit_ms(home: Path, commits: int) -> list[float]:
+    """One single-row INSERT per transaction, on an engine built as the services build theirs."""
+    table = sa.Table(
+        "bench_commit",
+        sa.MetaData(),
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("payload", sa.Text),
+    )
+    engine = make_engine(f"sqlite:///{home / 'bench-commit.db'}", table.metadata)
+    try:
+        out = []
+        for i in range(commits + 10):
+            t0 = time.perf_counter()
+            with engine.begin() as conn:
+                conn.execute(table.insert().values(payload=f"row {i}"))
+            if i >= 10:
+                out.append((time.perf_counter() - t0) * 1000)
+        return out
+    finally:
+        engine.dispose()

@@ -9,13 +9,15 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from podium.stats import percentile, ratio
+from podium_bench.options import PeerOptions
+from podium_bench.stats import percentile, ratio
 from podium_memory.fulltext import query_terms
 from podium_memory.scopes import Scope, ScopeKind
 from podium_memory.state import entries as entries_table
@@ -198,6 +200,14 @@ def bench_memory(
     return run_memory_bench(
         entries=entries, recalls=recalls, remembers=remembers, url=url, workdir=workdir
     ).markdown()
+
+
+def memory_section(opts: PeerOptions) -> dict[str, Any]:
+    """The report's memory store section: figures and Markdown."""
+    bench = run_memory_bench(
+        entries=opts.memory_entries, recalls=opts.memory_recalls, remembers=opts.memory_remembers
+    )
+    return {"figures": asdict(bench), "markdown": bench.markdown()}
 
 
 if __name__ == "__main__":

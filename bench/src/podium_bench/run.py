@@ -1,0 +1,86 @@
+"""`podium bench`: podium beside Temporal on the same machine in the same run
+(issue 8), every figure beside a baseline measured in that run. One module per
+section; this one runs them in order and writes the outputs (podium_bench.report).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from podium_bench.machine import machine, versions
+from podium_bench.memory import memory_section
+from podium_bench.options import PeerOptions
+from podium_bench.podium_side import podium_side
+from podium_bench.recovery import recovery_drill
+from podium_bench.recovery_service import recovery_service_section
+from podium_bench.report import jsonable, write_outputs
+from podium_bench.scaling import podium_scaling
+from podium_bench.targets import targets
+from podium_bench.temporal_side import temporal_side
+from podium_bench.tracing import tracing_tax
+from podium_shared import Settings
+
+
+def run_peer_bench(
+    settings: Settings, opts: PeerOptions, console: Console | None = None
+) -> dict[str, Any]:
+    """Every figure, in one run; writes the report, results.json and the plots."""
+    console = console or Console(stderr=True)
+    stages = (
+        opts.repeat * (2 + 2 + 1)
+        + 1
+        + (1 if opts.profile else 0)
+        + opts.repeat
+        + opts.repeat
+        + opts.repeat  # the broker's own failover, beside each recovery drill
+        + (1 + opts.repeat * (2 + 1 + len(opts.replicas)) if opts.temporal else 0)
+        + 2 * opts.repeat  # the tracing tax: off and local
+        + 3
+    )
+    results: dict[str, Any] = {"options": jsonable(asdict(opts)), "figures": {}}
+    load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    figures = results["figures"]
+    started = time.perf_counter()
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("starting", total=stages)
+        first = True
+
+        def advance(what: str) -> None:
+            nonlocal first
+            progress.update(bar, description=what, advance=0 if first else 1)
+            first = False
+
+        figures["podium"] = podium_side(settings, opts, advance)
+        if opts.temporal:
+            figures["temporal"] = temporal_side(opts, advance)
+        else:
+            figures["temporal"] = {"skipped": "--no-temporal"}
+        figures["podium"]["scaling"] = podium_scaling(settings, opts, advance)
+        figures["recovery"] = recovery_drill(settings, opts, advance)
+        figures["tracing"] = tracing_tax(settings, opts, advance)
+        advance("memory store")
+        figures["memory"] = memory_section(opts)
+        advance("recovery service section")
+        figures["recovery_service"] = recovery_service_section(settings, opts)
+        advance("plots and report")
+        results["machine"] = machine(figures["podium"]["broker"])
+        results["machine"]["load_average_at_start"] = load_at_start
+        results["versions"] = versions(figures.get("temporal"), str(settings.broker))
+        results["targets"] = targets(results)
+        results["seconds"] = time.perf_counter() - started
+        write_outputs(results, opts)
+        progress.update(bar, completed=stages, description="done")
+    return results

@@ -1,0 +1,104 @@
+"""The targets of issue 8 (with issues 2 and 4), each with its goal, what was
+measured and whether it was met."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from podium_bench.stats import ratio
+
+
+@dataclass
+class Target:
+    name: str
+    goal: str
+    measured: str
+    met: bool | None  # None: not measured
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    f = results["figures"]
+    p, t = f["podium"], f.get("temporal", {})
+    raw50 = p["raw_hop_ms"]["median"]["p50"]
+    one50 = p["latency"]["hello"]["median"]["p50"]
+    tput = p["throughput"]["median"]["tasks_per_s"]
+    out: list[Target] = []
+    x = ratio(one50, 3 * raw50)
+    out.append(
+        Target("one-step p50 vs raw three-hop", "≤ 2× (3 × raw hop p50)", f"{x:.1f}×", x <= 2)
+    )
+    three50 = p["latency"]["chain3"]["median"]["p50"]
+    per_step = ratio(three50 / 3, one50)
+    out.append(
+        Target(
+            "per-step latency, three-step ÷ one-step (issue 3)",
+            "≤ 2×",
+            f"{per_step:.2f}× ({three50:.1f} ms ÷ 3 vs {one50:.1f} ms)",
+            per_step <= 2,
+        )
+    )
+    if "latency" in t:
+        tl = t["latency"]["hello"]["median"]["p50"]
+        speed = ratio(tl, one50)
+        out.append(
+            Target(
+                "one-step p50, Temporal ÷ podium",
+                "≥ 10×",
+                f"{speed:.1f}× (podium {one50:.1f} ms, Temporal {tl:.1f} ms)",
+                speed >= 10,
+            )
+        )
+        tt = t["throughput"]["median"]["tasks_per_s"]
+        more = ratio(tput, tt)
+        out.append(
+            Target(
+                "throughput, podium ÷ Temporal",
+                "≥ 10×",
+                f"{more:.1f}× ({tput:.0f} vs {tt:.0f} tasks/s)",
+                more >= 10,
+            )
+        )
+    else:
+        out.append(
+            Target("podium vs Temporal", "≥ 10× latency and throughput", "Temporal not run", None)
+        )
+    sc = p["scaling"]["scaling"]
+    for n, goal in (("2", 0.95), ("4", 0.90)):
+        if n in sc:
+            e = sc[n]["efficiency"]
+            out.append(Target(f"podium E({n})", f"≥ {goal:.2f}", f"{e:.3f}", e >= goal))
+    single = p["scaling"]["single"]
+    out.append(
+        Target(
+            f"one replica at concurrency {single['concurrency']} (issue 4)",
+            "≥ 0.90 of ideal",
+            f"{single['ratio_to_ideal']:.3f}",
+            single["ratio_to_ideal"] >= 0.9,
+        )
+    )
+    rec = f["recovery"]
+    rr = rec["median"]["ratio_to_session_timeout"]
+    ok = rr <= 1.35 and rec["lost_total"] == 0 and rec["doubled_total"] == 0
+    out.append(
+        Target(
+            "recovery after kill -9",
+            "≤ 1.35× session timeout, 0 lost, 0 doubled",
+            f"{rr:.2f}× ({rec['median']['recovered_s']:.1f} s), "
+            f"{rec['lost_total']} lost, {rec['doubled_total']} doubled"
+            + _failover_note(rec["median"]),
+            ok,
+        )
+    )
+    out.append(Target("one-step p50 (issue 2)", "< 10 ms", f"{one50:.1f} ms", one50 < 10))
+    out.append(Target("throughput (issue 2)", "> 300 tasks/s", f"{tput:.0f} tasks/s", tput > 300))
+    return [asdict(x) for x in out]
+
+
+def _failover_note(median: dict[str, float]) -> str:
+    if "broker_failover_s" not in median:
+        return ""
+    return (
+        f"; the broker alone takes {median['broker_failover_s']:.1f} s to fail over bare "
+        f"consumers, so podium's recovery is {median['ratio_to_broker_failover']:.2f}× that"
+    )

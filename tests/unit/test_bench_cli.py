@@ -1,0 +1,24 @@
+"""`podium bench` where the bench package is not installed (after `make run`, which
+installs podium alone): one line that says what to do, and exit 2."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from podium import cli
+
+pytestmark = pytest.mark.unit
+
+
+def test_bench_without_the_bench_package_says_how_to_get_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A None entry is how Python spells "not importable": find_spec answers None.
+    monkeypatch.setitem(sys.modules, "podium_bench", None)
+    with pytest.raises(SystemExit) as exit_:
+        cli.app(["bench", "--quick"], standalone_mode=False)
+    assert exit_.value.code == cli.EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == "podium: error: the bench is not installed: run `make bench`\n"
