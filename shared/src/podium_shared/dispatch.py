@@ -23,11 +23,15 @@ def apply_by_type(service: str, use_cases: UseCases) -> Callable[[Event, Any, Un
 
     def apply(event: Event, _result: Any, uow: UnitOfWork) -> None:
         payload = event.payload
-        try:
-            use_case = use_cases[type(payload)]
-        except KeyError:
-            raise TypeError(f"{service} does not handle {type(payload).__name__}") from None
-        if use_case is not None:
-            use_case(payload, uow)
+        # Along the MRO, not by exact type: a later minor or major version of a contract
+        # may subclass the one a use case was written for (TaskSubmittedV2 is a
+        # TaskSubmitted), and it must reach that use case, as a `match` on the class did.
+        for cls in type(payload).__mro__:
+            if cls in use_cases:
+                use_case = use_cases[cls]
+                if use_case is not None:
+                    use_case(payload, uow)
+                return
+        raise TypeError(f"{service} does not handle {type(payload).__name__}")
 
     return apply
