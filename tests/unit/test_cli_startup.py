@@ -9,6 +9,7 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -101,3 +102,20 @@ def test_the_command_modules_never_import_cli_back() -> None:
                 else []
             )
             assert "podium.cli" not in names, f"{module.name} imports podium.cli"
+
+
+def test_every_command_sets_its_logging_up_when_it_runs() -> None:
+    """main() no longer sets logging up (that would import podium_shared for --help):
+    each command does, as a cli_common.Command, including those of the sub-apps."""
+    from typer.main import get_command
+
+    from podium.cli import app
+    from podium.cli_common import Command
+
+    def leaves(command: Any) -> list[Any]:
+        subs = getattr(command, "commands", None)
+        return [command] if subs is None else [c for s in subs.values() for c in leaves(s)]
+
+    commands = leaves(get_command(app))
+    assert len(commands) >= 15
+    assert [c.name for c in commands if not isinstance(c, Command)] == []
