@@ -3,51 +3,76 @@ errors are one line on stderr and exit 2, never a traceback."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import signal
 import sys
 import time
-import uuid
 from enum import StrEnum
-from typing import Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any
 
-import orjson
 import typer
-from pydantic import ValidationError
 from typer.exceptions import TyperException
 
+from podium.cli_common import (
+    EXIT_NO_OUTCOME,
+    EXIT_TASK_FAILED,
+    EXIT_USAGE,
+    App,
+    JsonFlag,
+    emit,
+    fail,
+    kafka_settings,
+    load_settings,
+    validated,
+)
 from podium.cli_dlq import dlq_app
-from podium.cli_errors import broker_error, invalid
 from podium.cli_hostile import hostile_command
 from podium.cli_outbox import outbox_app
 from podium.cli_trace import trace_command
-from podium.client import Outcome, PodiumClient
-from podium.stack import RestartPolicy, Stack, StackInterrupted
-from podium.status import StatusError, list_tasks, task_history, task_status
-from podium_contracts import (
-    TaskCancelled,
-    TaskCancelRequested,
-    TaskCompleted,
-    TaskRejected,
-    TaskSubmitted,
-)
-from podium_shared import Settings
-from podium_shared.logs import configure
 
-app = typer.Typer(
-    name="podium",
-    help="Orchestration layer for AI work, over Kafka.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+if TYPE_CHECKING:
+    from podium.client import Outcome
+    from podium_contracts import TaskSubmitted
+    from podium_shared import Settings
+
+app = App("podium", "Orchestration layer for AI work, over Kafka.")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(outbox_app, name="outbox")
 app.command(name="trace")(trace_command)
 app.command(name="hostile")(hostile_command)
+
+
+def print_version(wanted: bool) -> None:
+    """`podium --version`: the installed package and the message contracts it speaks."""
+    if not wanted:
+        return
+    from importlib.metadata import version
+
+    from podium_contracts import ALL_CONTRACTS
+
+    print(f"podium {version('podium')}")
+    print(f"podium-contracts {version('podium-contracts')}")
+    for contract in ALL_CONTRACTS:
+        print(f"  {contract.CE_TYPE}")
+    raise typer.Exit()
+
+
+@app.callback()
+def podium(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=print_version,
+            is_eager=True,
+            help="the installed version and the contract versions, then exit",
+        ),
+    ] = False,
+) -> None:
+    # Nothing to do: --version acts eagerly, and each command sets its logging up when it
+    # runs (cli_common.Command), so that help and usage errors stay light.
+    pass
 
 
 class Broker(StrEnum):
@@ -55,7 +80,6 @@ class Broker(StrEnum):
     KAFKA = "kafka"
 
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 BrokerOption = Annotated[
     Broker | None,
     typer.Option(
@@ -65,39 +89,13 @@ BrokerOption = Annotated[
     ),
 ]
 
-# Exit codes a script can branch on (README, "Exit codes"). A task that ended badly and a
-# wait that ran out are different facts: the first is final, the second may still finish.
-EXIT_TASK_FAILED = 1  # the task failed or was cancelled (and any other error)
-EXIT_USAGE = 2  # a bad argument, setting or address: nothing was done
-EXIT_NO_OUTCOME = 3  # `submit --wait`: no outcome within --timeout; the task may still run
-
-
-def fail(message: str, code: int = 1) -> NoReturn:
-    print(f"podium: error: {message}", file=sys.stderr)
-    raise SystemExit(code)
-
-
-def emit(data: Any, as_json: bool, text: str) -> None:
-    if as_json:
-        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
-    else:
-        print(text)
-
-
-def load_settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        fail(f"bad setting PODIUM_{str(first['loc'][0]).upper()}: {first['msg']}", 2)
-
 
 def with_broker(settings: Settings, broker: Broker | None) -> Settings:
     """``settings`` with the broker chosen on the command line, if any."""
     if broker is None:
         return settings
     if settings.kafka_bootstrap:
-        fail("--broker starts a local broker; unset PODIUM_KAFKA_BOOTSTRAP to use it", 2)
+        fail("--broker starts a local broker; unset PODIUM_KAFKA_BOOTSTRAP to use it", EXIT_USAGE)
     update: dict[str, Any] = {"broker": broker.value}
     if "PODIUM_FETCH_MAX_WAIT_MS" not in os.environ:  # the broker's own default
         update["fetch_max_wait_ms"] = 5 if broker is Broker.TANSU else 500
@@ -105,16 +103,22 @@ def with_broker(settings: Settings, broker: Broker | None) -> Settings:
 
 
 def parse_input(raw: str) -> dict[str, Any]:
+    import orjson
+
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        fail(f"--input is not valid JSON: {exc}", 2)
+        fail(f"--input is not valid JSON: {exc}", EXIT_USAGE)
     if not isinstance(value, dict):
-        fail('--input must be a JSON object, such as \'{"text": "hi"}\'', 2)
+        fail('--input must be a JSON object, such as \'{"text": "hi"}\'', EXIT_USAGE)
     return value
 
 
 def outcome_text(outcome: Outcome) -> str:
+    import orjson
+
+    from podium_contracts import TaskCancelled, TaskCompleted, TaskRejected
+
     if isinstance(outcome, TaskCompleted):
         return f"completed {outcome.task_id}: {orjson.dumps(outcome.output).decode()}"
     if isinstance(outcome, TaskCancelled):
@@ -126,6 +130,8 @@ def outcome_text(outcome: Outcome) -> str:
 
 
 def outcome_json(outcome: Outcome) -> dict[str, Any]:
+    from podium_contracts import TaskCancelled, TaskCompleted, TaskRejected
+
     status = {
         TaskCompleted: "completed",
         TaskCancelled: "cancelled",
@@ -143,6 +149,8 @@ def up(
 ) -> None:
     """Start a local broker (unless PODIUM_KAFKA_BOOTSTRAP names a cluster) and the four
     services."""
+    from podium.stack import RestartPolicy, Stack, StackInterrupted
+
     settings = with_broker(load_settings(), broker)
     started = time.monotonic()
     stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]))
@@ -209,10 +217,8 @@ def executor(
     from podium_executor.__main__ import load_settings as executor_settings
     from podium_executor.__main__ import main as executor_main
 
-    try:
-        executor_settings(pool, concurrency)  # refuse a bad pool before anything starts
-    except ValidationError as exc:
-        fail(f"invalid executor setting {invalid(exc)}", EXIT_USAGE)
+    # Refuse a bad pool before anything starts.
+    validated(lambda: executor_settings(pool, concurrency), "invalid executor setting ")
     logging.getLogger("aiokafka").setLevel(logging.NOTSET)  # a replica logs what it meets
     argv: list[str] = []
     if pool:
@@ -237,20 +243,23 @@ def submit(
 
     With --wait, the exit code says how it ended: 0 completed, 1 failed or cancelled,
     3 no outcome within --timeout (the task may still finish); 2 is a usage error."""
+    import asyncio
+    import uuid
+
+    from podium_contracts import TaskSubmitted
+
     data = parse_input(input)
-    settings = load_settings()
-    if not settings.kafka_bootstrap:
-        fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
-    try:
-        task = TaskSubmitted(
+    settings = kafka_settings()
+    task = validated(
+        lambda: TaskSubmitted(
             task_id=uuid.uuid4().hex if task_id is None else task_id,  # '' is refused
             workflow=workflow,
             input=data,
             tenant=tenant,
             subject=subject,
-        )
-    except ValidationError as exc:
-        fail(f"invalid task: {invalid(exc)}", EXIT_USAGE)
+        ),
+        "invalid task: ",
+    )
     code = asyncio.run(_submit(settings, task, wait, timeout, as_json))
     raise SystemExit(code)
 
@@ -258,6 +267,9 @@ def submit(
 async def _submit(
     settings: Settings, task: TaskSubmitted, wait: bool, timeout: float, as_json: bool
 ) -> int:
+    from podium.client import PodiumClient
+    from podium_contracts import TaskCompleted
+
     async with PodiumClient(settings) as client:
         await client.submit(task)
         if not wait:
@@ -291,9 +303,11 @@ def status(
     as_json: JsonFlag = False,
 ) -> None:
     """Show one task's current state, or list tasks with filters."""
+    from podium.status import StatusError, list_tasks, task_status
+
     settings = load_settings()
     if state and state not in ("running", "completed", "failed", "cancelled"):
-        fail(f"--status must be running, completed, failed or cancelled, not {state!r}", 2)
+        fail(f"--status must be running, completed, failed or cancelled, not {state!r}", EXIT_USAGE)
     try:
         if task_id is None:
             rows = list_tasks(settings, status=state, workflow=workflow, tenant=tenant, limit=limit)
@@ -328,6 +342,8 @@ def history(
     task_id: Annotated[str, typer.Argument(help="the task's id")], as_json: JsonFlag = False
 ) -> None:
     """What ran, what failed, why, and what happens next: the task's audit trail."""
+    from podium.status import StatusError, task_history
+
     settings = load_settings()
     try:
         info = task_history(settings, task_id)
@@ -360,13 +376,15 @@ def cancel(
     as_json: JsonFlag = False,
 ) -> None:
     """Publish TaskCancelRequested: stop dispatching and end the task as cancelled."""
-    settings = load_settings()
-    if not settings.kafka_bootstrap:
-        fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
-    try:
-        request = TaskCancelRequested(task_id=task_id, reason=reason)
-    except ValidationError as exc:
-        fail(f"invalid cancel request: {invalid(exc)}", EXIT_USAGE)
+    import asyncio
+
+    from podium.client import PodiumClient
+    from podium_contracts import TaskCancelRequested
+
+    settings = kafka_settings()
+    request = validated(
+        lambda: TaskCancelRequested(task_id=task_id, reason=reason), "invalid cancel request: "
+    )
 
     async def send() -> None:
         async with PodiumClient(settings) as client:
@@ -383,6 +401,13 @@ def cancel(
 @app.command()
 def demo(broker: BrokerOption = None, as_json: JsonFlag = False) -> None:
     """Start a local stack, run one `hello` task to completion, and stop."""
+    import asyncio
+    import uuid
+
+    from podium.client import PodiumClient
+    from podium.stack import Stack
+    from podium_contracts import TaskCompleted, TaskSubmitted
+
     settings = with_broker(load_settings(), broker)
     started = time.monotonic()
     try:
@@ -492,6 +517,8 @@ def bench(
     import importlib.util
     from pathlib import Path
 
+    import orjson
+
     # The bench is its own workspace package (bench/), which `make run` does not install.
     if importlib.util.find_spec("podium_bench") is None:
         fail("the bench is not installed: run `make bench`", EXIT_USAGE)
@@ -524,6 +551,10 @@ def bench(
 
 
 def _bootstrap() -> str:
+    from pydantic import ValidationError
+
+    from podium_shared import Settings
+
     try:
         return Settings().kafka_bootstrap or ""
     except ValidationError:
@@ -531,9 +562,6 @@ def _bootstrap() -> str:
 
 
 def main() -> None:
-    configure("cli", "WARNING")
-    # aiokafka logs each failed connection attempt; the one line below says it once.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         result = app(standalone_mode=False)
     except typer.Abort:
@@ -546,6 +574,8 @@ def main() -> None:
         hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
         fail(f"{exc.format_message()}{hint}", exc.exit_code)
     except Exception as exc:
+        from podium.cli_errors import broker_error  # aiokafka: loaded on this path only
+
         message = broker_error(exc, _bootstrap())
         if message is None:
             raise

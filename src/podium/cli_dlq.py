@@ -2,46 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import orjson
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from podium.dlq import (
-    DlqError,
-    DlqRecord,
-    Filters,
-    ReplayReport,
-    dlq_topics,
-    parse_since,
-    read_records,
-    replay,
-    resolve_topic,
-    select,
-    summarize,
-    task_states,
-)
-from podium_shared import Settings
-from podium_shared.kafka import make_consumer, make_producer
+from podium.cli_common import EXIT_USAGE, App, JsonFlag, emit, fail, kafka_settings
 
-dlq_app = typer.Typer(
-    name="dlq",
-    help="List, inspect and replay dead-letter topics.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from podium.dlq import DlqRecord, Filters, ReplayReport
+    from podium_shared import Settings
+
+dlq_app = App("dlq", "List, inspect and replay dead-letter topics.")
 
 PROGRESS_FROM = 100  # records: smaller replays finish before a bar is worth drawing
 T = TypeVar("T")
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 TopicArg = Annotated[str, typer.Argument(help="a DLQ topic, with or without the prefix")]
 ErrorTypeOpt = Annotated[
     str | None, typer.Option("--error-type", help="error type, error class or DLQ reason")
@@ -53,27 +32,6 @@ TaskOpt = Annotated[str | None, typer.Option("--task", help="only this task's re
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="the oldest N that match")]
 
 
-def _fail(message: str, code: int = 1) -> NoReturn:
-    from podium.cli import fail  # imported late: cli imports this module
-
-    fail(message, code)
-
-
-def _settings() -> Settings:
-    from podium.cli import load_settings
-
-    settings = load_settings()
-    if not settings.kafka_bootstrap:
-        _fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
-    return settings
-
-
-def _emit(data: Any, as_json: bool, text: str) -> None:
-    from podium.cli import emit
-
-    emit(data, as_json, text)
-
-
 def _filters(
     error_type: str | None,
     since: str | None,
@@ -81,23 +39,32 @@ def _filters(
     limit: int | None,
     ids: list[str] | None = None,
 ) -> Filters:
+    from podium.dlq import Filters, parse_since
+
     try:
         since_at = parse_since(since) if since else None
     except ValueError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), EXIT_USAGE)
     return Filters(
         error_type=error_type, since=since_at, task=task, ids=frozenset(ids or ()), limit=limit
     )
 
 
 def _run(work: Callable[[], Awaitable[T]]) -> T:
+    import asyncio
+
+    from podium.dlq import DlqError
+
     try:
         return asyncio.run(work())  # type: ignore[arg-type]
     except DlqError as exc:
-        _fail(str(exc), 2 if str(exc).startswith("no topic") else 1)
+        fail(str(exc), EXIT_USAGE if str(exc).startswith("no topic") else 1)
 
 
 async def _read(settings: Settings, topic: str) -> list[DlqRecord]:
+    from podium.dlq import read_records
+    from podium_shared.kafka import make_consumer
+
     # A consumer per topic: one assigned to a topic tracks only that topic's metadata.
     consumer = make_consumer(settings, group_id=None, client_id="podium-dlq")
     try:
@@ -108,6 +75,9 @@ async def _read(settings: Settings, topic: str) -> list[DlqRecord]:
 
 
 async def _topics(settings: Settings, topic: str | None) -> list[str]:
+    from podium.dlq import dlq_topics, resolve_topic
+    from podium_shared.kafka import make_consumer
+
     consumer = make_consumer(settings, group_id=None, client_id="podium-dlq")
     try:
         await consumer.start()
@@ -121,6 +91,8 @@ async def _topics(settings: Settings, topic: str | None) -> list[str]:
 async def _selected(
     settings: Settings, topic: str, filters: Filters
 ) -> tuple[str, list[DlqRecord]]:
+    from podium.dlq import select
+
     (name,) = await _topics(settings, topic)
     return name, select(await _read(settings, name), filters)
 
@@ -131,7 +103,9 @@ def list_(
     as_json: JsonFlag = False,
 ) -> None:
     """The DLQ topics with their counts, oldest and newest, grouped by error."""
-    settings = _settings()
+    from podium.dlq import summarize
+
+    settings = kafka_settings()
 
     async def work() -> list[dict[str, Any]]:
         return [summarize(n, await _read(settings, n)) for n in await _topics(settings, topic)]
@@ -147,7 +121,7 @@ def list_(
             + (f" {g['error_type']}" if g["error_type"] else "")
             for g in s["groups"]
         ]
-    _emit(summaries, as_json, "\n".join(lines) or "no dead-letter topics")
+    emit(summaries, as_json, "\n".join(lines) or "no dead-letter topics")
 
 
 @dlq_app.command()
@@ -160,7 +134,9 @@ def show(
     as_json: JsonFlag = False,
 ) -> None:
     """Records with their headers and decoded payloads."""
-    settings = _settings()
+    import orjson
+
+    settings = kafka_settings()
     filters = _filters(error_type, since, task, limit)
     _, records = _run(lambda: _selected(settings, topic, filters))
     data = [r.as_dict() for r in records]
@@ -182,10 +158,19 @@ def show(
             else repr(d.get("value"))
         )
         blocks.append(f"{head}\n  key: {d['key']}\n  headers:\n{headers}\n  payload: {body}")
-    _emit(data, as_json, "\n\n".join(blocks) or "no matching records")
+    emit(data, as_json, "\n\n".join(blocks) or "no matching records")
 
 
 def _progress(total: int, enabled: bool) -> Progress:
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
     return Progress(
         TextColumn("replay"),
         BarColumn(),
@@ -230,7 +215,10 @@ def replay_(
     as_json: JsonFlag = False,
 ) -> None:
     """Send the selected records back for another try (the DLQ itself is unchanged)."""
-    settings = _settings()
+    from podium.dlq import replay, task_states
+    from podium_shared.kafka import make_producer
+
+    settings = kafka_settings()
     filters = _filters(error_type, since, task, limit, ids)
 
     async def work() -> ReplayReport:
@@ -255,5 +243,5 @@ def replay_(
             await producer.stop()
 
     report = _run(work)
-    _emit(report.as_dict(), as_json, _summary_text(report, to))
+    emit(report.as_dict(), as_json, _summary_text(report, to))
     sys.stdout.flush()

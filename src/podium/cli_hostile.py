@@ -5,12 +5,14 @@ services alive. Exit 0 when every record is accounted for and the task completed
 
 from __future__ import annotations
 
-import asyncio
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from podium.hostile import KINDS, Report, hello_completes, run_hostile
+from podium.cli_common import EXIT_USAGE, JsonFlag, emit, fail, kafka_settings
+
+if TYPE_CHECKING:
+    from podium.hostile import Report
 
 
 def hostile_command(
@@ -23,14 +25,14 @@ def hostile_command(
     timeout: Annotated[
         float, typer.Option(min=1, help="seconds to wait for every record's fate")
     ] = 300.0,
-    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    as_json: JsonFlag = False,
 ) -> None:
     """Send seeded malformed records to every consumed topic and account for each."""
-    from podium.cli import EXIT_USAGE, emit, fail, load_settings  # cli imports this module
+    import asyncio
 
-    settings = load_settings()
-    if not settings.kafka_bootstrap:
-        fail("PODIUM_KAFKA_BOOTSTRAP is not set (start `podium up` and export what it prints)", 2)
+    from podium.hostile import KINDS, hello_completes, run_hostile
+
+    settings = kafka_settings()
     unknown = sorted(set((kind or []) + (skip or [])) - KINDS.keys())
     if unknown:
         fail(f"unknown kind {', '.join(unknown)}; choose from {', '.join(KINDS)}", EXIT_USAGE)

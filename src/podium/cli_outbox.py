@@ -10,24 +10,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import sqlalchemy as sa
 import typer
 
-from podium_shared import Settings
-from podium_shared.db import outbox_parked
+from podium.cli_common import App, JsonFlag, emit, fail, load_settings
 
-outbox_app = typer.Typer(
-    name="outbox",
-    help="Inspect the services' outboxes.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-    rich_markup_mode=None,
-)
+if TYPE_CHECKING:
+    from podium_shared import Settings
 
-JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+outbox_app = App("outbox", "Inspect the services' outboxes.")
 PoolOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -56,6 +48,10 @@ def _exists(url: str) -> bool:
 
 def parked_rows(settings: Settings, pools: list[str] | None = None) -> list[dict[str, Any]]:
     """Every parked row of every service, oldest first."""
+    import sqlalchemy as sa
+
+    from podium_shared.db import outbox_parked
+
     rows: list[dict[str, Any]] = []
     for service, url in databases(settings, pools):
         if not _exists(url):
@@ -106,7 +102,7 @@ def _text(rows: list[dict[str, Any]]) -> str:
 @outbox_app.command("parked")
 def parked(pool: PoolOpt = None, as_json: JsonFlag = False) -> None:
     """List the outbox rows that could never be sent, with why."""
-    from podium.cli import emit, fail, load_settings  # imported late: cli imports this module
+    import sqlalchemy as sa
 
     settings = load_settings()
     try:
