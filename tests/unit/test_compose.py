@@ -1148,11 +1148,11 @@ DASHBOARD = "infra/grafana/podium-dashboard.json"
 INIT_SCRIPT = "infra/postgres/initdb/podium-databases.sh"
 
 
-def _edit(path: str, change: Callable[[Any], object]) -> Any:
-    """A changed copy of a mounted file's parsed content."""
+def _broken(doc: dict[str, Any], path: str, change: Callable[[Any], object]) -> None:
+    """Hand the checks a changed copy of a mounted file's parsed content."""
     content = copy.deepcopy(read(path, {}))
     change(content)
-    return content
+    doc.setdefault(FILES_KEY, {})[path] = content
 
 
 MUTATIONS: dict[str, tuple[Mutation, str]] = {
@@ -1296,9 +1296,11 @@ def _pool(doc: dict[str, Any], name: str, pool: str, database: str) -> None:
 
 def _scraped(doc: dict[str, Any], name: str) -> None:
     """``name`` added to Prometheus's DNS discovery (a copy of the config)."""
-    config = copy.deepcopy(read(PROMETHEUS_CONFIG, {}))
-    config["scrape_configs"][0]["dns_sd_configs"][0]["names"].append(name)
-    doc[FILES_KEY] = {PROMETHEUS_CONFIG: config}
+    _broken(
+        doc,
+        PROMETHEUS_CONFIG,
+        lambda c: c["scrape_configs"][0]["dns_sd_configs"][0]["names"].append(name),
+    )
 
 
 def _unmount(doc: dict[str, Any], name: str, target_prefix: str) -> None:
@@ -1438,17 +1440,10 @@ MUTATIONS.update(
         ),
         # prometheus
         "a service not scraped": (
-            lambda d: d.update(
-                {
-                    FILES_KEY: {
-                        PROMETHEUS_CONFIG: _edit(
-                            PROMETHEUS_CONFIG,
-                            lambda c: c["scrape_configs"][0]["dns_sd_configs"][0]["names"].remove(
-                                "memory"
-                            ),
-                        )
-                    }
-                }
+            lambda d: _broken(
+                d,
+                PROMETHEUS_CONFIG,
+                lambda c: c["scrape_configs"][0]["dns_sd_configs"][0]["names"].remove("memory"),
             ),
             "services.memory: not scraped",
         ),
@@ -1464,15 +1459,10 @@ MUTATIONS.update(
             "services.recovery: not scraped",
         ),
         "SRV records": (
-            lambda d: d.update(
-                {
-                    FILES_KEY: {
-                        PROMETHEUS_CONFIG: _edit(
-                            PROMETHEUS_CONFIG,
-                            lambda c: c["scrape_configs"][0]["dns_sd_configs"][0].pop("type"),
-                        )
-                    }
-                }
+            lambda d: _broken(
+                d,
+                PROMETHEUS_CONFIG,
+                lambda c: c["scrape_configs"][0]["dns_sd_configs"][0].pop("type"),
             ),
             "SRV records",
         ),
@@ -1502,28 +1492,16 @@ MUTATIONS.update(
         ),
         # grafana
         "datasource at another address": (
-            lambda d: d.update(
-                {
-                    FILES_KEY: {
-                        GRAFANA_DATASOURCES: _edit(
-                            GRAFANA_DATASOURCES,
-                            lambda c: c["datasources"][0].update(url="http://localhost:9090"),
-                        )
-                    }
-                }
+            lambda d: _broken(
+                d,
+                GRAFANA_DATASOURCES,
+                lambda c: c["datasources"][0].update(url="http://localhost:9090"),
             ),
             "no default data source of type prometheus",
         ),
         "datasource not the default": (
-            lambda d: d.update(
-                {
-                    FILES_KEY: {
-                        GRAFANA_DATASOURCES: _edit(
-                            GRAFANA_DATASOURCES,
-                            lambda c: c["datasources"][0].pop("isDefault"),
-                        )
-                    }
-                }
+            lambda d: _broken(
+                d, GRAFANA_DATASOURCES, lambda c: c["datasources"][0].pop("isDefault")
             ),
             "no default data source",
         ),
@@ -1536,17 +1514,10 @@ MUTATIONS.update(
             "is not mounted in a dashboard provider's folder",
         ),
         "dashboard outside the provider's folder": (
-            lambda d: d.update(
-                {
-                    FILES_KEY: {
-                        GRAFANA_DASHBOARDS: _edit(
-                            GRAFANA_DASHBOARDS,
-                            lambda c: c["providers"][0]["options"].update(
-                                path="/var/lib/grafana/dashboards"
-                            ),
-                        )
-                    }
-                }
+            lambda d: _broken(
+                d,
+                GRAFANA_DASHBOARDS,
+                lambda c: c["providers"][0]["options"].update(path="/var/lib/grafana/dashboards"),
             ),
             "is not mounted in a dashboard provider's folder",
         ),
@@ -1555,15 +1526,8 @@ MUTATIONS.update(
             "not a folder mounted",
         ),
         "dashboard panel on a fixed data source": (
-            lambda d: d.update(
-                {
-                    FILES_KEY: {
-                        DASHBOARD: _edit(
-                            DASHBOARD,
-                            lambda c: c["panels"][0]["datasource"].update(uid="DS_PROMETHEUS"),
-                        )
-                    }
-                }
+            lambda d: _broken(
+                d, DASHBOARD, lambda c: c["panels"][0]["datasource"].update(uid="DS_PROMETHEUS")
             ),
             "not a variable",
         ),
