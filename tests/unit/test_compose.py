@@ -22,6 +22,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from podium_shared import Settings
+from podium_shared.kafka_broker import KAFKA_VERSION
 from podium_shared.telemetry import TelemetrySettings
 
 pytestmark = pytest.mark.unit
@@ -371,6 +372,10 @@ def kafka_problems(doc: dict[str, Any]) -> list[str]:
     image = str(kafka.get("image", ""))
     if not image.startswith("apache/kafka:") or not PINNED_TAG.match(image):
         problems.append(f"kafka: image {image!r} is not apache/kafka pinned to x.y.z")
+    elif image != f"apache/kafka:{KAFKA_VERSION}":
+        problems.append(
+            f"kafka: image {image!r} is not the reference broker the tests run, {KAFKA_VERSION}"
+        )
     env = environment(kafka)
     required = (
         "KAFKA_NODE_ID",
@@ -1186,6 +1191,10 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     ),
     "no kafka healthcheck": (lambda d: _svc(d, "kafka").pop("healthcheck"), "healthcheck"),
     "unpinned kafka": (lambda d: _svc(d, "kafka").update(image="apache/kafka:latest"), "pinned"),
+    "kafka older than the reference": (
+        lambda d: _svc(d, "kafka").update(image="apache/kafka:4.1.0"),
+        "reference broker",
+    ),
     "voter on the wrong port": (
         lambda d: _env(d, "kafka").update(KAFKA_CONTROLLER_QUORUM_VOTERS="1@kafka:9092"),
         "quorum voter",
