@@ -1,4 +1,10 @@
-"""docker-compose.yml and services/Dockerfile, checked without a Docker engine.
+"""docker-compose.yml, the files it mounts (infra/prometheus, infra/grafana, the
+PostgreSQL init script) and services/Dockerfile, checked without a Docker engine.
+
+What the layout must guarantee: everything that holds state on a named volume or in
+PostgreSQL, one database per role and per executor pool shared by its replicas and made
+by the init script, every replica of every podium service scraped by Prometheus, and
+Grafana provisioned with that Prometheus and the dashboard.
 
 The checks are functions that return the problems they find, so the tests below
 can also show that each check fails on a broken copy of the file."""
