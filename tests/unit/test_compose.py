@@ -1,4 +1,10 @@
-"""docker-compose.yml and services/Dockerfile, checked without a Docker engine.
+"""docker-compose.yml, the files it mounts (infra/prometheus, infra/grafana, the
+PostgreSQL init script) and services/Dockerfile, checked without a Docker engine.
+
+What the layout must guarantee: everything that holds state on a named volume or in
+PostgreSQL, one database per role and per executor pool shared by its replicas and made
+by the init script, every replica of every podium service scraped by Prometheus, and
+Grafana provisioned with that Prometheus and the dashboard.
 
 The checks are functions that return the problems they find, so the tests below
 can also show that each check fails on a broken copy of the file."""
@@ -22,6 +28,7 @@ import yaml
 from pydantic_settings import BaseSettings
 
 from podium_shared import Settings
+from podium_shared.kafka_broker import KAFKA_VERSION
 from podium_shared.telemetry import TelemetrySettings
 
 pytestmark = pytest.mark.unit
@@ -188,9 +195,15 @@ def load_compose() -> dict[str, Any]:
     return doc
 
 
+# ${VAR:?message}: `docker compose` refuses to start while VAR is unset or empty.
+REQUIRED_VARIABLE = re.compile(r"^\$\{(\w+):\?[^}]+\}$")
+
+
 def interpolate(value: object) -> str:
-    """Compose's ${VAR:-default} with VAR unset, as `docker compose config` would."""
+    """Compose's ${VAR:-default} with VAR unset, as `docker compose config` would; a
+    required ${VAR:?message} becomes ``<VAR>``, standing for the value the user sets."""
     text = str(value).lower() if isinstance(value, bool) else str(value)
+    text = re.sub(r"\$\{(\w+):?\?[^}]*\}", lambda m: f"<{m.group(1)}>", text)
     text = re.sub(r"\$\{\w+(?::?-([^}]*))?\}", lambda m: m.group(1) or "", text)
     return text.replace("$$", "$")
 
@@ -365,6 +378,10 @@ def kafka_problems(doc: dict[str, Any]) -> list[str]:
     image = str(kafka.get("image", ""))
     if not image.startswith("apache/kafka:") or not PINNED_TAG.match(image):
         problems.append(f"kafka: image {image!r} is not apache/kafka pinned to x.y.z")
+    elif image != f"apache/kafka:{KAFKA_VERSION}":
+        problems.append(
+            f"kafka: image {image!r} is not the reference broker the tests run, {KAFKA_VERSION}"
+        )
     env = environment(kafka)
     required = (
         "KAFKA_NODE_ID",
@@ -500,13 +517,8 @@ def podium_problems(doc: dict[str, Any]) -> list[str]:
         if bad:
             problems += bad
             continue
-        settings = Settings.model_validate(
-            {
-                k.removeprefix("PODIUM_").lower(): v
-                for k, v in env.items()
-                if k.removeprefix("PODIUM_").lower() in Settings.model_fields
-            }
-        )
+        settings = shared_settings(env)
+        assert settings is not None  # settings_problems found none
         bootstrap = (settings.kafka_bootstrap or "").split(",")
         if not internal or not set(bootstrap) <= internal:
             problems.append(
@@ -517,24 +529,24 @@ def podium_problems(doc: dict[str, Any]) -> list[str]:
             problems.append(f"{where}: PODIUM_PRODUCER_IDEMPOTENCE should be auto or true on Kafka")
         if settings.fetch_max_wait_ms < 100:
             problems.append(f"{where}: PODIUM_FETCH_MAX_WAIT_MS is the Tansu value; use ~500")
-        if str(settings.home) not in {target for _, target in mounts(svc)}:
-            problems.append(f"{where}: PODIUM_HOME {settings.home} is not on a volume")
+        if any(s is not None and t == str(settings.home) for s, t in mounts(svc)):
+            problems.append(
+                f"{where}: a named volume on PODIUM_HOME {settings.home} would be shared by "
+                "replicas (their readiness files); the state belongs in PostgreSQL"
+            )
         if name == "router" and "PODIUM_WORKFLOWS" not in env:
             problems.append(f"{where}: PODIUM_WORKFLOWS is not set")
-        if name == "executor":
-            problems += executor_scaling_problems(svc)
+        problems += scaling_problems(where, svc)
     return problems
 
 
-def executor_scaling_problems(svc: dict[str, Any]) -> list[str]:
-    """`docker compose up --scale executor=N` needs nothing unique per container."""
+def scaling_problems(where: str, svc: dict[str, Any]) -> list[str]:
+    """`docker compose up --scale <service>=N` needs nothing unique per container (what
+    replicas share, the role's database and the blob store, is checked below)."""
     problems = []
     for key in ("container_name", "hostname", "ports"):
         if svc.get(key):
-            problems.append(f"services.executor: {key} prevents --scale")
-    named = [source for source, _ in mounts(svc) if source is not None]
-    if named:
-        problems.append(f"services.executor: named volume {named} would be shared by replicas")
+            problems.append(f"{where}: {key} prevents --scale")
     return problems
 
 
@@ -606,8 +618,378 @@ def collector_problems(doc: dict[str, Any]) -> list[str]:
     return problems
 
 
-def compose_problems(doc: dict[str, Any]) -> list[str]:
-    return spec_problems(doc) + kafka_problems(doc) + podium_problems(doc) + collector_problems(doc)
+# ── state, databases, Prometheus, Grafana ────────────────────────────────────
+
+POSTGRES = "postgres"
+PROMETHEUS = "prometheus"
+GRAFANA = "grafana"
+# An image tag naming a release: x.y or x.y.z, optionally v-prefixed or with a suffix.
+RELEASE_TAG = re.compile(r"^[\w./-]+:v?\d+\.\d+(\.\d+)?(-[\w.]+)?$")
+# Where each image keeps its state, and the setting (variable or flag) that moves it:
+# that directory must be on a named volume, which outlives the container.
+STATEFUL_IMAGES = {
+    "apache/kafka": ("KAFKA_LOG_DIRS", "/tmp/kraft-combined-logs"),
+    "postgres": ("PGDATA", "/var/lib/postgresql/data"),
+    "prom/prometheus": ("--storage.tsdb.path", "/prometheus"),
+    "grafana/grafana": ("GF_PATHS_DATA", "/var/lib/grafana"),
+}
+# Images that hold nothing worth keeping, and why.
+STATELESS_IMAGES = {
+    "otel/opentelemetry-collector-contrib": "forwards spans; its queue is in memory",
+    "jaegertracing/jaeger": "in-memory storage by choice: traces are lost on restart",
+}
+
+# Parsed files the checks read, by path from the repository root; a test passes
+# broken copies in `files` to show that a check catches them.
+Files = dict[str, Any]
+
+
+def read(path: str, files: Files) -> Any:
+    """A repository file the compose file mounts: YAML/JSON parsed, anything else text."""
+    if path in files:
+        return files[path]
+    text = (REPO / path).read_text()
+    if path.endswith((".yml", ".yaml")):
+        return yaml.safe_load(text)
+    if path.endswith(".json"):
+        return json.loads(text)
+    return text
+
+
+def binds(svc: dict[str, Any]) -> dict[str, str]:
+    """Bind mounts as {target: source relative to the repository root}."""
+    out = {}
+    for volume in svc.get("volumes") or []:
+        parts = str(volume).split(":")
+        if len(parts) >= 2 and parts[0].startswith("./"):
+            out[parts[1]] = parts[0].removeprefix("./")
+    return out
+
+
+def flags(svc: dict[str, Any]) -> dict[str, str]:
+    """``--name=value`` items of the service's command."""
+    command = svc.get("command") or []
+    items = shlex.split(command) if isinstance(command, str) else [str(c) for c in command]
+    return dict(c.split("=", 1) for c in items if c.startswith("--") and "=" in c)
+
+
+def image_name(svc: dict[str, Any]) -> str:
+    return str(svc.get("image", "")).rsplit(":", 1)[0]
+
+
+def under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def podium_services(doc: dict[str, Any]) -> dict[str, str]:
+    """Each service built from services/Dockerfile, with its role (build.args.SERVICE):
+    the four, and any further executor pool (executor-gpu, ...)."""
+    return {
+        name: str(((svc.get("build") or {}).get("args") or {}).get("SERVICE"))
+        for name, svc in (doc.get("services") or {}).items()
+        if isinstance(svc.get("build"), dict) and svc["build"].get("dockerfile") == DOCKERFILE
+    }
+
+
+def shared_settings(env: dict[str, str]) -> Settings | None:
+    """The shared Settings of a service's environment; None when invalid (reported by
+    settings_problems)."""
+    try:
+        return Settings.model_validate(
+            {
+                k.removeprefix("PODIUM_").lower(): v
+                for k, v in env.items()
+                if k.startswith("PODIUM_")
+                and k.removeprefix("PODIUM_").lower() in Settings.model_fields
+            }
+        )
+    except ValueError:
+        return None
+
+
+def executor_pool(env: dict[str, str]) -> str:
+    """The pool an executor service serves (PODIUM_EXECUTOR_POOL or its old name)."""
+    from podium_executor.settings import ExecutorSettings
+
+    settings = ExecutorSettings.model_validate({k: v for k, v in env.items()})
+    return settings.pool
+
+
+def required_problem(where: str, key: str, raw: object) -> list[str]:
+    if not REQUIRED_VARIABLE.match(str(raw)):
+        return [
+            f"{where}: {key} must come from the user, as ${{VAR:?message}}, "
+            f"not {raw!r} written in the file"
+        ]
+    return []
+
+
+def state_problems(doc: dict[str, Any]) -> list[str]:
+    """Everything that holds state is on a named volume (an anonymous one is dropped
+    when the container is re-created) or in PostgreSQL."""
+    services = doc.get("services") or {}
+    podium = podium_services(doc)
+    dockerfile = (REPO / DOCKERFILE).read_text()
+    problems = []
+    blob_volumes: dict[str, str | None] = {}
+    for name, svc in services.items():
+        where = f"services.{name}"
+        for source, target in mounts(svc):
+            if source is None and target not in binds(svc):
+                problems.append(
+                    f"{where}: anonymous volume {target} is dropped when the container is "
+                    "re-created; use a named volume"
+                )
+        named = {target: source for source, target in mounts(svc) if source is not None}
+        if name in podium:
+            # The role's database is checked by database_problems; the blob store here.
+            settings = shared_settings(environment(svc))
+            if settings is None:
+                continue
+            blobs = settings.blob_url or str(settings.home / "blobs")
+            blobs = blobs.removeprefix("file://")
+            target = next((t for t in named if under(blobs, t)), None)
+            blob_volumes[name] = None if target is None else named[target]
+            if target is None:
+                problems.append(
+                    f"{where}: the blob store {blobs} is not on a named volume "
+                    "(dead letters' bodies would stay in one container)"
+                )
+            elif not re.search(rf"mkdir -p {re.escape(target)}\b.*chown -R podium", dockerfile):
+                # Docker gives a new volume the owner of the folder it is mounted on, if
+                # the image has that folder; else root, and the service cannot write.
+                problems.append(
+                    f"{where}: {DOCKERFILE} does not create {target} owned by podium, "
+                    "so the volume mounted there would be root's"
+                )
+            continue
+        image = image_name(svc)
+        if image in STATELESS_IMAGES:
+            continue
+        if image not in STATEFUL_IMAGES:
+            problems.append(
+                f"{where}: image {image!r} is not classified: does it hold state? "
+                "(STATEFUL_IMAGES or STATELESS_IMAGES in this test)"
+            )
+            continue
+        setting, default = STATEFUL_IMAGES[image]
+        folder = (flags(svc) if setting.startswith("--") else environment(svc)).get(
+            setting, default
+        )
+        if not any(under(folder, target) for target in named):
+            problems.append(f"{where}: its data {folder} is not on a named volume")
+    shared = {v for v in blob_volumes.values() if v is not None}
+    if len(shared) > 1:
+        problems.append(f"podium services keep blobs on different volumes {sorted(shared)}")
+    return problems
+
+
+def database_problems(doc: dict[str, Any], files: Files) -> list[str]:
+    """PostgreSQL with one database per role and per executor pool, each made by the
+    init script, and every podium service on its role's database."""
+    from sqlalchemy.engine import make_url
+
+    services = doc.get("services") or {}
+    postgres = services.get(POSTGRES)
+    if postgres is None:
+        return [f"no {POSTGRES!r} service"]
+    problems = []
+    image = str(postgres.get("image", ""))
+    if image_name(postgres) != "postgres" or not RELEASE_TAG.match(image):
+        problems.append(f"{POSTGRES}: image {image!r} is not postgres pinned to a release")
+    raw = postgres.get("environment") or {}
+    problems += required_problem(POSTGRES, "POSTGRES_PASSWORD", raw.get("POSTGRES_PASSWORD"))
+    if not postgres.get("healthcheck"):
+        problems.append(f"{POSTGRES}: no healthcheck (the services wait for it)")
+    env = environment(postgres)
+    created = set(env.get("PODIUM_DATABASES", "").split())
+    scripts = [s for t, s in binds(postgres).items() if under(t, "/docker-entrypoint-initdb.d")]
+    if not scripts:
+        problems.append(f"{POSTGRES}: no init script in /docker-entrypoint-initdb.d")
+    for script in scripts:
+        if not (REPO / script).is_file():
+            problems.append(f"{POSTGRES}: init script {script} does not exist")
+            continue
+        text = read(script, files)
+        if (
+            not re.search(r"for \w+ in \$\{?PODIUM_DATABASES\}?", text)
+            or "CREATE DATABASE" not in text
+        ):
+            problems.append(f"{POSTGRES}: {script} does not create each of PODIUM_DATABASES")
+
+    owners: dict[str, set[str]] = {}  # database → the roles (executor:<pool>) on it
+    used: dict[str, set[str]] = {}  # role → its databases
+    for name, role in podium_services(doc).items():
+        svc = services[name]
+        where = f"services.{name}"
+        senv = environment(svc)
+        settings = shared_settings(senv)
+        if settings is None or role not in SERVICES:
+            continue  # reported by podium_problems
+        try:
+            url = make_url(settings.database_url(role))  # type: ignore[arg-type]
+        except ValueError as exc:
+            problems.append(f"{where}: {exc}")
+            continue
+        variable = f"PODIUM_{role.upper()}_DATABASE_URL"
+        if not url.drivername.startswith("postgresql"):
+            problems.append(
+                f"{where}: its database is {url.drivername} (a file in each container, not "
+                f"shared by replicas); set {variable} to the {POSTGRES} service"
+            )
+            continue
+        if url.host != POSTGRES or (url.port or 5432) != 5432:
+            problems.append(f"{where}: {variable} points at {url.host}, not {POSTGRES}:5432")
+        if url.database not in created:
+            problems.append(
+                f"{where}: database {url.database!r} is not created by the init script "
+                f"(PODIUM_DATABASES of {POSTGRES}: {sorted(created)})"
+            )
+        if url.password is None and senv.get("PGPASSWORD") != env.get("POSTGRES_PASSWORD"):
+            problems.append(f"{where}: PGPASSWORD is not {POSTGRES}'s POSTGRES_PASSWORD")
+        if ((svc.get("depends_on") or {}).get(POSTGRES) or {}).get("condition") != (
+            "service_healthy"
+        ):
+            problems.append(f"{where}: must depend on {POSTGRES} with condition service_healthy")
+        key = f"executor pool {executor_pool(senv)!r}" if role == "executor" else role
+        used.setdefault(key, set()).add(str(url.database))
+        owners.setdefault(str(url.database), set()).add(key)
+    for key, databases in sorted(used.items()):
+        if len(databases) > 1:
+            problems.append(
+                f"{key}: replicas must share one database, but they use {sorted(databases)}"
+            )
+    for database, keys in sorted(owners.items()):
+        if len(keys) > 1:
+            problems.append(f"database {database!r} is shared by {sorted(keys)}: one per role")
+    return problems
+
+
+def prometheus_problems(doc: dict[str, Any], files: Files) -> list[str]:
+    """Prometheus scrapes every replica of every podium service: DNS service discovery
+    (type A) over the compose service names, at each service's PODIUM_METRICS_PORT."""
+    services = doc.get("services") or {}
+    prometheus = services.get(PROMETHEUS)
+    if prometheus is None:
+        return [f"no {PROMETHEUS!r} service"]
+    problems = []
+    image = str(prometheus.get("image", ""))
+    if image_name(prometheus) != "prom/prometheus" or not RELEASE_TAG.match(image):
+        problems.append(f"{PROMETHEUS}: image {image!r} is not prom/prometheus pinned")
+    target = flags(prometheus).get("--config.file", "/etc/prometheus/prometheus.yml")
+    source = binds(prometheus).get(target)
+    if source is None or not (REPO / source).is_file():
+        return [*problems, f"{PROMETHEUS}: its config {target} is not a file mounted from here"]
+    config = read(source, files) or {}
+    # (names, port) that each scrape job discovers by A records, on /metrics over http.
+    discovered: list[tuple[set[str], int]] = []
+    for job in config.get("scrape_configs") or []:
+        if job.get("metrics_path", "/metrics") != "/metrics" or job.get("scheme", "http") != "http":
+            continue
+        for sd in job.get("dns_sd_configs") or []:
+            if sd.get("type", "SRV") != "A":
+                problems.append(
+                    f"{PROMETHEUS}: job {job.get('job_name')!r} asks for SRV records; "
+                    "compose's DNS answers type A"
+                )
+                continue
+            names = set(sd.get("names") or [])
+            unknown = sorted(names - set(services))
+            if unknown:
+                problems.append(f"{PROMETHEUS}: dns_sd_configs names no service {unknown}")
+            discovered.append((names, int(sd.get("port", 0))))
+    for name in podium_services(doc):
+        port = int(environment(services[name]).get("PODIUM_METRICS_PORT", "0"))
+        if not any(name in names and port == p for names, p in discovered):
+            problems.append(
+                f"services.{name}: not scraped by {PROMETHEUS} (no dns_sd_configs of type A "
+                f"naming it on port {port})"
+            )
+    return problems
+
+
+def grafana_problems(doc: dict[str, Any], files: Files) -> list[str]:
+    """Grafana provisioned with Prometheus as its default data source and the dashboard."""
+    services = doc.get("services") or {}
+    grafana = services.get(GRAFANA)
+    if grafana is None:
+        return [f"no {GRAFANA!r} service"]
+    problems = []
+    image = str(grafana.get("image", ""))
+    if image_name(grafana) != "grafana/grafana" or not RELEASE_TAG.match(image):
+        problems.append(f"{GRAFANA}: image {image!r} is not grafana/grafana pinned")
+    raw = grafana.get("environment") or {}
+    problems += required_problem(
+        GRAFANA, "GF_SECURITY_ADMIN_PASSWORD", raw.get("GF_SECURITY_ADMIN_PASSWORD")
+    )
+    mounted = binds(grafana)
+    folder = environment(grafana).get("GF_PATHS_PROVISIONING", "/etc/grafana/provisioning")
+    provisioning = mounted.get(folder)
+    if provisioning is None or not (REPO / provisioning).is_dir():
+        return [*problems, f"{GRAFANA}: {folder} is not a folder mounted from here"]
+
+    def documents(kind: str) -> list[dict[str, Any]]:
+        paths = sorted((REPO / provisioning / kind).glob("*.y*ml"))
+        return [read(str(p.relative_to(REPO)), files) or {} for p in paths]
+
+    prometheus = services.get(PROMETHEUS) or {}
+    address = flags(prometheus).get("--web.listen-address", ":9090")
+    url = f"http://{PROMETHEUS}:{address.rsplit(':', 1)[1]}"
+    sources = [d for doc_ in documents("datasources") for d in doc_.get("datasources") or []]
+    if not any(
+        d.get("type") == "prometheus"
+        and str(d.get("url", "")).rstrip("/") == url
+        and d.get("isDefault") is True
+        for d in sources
+    ):
+        problems.append(
+            f"{GRAFANA}: no default data source of type prometheus at {url} "
+            "(the dashboard's datasource variable picks the default one)"
+        )
+    folders = [
+        str((p.get("options") or {}).get("path", ""))
+        for doc_ in documents("dashboards")
+        for p in doc_.get("providers") or []
+        if p.get("type", "file") == "file"
+    ]
+    dashboard = "infra/grafana/podium-dashboard.json"
+    if not any(
+        source == dashboard and any(f and under(target, f) for f in folders)
+        for target, source in mounted.items()
+    ):
+        problems.append(
+            f"{GRAFANA}: {dashboard} is not mounted in a dashboard provider's folder {folders}"
+        )
+    board = read(dashboard, files)
+    variables = {
+        v["name"]
+        for v in (board.get("templating") or {}).get("list") or []
+        if v.get("type") == "datasource" and v.get("query") == "prometheus"
+    }
+    uids = {
+        str((item.get("datasource") or {}).get("uid"))
+        for panel in board.get("panels") or []
+        for item in [panel, *(panel.get("targets") or [])]
+        if item.get("datasource")
+    }
+    bad = sorted(u for u in uids if u.removeprefix("${").removesuffix("}") not in variables)
+    if bad:
+        problems.append(f"{GRAFANA}: dashboard panels name data sources {bad}, not a variable")
+    return problems
+
+
+def compose_problems(doc: dict[str, Any], files: Files | None = None) -> list[str]:
+    files = files or {}
+    return (
+        spec_problems(doc)
+        + kafka_problems(doc)
+        + podium_problems(doc)
+        + collector_problems(doc)
+        + state_problems(doc)
+        + database_problems(doc, files)
+        + prometheus_problems(doc, files)
+        + grafana_problems(doc, files)
+    )
 
 
 # ── Dockerfile checks ────────────────────────────────────────────────────────
@@ -767,6 +1149,23 @@ def _env(doc: dict[str, Any], name: str) -> dict[str, Any]:
     return env
 
 
+# A mutation may also break a file the compose file mounts: it puts the broken copy,
+# by path, under this key of the document, and the test hands it to the checks.
+FILES_KEY = "x-test-files"
+PROMETHEUS_CONFIG = "infra/prometheus/prometheus.yml"
+GRAFANA_DATASOURCES = "infra/grafana/provisioning/datasources/prometheus.yaml"
+GRAFANA_DASHBOARDS = "infra/grafana/provisioning/dashboards/podium.yaml"
+DASHBOARD = "infra/grafana/podium-dashboard.json"
+INIT_SCRIPT = "infra/postgres/initdb/podium-databases.sh"
+
+
+def _broken(doc: dict[str, Any], path: str, change: Callable[[Any], object]) -> None:
+    """Hand the checks a changed copy of a mounted file's parsed content."""
+    content = copy.deepcopy(read(path, {}))
+    change(content)
+    doc.setdefault(FILES_KEY, {})[path] = content
+
+
 MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "executor container_name": (
         lambda d: _svc(d, "executor").update(container_name="podium-executor"),
@@ -776,9 +1175,13 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
         lambda d: _svc(d, "executor").update(ports=["8000:8000"]),
         "--scale",
     ),
-    "executor named volume": (
-        lambda d: _svc(d, "executor").update(volumes=["router-data:/data"]),
+    "executor named volume on PODIUM_HOME": (
+        lambda d: _svc(d, "executor")["volumes"].append("kafka-data:/data"),
         "shared by replicas",
+    ),
+    "router container_name": (
+        lambda d: _svc(d, "router").update(container_name="podium-router"),
+        "--scale",
     ),
     "depends on kafka merely started": (
         lambda d: _svc(d, "router").update(depends_on={"kafka": {"condition": "service_started"}}),
@@ -794,6 +1197,10 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     ),
     "no kafka healthcheck": (lambda d: _svc(d, "kafka").pop("healthcheck"), "healthcheck"),
     "unpinned kafka": (lambda d: _svc(d, "kafka").update(image="apache/kafka:latest"), "pinned"),
+    "kafka older than the reference": (
+        lambda d: _svc(d, "kafka").update(image="apache/kafka:4.1.0"),
+        "reference broker",
+    ),
     "voter on the wrong port": (
         lambda d: _env(d, "kafka").update(KAFKA_CONTROLLER_QUORUM_VOTERS="1@kafka:9092"),
         "quorum voter",
@@ -891,12 +1298,279 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
 }
 
 
+def _pool(doc: dict[str, Any], name: str, pool: str, database: str) -> None:
+    """Another executor service, of ``pool``, on ``database`` (created by the init script)."""
+    svc = copy.deepcopy(_svc(doc, "executor"))
+    svc["environment"].update(
+        PODIUM_EXECUTOR_POOL=pool,
+        PODIUM_EXECUTOR_DATABASE_URL=f"postgresql+psycopg://podium@postgres:5432/{database}",
+    )
+    doc["services"][name] = svc
+    _env(doc, "postgres")["PODIUM_DATABASES"] += f" {database}"
+
+
+def _scraped(doc: dict[str, Any], name: str) -> None:
+    """``name`` added to Prometheus's DNS discovery (a copy of the config)."""
+    _broken(
+        doc,
+        PROMETHEUS_CONFIG,
+        lambda c: c["scrape_configs"][0]["dns_sd_configs"][0]["names"].append(name),
+    )
+
+
+def _unmount(doc: dict[str, Any], name: str, target_prefix: str) -> None:
+    svc = _svc(doc, name)
+    svc["volumes"] = [v for v in svc["volumes"] if target_prefix not in str(v)]
+
+
+MUTATIONS.update(
+    {
+        # state
+        "anonymous volume": (
+            lambda d: _svc(d, "memory")["volumes"].append("/scratch"),
+            "anonymous volume",
+        ),
+        "postgres data in the container": (
+            lambda d: _unmount(d, "postgres", "/var/lib/postgresql/data"),
+            "not on a named volume",
+        ),
+        "postgres data moved off its volume": (
+            lambda d: _env(d, "postgres").update(PGDATA="/pgdata"),
+            "not on a named volume",
+        ),
+        "kafka log dirs off the volume": (
+            lambda d: _env(d, "kafka").update(KAFKA_LOG_DIRS="/tmp/kafka"),
+            "not on a named volume",
+        ),
+        "prometheus data in the container": (
+            lambda d: _unmount(d, "prometheus", ":/prometheus"),
+            "not on a named volume",
+        ),
+        "grafana data in the container": (
+            lambda d: _unmount(d, "grafana", ":/var/lib/grafana"),
+            "not on a named volume",
+        ),
+        "an unclassified image": (
+            lambda d: d["services"].update(cache={"image": "redis:7.4.1"}),
+            "not classified",
+        ),
+        "blobs in one container": (
+            lambda d: _unmount(d, "recovery", "/data/blobs"),
+            "blob store",
+        ),
+        "blob volume on a folder the image lacks": (
+            lambda d: (
+                _svc(d, "router").update(volumes=["podium-blobs:/blobs"]),
+                _env(d, "router").update(PODIUM_BLOB_URL="/blobs"),
+            ),
+            "root's",
+        ),
+        "blobs on separate volumes": (
+            lambda d: (
+                _svc(d, "router").update(volumes=["grafana-data:/data/blobs"]),
+                _env(d, "router").update(PODIUM_BLOB_URL="/data/blobs"),
+            ),
+            "different volumes",
+        ),
+        # databases
+        "executor on SQLite": (
+            lambda d: _env(d, "executor").pop("PODIUM_EXECUTOR_DATABASE_URL"),
+            "not shared by replicas",
+        ),
+        "router on a SQLite URL": (
+            lambda d: _env(d, "router").update(PODIUM_ROUTER_DATABASE_URL="sqlite:////data/r.db"),
+            "PODIUM_ROUTER_DATABASE_URL",
+        ),
+        "a pool split over two databases": (
+            lambda d: _pool(d, "executor-b", "default", "podium_executor_default_b"),
+            "replicas must share one database",
+        ),
+        "a pool on the old variable, another database": (
+            lambda d: (
+                _pool(d, "executor-b", "default", "podium_executor_b"),
+                _env(d, "executor-b").pop("PODIUM_EXECUTOR_POOL"),
+                _env(d, "executor-b").update(PODIUM_POOL="default"),
+            ),
+            "replicas must share one database",
+        ),
+        "two roles on one database": (
+            lambda d: _env(d, "memory").update(
+                PODIUM_MEMORY_DATABASE_URL="postgresql+psycopg://podium@postgres:5432/podium_router"
+            ),
+            "one per role",
+        ),
+        "two pools on one database": (
+            lambda d: _pool(d, "executor-gpu", "gpu", "podium_executor_default"),
+            "one per role",
+        ),
+        "database not created": (
+            lambda d: _env(d, "postgres").update(
+                PODIUM_DATABASES="podium_router podium_memory podium_executor_default"
+            ),
+            "not created by the init script",
+        ),
+        "database on another host": (
+            lambda d: _env(d, "recovery").update(
+                PODIUM_RECOVERY_DATABASE_URL="postgresql+psycopg://podium@db:5432/podium_recovery"
+            ),
+            "not postgres:5432",
+        ),
+        "init script not mounted": (
+            lambda d: _unmount(d, "postgres", "docker-entrypoint-initdb.d"),
+            "no init script",
+        ),
+        "init script missing": (
+            lambda d: _svc(d, "postgres")["volumes"].append(
+                "./infra/postgres/nope.sh:/docker-entrypoint-initdb.d/nope.sh:ro"
+            ),
+            "does not exist",
+        ),
+        "init script ignores PODIUM_DATABASES": (
+            lambda d: d.update(
+                {
+                    FILES_KEY: {
+                        INIT_SCRIPT: read(INIT_SCRIPT, {}).replace(
+                            "in $PODIUM_DATABASES", "in podium_router"
+                        )
+                    }
+                }
+            ),
+            "does not create each of PODIUM_DATABASES",
+        ),
+        "postgres password written in the file": (
+            lambda d: _env(d, "postgres").update(POSTGRES_PASSWORD="podium"),
+            "POSTGRES_PASSWORD must come from the user",
+        ),
+        "services with another password": (
+            lambda d: _env(d, "memory").update(PGPASSWORD="${MEMORY_PASSWORD:?set it}"),
+            "PGPASSWORD",
+        ),
+        "services start before postgres is healthy": (
+            lambda d: _svc(d, "executor")["depends_on"].pop("postgres"),
+            "must depend on postgres",
+        ),
+        "unpinned postgres": (
+            lambda d: _svc(d, "postgres").update(image="postgres:latest"),
+            "postgres pinned",
+        ),
+        # prometheus
+        "a service not scraped": (
+            lambda d: _broken(
+                d,
+                PROMETHEUS_CONFIG,
+                lambda c: c["scrape_configs"][0]["dns_sd_configs"][0]["names"].remove("memory"),
+            ),
+            "services.memory: not scraped",
+        ),
+        "a new pool not scraped": (
+            lambda d: _pool(d, "executor-gpu", "gpu", "podium_executor_gpu"),
+            "services.executor-gpu: not scraped",
+        ),
+        "scraped on another port": (
+            lambda d: (
+                _env(d, "recovery").update(PODIUM_METRICS_PORT="9465"),
+                _svc(d, "recovery").update(expose=["9465"]),
+            ),
+            "services.recovery: not scraped",
+        ),
+        "SRV records": (
+            lambda d: _broken(
+                d,
+                PROMETHEUS_CONFIG,
+                lambda c: c["scrape_configs"][0]["dns_sd_configs"][0].pop("type"),
+            ),
+            "SRV records",
+        ),
+        "static targets find one replica": (
+            lambda d: d.update(
+                {
+                    FILES_KEY: {
+                        PROMETHEUS_CONFIG: {
+                            "scrape_configs": [
+                                {
+                                    "job_name": "podium",
+                                    "static_configs": [
+                                        {"targets": [f"{s}:9464" for s in SERVICES]}
+                                    ],
+                                }
+                            ]
+                        }
+                    }
+                }
+            ),
+            "not scraped",
+        ),
+        "misspelt service in discovery": (lambda d: _scraped(d, "execuotr"), "names no service"),
+        "prometheus config not mounted": (
+            lambda d: _unmount(d, "prometheus", "prometheus.yml"),
+            "not a file mounted",
+        ),
+        # grafana
+        "datasource at another address": (
+            lambda d: _broken(
+                d,
+                GRAFANA_DATASOURCES,
+                lambda c: c["datasources"][0].update(url="http://localhost:9090"),
+            ),
+            "no default data source of type prometheus",
+        ),
+        "datasource not the default": (
+            lambda d: _broken(
+                d, GRAFANA_DATASOURCES, lambda c: c["datasources"][0].pop("isDefault")
+            ),
+            "no default data source",
+        ),
+        "prometheus on another port": (
+            lambda d: _svc(d, "prometheus")["command"].append("--web.listen-address=:9091"),
+            "no default data source of type prometheus at http://prometheus:9091",
+        ),
+        "dashboard not mounted": (
+            lambda d: _unmount(d, "grafana", "podium-dashboard.json"),
+            "is not mounted in a dashboard provider's folder",
+        ),
+        "dashboard outside the provider's folder": (
+            lambda d: _broken(
+                d,
+                GRAFANA_DASHBOARDS,
+                lambda c: c["providers"][0]["options"].update(path="/var/lib/grafana/dashboards"),
+            ),
+            "is not mounted in a dashboard provider's folder",
+        ),
+        "provisioning not mounted": (
+            lambda d: _unmount(d, "grafana", "/etc/grafana/provisioning"),
+            "not a folder mounted",
+        ),
+        "dashboard panel on a fixed data source": (
+            lambda d: _broken(
+                d, DASHBOARD, lambda c: c["panels"][0]["datasource"].update(uid="DS_PROMETHEUS")
+            ),
+            "not a variable",
+        ),
+        "grafana admin password written in the file": (
+            lambda d: _env(d, "grafana").update(GF_SECURITY_ADMIN_PASSWORD="admin"),
+            "GF_SECURITY_ADMIN_PASSWORD must come from the user",
+        ),
+    }
+)
+
+
+def test_a_pool_added_as_the_guide_says_passes() -> None:
+    """The counter-case of the mutations: another pool with its own service, database
+    and scrape target (docs/deployment.md) has no problem."""
+    doc = copy.deepcopy(load_compose())
+    _pool(doc, "executor-gpu", "gpu", "podium_executor_gpu")
+    _scraped(doc, "executor-gpu")
+    files = doc.pop(FILES_KEY)
+    assert compose_problems(doc, files) == []
+
+
 @pytest.mark.parametrize("case", sorted(MUTATIONS))
 def test_compose_checks_catch(case: str) -> None:
     mutate, expected = MUTATIONS[case]
     doc = copy.deepcopy(load_compose())
     mutate(doc)
-    problems = compose_problems(doc)
+    files = doc.pop(FILES_KEY, {})
+    problems = compose_problems(doc, files)
     assert any(expected in p for p in problems), problems
 
 
