@@ -2,6 +2,9 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 UV_VERSION := 0.13.9
+# Renders and scans infra/k8s in tests/unit/test_k8s.py; built from the Go module proxy.
+KUSTOMIZE_VERSION := v5.8.0
+KUBE_SCORE_VERSION := v1.20.0
 # uv from PATH, else a pinned copy in a project-local venv (works on any fresh machine).
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export PODIUM_HOME ?= $(CURDIR)/.podium
@@ -11,6 +14,18 @@ export PODIUM_HOME ?= $(CURDIR)/.podium
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
 	$(CURDIR)/.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+
+# Go tools under versioned names, so a new pin builds anew.
+$(CURDIR)/.tools/bin/kustomize-$(KUSTOMIZE_VERSION):
+	mkdir -p $(@D) && cd $(@D) && GOBIN=$(@D)/.build GOTOOLCHAIN=local \
+	  go install sigs.k8s.io/kustomize/kustomize/v5@$(KUSTOMIZE_VERSION) && mv .build/kustomize $@
+
+$(CURDIR)/.tools/bin/kube-score-$(KUBE_SCORE_VERSION):
+	mkdir -p $(@D) && cd $(@D) && GOBIN=$(@D)/.build GOTOOLCHAIN=local \
+	  go install github.com/zegl/kube-score/cmd/kube-score@$(KUBE_SCORE_VERSION) && mv .build/kube-score $@
+
+K8S_TOOLS := $(CURDIR)/.tools/bin/kustomize-$(KUSTOMIZE_VERSION) \
+	$(CURDIR)/.tools/bin/kube-score-$(KUBE_SCORE_VERSION)
 
 PYPROJECTS := pyproject.toml contracts/pyproject.toml shared/pyproject.toml \
 	$(wildcard services/*/pyproject.toml) bench/pyproject.toml
@@ -26,7 +41,7 @@ PYPROJECTS := pyproject.toml contracts/pyproject.toml shared/pyproject.toml \
 	$(UV) sync --frozen --no-default-groups --package podium --inexact
 	@touch $@
 
-setup: .venv/.synced
+setup: .venv/.synced $(K8S_TOOLS)
 
 setup-run: .venv/.synced-run
 
