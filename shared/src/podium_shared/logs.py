@@ -10,6 +10,13 @@ import structlog
 from podium_shared.telemetry import add_trace_ids
 
 
+def _stderr_logger(*_args: object) -> structlog.PrintLogger:
+    # sys.stderr as it is when a line is written, not when logging was configured: a
+    # command run in-process (typer's CliRunner in tests, an embedding program) swaps
+    # sys.stderr and closes its own, and a logger holding that one fails every later line.
+    return structlog.PrintLogger(sys.stderr)
+
+
 def configure(service: str, level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
     renderer: structlog.types.Processor = (
@@ -27,6 +34,6 @@ def configure(service: str, level: str = "INFO") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=_stderr_logger,
     )
     structlog.contextvars.bind_contextvars(service=service)
