@@ -141,6 +141,7 @@ async def test_replicas_on_postgresql_lose_and_double_nothing_when_an_executor_a
         }
         with Stack(settings, executors=3, routers=2, separate_homes=True, env=env) as stack:
             ready = time.monotonic()
+            processes = list(stack.processes)
             executors = [p for p in stack.processes if p.name == "executor"]
             routers = [p for p in stack.processes if p.name == "router"]
             assert (len(executors), len(routers)) == (3, 2)
@@ -173,6 +174,12 @@ async def test_replicas_on_postgresql_lose_and_double_nothing_when_an_executor_a
             assert unfinished > 0, "the router was killed after the batch had finished"
             await wait_until(taken_over(executors[0], executors[1:]), 30, "executor takeover")
             await wait_until(taken_over(routers[0], routers[1:]), 30, "router takeover")
+
+        # The survivors stopped on SIGTERM by themselves, within the stack's 20 s.
+        stopped = {p.instance: p.proc.returncode for p in processes}
+        assert stopped == {
+            p.instance: -9 if p in (executors[0], routers[0]) else 0 for p in processes
+        }
 
         # 0 lost: every task completed, every step's effect happened, and every store
         # that keeps them says so.
