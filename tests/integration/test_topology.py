@@ -48,8 +48,8 @@ from podium_router.state import run_steps, runs
 from podium_shared import Topics
 from tests.conftest import stack_settings
 from tests.support.effects import keys_in
+from tests.support.kafka import read_to_end
 from tests.support.postgres import scratch_databases
-from tests.support.records import read_to_end
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
