@@ -85,6 +85,7 @@ class ServiceProcess:
     log_path: Path
     metrics_port: int | None = None  # its /metrics endpoint on 127.0.0.1
     pool: str | None = None  # an executor's pool
+    home: Path | None = None  # its own PODIUM_HOME; None: the stack's
 
     @property
     def metrics_url(self) -> str | None:
@@ -100,6 +101,11 @@ class Stack:
     broker: EmbeddedBroker | KafkaBroker | None = None
     processes: list[ServiceProcess] = field(default_factory=list)
     metrics: bool = True  # a /metrics port per process, from the free ports
+    routers: int = 1
+    # Each process its own PODIUM_HOME (home/replicas/<instance>), as each container or
+    # pod has its own volume: the processes then share only the broker and whatever
+    # the PODIUM_*_DATABASE_URL settings name.
+    separate_homes: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -126,7 +132,7 @@ class Stack:
             run_sync(ensure_topics(self.settings, declared))
             # Asked once here rather than by every child: the answer is the cluster's.
             self.settings = run_sync(resolve_idempotence(self.settings))
-            for name in ("router", "memory", "recovery"):
+            for name in ("router",) * self.routers + ("memory", "recovery"):
                 self.spawn(name)
             for pool in self.pools:
                 for _ in range(self.executors):
@@ -137,10 +143,10 @@ class Stack:
             raise
         return self
 
-    def child_env(self, pool: str | None = None) -> dict[str, str]:
+    def child_env(self, pool: str | None = None, home: Path | None = None) -> dict[str, str]:
         env = {**os.environ, **self.env}
         env["PODIUM_KAFKA_BOOTSTRAP"] = self.bootstrap
-        env["PODIUM_HOME"] = str(self.settings.home)
+        env["PODIUM_HOME"] = str(home or self.settings.home)
         env["PODIUM_TOPIC_PREFIX"] = self.settings.topic_prefix
         env["PODIUM_FETCH_MAX_WAIT_MS"] = str(self.settings.fetch_max_wait_ms)
         env["PODIUM_BROKER"] = str(self.settings.broker)
@@ -157,14 +163,18 @@ class Stack:
             env.pop("PODIUM_POOL", None)
         return env
 
-    def spawn(self, name: str, pool: str | None = None) -> ServiceProcess:
-        """Start one service process; its log goes under PODIUM_HOME/logs."""
+    def spawn(self, name: str, pool: str | None = None, home: Path | None = None) -> ServiceProcess:
+        """Start one service process; its log goes under the stack's PODIUM_HOME/logs.
+        ``home`` is its own PODIUM_HOME (default: the stack's, or its own directory
+        under it with ``separate_homes``)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         index = sum(1 for p in self.processes if p.name == name)
         instance = f"{name}-{pool}-{index}" if pool else (f"{name}-{index}" if index else name)
+        if home is None and self.separate_homes:
+            home = self.settings.home / "replicas" / instance
         log_path = self.log_dir / f"{instance}.log"
         out = log_path.open("ab")
-        env = self.child_env(pool)
+        env = self.child_env(pool, home)
         metrics_port = free_port() if self.metrics else None
         if metrics_port:
             env["PODIUM_METRICS_PORT"] = str(metrics_port)
@@ -179,14 +189,14 @@ class Stack:
             preexec_fn=die_with_parent,  # and a killed `podium up` takes them with it
         )
         out.close()
-        sp = ServiceProcess(name, instance, proc, log_path, metrics_port, pool)
+        sp = ServiceProcess(name, instance, proc, log_path, metrics_port, pool, home)
         self.processes.append(sp)
         return sp
 
     def respawn(self, dead: ServiceProcess) -> ServiceProcess:
         """Start a dead service process again in its place (same name, pool and log)."""
         out = dead.log_path.open("ab")
-        env = self.child_env(dead.pool)
+        env = self.child_env(dead.pool, dead.home)
         if dead.metrics_port:
             env["PODIUM_METRICS_PORT"] = str(dead.metrics_port)
             env["PODIUM_METRICS_HOST"] = "127.0.0.1"
@@ -235,9 +245,9 @@ class Stack:
         return "stopped"
 
     def ready_files(self) -> list[Path]:
-        run = self.settings.home / "run"
         out = []
         for p in self.processes:
+            run = (p.home or self.settings.home) / "run"
             instance = (
                 f"executor-{self.pool_of(p)}-{p.proc.pid}"
                 if p.name == "executor"

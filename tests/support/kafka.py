@@ -10,16 +10,21 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from podium.hostile import send_raw
 
 
-async def read_topic(
-    bootstrap: str, topic: str, *, at_least: int, timeout_s: float = 20.0
-) -> list[ConsumerRecord[bytes, bytes]]:
-    """Every record of a topic from the beginning, waiting until there are ``at_least``."""
-    consumer = AIOKafkaConsumer(
+def reader(bootstrap: str) -> AIOKafkaConsumer:
+    """A consumer outside any group, to read topics from the beginning."""
+    return AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         fetch_max_wait_ms=5,
         auto_offset_reset="earliest",
     )
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, at_least: int, timeout_s: float = 20.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic from the beginning, waiting until there are ``at_least``."""
+    consumer = reader(bootstrap)
     await consumer.start()
     try:
         deadline = time.monotonic() + timeout_s
@@ -31,6 +36,29 @@ async def read_topic(
             batches = await consumer.getmany(timeout_ms=100)
             for recs in batches.values():
                 out.extend(recs)
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def read_to_end(
+    bootstrap: str, topic: str, *, timeout_s: float = 30.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Every record of a topic from the beginning up to its end offsets as of the call,
+    so a duplicate at the tail is counted too (``read_topic`` stops at ``at_least``)."""
+    consumer = reader(bootstrap)
+    await consumer.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        tps = [TopicPartition(topic, p) for p in await partitions_of(consumer, topic, deadline)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        out: list[ConsumerRecord[bytes, bytes]] = []
+        while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
+            assert time.monotonic() < deadline, f"{topic} not read to its end in {timeout_s} s"
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                out.extend(records)
         return out
     finally:
         await consumer.stop()

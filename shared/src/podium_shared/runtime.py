@@ -158,8 +158,16 @@ async def run_until_stopped(tasks: list[asyncio.Task[Any]]) -> BaseException | N
 
 
 async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
-    for t in tasks:
-        t.cancel()
+    """Cancel ``tasks`` and wait for them to end. A task is cancelled again until it
+    has: on Python 3.11 ``asyncio.wait_for`` drops a cancellation that arrives as its
+    inner call completes (it returns the result instead; fixed in 3.12, gh-86296), and
+    the relay's or the lag watcher's loop then goes round for ever. Memory was seen
+    ignoring SIGTERM that way, until the stack killed it 20 s later."""
+    pending = set(tasks)
+    while pending:
+        for t in pending:
+            t.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
     for t in tasks:
         with contextlib.suppress(asyncio.CancelledError):
             await t
