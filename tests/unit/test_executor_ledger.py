@@ -13,12 +13,12 @@ from podium_contracts import StepCompleted, StepFailed, StepRequested, decode
 from podium_executor.capabilities import Capability, StepContext
 from podium_executor.capabilities.basic import AnyInput
 from podium_executor.ledger import Ledger
-from podium_executor.relay import ClaimingRelay
 from podium_executor.service import Executor
 from podium_executor.state import metadata
-from podium_executor.state import outbox_claims as claims
 from podium_shared import Topics, UnitOfWork, make_engine
+from podium_shared.claiming import ClaimingRelay
 from podium_shared.db import outbox
+from podium_shared.db import outbox_claims as claims
 from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.unit
