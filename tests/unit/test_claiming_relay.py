@@ -16,12 +16,13 @@ import pytest
 import sqlalchemy as sa
 
 from podium_router.migrations import HISTORY as ROUTER_HISTORY
-from podium_shared import OutboxRelay, ServiceSpec, Settings
+from podium_shared import OutboxRelay, ServiceSpec, Settings, make_engine
 from podium_shared.claiming import ClaimingRelay
 from podium_shared.db import outbox, outbox_claims
 from podium_shared.migrations import open_database
 from podium_shared.outbox import OutgoingMessage, write_outbox
 from podium_shared.runtime import make_relay
+from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -147,3 +148,54 @@ def test_the_lease_is_a_shared_setting_not_a_deprecated_executor_one(
     assert deprecated_variables({"PODIUM_OUTBOX_LEASE_S": "4"}) == []
     monkeypatch.setenv("PODIUM_EXECUTOR_OUTBOX_LEASE_S", "6")
     assert ExecutorSettings().outbox_lease_s == 6.0  # ...unless its own name says otherwise
+
+
+def add_rows(engine: sa.Engine, n: int) -> None:
+    with engine.begin() as conn:
+        conn.execute(
+            outbox.insert(),
+            [
+                {
+                    "topic": "t",
+                    "key": b"k",
+                    "value": str(i).encode(),
+                    "headers": [],
+                    "created_at": 0,
+                }
+                for i in range(n)
+            ],
+        )
+
+
+async def test_relays_sharing_a_database_publish_each_row_once(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}")
+    add_rows(engine, 50)
+    senders = [Sender(), Sender()]
+    relays = [ClaimingRelay(engine, s, owner=f"r{i}", batch=7) for i, s in enumerate(senders)]
+
+    async def drain(relay: ClaimingRelay) -> None:
+        while await relay.publish_pending():
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(drain(r) for r in relays))
+    sent = senders[0].sent + senders[1].sent
+    assert sorted(sent) == sorted(str(i).encode() for i in range(50))  # each exactly once
+    assert all(s.sent for s in senders)  # both took a share
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(outbox_claims)).scalar_one() == 0
+
+
+async def test_a_dead_relays_claims_expire_and_its_rows_are_published(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}")
+    add_rows(engine, 3)
+    clock = FakeClock()
+    dead = ClaimingRelay(engine, Sender(), owner="dead", lease_s=0.2, clock=clock)
+    assert len(dead.claim()) == 3  # claimed, then killed before sending
+    alive_sender = Sender()
+    alive = ClaimingRelay(engine, alive_sender, owner="alive", lease_s=0.2, clock=clock)
+    clock.advance(0.15)
+    assert await alive.publish_pending() == 0  # still leased
+    clock.advance(0.1)
+    assert await alive.publish_pending() == 3
+    assert await dead.publish_pending() == 0  # its lease is gone: it deletes nothing
+    assert len(alive_sender.sent) == 3

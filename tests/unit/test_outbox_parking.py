@@ -33,6 +33,8 @@ from podium_shared.limits import (
 )
 from podium_shared.outbox import OutgoingMessage, settle, unsendable, write_outbox
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("error", "park"),
