@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -323,6 +323,14 @@ async def test_two_router_replicas_share_the_work_on_postgresql(
         assert all('"partitions assigned"' in log for log in logs)
         assigned = [log.rsplit('"partitions assigned"', 1)[0].rsplit("{", 1)[1] for log in logs]
         assert all("tasks.v1" in a for a in assigned), assigned
+        # Their relays claim the outbox rows they send: each step request went out once
+        # (plain relays on one database each sent every row they saw).
+        topic = Topics(stack.settings.topic_prefix).steps("default")
+        requests = await read_topic(stack.bootstrap, topic, at_least=10**6, timeout_s=3)
+        sent = Counter(
+            dict(r.headers)["ce_id"] for r in requests if r.key.decode().startswith("pg")
+        )
+        assert len(sent) == 3 * len(tasks) and set(sent.values()) == {1}, sent.most_common(3)
 
 
 async def test_a_budget_overrun_fails_the_task_with_its_reason(

@@ -1,4 +1,4 @@
-"""The effect ledger and the claiming relay on a real SQLite file."""
+"""The effect ledger on a real SQLite file (the claiming relay: test_claiming_relay.py)."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from podium_contracts import StepCompleted, StepFailed, StepRequested, decode
 from podium_executor.capabilities import Capability, StepContext
 from podium_executor.capabilities.basic import AnyInput
 from podium_executor.ledger import Ledger
-from podium_executor.relay import ClaimingRelay
 from podium_executor.service import Executor
 from podium_executor.state import metadata
-from podium_executor.state import outbox_claims as claims
 from podium_shared import Topics, UnitOfWork, make_engine
-from podium_shared.db import outbox
-from tests.support.clock import FakeClock
 
 pytestmark = pytest.mark.unit
 
@@ -127,67 +123,3 @@ def test_preloaded_keys_are_bounded(tmp_path: Path) -> None:
     with engine.connect() as conn:
         ledger.preload(conn, [f"k{i}" for i in range(5)])  # e.g. steps dropped by a rebalance
     assert list(ledger._preloaded) == ["k2", "k3", "k4"]
-
-
-class Sender:
-    def __init__(self) -> None:
-        self.sent: list[bytes | None] = []
-
-    async def send(
-        self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None
-    ) -> asyncio.Future[Any]:
-        self.sent.append(value)
-        done: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-
-def add_rows(engine: sa.Engine, n: int) -> None:
-    with engine.begin() as conn:
-        conn.execute(
-            outbox.insert(),
-            [
-                {
-                    "topic": "t",
-                    "key": b"k",
-                    "value": str(i).encode(),
-                    "headers": [],
-                    "created_at": 0,
-                }
-                for i in range(n)
-            ],
-        )
-
-
-async def test_relays_sharing_a_database_publish_each_row_once(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
-    add_rows(engine, 50)
-    senders = [Sender(), Sender()]
-    relays = [ClaimingRelay(engine, s, owner=f"r{i}", batch=7) for i, s in enumerate(senders)]
-
-    async def drain(relay: ClaimingRelay) -> None:
-        while await relay.publish_pending():
-            await asyncio.sleep(0)
-
-    await asyncio.gather(*(drain(r) for r in relays))
-    sent = senders[0].sent + senders[1].sent
-    assert sorted(sent) == sorted(str(i).encode() for i in range(50))  # each exactly once
-    assert all(s.sent for s in senders)  # both took a share
-    with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(claims)).scalar_one() == 0
-
-
-async def test_a_dead_relays_claims_expire_and_its_rows_are_published(tmp_path: Path) -> None:
-    engine = make_engine(f"sqlite:///{tmp_path / 'executor.db'}", metadata)
-    add_rows(engine, 3)
-    clock = FakeClock()
-    dead = ClaimingRelay(engine, Sender(), owner="dead", lease_s=0.2, clock=clock)
-    assert len(dead.claim()) == 3  # claimed, then killed before sending
-    alive_sender = Sender()
-    alive = ClaimingRelay(engine, alive_sender, owner="alive", lease_s=0.2, clock=clock)
-    clock.advance(0.15)
-    assert await alive.publish_pending() == 0  # still leased
-    clock.advance(0.1)
-    assert await alive.publish_pending() == 3
-    assert await dead.publish_pending() == 0  # its lease is gone: it deletes nothing
-    assert len(alive_sender.sent) == 3

@@ -33,6 +33,8 @@ from podium_shared.limits import (
 )
 from podium_shared.outbox import OutgoingMessage, settle, unsendable, write_outbox
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("error", "park"),
@@ -202,14 +204,11 @@ def test_too_large_names_the_data_and_the_limit() -> None:
     assert why == "step a's input is 208 bytes as JSON, over the limit of 100 bytes"
 
 
-async def test_the_executors_claiming_relay_parks_too_and_leaves_no_claim(
-    database_url: str,
-) -> None:
-    from podium_executor.relay import ClaimingRelay
-    from podium_executor.state import metadata
-    from podium_executor.state import outbox_claims as claims
+async def test_the_claiming_relay_parks_too_and_leaves_no_claim(database_url: str) -> None:
+    from podium_shared.claiming import ClaimingRelay
+    from podium_shared.db import outbox_claims as claims
 
-    engine = make_engine(database_url, metadata)
+    engine = make_engine(database_url)
     with engine.begin() as conn:
         write_outbox(
             conn,

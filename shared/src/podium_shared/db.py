@@ -1,5 +1,6 @@
 """Database wiring: one engine per service, and the tables every service shares
-(inbox and outbox). Each service owns its database; nothing is shared between them.
+(inbox, outbox, and the outbox's parked rows and claims). Each service owns its
+database; nothing is shared between services (replicas of one role share theirs).
 """
 
 from __future__ import annotations
@@ -57,6 +58,17 @@ outbox_parked = sa.Table(
     sa.Column("parked_at", sa.Float, nullable=False),
     sa.Column("error_type", sa.String(200), nullable=False),
     sa.Column("error", sa.Text, nullable=False),
+)
+
+
+# Which relay holds which outbox row, where replicas share a database and each
+# relay claims the rows it sends (``claiming.py``).
+outbox_claims = sa.Table(
+    "outbox_claims",
+    metadata,
+    sa.Column("outbox_id", sa.Integer, primary_key=True),
+    sa.Column("owner", sa.String(200), nullable=False),
+    sa.Column("claimed_at", sa.Float, nullable=False),
 )
 
 

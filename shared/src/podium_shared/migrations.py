@@ -233,3 +233,20 @@ def create_outbox_parked() -> None:
 
 def drop_outbox_parked() -> None:
     op.drop_table("outbox_parked")
+
+
+def create_outbox_claims() -> None:
+    """Revision 0004 of router, memory and recovery: ``outbox_claims``, where each
+    relay of replicas sharing a PostgreSQL database claims the rows it sends. The
+    executor's baseline has had it from the start."""
+    op.create_table(
+        "outbox_claims",
+        sa.Column("outbox_id", sa.Integer(), nullable=False),
+        sa.Column("owner", sa.String(length=200), nullable=False),
+        sa.Column("claimed_at", sa.Float(), nullable=False),
+        sa.PrimaryKeyConstraint("outbox_id"),
+    )
+
+
+def drop_outbox_claims() -> None:
+    op.drop_table("outbox_claims")

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
     workflows: str = Field(default="workflows", description="':'-separated folders of YAML")
     pool: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_-]*$")
     max_batch: int = Field(default=500, ge=1, le=10_000)
+    # Where replicas share a database, each relay claims the outbox rows it sends; a
+    # killed replica's claims lapse after this and a surviving replica sends its rows.
+    outbox_lease_s: float = Field(
+        default=10.0, gt=0, description="a relay's claim on outbox rows expires after this"
+    )
     log_level: str = "INFO"
 
     @model_validator(mode="after")

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import functools
-
 import httpx
-from sqlalchemy.engine import Engine
 
 from podium_executor.breaker import Breakers
 from podium_executor.capabilities import Capability, Resources, discover
@@ -13,18 +10,11 @@ from podium_executor.handlers import make_handler
 from podium_executor.ledger import Ledger
 from podium_executor.migrations import HISTORY
 from podium_executor.ratelimit import PoolRateLimit
-from podium_executor.relay import ClaimingRelay
 from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
 from podium_shared import ServiceSpec, Settings, Topics
 from podium_shared.migrations import open_database
-from podium_shared.outbox import Sender
 from podium_shared.startup import read_settings
-
-
-def claiming_relay(lease_s: float, engine: Engine, producer: Sender, owner: str) -> ClaimingRelay:
-    """Replicas of a pool share its database, so each relay claims the rows it sends."""
-    return ClaimingRelay(engine, producer, owner=owner, lease_s=lease_s)
 
 
 def build(
@@ -62,7 +52,9 @@ def build(
         pools=tuple(sorted({"default", "memory", xs.pool})),
         concurrency=xs.concurrency,
         grace_s=xs.shutdown_grace_s,
-        relay=functools.partial(claiming_relay, xs.outbox_lease_s),
+        # Replicas of a pool share its database, on SQLite too (`podium up --executors N`).
+        claim_outbox=True,
+        outbox_lease_s=xs.outbox_lease_s,
         instance=f"executor-{xs.pool}",
         details={
             "pool": xs.pool,

@@ -76,11 +76,16 @@ class ExecutorSettings(BaseSettings):
     )
 
 
+# Old names that are now shared settings of every service, meaning the same thing
+# (``podium_shared.Settings``): setting one is not a deprecated use.
+SHARED_NAMES = frozenset({"outbox_lease_s"})
+
+
 def deprecated_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     """(old name, new name) of every deprecated ``PODIUM_<NAME>`` set in ``environ``."""
     upper = {k.upper() for k in environ}
     return [
         (f"{OLD_PREFIX}{name.upper()}", f"{PREFIX}{name.upper()}")
         for name in ExecutorSettings.model_fields
-        if f"{OLD_PREFIX}{name.upper()}" in upper
+        if f"{OLD_PREFIX}{name.upper()}" in upper and name not in SHARED_NAMES
     ]

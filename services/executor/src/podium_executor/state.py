@@ -3,9 +3,9 @@
 - ``effects``: the effect ledger, the recorded result of every completed step by its
   idempotency key (``ledger.py``).
 - ``rate_buckets``: the pool's token bucket, one row per pool (``ratelimit.py``).
-- ``outbox_claims``: which replica's relay holds which outbox row (``relay.py``).
 
-The shared inbox and outbox tables are ``podium_shared.db``'s; the migrations
+The shared inbox and outbox tables (and ``outbox_claims``, where each replica's
+relay claims the rows it sends) are ``podium_shared.db``'s; the migrations
 (``migrations/``) create both sets.
 """
 
@@ -35,12 +35,4 @@ rate_buckets = sa.Table(
     sa.Column("pool", sa.String(200), primary_key=True),
     sa.Column("tokens", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
-)
-
-outbox_claims = sa.Table(
-    "outbox_claims",
-    metadata,
-    sa.Column("outbox_id", sa.Integer, primary_key=True),
-    sa.Column("owner", sa.String(200), nullable=False),
-    sa.Column("claimed_at", sa.Float, nullable=False),
 )

@@ -1,7 +1,8 @@
 """An outbox relay that claims rows, for replicas sharing one database.
 
-Replicas of a pool share its database (the effect ledger must be shared), so
-their relays see the same outbox rows. Each relay first claims unclaimed rows
+Replicas of a role share its database (an executor pool's effect ledger must be
+shared; a router's runs must be seen by whichever replica gets the next event),
+so their relays see the same outbox rows. Each relay first claims unclaimed rows
 in one statement (``INSERT … SELECT``, serialised by the database), publishes
 only its own claims, then deletes them with the rows. A claim older than the
 lease is dropped: the rows of a replica killed between claiming and deleting
@@ -19,13 +20,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from podium_executor.state import outbox_claims
-from podium_shared import OutboxRelay
-from podium_shared.db import outbox
-from podium_shared.outbox import Sender, park, send_rows, settle
+from podium_shared.db import outbox, outbox_claims
+from podium_shared.outbox import OutboxRelay, Sender, park, send_rows, settle
 
 
 class ClaimingRelay(OutboxRelay):
+    """An ``OutboxRelay`` that sends only the rows it claimed as ``owner``."""
+
     def __init__(
         self,
         engine: Engine,
