@@ -98,6 +98,7 @@ def test_the_token_is_read_from_a_client_or_member_id(name: str, token: str | No
 def test_a_tansu_member_without_client_id_shows_its_token_in_the_member_id() -> None:
     member = Member("podium-executor-default-9-db0123abcd-9a54fea0-40d2-4d09-bea0-1ba0844c1ebb")
     assert member.token == "db0123abcd"
+    assert member.name == "podium-executor-default-9-db0123abcd"
 
 
 # --- decide ------------------------------------------------------------------
@@ -218,6 +219,12 @@ def guard_of(own: LocalState, group: Group, **options: Any) -> SharedStateGuard:
     )
 
 
+async def ended(guard: SharedStateGuard) -> None:
+    """Wait for the guard's task to end the service; raise what it ends it with."""
+    await asyncio.wait_for(guard.watch(), 1)
+    guard.raise_if_ended()
+
+
 async def settle() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
@@ -261,7 +268,7 @@ async def test_a_record_fetched_across_a_rebalance_waits_for_the_new_check(
     await consumer.batches.put({TP: ["record of the new assignment"]})
     await listener.on_partitions_assigned({TP})
     with pytest.raises(UnsharedState, match="PODIUM_EXECUTOR_DATABASE_URL"):
-        await asyncio.wait_for(guard.watch(), 1)
+        await ended(guard)
     assert not fetch.done()  # the record is never handed out
     assert inner.assigned == [{TP}]  # the refused assignment never became ready
     fetch.cancel()
@@ -279,7 +286,7 @@ async def test_a_second_replica_joining_later_makes_the_first_refuse(tmp_path: P
     await listener.on_partitions_revoked({TP})
     await listener.on_partitions_assigned({TP})
     with pytest.raises(UnsharedState):
-        await asyncio.wait_for(guard.watch(), 1)
+        await ended(guard)
     assert not guard.open
 
 
@@ -291,8 +298,9 @@ async def test_a_refused_replica_stays_in_its_group_for_the_linger(tmp_path: Pat
     watch = asyncio.create_task(guard.watch())
     await asyncio.sleep(0.15)
     assert not watch.done()
+    await asyncio.wait_for(watch, 1)  # it ends the service, which then leaves the group
     with pytest.raises(UnsharedState):
-        await asyncio.wait_for(watch, 1)
+        guard.raise_if_ended()
 
 
 async def test_the_escape_hatch_warns_and_processes(tmp_path: Path) -> None:
@@ -303,6 +311,11 @@ async def test_the_escape_hatch_warns_and_processes(tmp_path: Path) -> None:
     await guard.listening(inner).on_partitions_assigned({TP})
     await settle()
     assert guard.open and inner.assigned == [{TP}]
+    watch = asyncio.create_task(guard.watch())
+    await asyncio.sleep(0.05)
+    assert not watch.done()  # the service runs on
+    guard.raise_if_ended()
+    watch.cancel()
 
 
 async def test_a_replica_on_a_server_never_asks_the_broker() -> None:
@@ -326,7 +339,7 @@ async def test_a_broker_error_is_asked_again_then_ends_the_service(tmp_path: Pat
     await listener.on_partitions_revoked({TP})
     await listener.on_partitions_assigned({TP})
     with pytest.raises(KafkaConnectionError):
-        await asyncio.wait_for(guard.watch(), 1)
+        await ended(guard)
     assert not guard.open
 
 

@@ -272,6 +272,7 @@ async def run_service(
     )
     if crashed is not None:
         raise crashed
+    guard.raise_if_ended()
 
 
 def serve(

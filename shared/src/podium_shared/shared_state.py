@@ -54,10 +54,12 @@ SHARED = "pg"  # the token of a database server: every replica can reach the sam
 # The token is the last ``-``-separated part of the client id that looks like one; in
 # a member id (client id, ``-``, a UUID) no part of the UUID can (8-4-4-4-12 hex).
 _TOKEN = re.compile(r"(?<=-)(pg|db[0-9a-f]{8})(?=-|$)")
+_UUID_END = re.compile(r"-[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 # A refused replica stays in its group this long before it leaves, so every replica
 # that joined the same generation sees it when it checks, and refuses as well (their
-# checks take milliseconds; leaving at once could let a slow one find itself alone).
-REFUSAL_LINGER_S = 3.0
+# checks take milliseconds, but on a loaded machine one came 1.2 s after the other:
+# leaving at once could let the slow one find itself alone).
+REFUSAL_LINGER_S = 5.0
 ALLOW_SETTING = "PODIUM_ALLOW_UNSHARED_SQLITE"
 
 
@@ -110,7 +112,7 @@ class Member:
 
     @property
     def name(self) -> str:
-        return self.client_id or self.member_id
+        return self.client_id or _UUID_END.sub("", self.member_id)
 
     @property
     def token(self) -> str | None:
@@ -166,10 +168,13 @@ class GroupMembers:
         self._group = group
         self._started = False
 
-    async def __call__(self) -> list[Member]:
+    async def start(self) -> None:
         if not self._started:
             await self._admin.start()
             self._started = True
+
+    async def __call__(self) -> list[Member]:
+        await self.start()
         responses = await self._admin.describe_consumer_groups([self._group])
         members: list[Member] = []
         for response in responses:
@@ -193,8 +198,9 @@ class SharedStateGuard:
 
     ``gated(consumer)`` is the consumer the consume loop is given; ``listening(inner)``
     the rebalance listener (``inner`` is told of an assignment once it is allowed);
-    ``watch()`` a task of the service that ends it with ``UnsharedState`` once the
-    check refused, or with the error when the group cannot be described."""
+    ``watch()`` a task of the service that ends once the check refused (after the
+    linger) or the group cannot be described; ``raise_if_ended()`` then raises
+    ``UnsharedState`` or that error, once the service has shut down."""
 
     def __init__(
         self,
@@ -203,6 +209,7 @@ class SharedStateGuard:
         group: str,
         own: LocalState,
         describe: Callable[[], Awaitable[list[Member]]],
+        prepare: Callable[[], Awaitable[None]] | None = None,
         allow_unshared: bool = False,
         linger_s: float = REFUSAL_LINGER_S,
         attempts: int = 20,
@@ -210,6 +217,7 @@ class SharedStateGuard:
     ) -> None:
         self.role, self.group, self.own = role, group, own
         self._describe = describe
+        self._prepare = prepare
         self._allow_unshared = allow_unshared
         self._linger_s = linger_s
         self._attempts = attempts
@@ -229,6 +237,7 @@ class SharedStateGuard:
             group=group,
             own=LocalState.of(url),
             describe=members,
+            prepare=members.start,
             allow_unshared=settings.allow_unshared_sqlite,
         )
         guard.closers.append(members.close)
@@ -276,13 +285,19 @@ class SharedStateGuard:
             self._check.cancel()
             self._check = None
 
-    def assigned(self, then: Callable[[], Awaitable[None]]) -> None:
+    def assigned(
+        self, partitions: set[TopicPartition], then: Callable[[], Awaitable[None]]
+    ) -> None:
         """Check the new assignment in a task of its own (the coordinator that calls
         the listener sends no heartbeat meanwhile); ``then`` runs once it is allowed."""
         self.closed()
-        self._check = asyncio.create_task(self._check_then_open(then), name="shared-state")
+        self._check = asyncio.create_task(
+            self._check_then_open(partitions, then), name="shared-state"
+        )
 
-    async def _check_then_open(self, then: Callable[[], Awaitable[None]]) -> None:
+    async def _check_then_open(
+        self, partitions: set[TopicPartition], then: Callable[[], Awaitable[None]]
+    ) -> None:
         try:
             decision = await self.decision()
         except asyncio.CancelledError:
@@ -292,7 +307,8 @@ class SharedStateGuard:
             return
         if isinstance(decision, Refused):
             if not self._allow_unshared:
-                log.error("unshared state", reason=decision.reason)
+                held = sorted(f"{t.topic}[{t.partition}]" for t in partitions)
+                log.error("unshared state", reason=decision.reason, held_unhandled=held)
                 self._finish(UnsharedState(decision.reason))
                 return
             log.warning("unshared state allowed", setting=ALLOW_SETTING, reason=decision.reason)
@@ -305,12 +321,21 @@ class SharedStateGuard:
             self._ended.set()
 
     async def watch(self) -> None:
-        """Run beside the service; raise what ends it (after the linger, if refused)."""
+        """Run beside the service; return when it must end (after the linger, if refused).
+
+        It returns rather than raises, so the service shuts down as on SIGTERM
+        (leaves its group, drains its outbox) before ``raise_if_ended``."""
+        if self._prepare is not None and self.own.token != SHARED:
+            # Connected before the first assignment: the check is then one request.
+            with contextlib.suppress(KafkaError, OSError):
+                await self._prepare()
         await self._ended.wait()
-        assert self._end is not None
         if isinstance(self._end, UnsharedState):
             await asyncio.sleep(self._linger_s)
-        raise self._end
+
+    def raise_if_ended(self) -> None:
+        if self._end is not None:
+            raise self._end
 
 
 class GatedConsumer:
@@ -349,4 +374,4 @@ class _CheckOnAssign(ConsumerRebalanceListener):  # type: ignore[misc]
         await self._inner.on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._guard.assigned(lambda: self._inner.on_partitions_assigned(assigned))
+        self._guard.assigned(assigned, lambda: self._inner.on_partitions_assigned(assigned))
