@@ -7,6 +7,8 @@ one file (``podium up --executors 3``) are test_executor.py's pools."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import subprocess
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -107,7 +109,11 @@ def handled(p: ServiceProcess) -> int:
 
 
 async def exit_code(p: ServiceProcess, timeout_s: float = 90) -> int:
-    return await asyncio.to_thread(p.proc.wait, timeout_s)
+    try:
+        return await asyncio.to_thread(p.proc.wait, timeout_s)
+    except subprocess.TimeoutExpired:
+        tail = p.log_path.read_text(errors="replace")[-4000:]
+        raise AssertionError(f"{p.instance} still running after {timeout_s} s:\n{tail}") from None
 
 
 def assert_refused_with_the_setting(p: ServiceProcess) -> None:
@@ -137,41 +143,66 @@ async def test_replicas_on_sqlite_files_of_their_own_both_refuse(replicas: list[
     assert not any(f.exists() for f in b.ready_files())  # never ready: never processed
 
 
+class ReplicaElsewhere:
+    """A member of the pool's group with another machine's SQLite file in its client
+    id: it fetches like a live replica and never commits."""
+
+    def __init__(self, settings: Settings, n: int) -> None:
+        topics = Topics(settings.topic_prefix)
+        elsewhere = LocalState.of("sqlite:////data/executor-default.db", host="another-machine")
+        self.consumer = AIOKafkaConsumer(
+            topics.steps(POOL),
+            bootstrap_servers=settings.require_bootstrap(),
+            group_id=topics.group("executor", POOL),
+            client_id=elsewhere.client_id(f"executor-{POOL}-{n}"),
+            enable_auto_commit=False,
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=1_000,
+        )
+        self._poller: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> ReplicaElsewhere:
+        await self.consumer.start()
+        self._poller = asyncio.create_task(self._poll())
+        while not self.consumer.assignment():
+            await asyncio.sleep(0.1)
+        return self
+
+    async def _poll(self) -> None:
+        while True:
+            await self.consumer.getmany(timeout_ms=100)
+
+    async def __aexit__(self, *_: object) -> None:
+        assert self._poller is not None
+        self._poller.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._poller
+        await self.consumer.stop()
+
+
 async def test_a_replica_that_meets_another_file_handles_no_step(
     replicas: list[Stack],
 ) -> None:
-    """Another replica on another machine (its token names another file) holds half
-    the partitions; steps wait on every partition. The replica that joins refuses
-    before it handles any of them."""
+    """Another replica on another machine holds half the partitions; steps wait on
+    every partition. The replica that joins refuses before it handles any of them,
+    and leaves in time even when the group rebalances again while it lingers."""
     a, _ = replicas
     settings = a.settings
-    topics = Topics(settings.topic_prefix)
-    await ensure_topics(settings, topics.declarations((POOL,)))
-    elsewhere = LocalState.of("sqlite:////data/executor-default.db", host="another-machine")
-    other = AIOKafkaConsumer(
-        topics.steps(POOL),
-        bootstrap_servers=settings.require_bootstrap(),
-        group_id=topics.group("executor", POOL),
-        client_id=elsewhere.client_id(f"executor-{POOL}-1"),
-        enable_auto_commit=False,
-        session_timeout_ms=10_000,
-        heartbeat_interval_ms=1_000,
-    )
-    await other.start()
-    try:
-        while not other.assignment():
-            await other.getmany(timeout_ms=100)
-        await send_steps(settings, PARTITIONS)
+    await ensure_topics(settings, Topics(settings.topic_prefix).declarations((POOL,)))
+    await send_steps(settings, PARTITIONS)
+    async with ReplicaElsewhere(settings, 1):
         replica = a.spawn("executor", pool=POOL)
-        assert await exit_code(replica) == 2
-        assert_refused_with_the_setting(replica)
-        assert handled(replica) == 0
-        # It did hold partitions with steps waiting on them.
-        (refusal,) = [e for e in log_events(replica) if e.get("event") == "unshared state"]
-        assert refusal["held_unhandled"]
-        assert await completed(settings, 1, 3) == []
-    finally:
-        await other.stop()
+        while "unshared state" not in {e.get("event") for e in log_events(replica)}:
+            assert replica.proc.poll() is None, replica.log_path.read_text()[-3000:]
+            await asyncio.sleep(0.05)
+        async with ReplicaElsewhere(settings, 2):  # a rebalance while it lingers
+            assert await exit_code(replica, 30) == 2
+    assert_refused_with_the_setting(replica)
+    assert handled(replica) == 0
+    # It did hold partitions with steps waiting on them.
+    (refusal,) = [e for e in log_events(replica) if e.get("event") == "unshared state"]
+    assert refusal["held_unhandled"]
+    assert await completed(settings, 1, 3) == []
 
 
 async def test_replicas_on_one_postgresql_database_run_side_by_side(

@@ -10,8 +10,9 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import IllegalStateError, KafkaConnectionError
 
+from podium_shared import metrics
 from podium_shared.settings import Settings
 from podium_shared.shared_state import (
     SHARED,
@@ -226,7 +227,7 @@ async def ended(guard: SharedStateGuard) -> None:
 
 
 async def settle() -> None:
-    for _ in range(5):
+    for _ in range(20):
         await asyncio.sleep(0)
 
 
@@ -362,3 +363,66 @@ async def test_a_rebalance_forgets_the_check_of_the_assignment_before(tmp_path: 
     release.set()
     await settle()
     assert not guard.open and inner.assigned == []
+
+
+async def test_connecting_early_never_holds_back_the_end(tmp_path: Path) -> None:
+    own = file_state(tmp_path)
+    group = Group([member_of(own), member_of(file_state(tmp_path, host="b"), 7)])
+    connecting = asyncio.Event()
+
+    async def hangs() -> None:  # a broker that never answers the early connection
+        connecting.set()
+        await asyncio.Event().wait()
+
+    guard = SharedStateGuard(
+        role="executor", group=GROUP, own=own, describe=group, prepare=hangs, linger_s=0
+    )
+    watch = asyncio.create_task(guard.watch())
+    await asyncio.wait_for(connecting.wait(), 1)
+    await guard.listening(Inner()).on_partitions_assigned({TP})
+    await asyncio.wait_for(watch, 1)
+    with pytest.raises(UnsharedState):
+        guard.raise_if_ended()
+
+
+async def test_after_a_refusal_no_later_assignment_opens_the_gate(tmp_path: Path) -> None:
+    own = file_state(tmp_path)
+    group = Group([member_of(own), member_of(file_state(tmp_path, host="b"), 7)])
+    guard = guard_of(own, group)
+    inner = Inner()
+    listener = guard.listening(inner)
+    await listener.on_partitions_assigned({TP})
+    await settle()
+    group.members = [member_of(own)]  # the other one left: alone again
+    await listener.on_partitions_revoked({TP})
+    await listener.on_partitions_assigned({TP})
+    await settle()
+    assert not guard.open and inner.assigned == []
+    with pytest.raises(UnsharedState):
+        await ended(guard)
+
+
+async def test_the_lag_watcher_stops_when_a_cancel_meets_an_error() -> None:
+    """A refused replica shuts down during a rebalance: the lag watcher's cancel can
+    arrive as the partition's position fails (revoked), and asyncio.wait_for (3.11)
+    then raises that error instead, which the watcher suppresses. It must stop anyway,
+    or the service waits for it for ever."""
+    revoked = asyncio.Event()
+
+    class Revoking:
+        def assignment(self) -> set[TopicPartition]:
+            return {TP}
+
+        def highwater(self, _: TopicPartition) -> int:
+            return 10
+
+        async def position(self, _: TopicPartition) -> int:
+            await revoked.wait()
+            raise IllegalStateError("partition is not assigned")
+
+    watcher = asyncio.create_task(metrics.watch_lag(Revoking(), GROUP))
+    await settle()
+    revoked.set()
+    watcher.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(watcher, 3)

@@ -35,7 +35,7 @@ import hashlib
 import os
 import re
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -167,11 +167,13 @@ class GroupMembers:
         self._admin = admin
         self._group = group
         self._started = False
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
-        if not self._started:
-            await self._admin.start()
-            self._started = True
+        async with self._starting:  # the first check may come while it connects
+            if not self._started:
+                await self._admin.start()
+                self._started = True
 
     async def __call__(self) -> list[Member]:
         await self.start()
@@ -190,7 +192,7 @@ class GroupMembers:
     async def close(self) -> None:
         if self._started:
             with contextlib.suppress(Exception):
-                await self._admin.close()
+                await asyncio.wait_for(self._admin.close(), 5)
 
 
 class SharedStateGuard:
@@ -209,11 +211,12 @@ class SharedStateGuard:
         group: str,
         own: LocalState,
         describe: Callable[[], Awaitable[list[Member]]],
-        prepare: Callable[[], Awaitable[None]] | None = None,
+        prepare: Callable[[], Coroutine[Any, Any, None]] | None = None,
         allow_unshared: bool = False,
         linger_s: float = REFUSAL_LINGER_S,
-        attempts: int = 20,
+        attempts: int = 10,
         retry_s: float = 0.5,
+        attempt_timeout_s: float = 10.0,
     ) -> None:
         self.role, self.group, self.own = role, group, own
         self._describe = describe
@@ -222,6 +225,7 @@ class SharedStateGuard:
         self._linger_s = linger_s
         self._attempts = attempts
         self._retry_s = retry_s
+        self._attempt_timeout_s = attempt_timeout_s
         self._open = asyncio.Event()
         self._ended = asyncio.Event()
         self._end: BaseException | None = None
@@ -269,9 +273,9 @@ class SharedStateGuard:
             return Allowed()  # no broker call: a server is shared by every replica
         for attempt in range(self._attempts):
             try:
-                members = await self._describe()
+                members = await asyncio.wait_for(self._describe(), self._attempt_timeout_s)
                 break
-            except (KafkaError, OSError) as exc:
+            except (KafkaError, OSError) as exc:  # OSError: TimeoutError too
                 if attempt == self._attempts - 1:
                     raise
                 log.info("describing the consumer group failed; retrying", error=repr(exc))
@@ -289,8 +293,11 @@ class SharedStateGuard:
         self, partitions: set[TopicPartition], then: Callable[[], Awaitable[None]]
     ) -> None:
         """Check the new assignment in a task of its own (the coordinator that calls
-        the listener sends no heartbeat meanwhile); ``then`` runs once it is allowed."""
+        the listener sends no heartbeat meanwhile); ``then`` runs once it is allowed.
+        After a refusal nothing opens the gate again: the replica is on its way out."""
         self.closed()
+        if self._end is not None:
+            return
         self._check = asyncio.create_task(
             self._check_then_open(partitions, then), name="shared-state"
         )
@@ -325,13 +332,19 @@ class SharedStateGuard:
 
         It returns rather than raises, so the service shuts down as on SIGTERM
         (leaves its group, drains its outbox) before ``raise_if_ended``."""
+        prepared: asyncio.Task[None] | None = None
         if self._prepare is not None and self.own.token != SHARED:
-            # Connected before the first assignment: the check is then one request.
-            with contextlib.suppress(KafkaError, OSError):
-                await self._prepare()
-        await self._ended.wait()
-        if isinstance(self._end, UnsharedState):
-            await asyncio.sleep(self._linger_s)
+            # Connected before the first assignment, the check is one request.
+            prepared = asyncio.create_task(self._prepare())
+        try:
+            await self._ended.wait()
+            if isinstance(self._end, UnsharedState):
+                await asyncio.sleep(self._linger_s)
+        finally:
+            if prepared is not None:
+                prepared.cancel()
+                with contextlib.suppress(BaseException):
+                    await prepared
 
     def raise_if_ended(self) -> None:
         if self._end is not None:
