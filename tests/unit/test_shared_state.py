@@ -10,7 +10,11 @@ from typing import Any
 
 import pytest
 from aiokafka import ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError, KafkaConnectionError
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    IllegalStateError,
+    KafkaConnectionError,
+)
 
 from podium_shared import metrics
 from podium_shared.settings import Settings
@@ -342,6 +346,17 @@ async def test_a_broker_error_is_asked_again_then_ends_the_service(tmp_path: Pat
     with pytest.raises(KafkaConnectionError):
         await ended(guard)
     assert not guard.open
+
+
+async def test_an_error_that_will_not_pass_is_not_asked_again(tmp_path: Path) -> None:
+    own = file_state(tmp_path)
+    group = Group([member_of(own)])
+    group.errors = [GroupAuthorizationFailedError("no describe on the group")]
+    guard = guard_of(own, group)  # asks a broker that is away for ever
+    await guard.listening(Inner()).on_partitions_assigned({TP})
+    with pytest.raises(GroupAuthorizationFailedError):
+        await ended(guard)
+    assert group.calls == 1 and not guard.open
 
 
 async def test_a_rebalance_forgets_the_check_of_the_assignment_before(tmp_path: Path) -> None:

@@ -214,8 +214,8 @@ class SharedStateGuard:
         prepare: Callable[[], Coroutine[Any, Any, None]] | None = None,
         allow_unshared: bool = False,
         linger_s: float = REFUSAL_LINGER_S,
-        attempts: int = 10,
-        retry_s: float = 0.5,
+        attempts: int | None = None,
+        retry_s: float = 1.0,
         attempt_timeout_s: float = 10.0,
     ) -> None:
         self.role, self.group, self.own = role, group, own
@@ -268,19 +268,23 @@ class SharedStateGuard:
         await self._open.wait()
 
     async def decision(self) -> Decision:
-        """Describe the group (retrying a broker error a few times) and decide."""
+        """Describe the group and decide. A broker that is away is asked again, for as
+        long as it takes (``attempts``: None), as the consumer itself waits for it; an
+        error that will not pass (a group ACL that forbids describing) is raised."""
         if self.own.token == SHARED:
             return Allowed()  # no broker call: a server is shared by every replica
-        for attempt in range(self._attempts):
+        attempt = 0
+        while True:
+            attempt += 1
             try:
                 members = await asyncio.wait_for(self._describe(), self._attempt_timeout_s)
-                break
+                return decide(members, self.own, role=self.role, group=self.group)
             except (KafkaError, OSError) as exc:  # OSError: TimeoutError too
-                if attempt == self._attempts - 1:
+                passing = isinstance(exc, OSError) or getattr(exc, "retriable", False)
+                if not passing or attempt == self._attempts:
                     raise
-                log.info("describing the consumer group failed; retrying", error=repr(exc))
+                log.warning("describing the consumer group failed; retrying", error=repr(exc))
                 await asyncio.sleep(self._retry_s)
-        return decide(members, self.own, role=self.role, group=self.group)
 
     def closed(self) -> None:
         """A rebalance began: hold fetching, and forget the last assignment's check."""
