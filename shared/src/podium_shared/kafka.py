@@ -45,6 +45,11 @@ def _common(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+def make_admin(settings: Settings, client_id: str) -> AIOKafkaAdminClient:
+    """An admin client (not started)."""
+    return AIOKafkaAdminClient(**_common(settings), client_id=client_id)
+
+
 def make_producer(settings: Settings, client_id: str) -> AIOKafkaProducer:
     """A producer with ``acks=all``; idempotent when the setting is ``true`` (``auto``
     must have been resolved by ``resolve_idempotence`` first, else it stays off)."""

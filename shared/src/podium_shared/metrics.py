@@ -145,7 +145,12 @@ async def update_lag(consumer: Any, group: str) -> None:
 
 async def watch_lag(consumer: Any, group: str, interval_s: float = 1.0) -> None:
     """Background task: refresh the consumer lag gauges until cancelled."""
+    task = asyncio.current_task()
     while True:
         with contextlib.suppress(Exception):
             await update_lag(consumer, group)
+        if task is not None and task.cancelling():
+            # A cancel that came as a revoked partition's position failed is raised by
+            # asyncio.wait_for (3.11) as that error, suppressed above: stop anyway.
+            raise asyncio.CancelledError
         await asyncio.sleep(interval_s)

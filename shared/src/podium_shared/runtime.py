@@ -32,7 +32,8 @@ from podium_shared.kafka import ensure_topics, make_consumer, make_producer, res
 from podium_shared.logs import configure
 from podium_shared.outbox import OutboxRelay, Sender
 from podium_shared.settings import Settings
-from podium_shared.startup import read_settings, refusing
+from podium_shared.shared_state import SharedStateGuard, UnsharedState
+from podium_shared.startup import read_settings, refuse, refusing
 from podium_shared.topics import Topics
 
 log = structlog.get_logger(__name__)
@@ -112,7 +113,13 @@ class Clients:
 
 
 async def open_clients(
-    settings: Settings, *, service: str, instance: str, group: str, pools: tuple[str, ...]
+    settings: Settings,
+    *,
+    service: str,
+    instance: str,
+    group: str,
+    pools: tuple[str, ...],
+    client_id: str | None = None,
 ) -> Clients:
     """Tracing, /metrics, the topics, a cleared readiness file and the clients:
     what every service process sets up before it subscribes."""
@@ -131,9 +138,10 @@ async def open_clients(
     settings = await resolve_idempotence(settings)
     ready = ready_file(settings, instance)
     ready.unlink(missing_ok=True)
+    client_id = client_id or f"podium-{instance}"
     return Clients(
-        producer=make_producer(settings, client_id=f"podium-{instance}"),
-        consumer=make_consumer(settings, group_id=group, client_id=f"podium-{instance}"),
+        producer=make_producer(settings, client_id=client_id),
+        consumer=make_consumer(settings, group_id=group, client_id=client_id),
         ready=ready,
     )
 
@@ -223,12 +231,19 @@ async def run_service(
     """Run until SIGTERM/SIGINT; then stop consuming, settle what is in flight,
     drain the outbox, and exit."""
     instance = instance or instance_name(spec)
+    # Replicas of a role share one database; one on a SQLite file of its own refuses.
+    guard = SharedStateGuard.of(settings, role=spec.name, group=spec.group, url=spec.engine.url)
     clients = await open_clients(
-        settings, service=spec.name, instance=instance, group=spec.group, pools=spec.pools
+        settings,
+        service=spec.name,
+        instance=instance,
+        group=spec.group,
+        pools=spec.pools,
+        client_id=guard.own.client_id(instance),
     )
     relay = make_relay(settings, spec, clients.producer, instance)
     parts: dict[str, Any] = {
-        "consumer": clients.consumer,
+        "consumer": guard.gated(clients.consumer),
         "engine": spec.engine,
         "relay": relay,
         "handler": spec.handler,
@@ -246,12 +261,13 @@ async def run_service(
             **parts, concurrency=spec.concurrency, release_timeout_s=spec.grace_s
         )
         listener = ReleaseOnRevoke(loop, on_assigned=lambda _: mark_ready(clients.ready))
-    clients.consumer.subscribe(spec.topics, listener=listener)
+    clients.consumer.subscribe(spec.topics, listener=guard.listening(listener))
     await clients.producer.start()
     await clients.consumer.start()
     watched = [
         asyncio.create_task(loop.run(), name="consume"),
         asyncio.create_task(relay.run(), name="relay"),
+        asyncio.create_task(guard.watch(), name="shared-state"),
     ]
     watched += [asyncio.create_task(factory(relay)) for factory in spec.background]
     lag = asyncio.create_task(metrics.watch_lag(clients.consumer, spec.group), name="lag")
@@ -263,6 +279,7 @@ async def run_service(
         released = await loop.shutdown(spec.grace_s)
     await cancel_all([*watched, lag])
     await close_clients(clients, relay)
+    await guard.close()
     for close in spec.closers:
         await close()
     spec.engine.dispose()
@@ -276,6 +293,7 @@ async def run_service(
     )
     if crashed is not None:
         raise crashed
+    guard.raise_if_ended()
 
 
 def serve(
@@ -291,4 +309,7 @@ def serve(
         settings = read_settings(Settings)
         configure(service, settings.log_level)
         spec = build(settings)
-    asyncio.run(run_service(settings, spec))
+    try:
+        asyncio.run(run_service(settings, spec))
+    except UnsharedState as exc:  # restarting will not help either: exit 2, one line
+        refuse(service, str(exc))

@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     executor_database_url: str | None = None
     memory_database_url: str | None = None
     recovery_database_url: str | None = None
+    # Replicas of a role on SQLite files of their own refuse to process beside each
+    # other (podium_shared.shared_state); true makes that a warning, for experts only.
+    allow_unshared_sqlite: bool = False
 
     blob_url: str | None = Field(
         default=None, description="where bodies too large for a record go; default home/blobs"
