@@ -11,8 +11,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from podium_executor.egress import parse_allow
 
 PREFIX = "PODIUM_EXECUTOR_"
 OLD_PREFIX = "PODIUM_"
@@ -64,6 +74,17 @@ class ExecutorSettings(BaseSettings):
 
     http_timeout_s: float = Field(default=30.0, gt=0)
     http_max_bytes: int = Field(default=1_048_576, ge=1, description="largest response body")
+    egress_allow: str = Field(
+        default="",
+        description="what tools may reach beyond public addresses: "
+        "'host,host:port,10.0.0.0/8,[::1]:8080' (docs/security.md)",
+    )
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_allow_parses(cls, value: str) -> str:
+        parse_allow(value)  # BadAllowList is a ValueError: a clear error at start-up
+        return value
 
     llm_base_url: str | None = Field(
         default=None, description="OpenAI-compatible API root, e.g. https://api.openai.com/v1"
