@@ -6,10 +6,9 @@ in the task's failure, its history and the DLQ, and it is not retried."""
 
 from __future__ import annotations
 
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -19,6 +18,7 @@ from podium.status import task_history
 from podium_contracts import StepErrorType, TaskCompleted, TaskFailed, TaskSubmitted
 from podium_shared import dlq_headers
 from tests.conftest import stack_settings
+from tests.support.http_server import serving
 from tests.support.kafka import read_topic
 
 pytestmark = pytest.mark.integration
@@ -37,12 +37,8 @@ class _Page(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def page() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Page)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/"
-    server.shutdown()
-    server.server_close()
+    with serving(_Page) as server:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ is not allowed refused, a name that resolves to a private address refused."""
 from __future__ import annotations
 
 import ipaddress
-import threading
 from collections.abc import Iterator, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -28,6 +27,7 @@ from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
 from podium_shared import Topics
 from podium_shared.startup import BadSetting, read_settings
+from tests.support.http_server import serving
 
 pytestmark = pytest.mark.unit
 
@@ -146,15 +146,6 @@ class Upstream:
         self.hits: list[str] = []
 
 
-def _serve(handler: type[BaseHTTPRequestHandler]) -> Iterator[ThreadingHTTPServer]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
 @pytest.fixture
 def target() -> Iterator[Upstream]:
     """The server a redirect points at."""
@@ -171,7 +162,7 @@ def target() -> Iterator[Upstream]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    for server in _serve(Handler):
+    with serving(Handler) as server:
         upstream = Upstream(server)
         upstream.hits = hits
         yield upstream
@@ -199,7 +190,7 @@ def upstream(target: Upstream) -> Iterator[Upstream]:
         def log_message(self, *args: Any) -> None:
             pass
 
-    for server in _serve(Handler):
+    with serving(Handler) as server:
         upstream = Upstream(server)
         upstream.hits = hosts
         yield upstream
