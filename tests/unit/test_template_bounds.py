@@ -52,8 +52,9 @@ async def render(template: str, timeout_s: float = 30) -> StepCompleted | StepFa
         ("{{ [1] * 10**7 }}", "a repetition of 10000000 items"),
         ("{{ (9**(9**7)) > 0 }}", "a power of at least"),
         ("{{ (10**9000) * (10**9000) }}", "a product of about"),
+        ("{{ '%0300000000d' % 1 }}", "printf formatting"),
     ],
-    ids=["string", "string-right", "list", "power", "product"],
+    ids=["string", "string-right", "list", "power", "product", "printf"],
 )
 async def test_products_and_powers_over_the_bounds_are_refused_at_once(
     template: str, message: str
@@ -70,6 +71,13 @@ async def test_honest_arithmetic_still_renders() -> None:
     out = await render("{{ 'ab' * 3 }} {{ 2**100 }} {{ 3 * 4 }} {{ 2.5 ** 2 }}")
     assert isinstance(out, StepCompleted)
     assert out.output == {"text": f"ababab {2**100} 12 6.25"}
+
+
+async def test_what_no_bound_foresaw_meets_the_workers_memory_limit() -> None:
+    out = await render("{{ '%0900000000d' | format(1) }}")  # 900 MB, asked of a filter
+    assert isinstance(out, StepFailed) and "MemoryError" in out.error.message
+    after = await render("{{ 1 + 1 }}")
+    assert isinstance(after, StepCompleted) and after.output == {"text": "2"}
 
 
 async def test_the_output_is_bounded_as_it_streams() -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import operator
+import resource
 from multiprocessing.connection import Connection
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
@@ -38,6 +39,9 @@ MAX_OUTPUT = 1_000_000
 # An integer this wide prints as about 10,000 digits: more than any honest template needs.
 MAX_INT_BITS = 32_768
 MAX_IDLE_WORKERS = 4
+# A worker's heap (RLIMIT_DATA): what no bound above foresaw (``"%0300000000d"|format(1)``)
+# fails with MemoryError in the worker, not by the kernel's OOM killer on the executor.
+WORKER_MAX_DATA_BYTES = 512 << 20
 
 
 def _size(value: Any) -> int | None:
@@ -48,12 +52,16 @@ def _size(value: Any) -> int | None:
 class BoundedSandbox(SandboxedEnvironment):
     """The sandbox with ``*`` and ``**`` refusing results over the bounds."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def call_binop(self, context: Context, operator_: str, left: Any, right: Any) -> Any:
         if operator_ == "*":
             _check_product(left, right)
             return operator.mul(left, right)
+        if operator_ == "%":
+            if isinstance(left, str):  # a width like %0300000000d sizes it before any check
+                raise SecurityError("printf formatting with %; use ~ or the format() method")
+            return operator.mod(left, right)
         _check_power(left, right)
         return operator.pow(left, right)
 
@@ -107,6 +115,13 @@ def render(source: str, values: dict[str, Any]) -> str:
 
 def _serve(conn: Connection) -> None:
     """A worker's loop: (source, values) in; ("ok", text) or ("error", ...) out."""
+    _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    soft = (
+        WORKER_MAX_DATA_BYTES
+        if hard == resource.RLIM_INFINITY
+        else min(hard, WORKER_MAX_DATA_BYTES)
+    )
+    resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
     while True:
         try:
             source, values = conn.recv()
