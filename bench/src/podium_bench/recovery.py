@@ -103,7 +103,9 @@ def recovery_drill(
                 "workflows": f"{settings.workflows}:{flows}",
             }
         )
-        with Stack(s, executors=2) as stack:
+        # effect.record is a drill: only an executor with PODIUM_DRILLS offers it; its
+        # file (home/effects.jsonl) is under the stack's home, the drills' root.
+        with Stack(s, executors=2, env={"PODIUM_DRILLS": "1"}) as stack:
             run = asyncio.run(
                 _recovery_drive(
                     stack, home / "effects.jsonl", opts.recovery_tasks, opts.recovery_hold_s

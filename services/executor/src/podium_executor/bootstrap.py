@@ -29,6 +29,8 @@ def build(
     xs = executor_settings or read_settings(ExecutorSettings)
     if xs.pool != settings.pool:
         settings = settings.model_copy(update={"pool": xs.pool})
+    if xs.drills and xs.drills_root is None:
+        xs = xs.model_copy(update={"drills_root": settings.home})
     topics = Topics(settings.topic_prefix)
     engine = open_database(settings.database_url("executor"), HISTORY)
     # Tools reach what the egress policy allows; the LLM provider is the operator's
