@@ -25,6 +25,7 @@ from podium_shared.kafka import ensure_topics, make_producer
 from podium_shared.shared_state import LocalState
 from tests.conftest import stack_settings
 from tests.support.kafka import read_topic
+from tests.support.postgres import scratch_databases
 
 pytestmark = pytest.mark.integration
 
@@ -208,7 +209,14 @@ async def test_a_replica_that_meets_another_file_handles_no_step(
 async def test_replicas_on_one_postgresql_database_run_side_by_side(
     replicas: list[Stack], postgres_url: str
 ) -> None:
-    on_database(replicas, postgres_url)
+    # A database of its own: the session's is migrated by other roles' tests, and one
+    # database holds one role's revisions.
+    with scratch_databases(postgres_url, ("executor",)) as urls:
+        await _side_by_side(replicas, urls["executor"])
+
+
+async def _side_by_side(replicas: list[Stack], database_url: str) -> None:
+    on_database(replicas, database_url)
     settings = replicas[0].settings
     await ensure_topics(settings, Topics(settings.topic_prefix).declarations((POOL,)))
     pair = [s.spawn("executor", pool=POOL) for s in replicas]
