@@ -145,6 +145,14 @@ def up(
     executors: Annotated[int, typer.Option(min=1, max=16, help="executor replicas per pool")] = 1,
     pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
     broker: BrokerOption = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="local Kafka with TLS and SCRAM-SHA-512, a principal per service "
+            "(with --broker kafka); see docs/security.md",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a local broker (unless PODIUM_KAFKA_BOOTSTRAP names a cluster) and the four
@@ -153,7 +161,9 @@ def up(
 
     settings = with_broker(load_settings(), broker)
     started = time.monotonic()
-    stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]))
+    if secure and settings.broker != "kafka":
+        fail("--secure needs --broker kafka (Tansu has no TLS or SASL)", EXIT_USAGE)
+    stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]), secure=secure)
     # Signals are handled before anything starts: a SIGTERM or Ctrl-C while the stack
     # is still starting stops what was started, rather than leaving it without a parent.
     stopping = False
