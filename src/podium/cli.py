@@ -188,7 +188,7 @@ def up(
     started_up = True
     s = stack.settings
     services = [p.instance for p in stack.processes]
-    info = {
+    info: dict[str, Any] = {
         "bootstrap": s.kafka_bootstrap,
         "embedded": stack.broker is not None,
         "broker": s.broker,
@@ -196,12 +196,24 @@ def up(
         "services": services,
         "ready_s": round(time.monotonic() - started, 2),
     }
+    exports = f"export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}"
+    if stack.security is not None:
+        # The CLI's own principal; the password stays in its file.
+        client_env = {
+            "PODIUM_SECURITY_PROTOCOL": s.security_protocol,
+            "PODIUM_SASL_MECHANISM": str(s.sasl_mechanism),
+            "PODIUM_SASL_USERNAME": str(s.sasl_username),
+            "PODIUM_SASL_PASSWORD_FILE": str(s.sasl_password_file),
+            "PODIUM_SSL_CAFILE": str(s.ssl_cafile),
+        }
+        info["client_env"] = client_env
+        exports += "".join(f" {k}={v}" for k, v in client_env.items())
     emit(
         info,
         as_json,
         f"podium ready in {info['ready_s']}s: broker {s.kafka_bootstrap}"
         f"{f' ({s.broker}, local)' if stack.broker else ''}, {', '.join(services)}; "
-        f"logs in {s.home / 'logs'}; export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}; "
+        f"logs in {s.home / 'logs'}; {exports}; "
         "Ctrl-C to stop",
     )
     sys.stdout.flush()

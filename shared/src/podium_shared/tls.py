@@ -25,7 +25,7 @@ _VALID_FOR = dt.timedelta(days=30)
 
 def write_secret(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` readable by its owner only (0600 from creation on)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
