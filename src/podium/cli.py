@@ -483,6 +483,30 @@ def topics(
 
 
 @app.command()
+def acls(
+    pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the Kafka ACLs each podium principal needs (what `podium up --secure`
+    applies), as arguments to `kafka-acls` for a cluster of your own."""
+    from podium_shared.acls import acls as generate
+
+    settings = load_settings()
+    entries = generate(settings.topic_prefix, tuple(pool or ["default"]))
+    rows = [
+        {
+            "principal": f"User:{a.principal}",
+            "resource": a.resource.name.lower(),
+            "name": a.name,
+            "pattern": a.pattern.name.lower(),
+            "operation": a.operation.name.lower(),
+        }
+        for a in entries
+    ]
+    emit(rows, as_json, "\n".join(a.describe() for a in entries))
+
+
+@app.command()
 def migrate(
     service: Annotated[
         list[str] | None,

@@ -18,7 +18,8 @@ from types import TracebackType
 
 from pydantic import SecretStr
 
-from podium_shared import EmbeddedBroker, Settings, Topics
+from podium_shared import EmbeddedBroker, Settings, Topics, acls
+from podium_shared.acls import principal
 from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent
 from podium_shared.kafka import ensure_topics, resolve_idempotence
@@ -48,14 +49,6 @@ def start_local_broker(
     if security is not None:
         raise RuntimeError("--secure needs the Apache Kafka broker (--broker kafka)")
     return EmbeddedBroker(log_path=settings.home / "logs" / "broker.log").start()
-
-
-def principal(service: str | None, pool: str | None) -> str:
-    """The SCRAM user a process connects as: one per role, one per executor pool;
-    ``operator`` for the CLI and the stack itself (topic creation)."""
-    if service is None:
-        return "operator"
-    return f"executor-{pool}" if service == "executor" else service
 
 
 def secure_local(home: Path, pools: tuple[str, ...]) -> BrokerSecurity:
@@ -172,6 +165,12 @@ class Stack:
                     "--secure starts a local Kafka; for a cluster of your own set "
                     "PODIUM_SECURITY_PROTOCOL and the PODIUM_SASL_*/PODIUM_SSL_* settings"
                 )
+            if self.security is not None:
+                # As the brokers' own principal, the one allowed to alter ACLs.
+                entries = acls.acls(self.settings.topic_prefix, self.pools)
+                admin = self.security.client_options()
+                admin["bootstrap_servers"] = self.bootstrap
+                run_sync(acls.apply(admin, entries))
             topics = Topics(self.settings.topic_prefix)
             declared = topics.declarations(
                 ("default", "memory", *self.pools),

@@ -12,14 +12,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka import TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.errors import KafkaConnectionError
+from aiokafka.errors import KafkaConnectionError, TopicAuthorizationFailedError
 from pydantic import SecretStr
 
 from podium.client import PodiumClient
 from podium.stack import Stack, password_file
 from podium_contracts import TaskCompleted, TaskSubmitted
-from podium_shared.kafka import BrokerRefused, ensure_topics
+from podium_shared import Settings, Topics
+from podium_shared.kafka import BrokerRefused, ensure_topics, make_consumer, make_producer
 from podium_shared.tls import LocalCA, write_secret
 from tests.conftest import REPO, unique_prefix
 
@@ -28,8 +30,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.kafka_only]
 
 @pytest.fixture(scope="module")
 def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    from podium_shared import Settings
-
     settings = Settings(
         broker="kafka",
         home=tmp_path_factory.mktemp("podium-secure"),
@@ -126,3 +126,36 @@ async def test_a_plaintext_client_is_refused_on_the_secure_listener(
     with pytest.raises(KafkaConnectionError):
         await admin.start()
     await admin.close()
+
+
+def as_principal(stack: Stack, user: str) -> Settings:
+    """The stack's client settings, logged in as ``user`` instead of the operator."""
+    password = password_file(stack.settings.home, user).read_text().strip()
+    return stack.settings.model_copy(
+        update={"sasl_username": user, "sasl_password": SecretStr(password)}
+    )
+
+
+async def test_the_executor_may_not_produce_tasks(secure_stack: Stack) -> None:
+    settings = as_principal(secure_stack, "executor-default")
+    producer = make_producer(settings, "executor-as-upstream")
+    await producer.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await producer.send_and_wait(Topics(settings.topic_prefix).tasks, b"{}", key=b"x")
+    finally:
+        await producer.stop()
+
+
+async def test_the_executor_may_not_read_memorys_topics(secure_stack: Stack) -> None:
+    settings = as_principal(secure_stack, "executor-default")
+    topics = Topics(settings.topic_prefix)
+    consumer = make_consumer(settings, group_id=None, client_id="executor-as-memory")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topics.steps("memory"), 0)])
+        await consumer.seek_to_beginning()
+        with pytest.raises(TopicAuthorizationFailedError):
+            await consumer.getmany(timeout_ms=5000)
+    finally:
+        await consumer.stop()

@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from podium.stack import principal, secure_local
+from podium.stack import secure_local
 from podium_shared import Settings
+from podium_shared.acls import Operation, Pattern, Resource, acls, principal
 from podium_shared.kafka import ssl_context
 from podium_shared.kafka_broker import KafkaBroker
 from podium_shared.tls import LocalCA
@@ -99,3 +100,41 @@ def test_the_secure_broker_speaks_only_sasl_ssl_to_clients(tmp_path: Path) -> No
     assert "PLAINTEXT://" not in props.replace("CONTROLLER:PLAINTEXT", "")
     assert "sasl.enabled.mechanisms=SCRAM-SHA-512" in props
     assert security.users["router"] not in repr(security)
+
+
+def test_acls_follow_the_channels_and_nothing_more() -> None:
+    entries = acls("podium", ("default", "gpu"))
+
+    def allowed(user: str, op: Operation, resource: Resource, name: str) -> bool:
+        return any(
+            a.principal == user
+            and a.operation in (op, Operation.ALL)
+            and a.resource is resource
+            and (name == a.name if a.pattern is Pattern.LITERAL else name.startswith(a.name))
+            for a in entries
+        )
+
+    T = Resource.TOPIC
+    assert allowed("router", Operation.READ, T, "podium.tasks.v1")
+    assert allowed("router", Operation.WRITE, T, "podium.steps.gpu.v1")
+    assert allowed("executor-gpu", Operation.READ, T, "podium.steps.gpu.v1")
+    assert allowed("executor-gpu", Operation.WRITE, T, "podium.steps.gpu.v1.dlq")
+    assert allowed("executor-gpu", Operation.WRITE, T, "podium.step-results.v1")
+    assert allowed("executor-gpu", Operation.READ, Resource.GROUP, "podium-executor-gpu")
+    assert allowed("executor-gpu", Operation.IDEMPOTENT_WRITE, Resource.CLUSTER, "kafka-cluster")
+    # What it must not do: submit tasks, read another pool's or memory's steps, write steps.
+    assert not allowed("executor-gpu", Operation.WRITE, T, "podium.tasks.v1")
+    assert not allowed("executor-gpu", Operation.READ, T, "podium.steps.default.v1")
+    assert not allowed("executor-gpu", Operation.READ, T, "podium.steps.memory.v1")
+    assert not allowed("executor-gpu", Operation.READ, T, "podium.task-events.v1")
+    assert not allowed("executor-gpu", Operation.WRITE, T, "podium.steps.gpu.v1")
+    assert not allowed("executor-gpu", Operation.READ, Resource.GROUP, "podium-router")
+    assert not allowed("memory", Operation.WRITE, T, "podium.task-events.v1")
+    assert allowed("memory", Operation.READ, T, "podium.task-events.v1")
+    # Services never create topics at the cluster level; the operator does.
+    assert not any(
+        a.resource is Resource.CLUSTER and a.operation is Operation.CREATE
+        for a in entries
+        if a.principal != "operator"
+    )
+    assert all(a.name.startswith("podium") or a.resource is Resource.CLUSTER for a in entries)

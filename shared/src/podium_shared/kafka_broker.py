@@ -163,6 +163,7 @@ class BrokerSecurity:
     cafile: Path
     users: dict[str, str] = field(repr=False)  # passwords: never in a repr or a log
     inter_broker_user: str = "broker"
+    server_name: str = "broker"  # the CN of the brokers' certificate
 
     def client_options(self, user: str | None = None) -> dict[str, object]:
         """aiokafka options for ``user`` (default the inter-broker one) on this broker."""
@@ -285,9 +286,11 @@ class KafkaBroker:
                 f"advertised.listeners={listener}://127.0.0.1:{node.port}",
                 "controller.listener.names=CONTROLLER",
                 f"inter.broker.listener.name={listener}",
-                # The controller quorum stays PLAINTEXT: it listens on loopback only and
-                # no client is ever told its address (it is not advertised).
-                f"listener.security.protocol.map={listener}:{listener},CONTROLLER:PLAINTEXT",
+                # With security on, the quorum speaks mTLS (the brokers' certificate);
+                # KRaft controllers cannot use SCRAM, whose credentials live in the very
+                # metadata they serve. Either way it is on loopback and not advertised.
+                f"listener.security.protocol.map={listener}:{listener},"
+                f"CONTROLLER:{'SSL' if self.security else 'PLAINTEXT'}",
                 *self._security_properties(),
                 f"log.dirs={node.data_dir / 'data'}",
                 # podium creates its own topics with the partitions it wants.
@@ -322,6 +325,11 @@ class KafkaBroker:
             f'username="{sec.inter_broker_user}" password="{password}";'
         )
         return [
+            # Nothing is allowed that an ACL (podium_shared.acls) does not allow.
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # The brokers: as SCRAM users between brokers, by certificate on the quorum.
+            f"super.users=User:{sec.inter_broker_user};User:CN={sec.server_name}",
+            "listener.name.controller.ssl.client.auth=required",
             f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
             f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
             f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config={jaas}",
