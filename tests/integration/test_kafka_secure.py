@@ -159,3 +159,30 @@ async def test_the_executor_may_not_read_memorys_topics(secure_stack: Stack) -> 
             await consumer.getmany(timeout_ms=5000)
     finally:
         await consumer.stop()
+
+
+async def test_a_malformed_task_is_dead_lettered_by_the_router_principal(
+    secure_stack: Stack,
+) -> None:
+    settings = secure_stack.settings
+    topics = Topics(settings.topic_prefix)
+    key = f"bad-{uuid.uuid4().hex[:8]}".encode()
+    producer = make_producer(settings, "operator-hostile")
+    await producer.start()
+    try:
+        await producer.send_and_wait(topics.tasks, b"{not json", key=key)
+    finally:
+        await producer.stop()
+    consumer = make_consumer(settings, group_id=None, client_id="operator-dlq")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(topics.dlq(topics.tasks), 0)])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + 30
+        found = []
+        while not found and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            found = [r for rs in batches.values() for r in rs if r.key == key]
+    finally:
+        await consumer.stop()
+    assert found and found[0].value == b"{not json"
