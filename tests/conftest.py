@@ -23,6 +23,10 @@ from podium_shared.kafka_broker import KafkaBroker, KafkaUnavailable
 from podium_shared.logs import configure
 
 REPO = Path(__file__).resolve().parent.parent
+# The drill capabilities (flaky, fail, effect.record) exist only where PODIUM_DRILLS
+# is set; the services the tests start inherit this environment (Stack passes
+# os.environ on). Their files are confined to PODIUM_DRILLS_ROOT: see drills_root.
+os.environ.setdefault("PODIUM_DRILLS", "1")
 configure("tests", "WARNING")
 
 
@@ -73,6 +77,15 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 TEST_BROKER = "tansu"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def drills_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tests' drill files (effects.jsonl, fix files) live under tmp_path, beside
+    the stacks' homes rather than in them (one file shared by replicas with separate
+    homes): the session's base temporary directory is the drills' root."""
+    root = Path(os.environ.setdefault("PODIUM_DRILLS_ROOT", str(tmp_path_factory.getbasetemp())))
+    return root
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -145,6 +145,14 @@ def up(
     executors: Annotated[int, typer.Option(min=1, max=16, help="executor replicas per pool")] = 1,
     pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
     broker: BrokerOption = None,
+    secure: Annotated[
+        bool,
+        typer.Option(
+            "--secure",
+            help="local Kafka with TLS and SCRAM-SHA-512, a principal per service "
+            "(with --broker kafka); see docs/security.md",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a local broker (unless PODIUM_KAFKA_BOOTSTRAP names a cluster) and the four
@@ -153,7 +161,9 @@ def up(
 
     settings = with_broker(load_settings(), broker)
     started = time.monotonic()
-    stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]))
+    if secure and settings.broker != "kafka":
+        fail("--secure needs --broker kafka (Tansu has no TLS or SASL)", EXIT_USAGE)
+    stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]), secure=secure)
     # Signals are handled before anything starts: a SIGTERM or Ctrl-C while the stack
     # is still starting stops what was started, rather than leaving it without a parent.
     stopping = False
@@ -178,7 +188,7 @@ def up(
     started_up = True
     s = stack.settings
     services = [p.instance for p in stack.processes]
-    info = {
+    info: dict[str, Any] = {
         "bootstrap": s.kafka_bootstrap,
         "embedded": stack.broker is not None,
         "broker": s.broker,
@@ -186,12 +196,24 @@ def up(
         "services": services,
         "ready_s": round(time.monotonic() - started, 2),
     }
+    exports = f"export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}"
+    if stack.security is not None:
+        # The CLI's own principal; the password stays in its file.
+        client_env = {
+            "PODIUM_SECURITY_PROTOCOL": s.security_protocol,
+            "PODIUM_SASL_MECHANISM": str(s.sasl_mechanism),
+            "PODIUM_SASL_USERNAME": str(s.sasl_username),
+            "PODIUM_SASL_PASSWORD_FILE": str(s.sasl_password_file),
+            "PODIUM_SSL_CAFILE": str(s.ssl_cafile),
+        }
+        info["client_env"] = client_env
+        exports += "".join(f" {k}={v}" for k, v in client_env.items())
     emit(
         info,
         as_json,
         f"podium ready in {info['ready_s']}s: broker {s.kafka_bootstrap}"
         f"{f' ({s.broker}, local)' if stack.broker else ''}, {', '.join(services)}; "
-        f"logs in {s.home / 'logs'}; export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}; "
+        f"logs in {s.home / 'logs'}; {exports}; "
         "Ctrl-C to stop",
     )
     sys.stdout.flush()
@@ -458,6 +480,30 @@ def topics(
             )
         target.write_text(render_topics_yaml())
     emit(rows, as_json, "\n".join(f"{r['name']}\t{r['partitions']}\t{r['key']}" for r in rows))
+
+
+@app.command()
+def acls(
+    pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Print the Kafka ACLs each podium principal needs (what `podium up --secure`
+    applies), as arguments to `kafka-acls` for a cluster of your own."""
+    from podium_shared.acls import acls as generate
+
+    settings = load_settings()
+    entries = generate(settings.topic_prefix, tuple(pool or ["default"]))
+    rows = [
+        {
+            "principal": f"User:{a.principal}",
+            "resource": a.resource.name.lower(),
+            "name": a.name,
+            "pattern": a.pattern.name.lower(),
+            "operation": a.operation.name.lower(),
+        }
+        for a in entries
+    ]
+    emit(rows, as_json, "\n".join(a.describe() for a in entries))
 
 
 @app.command()

@@ -5,6 +5,7 @@ Used by `podium up`, the demo, the benchmarks and the integration tests."""
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -15,11 +16,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-from podium_shared import EmbeddedBroker, Settings, Topics
+from pydantic import SecretStr
+
+from podium_shared import EmbeddedBroker, Settings, Topics, acls
+from podium_shared.acls import principal
 from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent
 from podium_shared.kafka import ensure_topics, resolve_idempotence
-from podium_shared.kafka_broker import KafkaBroker
+from podium_shared.kafka_broker import SCRAM_MECHANISM, BrokerSecurity, KafkaBroker
+from podium_shared.tls import LocalCA, write_secret
 
 SERVICES = ("router", "executor", "memory", "recovery")
 
@@ -32,12 +37,39 @@ def free_port() -> int:
         return port
 
 
-def start_local_broker(settings: Settings) -> EmbeddedBroker | KafkaBroker:
+def start_local_broker(
+    settings: Settings, security: BrokerSecurity | None = None
+) -> EmbeddedBroker | KafkaBroker:
     """The broker `podium up` runs when no cluster is named: Tansu (memory only) or
     Apache Kafka with its data under PODIUM_HOME/kafka (kept across restarts)."""
     if settings.broker == "kafka":
-        return KafkaBroker(settings.home / "kafka", log_dir=settings.home / "logs").start()
+        return KafkaBroker(
+            settings.home / "kafka", log_dir=settings.home / "logs", security=security
+        ).start()
+    if security is not None:
+        raise RuntimeError("--secure needs the Apache Kafka broker (--broker kafka)")
     return EmbeddedBroker(log_path=settings.home / "logs" / "broker.log").start()
+
+
+def secure_local(home: Path, pools: tuple[str, ...]) -> BrokerSecurity:
+    """A throwaway CA and broker certificate under ``home/tls``, and a SCRAM user per
+    role with its password in ``home/secrets/<user>.password`` (0600). Passwords are
+    made once and kept: the broker's metadata holds them across restarts."""
+    ca = LocalCA.ensure(home / "tls")
+    server = ca.issue("broker", server=True)
+    names = ["broker", "operator", "router", "memory", "recovery"]
+    names += [principal("executor", p) for p in pools]
+    users = {}
+    for name in names:
+        path = password_file(home, name)
+        if not path.exists():
+            write_secret(path, secrets.token_urlsafe(24).encode())
+        users[name] = path.read_text().strip()
+    return BrokerSecurity(server=server, cafile=ca.cert, users=users)
+
+
+def password_file(home: Path, user: str) -> Path:
+    return home / "secrets" / f"{user}.password"
 
 
 class StackInterrupted(BaseException):
@@ -106,6 +138,9 @@ class Stack:
     # pod has its own volume: the processes then share only the broker and whatever
     # the PODIUM_*_DATABASE_URL settings name.
     separate_homes: bool = False
+    # A local Apache Kafka with TLS and SCRAM, each process its own principal.
+    secure: bool = False
+    security: BrokerSecurity | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -119,10 +154,23 @@ class Stack:
         self.settings.home.mkdir(parents=True, exist_ok=True)
         try:
             if not self.settings.kafka_bootstrap:
-                self.broker = start_local_broker(self.settings)
+                if self.secure:
+                    self.security = secure_local(self.settings.home, self.pools)
+                self.broker = start_local_broker(self.settings, self.security)
                 self.settings = self.settings.model_copy(
-                    update={"kafka_bootstrap": self.broker.bootstrap}
+                    update={"kafka_bootstrap": self.broker.bootstrap, **self._operator()}
                 )
+            elif self.secure:
+                raise RuntimeError(
+                    "--secure starts a local Kafka; for a cluster of your own set "
+                    "PODIUM_SECURITY_PROTOCOL and the PODIUM_SASL_*/PODIUM_SSL_* settings"
+                )
+            if self.security is not None:
+                # As the brokers' own principal, the one allowed to alter ACLs.
+                entries = acls.acls(self.settings.topic_prefix, self.pools)
+                admin = self.security.client_options()
+                admin["bootstrap_servers"] = self.bootstrap
+                run_sync(acls.apply(admin, entries))
             topics = Topics(self.settings.topic_prefix)
             declared = topics.declarations(
                 ("default", "memory", *self.pools),
@@ -143,8 +191,32 @@ class Stack:
             raise
         return self
 
-    def child_env(self, pool: str | None = None, home: Path | None = None) -> dict[str, str]:
+    def _operator(self) -> dict[str, object]:
+        """The stack's own client settings on a secure local broker: the operator's."""
+        if self.security is None:
+            return {}
+        return {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_username": "operator",
+            "sasl_password": SecretStr(self.security.users["operator"]),
+            "sasl_password_file": password_file(self.settings.home, "operator"),
+            "ssl_cafile": self.security.cafile,
+        }
+
+    def child_env(
+        self, pool: str | None = None, home: Path | None = None, service: str | None = None
+    ) -> dict[str, str]:
         env = {**os.environ, **self.env}
+        if self.security is not None:
+            # Each process its own principal; the password by file, never in the env.
+            user = principal(service, pool)
+            env.pop("PODIUM_SASL_PASSWORD", None)
+            env["PODIUM_SECURITY_PROTOCOL"] = "SASL_SSL"
+            env["PODIUM_SASL_MECHANISM"] = SCRAM_MECHANISM
+            env["PODIUM_SASL_USERNAME"] = user
+            env["PODIUM_SASL_PASSWORD_FILE"] = str(password_file(self.settings.home, user))
+            env["PODIUM_SSL_CAFILE"] = str(self.security.cafile)
         env["PODIUM_KAFKA_BOOTSTRAP"] = self.bootstrap
         env["PODIUM_HOME"] = str(home or self.settings.home)
         env["PODIUM_TOPIC_PREFIX"] = self.settings.topic_prefix
@@ -174,7 +246,7 @@ class Stack:
             home = self.settings.home / "replicas" / instance
         log_path = self.log_dir / f"{instance}.log"
         out = log_path.open("ab")
-        env = self.child_env(pool, home)
+        env = self.child_env(pool, home, name)
         metrics_port = free_port() if self.metrics else None
         if metrics_port:
             env["PODIUM_METRICS_PORT"] = str(metrics_port)
@@ -196,7 +268,7 @@ class Stack:
     def respawn(self, dead: ServiceProcess) -> ServiceProcess:
         """Start a dead service process again in its place (same name, pool and log)."""
         out = dead.log_path.open("ab")
-        env = self.child_env(dead.pool, dead.home)
+        env = self.child_env(dead.pool, dead.home, dead.name)
         if dead.metrics_port:
             env["PODIUM_METRICS_PORT"] = str(dead.metrics_port)
             env["PODIUM_METRICS_HOST"] = "127.0.0.1"

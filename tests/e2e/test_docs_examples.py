@@ -15,6 +15,7 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -83,12 +84,16 @@ def page() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def docs_stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The stack as a reader starts it for these examples: shipped workflows only, and an
-    LLM endpoint for ticket-triage."""
+def docs_stack(
+    kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory, page: str
+) -> Iterator[Stack]:
+    """The stack as a reader starts it for these examples: shipped workflows only, an
+    LLM endpoint for ticket-triage, and the page allowed past the egress policy, as the
+    README tells the reader to allow theirs."""
     home: Path = tmp_path_factory.mktemp("docs-home")
     with FakeOpenAI() as llm:
         env = {
+            "PODIUM_EXECUTOR_EGRESS_ALLOW": urlsplit(page).netloc,
             "PODIUM_LLM_BASE_URL": llm.base_url,
             "PODIUM_LLM_MODEL": "gpt-4o-mini",
             "PODIUM_LLM_API_KEY": "sk-test",

@@ -11,6 +11,7 @@ import pytest
 from podium_contracts import StepCompleted, StepFailed, StepRequested
 from podium_executor.breaker import Breakers, CircuitOpen, State
 from podium_executor.capabilities import BUILTINS
+from podium_executor.capabilities.drills import make_drills
 from podium_executor.errors import CapabilityError, ErrorType
 from podium_executor.ratelimit import PoolRateLimit
 from podium_executor.service import Executor
@@ -19,6 +20,8 @@ from podium_shared import Topics, make_engine
 from tests.support.clock import FakeClock, run_in_virtual_time
 
 pytestmark = pytest.mark.unit
+# BUILTINS plus the drills (the file-less ``fail`` only: any root will do).
+CAPS = {**BUILTINS, **{c.name: c for c in make_drills(Path("."))}}
 
 
 def test_breaker_opens_after_consecutive_failures_and_half_opens_after_cooldown() -> None:
@@ -62,7 +65,7 @@ def down(_ctx: Any = None) -> StepRequested:
 
 
 async def test_open_circuit_fails_fast_as_retryable_unavailable() -> None:
-    ex = Executor(BUILTINS, Topics("t"), breakers=Breakers(failures=2, cooldown_s=60))
+    ex = Executor(CAPS, Topics("t"), breakers=Breakers(failures=2, cooldown_s=60))
     first, _, third = [await ex.run_step(down()) for _ in range(3)]
     assert isinstance(first, StepFailed) and first.error.message == "down"
     assert isinstance(third, StepFailed)
@@ -73,7 +76,7 @@ async def test_open_circuit_fails_fast_as_retryable_unavailable() -> None:
 
 
 async def test_invalid_input_does_not_count_against_the_provider() -> None:
-    ex = Executor(BUILTINS, Topics("t"), breakers=Breakers(failures=1, cooldown_s=60))
+    ex = Executor(CAPS, Topics("t"), breakers=Breakers(failures=1, cooldown_s=60))
     bad = down().model_copy(update={"capability": "sleep", "input": {"seconds": "x"}})
     for _ in range(3):
         out = await ex.run_step(bad)
@@ -133,7 +136,7 @@ def test_the_rate_limit_is_the_pools_whatever_the_replicas(tmp_path: Path) -> No
 
 def test_rate_limit_applies_to_capability_calls(tmp_path: Path) -> None:
     clock = FakeClock()
-    ex = Executor(BUILTINS, Topics("t"), rate_limit=limit(tmp_path, clock, rate=20, burst=1))
+    ex = Executor(CAPS, Topics("t"), rate_limit=limit(tmp_path, clock, rate=20, burst=1))
     echo = down().model_copy(update={"capability": "echo", "input": {}})
     took: list[float] = []
 

@@ -28,9 +28,9 @@ from podium_executor.capabilities import (
     capability,
     discover,
 )
-from podium_executor.capabilities.drills import record_once
+from podium_executor.capabilities.drills import make_drills, record_once
 from podium_executor.service import Executor
-from podium_executor.settings import ExecutorSettings
+from podium_executor.settings import ExecutorSettings, deprecated_variables
 from podium_shared import Topics
 
 pytestmark = pytest.mark.unit
@@ -49,8 +49,16 @@ def step(capability: str, input: dict[str, Any], attempt: int = 1) -> StepReques
     )
 
 
-async def run(capability: str, input: dict[str, Any], attempt: int = 1) -> Any:
-    return await Executor(BUILTINS, Topics("t")).run_step(step(capability, input, attempt))
+def with_drills(root: Path) -> dict[str, Capability]:
+    return {**BUILTINS, **{c.name: c for c in make_drills(root)}}
+
+
+async def run(
+    capability: str, input: dict[str, Any], attempt: int = 1, root: Path | None = None
+) -> Any:
+    """Run one step on the built-ins plus the drills, confined to ``root``."""
+    caps = with_drills(root or Path("/nonexistent-drills-root"))
+    return await Executor(caps, Topics("t")).run_step(step(capability, input, attempt))
 
 
 async def test_flaky_fails_retryably_on_its_first_attempts() -> None:
@@ -64,7 +72,9 @@ async def test_flaky_fails_retryably_on_its_first_attempts() -> None:
 
 async def test_fail_uses_its_class_until_the_fix_file_exists(tmp_path: Path) -> None:
     fix = tmp_path / "fixed"
-    fatal = await run("fail", {"error": "fatal", "message": "bad", "unless_exists": str(fix)})
+    fatal = await run(
+        "fail", {"error": "fatal", "message": "bad", "unless_exists": str(fix)}, root=tmp_path
+    )
     assert isinstance(fatal, StepFailed)
     assert (fatal.error.type, fatal.error.error_class, fatal.error.message) == (
         "capability_error",
@@ -74,18 +84,69 @@ async def test_fail_uses_its_class_until_the_fix_file_exists(tmp_path: Path) -> 
     retry = await run("fail", {"error": "retryable"})
     assert isinstance(retry, StepFailed) and retry.error.error_class == "retryable"
     fix.touch()
-    fixed = await run("fail", {"error": "fatal", "unless_exists": str(fix)})
+    fixed = await run("fail", {"error": "fatal", "unless_exists": str(fix)}, root=tmp_path)
     assert isinstance(fixed, StepCompleted)
 
 
 async def test_effect_record_appends_once_per_key(tmp_path: Path) -> None:
     path = tmp_path / "fx.jsonl"
-    first = await run("effect.record", {"path": str(path), "value": 7})
-    again = await run("effect.record", {"path": str(path), "value": 8})
+    first = await run("effect.record", {"path": str(path), "value": 7}, root=tmp_path)
+    again = await run("effect.record", {"path": str(path), "value": 8}, root=tmp_path)
     assert isinstance(first, StepCompleted) and first.output["appended"] is True
     assert isinstance(again, StepCompleted) and again.output["appended"] is False
     lines = [orjson.loads(x) for x in path.read_bytes().splitlines()]
     assert lines == [{"key": "t1/s", "task_id": "t1", "step_id": "s", "value": 7}]
+
+
+async def test_a_production_executor_does_not_know_the_drills() -> None:
+    async with httpx.AsyncClient() as http:
+        caps = discover(Resources(ExecutorSettings(drills=False), http))
+    assert not {"flaky", "fail", "effect.record"} & set(caps)
+    out = await Executor(caps, Topics("t")).run_step(
+        step("effect.record", {"path": "/tmp/anywhere.jsonl", "value": 1})
+    )
+    assert isinstance(out, StepFailed)
+    assert (out.error.type, out.error.error_class) == ("unknown_capability", "fatal")
+
+
+async def test_drills_are_offered_only_when_podium_drills_is_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("PODIUM_DRILLS", raising=False)
+    assert ExecutorSettings().drills is False
+    monkeypatch.setenv("PODIUM_DRILLS", "true")
+    monkeypatch.setenv("PODIUM_DRILLS_ROOT", str(tmp_path))
+    xs = ExecutorSettings()
+    assert (xs.drills, xs.drills_root) == (True, tmp_path)
+    assert deprecated_variables({"PODIUM_DRILLS": "1", "PODIUM_DRILLS_ROOT": "/x"}) == []
+    async with httpx.AsyncClient() as http:
+        assert {"flaky", "fail", "effect.record"} <= set(discover(Resources(xs, http)))
+        with pytest.raises(PluginError, match="PODIUM_DRILLS_ROOT"):
+            discover(Resources(xs.model_copy(update={"drills_root": None}), http))
+
+
+async def test_drill_files_are_confined_to_the_root(tmp_path: Path) -> None:
+    root, outside = tmp_path / "home", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").touch()
+    (root / "link").symlink_to(outside)
+    for path in (
+        str(outside / "fx.jsonl"),  # absolute, elsewhere
+        "../outside/fx.jsonl",  # relative, climbing out
+        str(root / ".." / "outside" / "fx.jsonl"),
+        str(root / "link" / "fx.jsonl"),  # a symbolic link out of the root
+    ):
+        out = await run("effect.record", {"path": path, "value": 1}, root=root)
+        assert isinstance(out, StepFailed), path
+        assert (out.error.type, out.error.error_class) == ("forbidden", "fatal")
+        assert "outside the drills root" in out.error.message
+    assert list(outside.iterdir()) == [outside / "secret"]  # nothing written there
+    # fail's unless_exists is no oracle for files elsewhere: refused, not answered.
+    probe = await run("fail", {"unless_exists": str(outside / "secret")}, root=root)
+    assert isinstance(probe, StepFailed) and probe.error.type == "forbidden"
+    inside = await run("effect.record", {"path": "sub/fx.jsonl", "value": 2}, root=root)
+    assert isinstance(inside, StepCompleted) and (root / "sub" / "fx.jsonl").exists()
 
 
 def test_effect_record_is_atomic_across_concurrent_writers(tmp_path: Path) -> None:

@@ -4,18 +4,22 @@ from __future__ import annotations
 
 import random
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from podium_contracts import RetryPolicy, StepError, StepFailed, StepRequested
 from podium_executor.breaker import Breakers
 from podium_executor.capabilities import BUILTINS
+from podium_executor.capabilities.drills import make_drills
 from podium_executor.service import Executor
 from podium_recovery import RecoverySettings, Retry, decide
 from podium_recovery.decisions import retry_delay
 from podium_shared import Topics
 
 pytestmark = pytest.mark.unit
+# BUILTINS plus the drills (the file-less ``fail`` only: any root will do).
+CAPS = {**BUILTINS, **{c.name: c for c in make_drills(Path("."))}}
 
 NOW = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
 # Eight attempts within about 5 s: the policy that lost every task to a 30 s circuit.
@@ -45,7 +49,7 @@ def failed(attempt: int, retry_after_s: float | None) -> StepFailed:
 async def test_an_open_circuit_reports_when_its_next_trial_is() -> None:
     clock = [100.0]
     breakers = Breakers(failures=2, cooldown_s=30, clock=lambda: clock[0])
-    ex = Executor(BUILTINS, Topics("t"), breakers=breakers)
+    ex = Executor(CAPS, Topics("t"), breakers=breakers)
     first = await ex.run_step(down())
     await ex.run_step(down())  # the second failure opens the circuit
     clock[0] += 12

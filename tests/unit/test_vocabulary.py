@@ -158,6 +158,7 @@ def test_step_error_types() -> None:
         "unknown_capability",
         "too_large",
         "forbidden",
+        "egress_refused",
     }
     assert retryable(ErrorType.TIMEOUT, "m").error.error_class == "retryable"
     assert fatal(ErrorType.INVALID_INPUT, "m").error.model_dump(mode="json")["type"] == (

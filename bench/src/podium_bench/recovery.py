@@ -103,7 +103,11 @@ def recovery_drill(
                 "workflows": f"{settings.workflows}:{flows}",
             }
         )
-        with Stack(s, executors=2) as stack:
+        # effect.record is a drill: only an executor with PODIUM_DRILLS offers it. Its
+        # file (home/effects.jsonl) is under this stack's home, named as the drills'
+        # root here rather than inherited (a test run sets its own root for its stacks).
+        drills = {"PODIUM_DRILLS": "1", "PODIUM_DRILLS_ROOT": str(home)}
+        with Stack(s, executors=2, env=drills) as stack:
             run = asyncio.run(
                 _recovery_drive(
                     stack, home / "effects.jsonl", opts.recovery_tasks, opts.recovery_hold_s

@@ -131,6 +131,7 @@ class StepErrorType(StrEnum):
     UNKNOWN_CAPABILITY = "unknown_capability"  # the pool has no capability by that name
     TOO_LARGE = "too_large"  # the data is over MAX_DATA_BYTES (podium_shared.limits)
     FORBIDDEN = "forbidden"  # memory: the step may not touch that scope
+    EGRESS_REFUSED = "egress_refused"  # a tool tried to reach an address its pool may not
 
 
 class TaskErrorType(StrEnum):

@@ -9,12 +9,16 @@ from typing import Any
 import structlog
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.conn import create_conn
 from aiokafka.errors import (
     CoordinatorLoadInProgressError,
     CoordinatorNotAvailableError,
+    IllegalSaslStateError,
     KafkaConnectionError,
     KafkaError,
+    SaslAuthenticationFailed,
     TopicAlreadyExistsError,
+    UnsupportedSaslMechanismError,
     for_code,
 )
 from aiokafka.protocol.transaction import InitProducerIdRequest
@@ -39,10 +43,52 @@ def _common(settings: Settings) -> dict[str, Any]:
             settings.sasl_password.get_secret_value() if settings.sasl_password else None
         )
     if settings.security_protocol in ("SSL", "SASL_SSL"):
-        opts["ssl_context"] = ssl.create_default_context(
-            cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
-        )
+        opts["ssl_context"] = ssl_context(settings)
     return opts
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """The TLS context of every client: verifies the broker against ``ssl_cafile`` (else
+    the system's roots) and its host name, and presents ``ssl_certfile`` for mTLS."""
+    context = ssl.create_default_context(
+        cafile=str(settings.ssl_cafile) if settings.ssl_cafile else None
+    )
+    if settings.ssl_certfile and settings.ssl_keyfile:
+        context.load_cert_chain(str(settings.ssl_certfile), str(settings.ssl_keyfile))
+    return context
+
+
+class BrokerRefused(Exception):
+    """The broker refused who we are (a wrong password, an unknown user, a certificate
+    it or we do not trust): retrying will not help, so a service exits with this."""
+
+
+async def refused_because(settings: Settings) -> BrokerRefused | None:
+    """Why the first bootstrap broker refuses these credentials, or None when it does not
+    (or is not answering at all). aiokafka's bootstrap swallows the reason into a
+    generic KafkaConnectionError; one direct connection finds it again."""
+    if settings.security_protocol == "PLAINTEXT":
+        return None
+    host, _, port = settings.require_bootstrap().split(",")[0].rpartition(":")
+    opts = _common(settings)
+    del opts["bootstrap_servers"]
+    try:
+        conn = await create_conn(host, int(port), request_timeout_ms=5000, **opts)
+    except (SaslAuthenticationFailed, UnsupportedSaslMechanismError, IllegalSaslStateError) as e:
+        return BrokerRefused(
+            f"Kafka at {host}:{port} refused user {settings.sasl_username!r} "
+            f"({settings.sasl_mechanism}): {e}"
+            " - check PODIUM_SASL_USERNAME and PODIUM_SASL_PASSWORD_FILE"
+        )
+    except ssl.SSLError as e:
+        return BrokerRefused(
+            f"TLS with Kafka at {host}:{port} failed: {e.reason or e} - check PODIUM_SSL_CAFILE "
+            "(the CA that signed the broker's certificate) and PODIUM_SSL_CERTFILE/KEYFILE"
+        )
+    except (OSError, TimeoutError, KafkaError):
+        return None  # not answering (yet): the caller's retries are for that
+    conn.close()
+    return None
 
 
 def make_admin(settings: Settings, client_id: str) -> AIOKafkaAdminClient:
@@ -127,6 +173,11 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec], *, attempts:
             await admin.start()
             break
         except KafkaConnectionError:
+            # A refusal of our credentials is final: one clear error now, no retry storm.
+            refused = await refused_because(settings)
+            if refused is not None:
+                await admin.close()
+                raise refused from None
             if attempt == attempts - 1:
                 raise
             await asyncio.sleep(0.2)

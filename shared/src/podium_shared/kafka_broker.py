@@ -31,6 +31,7 @@ from types import TracebackType
 
 from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent, free_port
+from podium_shared.tls import Issued, write_secret
 
 KAFKA_VERSION = "4.4.0"
 # The repository root: infra/kafka/pom.xml and the .tools/ cache live there.
@@ -148,13 +149,45 @@ def _listening(address: str) -> bool:
         return False
 
 
-async def _cluster_size(bootstrap: str) -> int:
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+
+
+@dataclass(frozen=True)
+class BrokerSecurity:
+    """What a secure local Kafka needs: its certificate (``server``, chain and key),
+    the CA clients trust (``cafile``), and the SCRAM users made at format time
+    (name -> password). ``inter_broker_user`` is one of them: brokers talk to each
+    other over the same SASL_SSL listener, as that principal."""
+
+    server: Issued
+    cafile: Path
+    users: dict[str, str] = field(repr=False)  # passwords: never in a repr or a log
+    inter_broker_user: str = "broker"
+    server_name: str = "broker"  # the CN of the brokers' certificate
+
+    def client_options(self, user: str | None = None) -> dict[str, object]:
+        """aiokafka options for ``user`` (default the inter-broker one) on this broker."""
+        import ssl
+
+        name = user or self.inter_broker_user
+        return {
+            "security_protocol": "SASL_SSL",
+            "sasl_mechanism": SCRAM_MECHANISM,
+            "sasl_plain_username": name,
+            "sasl_plain_password": self.users[name],
+            "ssl_context": ssl.create_default_context(cafile=str(self.cafile)),
+        }
+
+
+async def _cluster_size(bootstrap: str, options: dict[str, object] | None = None) -> int:
     """How many brokers the cluster's metadata lists (0 while none answers)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
     if not all(_listening(a) for a in bootstrap.split(",")):
         return 0
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=3000)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=3000, **(options or {})
+    )
     try:
         await admin.start()
         described = await admin.describe_cluster()
@@ -198,6 +231,8 @@ class KafkaBroker:
     heap_mb: int = DEFAULT_HEAP_MB
     progress: bool = True
     log_dir: Path | None = None  # node logs: broker.log (broker-N.log); default data_dir
+    # None: one PLAINTEXT listener. Else clients (and brokers) speak SASL_SSL with SCRAM.
+    security: BrokerSecurity | None = None
     members: list[KafkaNode] = field(default_factory=list)
 
     @property
@@ -240,17 +275,23 @@ class KafkaBroker:
         )
         rf = self.replication_factor
         min_isr = 2 if rf >= 3 else 1
+        listener = "SASL_SSL" if self.security else "PLAINTEXT"
         return "\n".join(
             [
                 "process.roles=broker,controller",
                 f"node.id={node.node_id}",
                 quorum,
-                f"listeners=PLAINTEXT://127.0.0.1:{node.port},"
+                f"listeners={listener}://127.0.0.1:{node.port},"
                 f"CONTROLLER://127.0.0.1:{node.controller_port}",
-                f"advertised.listeners=PLAINTEXT://127.0.0.1:{node.port}",
+                f"advertised.listeners={listener}://127.0.0.1:{node.port}",
                 "controller.listener.names=CONTROLLER",
-                "inter.broker.listener.name=PLAINTEXT",
-                "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                f"inter.broker.listener.name={listener}",
+                # With security on, the quorum speaks mTLS (the brokers' certificate);
+                # KRaft controllers cannot use SCRAM, whose credentials live in the very
+                # metadata they serve. Either way it is on loopback and not advertised.
+                f"listener.security.protocol.map={listener}:{listener},"
+                f"CONTROLLER:{'SSL' if self.security else 'PLAINTEXT'}",
+                *self._security_properties(),
                 f"log.dirs={node.data_dir / 'data'}",
                 # podium creates its own topics with the partitions it wants.
                 "auto.create.topics.enable=false",
@@ -272,6 +313,34 @@ class KafkaBroker:
             ]
         )
 
+    def _security_properties(self) -> list[str]:
+        """The SASL_SSL listener's settings: SCRAM-SHA-512 only, a PEM keystore (the
+        broker's key and chain in one file) and a PEM truststore of the local CA."""
+        sec = self.security
+        if sec is None:
+            return []
+        password = sec.users[sec.inter_broker_user]
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{sec.inter_broker_user}" password="{password}";'
+        )
+        return [
+            # Nothing is allowed that an ACL (podium_shared.acls) does not allow.
+            "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            # The brokers: as SCRAM users between brokers, by certificate on the quorum.
+            f"super.users=User:{sec.inter_broker_user};User:CN={sec.server_name}",
+            "listener.name.controller.ssl.client.auth=required",
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config={jaas}",
+            "ssl.keystore.type=PEM",
+            f"ssl.keystore.location={self.data_dir / 'broker-keystore.pem'}",
+            "ssl.truststore.type=PEM",
+            f"ssl.truststore.location={sec.cafile}",
+            "ssl.endpoint.identification.algorithm=https",
+            "ssl.enabled.protocols=TLSv1.3,TLSv1.2",
+        ]
+
     def _format(self, java: str, libs: Path) -> None:
         """Format each node's storage once (a restart over existing data skips it)."""
         unformatted = [
@@ -289,6 +358,10 @@ class KafkaBroker:
             cmd += [f"--cluster-id={cluster_id}", "-c", str(node.data_dir / "server.properties")]
             if self.nodes == 1:
                 cmd.append("--standalone")
+            # SCRAM credentials live in the metadata log; adding them at format time
+            # means the brokers can authenticate each other from their first start.
+            for name, password in (self.security.users if self.security else {}).items():
+                cmd += ["--add-scram", f"{SCRAM_MECHANISM}=[name={name},password={password}]"]
             result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
             if result.returncode != 0:
                 raise RuntimeError(
@@ -296,9 +369,16 @@ class KafkaBroker:
                 )
 
     def _write_configs(self) -> None:
+        if self.security:
+            # Kafka's PEM keystore file holds the private key and the certificate chain.
+            keystore = (
+                self.security.server.key.read_bytes() + self.security.server.cert.read_bytes()
+            )
+            write_secret(self.data_dir / "broker-keystore.pem", keystore)
         for node in self.members:
             node.data_dir.mkdir(parents=True, exist_ok=True)
-            (node.data_dir / "server.properties").write_text(self._properties(node))
+            # 0600: with security on, it holds the inter-broker password.
+            write_secret(node.data_dir / "server.properties", self._properties(node).encode())
             (node.data_dir / "log4j2.properties").write_text(_LOG4J2)
 
     def start(self, timeout_s: float = 90.0) -> KafkaBroker:
@@ -358,7 +438,8 @@ class KafkaBroker:
                     raise RuntimeError(
                         f"Kafka node {node.node_id} exited with {node.proc.returncode}:\n{tail}"
                     )
-            if run_sync(_cluster_size(self.bootstrap)) == len(self.members):
+            options = self.security.client_options() if self.security else None
+            if run_sync(_cluster_size(self.bootstrap, options)) == len(self.members):
                 return
             time.sleep(0.2)
         raise TimeoutError(f"Apache Kafka did not answer on {self.bootstrap} in {timeout_s}s")

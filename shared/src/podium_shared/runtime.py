@@ -28,7 +28,13 @@ from podium_shared import blobs, metrics, telemetry
 from podium_shared.claiming import ClaimingRelay
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
 from podium_shared.consumer import ConsumeLoop, Handler
-from podium_shared.kafka import ensure_topics, make_consumer, make_producer, resolve_idempotence
+from podium_shared.kafka import (
+    BrokerRefused,
+    ensure_topics,
+    make_consumer,
+    make_producer,
+    resolve_idempotence,
+)
 from podium_shared.logs import configure
 from podium_shared.outbox import OutboxRelay, Sender
 from podium_shared.settings import Settings
@@ -311,5 +317,5 @@ def serve(
         spec = build(settings)
     try:
         asyncio.run(run_service(settings, spec))
-    except UnsharedState as exc:  # restarting will not help either: exit 2, one line
+    except (UnsharedState, BrokerRefused) as exc:  # restarting will not help: exit 2, one line
         refuse(service, str(exc))

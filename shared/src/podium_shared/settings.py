@@ -43,7 +43,13 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # A file holding the password (mode 0600, as `podium up --secure` writes them): kept
+    # out of the environment, which child processes and /proc/<pid>/environ expose.
+    sasl_password_file: Path | None = None
     ssl_cafile: Path | None = None
+    # mTLS: the client's certificate chain and key, PEM.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
     router_database_url: str | None = None
     executor_database_url: str | None = None
@@ -72,6 +78,20 @@ class Settings(BaseSettings):
             self.broker = "kafka" if self.kafka_bootstrap else "tansu"
         if self.fetch_max_wait_ms == -1:
             self.fetch_max_wait_ms = 5 if self.broker == "tansu" else 500
+        if self.sasl_password_file is not None:
+            if self.sasl_password is not None:
+                raise ValueError("set PODIUM_SASL_PASSWORD or PODIUM_SASL_PASSWORD_FILE, not both")
+            # Read once, at start-up: a missing file is a configuration error now, not a
+            # failed connection later.
+            text = self.sasl_password_file.read_text().rstrip("\r\n")
+            self.sasl_password = SecretStr(text)
+        if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
+            raise ValueError(
+                f"PODIUM_SASL_MECHANISM={self.sasl_mechanism} needs PODIUM_SASL_USERNAME and "
+                "a password (PODIUM_SASL_PASSWORD_FILE or PODIUM_SASL_PASSWORD)"
+            )
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("PODIUM_SSL_CERTFILE and PODIUM_SSL_KEYFILE go together")
         return self
 
     @field_validator("home")

@@ -6,6 +6,7 @@ import httpx
 
 from podium_executor.breaker import Breakers
 from podium_executor.capabilities import Capability, Resources, discover
+from podium_executor.egress import EgressPolicy, cluster_endpoints, guarded_client, parse_allow
 from podium_executor.handlers import make_handler
 from podium_executor.ledger import Ledger
 from podium_executor.migrations import HISTORY
@@ -28,11 +29,24 @@ def build(
     xs = executor_settings or read_settings(ExecutorSettings)
     if xs.pool != settings.pool:
         settings = settings.model_copy(update={"pool": xs.pool})
+    if xs.drills and xs.drills_root is None:
+        xs = xs.model_copy(update={"drills_root": settings.home})
     topics = Topics(settings.topic_prefix)
     engine = open_database(settings.database_url("executor"), HISTORY)
-    http = http or httpx.AsyncClient(follow_redirects=False)
+    # Tools reach what the egress policy allows; the LLM provider is the operator's
+    # own setting, outside the policy (docs/security.md). A client passed in serves both.
+    provider_http = http or httpx.AsyncClient(follow_redirects=False)
+    http = http or guarded_client(
+        EgressPolicy(
+            allow=parse_allow(xs.egress_allow),
+            cluster=cluster_endpoints(
+                settings.kafka_bootstrap,
+                [settings.database_url(s) for s in ("router", "executor", "memory", "recovery")],
+            ),
+        )
+    )
     executor = Executor(
-        capabilities if capabilities is not None else discover(Resources(xs, http)),
+        capabilities if capabilities is not None else discover(Resources(xs, http, provider_http)),
         topics,
         ledger=Ledger(engine),
         breakers=Breakers(xs.breaker_failures, xs.breaker_cooldown_s),
@@ -61,5 +75,5 @@ def build(
             "concurrency": xs.concurrency,
             "capabilities": sorted(executor.capabilities),
         },
-        closers=[http.aclose],
+        closers=[c.aclose for c in {id(c): c for c in (http, provider_http)}.values()],
     )

@@ -2,7 +2,7 @@
 
     CapabilityError(type, message)        raised by a capability, reported in StepFailed
       retryable: timeout, rate_limited, unavailable
-      fatal:     invalid_input, capability_error, unknown_capability
+      fatal:     invalid_input, capability_error, unknown_capability, egress_refused
 
 Recovery retries the retryable classes (with backoff, then the fallback pool;
 never before the error's ``retry_after_s``, which an open circuit sets to its

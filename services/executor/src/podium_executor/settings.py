@@ -10,9 +10,20 @@ old name it finds.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
-from pydantic import AliasChoices, AliasGenerator, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from podium_executor.egress import parse_allow
 
 PREFIX = "PODIUM_EXECUTOR_"
 OLD_PREFIX = "PODIUM_"
@@ -64,6 +75,17 @@ class ExecutorSettings(BaseSettings):
 
     http_timeout_s: float = Field(default=30.0, gt=0)
     http_max_bytes: int = Field(default=1_048_576, ge=1, description="largest response body")
+    egress_allow: str = Field(
+        default="",
+        description="what tools may reach beyond public addresses: "
+        "'host,host:port,10.0.0.0/8,[::1]:8080' (docs/security.md)",
+    )
+
+    @field_validator("egress_allow")
+    @classmethod
+    def _egress_allow_parses(cls, value: str) -> str:
+        parse_allow(value)  # BadAllowList is a ValueError: a clear error at start-up
+        return value
 
     llm_base_url: str | None = Field(
         default=None, description="OpenAI-compatible API root, e.g. https://api.openai.com/v1"
@@ -75,10 +97,21 @@ class ExecutorSettings(BaseSettings):
         default_factory=dict, description='JSON: {"model": {"prompt": 0.15, "completion": 0.6}}'
     )
 
+    # PODIUM_DRILLS and PODIUM_DRILLS_ROOT: read under these names (the _variables
+    # generator's second choice), as tests and drills set them.
+    drills: bool = Field(
+        default=False, description="offer the drill capabilities (flaky, fail, effect.record)"
+    )
+    drills_root: Path | None = Field(
+        default=None, description="the only tree the drills' files may be in; default: PODIUM_HOME"
+    )
+
 
 # Old names that are now shared settings of every service, meaning the same thing
 # (``podium_shared.Settings``): setting one is not a deprecated use.
 SHARED_NAMES = frozenset({"outbox_lease_s"})
+# Settings whose PODIUM_<NAME> is their own name, not an old one.
+OWN_NAMES = frozenset({"drills", "drills_root"})
 
 
 def deprecated_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -87,5 +120,5 @@ def deprecated_variables(environ: Mapping[str, str]) -> list[tuple[str, str]]:
     return [
         (f"{OLD_PREFIX}{name.upper()}", f"{PREFIX}{name.upper()}")
         for name in ExecutorSettings.model_fields
-        if f"{OLD_PREFIX}{name.upper()}" in upper and name not in SHARED_NAMES
+        if f"{OLD_PREFIX}{name.upper()}" in upper and name not in SHARED_NAMES | OWN_NAMES
     ]

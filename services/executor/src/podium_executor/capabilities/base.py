@@ -84,10 +84,19 @@ class Capability:
 
 @dataclass(frozen=True, slots=True)
 class Resources:
-    """What capability factories may use: settings and one shared HTTP client."""
+    """What capability factories may use: settings and the shared HTTP clients.
+
+    ``http`` is for what a task names (tools): in a running executor every
+    connection it opens passes the pool's egress policy. ``provider_http`` is for
+    endpoints the operator configured (the LLM API); default: ``http``."""
 
     settings: ExecutorSettings
     http: httpx.AsyncClient
+    provider_http: httpx.AsyncClient | None = None
+
+    @property
+    def operator_http(self) -> httpx.AsyncClient:
+        return self.provider_http or self.http
 
 
 def capability(

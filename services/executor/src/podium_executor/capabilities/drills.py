@@ -8,6 +8,13 @@
   ``{"key", "task_id", "step_id", "value"}`` to ``path`` unless a line with the
   step's idempotency key is already there. Counting lines per key shows whether
   keys stayed stable through retries, crashes and replays.
+
+They are not capabilities of a production executor: ``effect.record`` appends to a
+file its input names and ``fail`` answers whether a file exists. The registry offers
+them only when ``PODIUM_DRILLS`` is set (tests and drills set it), and every file
+they touch must lie under their root (``PODIUM_DRILLS_ROOT``, default
+``PODIUM_HOME``) once resolved: ``..`` or a symbolic link out of it is a fatal
+``forbidden`` step error.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from podium_contracts import ErrorClass
-from podium_executor.capabilities.base import StepContext, capability
+from podium_executor.capabilities.base import Capability, StepContext, capability
 from podium_executor.errors import ErrorType, fatal, retryable
 
 
@@ -45,6 +52,18 @@ class EffectInput(BaseModel):
     hold_s: float = Field(default=0.0, ge=0, le=3600)
 
 
+def confine(root: Path, raw: str, capability_name: str) -> Path:
+    """``raw`` resolved (symbolic links followed), refused unless it lies under ``root``."""
+    base = root.resolve()
+    path = (base / raw).resolve()  # an absolute raw replaces base
+    if not path.is_relative_to(base):
+        raise fatal(
+            ErrorType.FORBIDDEN,
+            f"{capability_name}: {raw!r} is outside the drills root {str(base)!r}",
+        )
+    return path
+
+
 @capability("flaky")
 async def flaky(data: FlakyInput, ctx: StepContext) -> Any:
     """Fail retryably on the first fail_attempts attempts, then echo the input."""
@@ -54,16 +73,6 @@ async def flaky(data: FlakyInput, ctx: StepContext) -> Any:
             f"flaky: attempt {ctx.attempt} of the first {data.fail_attempts} fails",
         )
     return data.model_dump()
-
-
-@capability("fail")
-async def fail(data: FailInput, _ctx: StepContext) -> Any:
-    """Fail with the given class, unless the file unless_exists exists."""
-    if data.unless_exists and Path(data.unless_exists).exists():
-        return data.model_dump()
-    if data.error == "retryable":
-        raise retryable(ErrorType.UNAVAILABLE, data.message)
-    raise fatal(ErrorType.CAPABILITY_ERROR, data.message)
 
 
 def record_once(path: Path, line: dict[str, Any]) -> bool:
@@ -84,16 +93,31 @@ def record_once(path: Path, line: dict[str, Any]) -> bool:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@capability("effect.record")
-async def effect_record(data: EffectInput, ctx: StepContext) -> Any:
-    """Append one line per idempotency key to a file."""
-    line = {
-        "key": ctx.idempotency_key,
-        "task_id": ctx.task_id,
-        "step_id": ctx.step_id,
-        "value": data.value,
-    }
-    appended = await asyncio.to_thread(record_once, Path(data.path), line)
-    if data.hold_s:
-        await asyncio.sleep(data.hold_s)
-    return {"key": ctx.idempotency_key, "appended": appended, "value": data.value}
+def make_drills(root: Path) -> list[Capability]:
+    """The drill capabilities, their files confined to ``root``."""
+
+    @capability("fail")
+    async def fail(data: FailInput, _ctx: StepContext) -> Any:
+        """Fail with the given class, unless the file unless_exists exists."""
+        if data.unless_exists and confine(root, data.unless_exists, "fail").exists():
+            return data.model_dump()
+        if data.error == "retryable":
+            raise retryable(ErrorType.UNAVAILABLE, data.message)
+        raise fatal(ErrorType.CAPABILITY_ERROR, data.message)
+
+    @capability("effect.record")
+    async def effect_record(data: EffectInput, ctx: StepContext) -> Any:
+        """Append one line per idempotency key to a file."""
+        path = confine(root, data.path, "effect.record")
+        line = {
+            "key": ctx.idempotency_key,
+            "task_id": ctx.task_id,
+            "step_id": ctx.step_id,
+            "value": data.value,
+        }
+        appended = await asyncio.to_thread(record_once, path, line)
+        if data.hold_s:
+            await asyncio.sleep(data.hold_s)
+        return {"key": ctx.idempotency_key, "appended": appended, "value": data.value}
+
+    return [flaky, fail, effect_record]

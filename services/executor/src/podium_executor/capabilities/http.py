@@ -1,7 +1,12 @@
 """http.request: one real HTTP call through the shared httpx client, with a
 timeout and a response size limit. Unsafe methods carry the step's
 idempotency key in an ``Idempotency-Key`` header, so APIs that honour it
-deduplicate retries."""
+deduplicate retries.
+
+Every connection it opens goes through the pool's egress policy
+(``podium_executor.egress``): a refused address is a fatal ``egress_refused``.
+Redirects are returned as they are unless the input asks to follow them; each hop
+is then checked again, at most ``MAX_REDIRECTS`` of them."""
 
 from __future__ import annotations
 
@@ -13,6 +18,7 @@ import httpx
 from pydantic import AnyHttpUrl, BaseModel, Field, model_validator
 
 from podium_executor.capabilities.base import Capability, Resources, StepContext
+from podium_executor.egress import MAX_REDIRECTS, EgressRefused
 from podium_executor.errors import ErrorType, fatal, retryable
 
 UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -27,6 +33,7 @@ class HttpInput(BaseModel):
     timeout_s: float | None = Field(default=None, gt=0, le=3600)
     max_bytes: int | None = Field(default=None, ge=1)
     raise_for_status: bool = True
+    follow_redirects: bool = False
 
     @model_validator(mode="after")
     def _one_body(self) -> HttpInput:
@@ -89,11 +96,20 @@ def make_http_request(resources: Resources) -> Capability:
             timeout=data.timeout_s or settings.http_timeout_s,
         )
         try:
-            response = await resources.http.send(request, stream=True)
+            response = await resources.http.send(
+                request, stream=True, follow_redirects=data.follow_redirects
+            )
             try:
                 content = await read_limited(response, limit)
             finally:
                 await response.aclose()
+        except EgressRefused as exc:
+            raise fatal(ErrorType.EGRESS_REFUSED, f"{data.method} {host_of(url)}: {exc}") from exc
+        except httpx.TooManyRedirects as exc:
+            raise fatal(
+                ErrorType.CAPABILITY_ERROR,
+                f"{data.method} {host_of(url)}: more than {MAX_REDIRECTS} redirects",
+            ) from exc
         except httpx.HTTPError as exc:
             raise transport_error(exc, f"{data.method} {host_of(url)}") from exc
         text = content.decode(response.charset_encoding or "utf-8", errors="replace")

@@ -116,7 +116,7 @@ def make_llm_chat(resources: Resources) -> Capability:
             headers["Authorization"] = f"Bearer {settings.llm_api_key.get_secret_value()}"
         where = f"llm {host_of(base_url)}"
         try:
-            response = await resources.http.post(
+            response = await resources.operator_http.post(
                 f"{base_url}/chat/completions",
                 json=body,
                 headers=headers,

@@ -1,5 +1,7 @@
 """Which capabilities a pool has: the built-ins, then every entry point in the
 ``podium.capabilities`` group, then ``PODIUM_EXECUTOR_PLUGINS`` ("module:attr,...").
+The drills (``flaky``, ``fail``, ``effect.record``) join the built-ins only when
+``PODIUM_DRILLS`` is set: a production executor does not know them.
 
 An entry point names either a ``Capability`` or a factory that takes
 ``Resources`` and returns one capability or several. Two capabilities with one
@@ -15,7 +17,7 @@ from typing import Any
 
 from podium_executor.capabilities.base import Capability, Resources
 from podium_executor.capabilities.basic import echo, sleep
-from podium_executor.capabilities.drills import effect_record, fail, flaky
+from podium_executor.capabilities.drills import make_drills
 from podium_executor.capabilities.http import make_http_request
 from podium_executor.capabilities.llm import make_llm_chat
 from podium_executor.capabilities.template import template
@@ -23,9 +25,7 @@ from podium_executor.capabilities.template import template
 GROUP = "podium.capabilities"
 
 # The built-ins that need no resources (settings, HTTP client).
-BUILTINS: dict[str, Capability] = {
-    c.name: c for c in (echo, sleep, template, flaky, fail, effect_record)
-}
+BUILTINS: dict[str, Capability] = {c.name: c for c in (echo, sleep, template)}
 
 
 class PluginError(Exception):
@@ -33,7 +33,20 @@ class PluginError(Exception):
 
 
 def builtin_capabilities(resources: Resources) -> list[Capability]:
-    return [*BUILTINS.values(), make_http_request(resources), make_llm_chat(resources)]
+    settings = resources.settings
+    drills: list[Capability] = []
+    if settings.drills:
+        if settings.drills_root is None:  # bootstrap sets it to PODIUM_HOME
+            raise PluginError(
+                "PODIUM_DRILLS is set but the drills have no root: PODIUM_DRILLS_ROOT"
+            )
+        drills = make_drills(settings.drills_root)
+    return [
+        *BUILTINS.values(),
+        make_http_request(resources),
+        make_llm_chat(resources),
+        *drills,
+    ]
 
 
 def _expand(obj: Any, origin: str, resources: Resources) -> list[Capability]:

@@ -1,0 +1,178 @@
+"""Kafka ACLs for podium's principals, generated from the topic declarations.
+
+Each role gets exactly what ``podium_contracts.asyncapi.CHANNELS`` says it reads and
+writes: Read on the topics it consumes (and on its own consumer group), Write on the
+topics it produces and on the DLQs of the topics it consumes, and IdempotentWrite on
+the cluster (its producers are idempotent). Two grants are wider than one topic:
+
+- Describe on every topic under the prefix, for every role: each service checks at
+  start-up that all declared topics exist (``ensure_topics``), and a topic it may not
+  describe would look missing. Describe shows a topic's metadata, never its records.
+- Write on ``<prefix>.steps.`` (prefixed) for the router and recovery, which send
+  steps to any pool, including pools started after the ACLs were written; the router
+  may also Create those topics, for the pools its workflows name.
+
+``operator`` (the CLI and ``podium up``) may do anything to topics and groups under
+the prefix and create topics; it is the principal a human uses, not a service.
+``apply`` writes them with CreateAcls as a principal that may (the brokers' own).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any
+
+from aiokafka import AIOKafkaClient
+from aiokafka.errors import for_code
+from aiokafka.protocol.admin import CreateAclsRequest
+
+from podium_contracts.asyncapi import CHANNELS, UPSTREAM
+from podium_contracts.vocabulary import TOPIC_PREFIX
+from podium_shared.topics import Topics
+
+
+# Kafka's protocol codes (org.apache.kafka.common.acl / .resource).
+class Resource(IntEnum):
+    TOPIC = 2
+    GROUP = 3
+    CLUSTER = 4
+
+
+class Operation(IntEnum):
+    ALL = 2
+    READ = 3
+    WRITE = 4
+    CREATE = 5
+    DESCRIBE = 8
+    IDEMPOTENT_WRITE = 12
+
+
+class Pattern(IntEnum):
+    LITERAL = 3
+    PREFIXED = 4
+
+
+_ALLOW = 3
+CLUSTER = "kafka-cluster"
+
+
+@dataclass(frozen=True, order=True)
+class Acl:
+    """Allow ``principal`` (a SCRAM user) ``operation`` on one resource, from any host."""
+
+    principal: str
+    resource: Resource
+    name: str
+    pattern: Pattern
+    operation: Operation
+
+    def describe(self) -> str:
+        """As ``kafka-acls --add`` would take it."""
+        what = {
+            Resource.TOPIC: f"--topic {self.name}",
+            Resource.GROUP: f"--group {self.name}",
+            Resource.CLUSTER: "--cluster",
+        }[self.resource]
+        pattern = " --resource-pattern-type prefixed" if self.pattern is Pattern.PREFIXED else ""
+        operation = "".join(w.capitalize() for w in self.operation.name.split("_"))
+        return (
+            f"--add --allow-principal User:{self.principal} --operation {operation} {what}{pattern}"
+        )
+
+
+def principal(service: str | None, pool: str | None = None) -> str:
+    """The SCRAM user a process connects as: one per role, one per executor pool;
+    ``operator`` for the CLI and the stack itself (topic creation)."""
+    if service is None:
+        return "operator"
+    return f"executor-{pool}" if service == "executor" else service
+
+
+def _topics(address: str, topics: Topics, pools: tuple[str, ...]) -> list[str]:
+    if "{pool}" in address:
+        return [topics.steps(p) for p in pools]
+    return [topics.prefix + address.removeprefix(TOPIC_PREFIX)]
+
+
+def acls(prefix: str, pools: tuple[str, ...]) -> list[Acl]:
+    """Every ACL podium's principals need under ``prefix``, executor ``pools`` given."""
+    topics = Topics(prefix)
+    out: set[Acl] = set()
+
+    def topic(user: str, name: str, op: Operation, pattern: Pattern = Pattern.LITERAL) -> None:
+        out.add(Acl(user, Resource.TOPIC, name, pattern, op))
+
+    # service -> the principals that run it (the executor: one per pool).
+    runners: dict[str, list[tuple[str, str | None]]] = {
+        "router": [("router", None)],
+        "memory": [("memory", "memory")],
+        "recovery": [("recovery", None)],
+        "executor": [(principal("executor", p), p) for p in pools],
+    }
+    for ch in CHANNELS:
+        for service in ch.consumers:
+            if service == UPSTREAM:
+                continue
+            for user, pool in runners[service]:
+                # A pool's consumer reads only its own pool's topic.
+                names = (
+                    [topics.steps(pool)]
+                    if "{pool}" in ch.address and pool
+                    else _topics(ch.address, topics, pools)
+                )
+                for name in names:
+                    topic(user, name, Operation.READ)
+                    if ch.dlq:
+                        topic(user, topics.dlq(name), Operation.WRITE)
+        for service in ch.producers:
+            if service == UPSTREAM:
+                continue
+            for user, _ in runners[service]:
+                if "{pool}" in ch.address:
+                    topic(user, f"{prefix}.steps.", Operation.WRITE, Pattern.PREFIXED)
+                else:
+                    for name in _topics(ch.address, topics, pools):
+                        topic(user, name, Operation.WRITE)
+    # The router creates the step topics (and their DLQs) of the pools its workflows
+    # name, as it does on a cluster without ACLs: a pool may be named before it runs.
+    topic("router", f"{prefix}.steps.", Operation.CREATE, Pattern.PREFIXED)
+    for service, users in runners.items():
+        for user, pool in users:
+            group = topics.group(service, pool if service == "executor" else None)
+            out.add(Acl(user, Resource.GROUP, group, Pattern.LITERAL, Operation.READ))
+            topic(user, f"{prefix}.", Operation.DESCRIBE, Pattern.PREFIXED)
+            out.add(
+                Acl(user, Resource.CLUSTER, CLUSTER, Pattern.LITERAL, Operation.IDEMPOTENT_WRITE)
+            )
+    op = "operator"
+    topic(op, f"{prefix}.", Operation.ALL, Pattern.PREFIXED)
+    out.add(Acl(op, Resource.GROUP, prefix, Pattern.PREFIXED, Operation.ALL))
+    for cluster_op in (Operation.CREATE, Operation.DESCRIBE, Operation.IDEMPOTENT_WRITE):
+        out.add(Acl(op, Resource.CLUSTER, CLUSTER, Pattern.LITERAL, cluster_op))
+    return sorted(out)
+
+
+async def apply(options: dict[str, Any], entries: list[Acl]) -> None:
+    """Create ``entries`` on the cluster (an existing ACL is left as it is), connecting
+    with aiokafka ``options`` of a principal allowed to alter ACLs."""
+    client = AIOKafkaClient(**options, client_id="podium-acls")
+    await client.bootstrap()
+    try:
+        node = client.get_random_node()
+        for acl in entries:
+            request = CreateAclsRequest(
+                int(acl.resource),
+                acl.name,
+                int(acl.pattern),
+                f"User:{acl.principal}",
+                "*",
+                int(acl.operation),
+                _ALLOW,
+            )
+            response = await client.send(node, request)
+            for code, message in response.creation_responses:
+                if code:
+                    raise for_code(code)(f"creating ACL {acl.describe()}: {message}")
+    finally:
+        await client.close()
