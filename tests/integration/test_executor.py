@@ -157,17 +157,25 @@ async def test_kill_9_mid_batch_loses_nothing_and_doubles_no_effect(
     pools: Stack, tmp_path: Path
 ) -> None:
     path = tmp_path / "effects.jsonl"
-    victim = replicas(pools, "work")[0]
+    work = {p.proc.pid: p for p in replicas(pools, "work")}
+    killed: list[ServiceProcess] = []
 
-    async def kill_when_busy() -> None:
+    async def kill_one_mid_step() -> None:
+        # Wait until effects happen on the replicas, then kill the replica that appended
+        # the newest line: that step holds for 0.8 s after its append, so it is in flight.
         deadline = time.monotonic() + 30
-        while sum(keys_in(path).values()) < 12:  # effects happening on every replica
-            assert time.monotonic() < deadline
+        while True:
+            assert time.monotonic() < deadline, "no effects from the work pool"
+            lines = path.read_bytes().splitlines() if path.exists() else []
+            pids = [orjson.loads(line)["pid"] for line in lines if line.strip()]
+            if len(pids) >= 12 and pids[-1] in work:
+                killed.append(work[pids[-1]])
+                pools.kill(killed[0])  # SIGKILL: no shutdown, in-flight steps die mid-hold
+                return
             await asyncio.sleep(0.02)
-        pools.kill(victim)  # SIGKILL: no shutdown, in-flight steps die mid-hold
 
-    done = await run_effects(pools, path, 72, hold_s=0.8, during=kill_when_busy)
-    assert victim.proc.returncode == -9
+    done = await run_effects(pools, path, 72, hold_s=0.8, during=kill_one_mid_step)
+    assert killed[0].proc.returncode == -9
     counts = keys_in(path)
     assert len(counts) == 72 and set(counts.values()) == {1}, counts.most_common(3)
     # Steps that were in flight on the victim ran again elsewhere with the same key,

@@ -65,7 +65,12 @@ def traced_task(stack: Stack) -> dict[str, Any]:
         steps = {
             s["attributes"].get("podium.step_id") for s in spans if s["name"] == "executor.call"
         }
-        if (services >= SERVICES and {"wobbly", "echo"} <= steps) or time.monotonic() > deadline:
+        # Each service flushes its own file: a consume span can land before the span of
+        # the publish it descends from. Wait until every parent is in (or upstream).
+        known = {s["span_id"] for s in spans} | {UPSTREAM_SPAN}
+        closed = all(s["parent_span_id"] in known for s in spans)
+        complete = services >= SERVICES and {"wobbly", "echo"} <= steps and closed
+        if complete or time.monotonic() > deadline:
             break
         time.sleep(0.2)
     return {"task_id": task.task_id, "spans": spans, "outcome": outcome}

@@ -3,6 +3,7 @@ the process's command line."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -95,7 +96,8 @@ async def test_effect_record_appends_once_per_key(tmp_path: Path) -> None:
     assert isinstance(first, StepCompleted) and first.output["appended"] is True
     assert isinstance(again, StepCompleted) and again.output["appended"] is False
     lines = [orjson.loads(x) for x in path.read_bytes().splitlines()]
-    assert lines == [{"key": "t1/s", "task_id": "t1", "step_id": "s", "value": 7}]
+    pid = os.getpid()
+    assert lines == [{"key": "t1/s", "task_id": "t1", "step_id": "s", "value": 7, "pid": pid}]
 
 
 async def test_a_production_executor_does_not_know_the_drills() -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,7 @@ def make_drills(root: Path) -> list[Capability]:
             "task_id": ctx.task_id,
             "step_id": ctx.step_id,
             "value": data.value,
+            "pid": os.getpid(),  # which replica acted: a drill can then kill the one mid-step
         }
         appended = await asyncio.to_thread(record_once, path, line)
         if data.hold_s:
