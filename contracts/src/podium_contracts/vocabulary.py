@@ -144,3 +144,4 @@ class TaskErrorType(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     TEMPLATE_ERROR = "template_error"
     TOO_LARGE = "too_large"
+    LIMIT_EXCEEDED = "limit_exceeded"  # a PODIUM_ROUTER_MAX_* cap on what one task may cause

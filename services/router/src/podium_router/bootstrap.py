@@ -22,9 +22,11 @@ def build(
 ) -> ServiceSpec:
     rs = router_settings or read_settings(RouterSettings)
     topics = Topics(settings.topic_prefix)
-    catalog = catalog or WorkflowCatalog.load(settings.workflows)
+    catalog = catalog or WorkflowCatalog.load(settings.workflows, rs.limits())
     engine = open_database(settings.database_url("router"), HISTORY)
-    router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s, clock=clock)
+    router = Router(
+        catalog, topics, step_timeout_s=rs.step_timeout_s, limits=rs.limits(), clock=clock
+    )
     return ServiceSpec(
         name="router",
         group=topics.group("router"),

@@ -25,6 +25,14 @@ An event about a task never submitted here raises ``UnknownTask`` (a contract
 error: the consume loop dead-letters it). Below ``decide`` are the plain
 functions it is made of: what runs next, with what input, what the task
 returns, whether a limit has been crossed.
+
+Limits (``Limits``, from ``PODIUM_ROUTER_MAX_*``): a task may cause at most
+``max_step_dispatches`` step attempts in all, counted before anything is sent,
+so a dispatch that would cross it fails the task instead (``limit_exceeded``);
+and at most ``max_fanout`` of its steps are in flight at once: runnable steps
+beyond that wait for a running one to settle. Workflows wider than that are
+refused at load (workflows.py); this is the second line, for runs started on a
+definition loaded under other settings.
 """
 
 from __future__ import annotations
@@ -55,6 +63,7 @@ from podium_contracts import (
 from podium_router.expressions import ExpressionError, ResultTooLarge
 from podium_router.records import Run, Step, aware
 from podium_router.routing import Route, choose_route
+from podium_router.settings import DEFAULT_LIMITS, MAX_STEP_DISPATCHES, Limits
 from podium_router.state import OPEN_STEP, TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.templates import render_json
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
@@ -210,16 +219,18 @@ def decide(
     now: datetime,
     catalog: WorkflowCatalog,
     default_watch_s: float,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Decision:
     """What to do about ``event`` for the task's run (None: no run yet) and its steps."""
     match event:
         case TaskSubmitted():
-            return _submitted(run, event, now, catalog, default_watch_s)
+            return _submitted(run, event, now, catalog, default_watch_s, limits)
         case StepCompleted():
             run = _known(run, f"a result for task {event.task_id!r}")
-            return _completed(run, steps, event, now, default_watch_s)
+            return _completed(run, steps, event, now, default_watch_s, limits)
         case StepRetryScheduled():
-            return _retry(_known(run, f"a retry for task {event.task_id!r}"), steps, event, now)
+            run = _known(run, f"a retry for task {event.task_id!r}")
+            return _retry(run, steps, event, now, limits)
         case StepAbandoned():
             run = _known(run, f"an abandoned step of task {event.task_id!r}")
             return _abandoned(run, steps, event, now)
@@ -243,6 +254,7 @@ def _submitted(
     now: datetime,
     catalog: WorkflowCatalog,
     default_watch_s: float,
+    limits: Limits,
 ) -> Decision:
     if run is not None:
         return (Ignore("duplicate submission: a repeated task_id starts nothing"),)
@@ -278,11 +290,16 @@ def _submitted(
     why = too_large("the task's input", task.input)
     if why:
         return Start(new), Fail(TaskError(type=TOO_LARGE, message=why))
-    return Start(new), Accept(workflow), advance(new, (), workflow, now, default_watch_s)
+    return Start(new), Accept(workflow), advance(new, (), workflow, now, default_watch_s, limits)
 
 
 def _completed(
-    run: Run, steps: Sequence[Step], result: StepCompleted, now: datetime, default_watch_s: float
+    run: Run,
+    steps: Sequence[Step],
+    result: StepCompleted,
+    now: datetime,
+    default_watch_s: float,
+    limits: Limits,
 ) -> Decision:
     step = _step(steps, result.step_id)
     reopen: tuple[Action, ...] = ()
@@ -328,15 +345,24 @@ def _completed(
     after = [done if s.step_id == done.step_id else s for s in steps]
     run = replace(run, cost_usd=cost, tokens=tokens)
     workflow = Workflow.model_validate(run.definition)  # the version the run started on
-    return *reopen, settle, advance(run, after, workflow, now, default_watch_s)
+    return *reopen, settle, advance(run, after, workflow, now, default_watch_s, limits)
 
 
-def _retry(run: Run, steps: Sequence[Step], retry: StepRetryScheduled, now: datetime) -> Decision:
+def _retry(
+    run: Run, steps: Sequence[Step], retry: StepRetryScheduled, now: datetime, limits: Limits
+) -> Decision:
     if run.status != RunStatus.RUNNING:
         return (Ignore(f"a retry of step {retry.step_id}, but the task is {run.status}"),)
     step = _step(steps, retry.step_id)
     if step is None or step.status == StepStatus.COMPLETED:
         return (Ignore(f"a retry of step {retry.step_id}, which is not open"),)
+    # Recovery has already scheduled this attempt, so failing the task here cannot
+    # unsend it (its result is ignored as late); recovery's own caps are what stop
+    # retries before they are scheduled. This still ends the task at the limit.
+    over = dispatch_limit(dispatches(steps), max(retry.attempt - step.attempts, 0), limits)
+    if over:
+        error = TaskError(type=TaskErrorType.LIMIT_EXCEEDED, message=over, step_id=retry.step_id)
+        return (Fail(error, close_steps=True),)
     due = aware(retry.due_at) or now
     deadline = due + timedelta(seconds=step.timeout_s) if step.timeout_s else None
     wait = max((due - now).total_seconds(), 0)
@@ -381,12 +407,19 @@ def _step(steps: Sequence[Step], step_id: str) -> Step | None:
 
 
 def advance(
-    run: Run, steps: Sequence[Step], workflow: Workflow, now: datetime, default_watch_s: float
+    run: Run,
+    steps: Sequence[Step],
+    workflow: Workflow,
+    now: datetime,
+    default_watch_s: float,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> Advance:
-    """Dispatch every step that became runnable, or complete the task.
+    """Dispatch the steps that became runnable (as many as the fan-out limit leaves
+    room for), or complete the task.
 
     Every input and route is worked out before anything is dispatched, so a
-    template error fails the task without half of a fan-out already sent."""
+    template error fails the task without half of a fan-out already sent; so is
+    the dispatch limit, so crossing it sends none of them."""
     completed = {s.step_id: s.output for s in steps if s.status == StepStatus.COMPLETED}
     context = template_context(
         {
@@ -422,6 +455,13 @@ def advance(
         why = too_large(f"step {step.id}'s input", data)
         if why:
             return Fail(TaskError(type=TOO_LARGE, message=why, step_id=step.id))
+    # The rest stay not started: the next settled step's advance finds them runnable.
+    routed = routed[: fanout_room(steps, limits.max_fanout)]
+    over = dispatch_limit(dispatches(steps), len(routed), limits)
+    if over:
+        step_id = routed[0][0].id
+        error = TaskError(type=TaskErrorType.LIMIT_EXCEEDED, message=over, step_id=step_id)
+        return Fail(error, close_steps=True)
     return Dispatch(
         workflow,
         tuple(
@@ -501,6 +541,28 @@ def timed_out(step: Step) -> StepFailed:
 def runnable_steps(workflow: Workflow, started: set[str], completed: set[str]) -> list[StepDef]:
     """Steps not yet started whose every need has completed (fan-out happens here)."""
     return [s for s in workflow.steps if s.id not in started and set(s.needs) <= completed]
+
+
+def dispatches(steps: Sequence[Step]) -> int:
+    """Step attempts the run has sent so far: each step's first, retries, fallbacks."""
+    return sum(s.attempts for s in steps)
+
+
+def dispatch_limit(used: int, more: int, limits: Limits) -> str | None:
+    """Why sending ``more`` step attempts after ``used`` crosses the limit, or None."""
+    total = used + more
+    if more <= 0 or total <= limits.max_step_dispatches:
+        return None
+    return (
+        f"{total} step dispatches would exceed {MAX_STEP_DISPATCHES}"
+        f" ({limits.max_step_dispatches}) for one task; {used} sent so far"
+    )
+
+
+def fanout_room(steps: Sequence[Step], max_fanout: int) -> int:
+    """How many more of the run's steps may be in flight now: a failed step still
+    counts, recovery may run it again."""
+    return max(max_fanout - sum(1 for s in steps if s.status in OPEN_STEP), 0)
 
 
 def template_context(

@@ -53,6 +53,7 @@ from podium_router.decisions import (
 from podium_router.records import Run
 from podium_router.rejections import Submission, refused_submission
 from podium_router.repository import RunRepository
+from podium_router.settings import DEFAULT_LIMITS, Limits
 from podium_router.state import RunStatus, StepStatus
 from podium_router.workflows import WorkflowCatalog
 from podium_shared import Refusal, Topics, UnitOfWork, telemetry
@@ -80,11 +81,13 @@ class Router:
         topics: Topics,
         *,
         step_timeout_s: float = 600.0,
+        limits: Limits = DEFAULT_LIMITS,
         clock: Clock = utc_now,
     ) -> None:
         self.catalog = catalog
         self.topics = topics
         self.step_timeout_s = step_timeout_s  # the watchdog's wait for a step without one
+        self.limits = limits
         self.clock = clock
 
     # -- events ------------------------------------------------------------------------------
@@ -122,6 +125,7 @@ class Router:
             now=now,
             catalog=self.catalog,
             default_watch_s=self.step_timeout_s,
+            limits=self.limits,
         )
         self._apply(repo, uow, run, decision, now)
 
@@ -173,6 +177,7 @@ class Router:
                 now=now,
                 catalog=self.catalog,
                 default_watch_s=self.step_timeout_s,
+                limits=self.limits,
             )
             self._apply(repo, uow, run, decision, now)
             acted += 1

@@ -8,6 +8,8 @@ here too: a workflow that loads can only fail on the data it is given.
 from __future__ import annotations
 
 import re
+from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -25,6 +27,7 @@ from pydantic import (
 from podium_contracts import FallbackPolicy, RetryPolicy
 from podium_router import safe_yaml
 from podium_router.expressions import check
+from podium_router.settings import MAX_FANOUT, MAX_STEP_DISPATCHES, Limits
 from podium_router.templates import check_template
 
 
@@ -161,6 +164,128 @@ class Workflow(BaseModel):
         return [s for s in self.steps if s.id not in needed]
 
 
+def widest(steps: Sequence[StepDef]) -> list[str]:
+    """The largest set of steps that can be in flight at once: no one of them needs
+    another, even through other steps (a maximum antichain of the ``needs`` order).
+
+    Any such set can really run together (each step's needs finish first, the set's
+    own steps are slow), so this, not the widest wave of ``runnable_steps``, is the
+    fan-out a workflow can cause: ``a, b→c`` starts a and b, then runs c beside a.
+    By Dilworth's theorem its size is the number of steps less a maximum matching
+    of "u comes before v" (Hopcroft-Karp); König's theorem gives the set itself."""
+    ids = [s.id for s in steps]
+    index = {step_id: i for i, step_id in enumerate(ids)}
+    needs = [[index[n] for n in s.needs if n in index] for s in steps]
+    # before[v]: the steps v needs, directly or not, as a bit set (the graph is acyclic).
+    before = [0] * len(ids)
+    done = [False] * len(ids)
+    for root in range(len(ids)):
+        stack = [root]
+        while stack:
+            v = stack[-1]
+            pending = [u for u in needs[v] if not done[u]]
+            if pending:
+                stack.extend(pending)
+                continue
+            stack.pop()
+            if not done[v]:
+                for u in needs[v]:
+                    before[v] |= before[u] | (1 << u)
+                done[v] = True
+    later: list[list[int]] = [[] for _ in ids]  # u -> every v that comes after u
+    for v, bits in enumerate(before):
+        for u in range(len(ids)):
+            if bits >> u & 1:
+                later[u].append(v)
+    match_left, match_right = _matching(later, len(ids))
+    # König: from the unmatched left vertices, walk alternating paths; a step whose
+    # left copy is reached and right copy is not belongs to a maximum antichain.
+    seen_left = {u for u in range(len(ids)) if match_left[u] is None}
+    seen_right: set[int] = set()
+    queue = deque(seen_left)
+    while queue:
+        u = queue.popleft()
+        for v in later[u]:
+            if v not in seen_right:
+                seen_right.add(v)
+                w = match_right[v]
+                if w is not None and w not in seen_left:
+                    seen_left.add(w)
+                    queue.append(w)
+    return [ids[i] for i in range(len(ids)) if i in seen_left and i not in seen_right]
+
+
+def _matching(adjacent: list[list[int]], n: int) -> tuple[list[int | None], list[int | None]]:
+    """A maximum matching of a bipartite graph with ``n`` vertices a side (Hopcroft-Karp)."""
+    left: list[int | None] = [None] * n
+    right: list[int | None] = [None] * n
+    free = -1
+    while True:
+        # Breadth first from the free left vertices: layer the shortest augmenting paths.
+        layer: list[int] = [free] * n
+        queue = deque(u for u in range(n) if left[u] is None)
+        for u in queue:
+            layer[u] = 0
+        found = False
+        while queue:
+            u = queue.popleft()
+            for v in adjacent[u]:
+                w = right[v]
+                if w is None:
+                    found = True
+                elif layer[w] == free:
+                    layer[w] = layer[u] + 1
+                    queue.append(w)
+        if not found:
+            return left, right
+        # Depth first along the layers, without recursion: a workflow may be long.
+        for start in range(n):
+            if left[start] is not None:
+                continue
+            path: list[tuple[int, int]] = []  # (left vertex, index into its edges)
+            stack = [(start, 0)]
+            while stack:
+                u, i = stack[-1]
+                if i == len(adjacent[u]):
+                    layer[u] = free  # a dead end this phase
+                    stack.pop()
+                    if path:
+                        path.pop()
+                    continue
+                stack[-1] = (u, i + 1)
+                v = adjacent[u][i]
+                w = right[v]
+                if w is None:
+                    # Augment: flip every edge on the path from start to v.
+                    for pu, pi in [*path, (u, i + 1)]:
+                        pv = adjacent[pu][pi - 1]
+                        left[pu], right[pv] = pv, pu
+                    break
+                if layer[w] == layer[u] + 1:
+                    path.append((u, i + 1))
+                    stack.append((w, 0))
+
+
+def limit_problems(workflow: Workflow, limits: Limits) -> list[str]:
+    """What in ``workflow`` could never run within ``limits`` (empty: it fits)."""
+    problems = []
+    if len(workflow.steps) > limits.max_step_dispatches:
+        problems.append(
+            f"{len(workflow.steps)} steps, more than {MAX_STEP_DISPATCHES}"
+            f" ({limits.max_step_dispatches}) lets one task dispatch"
+        )
+    # Cheap first: a workflow can never be wider than it is long.
+    if len(workflow.steps) > limits.max_fanout:
+        wide = widest(workflow.steps)
+        if len(wide) > limits.max_fanout:
+            shown = ", ".join(wide[:5]) + (", ..." if len(wide) > 5 else "")
+            problems.append(
+                f"{len(wide)} steps can run at once ({shown}),"
+                f" more than {MAX_FANOUT} ({limits.max_fanout})"
+            )
+    return problems
+
+
 def _lines(node: yaml.Node, path: tuple[Any, ...] = ()) -> dict[tuple[Any, ...], int]:
     """Map each field path of a YAML document to its line number (1-based)."""
     out = {path: node.start_mark.line + 1}
@@ -181,7 +306,9 @@ def _line_of(lines: dict[tuple[Any, ...], int], loc: tuple[Any, ...]) -> int:
     return lines.get(loc, 1)
 
 
-def load_file(path: Path) -> Workflow:
+def load_file(path: Path, limits: Limits | None = None) -> Workflow:
+    """The workflow in ``path``, refused with a ``WorkflowError`` naming the file if it
+    is not valid or could not run within ``limits`` (the defaults when None)."""
     if path.stat().st_size > safe_yaml.MAX_BYTES:
         raise WorkflowError(f"{path}: larger than {safe_yaml.MAX_BYTES} bytes")
     try:
@@ -197,7 +324,7 @@ def load_file(path: Path) -> Workflow:
     if not isinstance(raw, dict) or node is None:
         raise WorkflowError(f"{path}:1: a workflow must be a YAML mapping")
     try:
-        return Workflow.model_validate(raw)
+        workflow = Workflow.model_validate(raw)
     except ValidationError as exc:
         lines = _lines(node)
         problems = "; ".join(
@@ -207,6 +334,10 @@ def load_file(path: Path) -> Workflow:
             for e in exc.errors()
         )
         raise WorkflowError(f"{path}: {problems}") from exc
+    over = limit_problems(workflow, limits or Limits())
+    if over:
+        raise WorkflowError(f"{path}: workflow {workflow.name!r}: {'; '.join(over)}")
+    return workflow
 
 
 class WorkflowCatalog:
@@ -221,14 +352,14 @@ class WorkflowCatalog:
             versions[wf.version] = wf
 
     @classmethod
-    def load(cls, folders: str) -> WorkflowCatalog:
+    def load(cls, folders: str, limits: Limits | None = None) -> WorkflowCatalog:
         found: list[Workflow] = []
         for folder in filter(None, folders.split(":")):
             base = Path(folder)
             if not base.is_dir():
                 raise WorkflowError(f"{base}: workflow folder does not exist")
             for path in sorted([*base.glob("*.yaml"), *base.glob("*.yml")]):
-                found.append(load_file(path))
+                found.append(load_file(path, limits))
         return cls(found)
 
     def get(self, name: str, version: int | None = None) -> Workflow | None:
