@@ -2,7 +2,7 @@
 
 from podium_recovery.decisions import Abandon, Decision, Retry, Why, backoff_delay, decide
 from podium_recovery.service import Recovery
-from podium_recovery.settings import RecoverySettings
+from podium_recovery.settings import RecoverySettings, RetryCaps
 
 __all__ = [
     "Abandon",
@@ -10,6 +10,7 @@ __all__ = [
     "Recovery",
     "RecoverySettings",
     "Retry",
+    "RetryCaps",
     "Why",
     "backoff_delay",
     "decide",

@@ -8,7 +8,10 @@ broker or a clock.
   before the error's ``retry_after_s`` (an open circuit's next trial; capped);
 - once ``fallback.after_attempts`` attempts have failed, the retry goes to the
   fallback pool and/or model;
-- otherwise (attempts exhausted) the step is abandoned.
+- otherwise (attempts exhausted) the step is abandoned;
+- whatever the policy says, a step gets at most ``caps.max_attempts`` attempts
+  and a task's steps at most ``caps.max_task_retries`` retries in all; past
+  either cap the step is abandoned, the detail naming the cap and its value.
 """
 
 from __future__ import annotations
@@ -19,12 +22,19 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from podium_contracts import FallbackPolicy, RetryPolicy, StepFailed, StepRequested
-from podium_recovery.settings import JitterMode
+from podium_recovery.settings import (
+    DEFAULT_CAPS,
+    MAX_ATTEMPTS_CAP,
+    MAX_TASK_RETRIES,
+    JitterMode,
+    RetryCaps,
+)
 
 
 class Why(StrEnum):
     FATAL = "fatal"  # the error says a retry cannot help
     EXHAUSTED = "exhausted"  # retryable, but the policy's attempts are used up
+    LIMIT = "limit"  # the policy allows more, but a PODIUM_RECOVERY_MAX_* cap does not
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +61,14 @@ class Abandon:
 
     why: Why
     attempts: int
+    limit: str = ""  # with Why.LIMIT: which cap, and its value
 
     @property
     def detail(self) -> str:
         if self.why is Why.FATAL:
             return f"fatal error on attempt {self.attempts}"
+        if self.why is Why.LIMIT:
+            return f"{self.attempts} attempt(s) failed; {self.limit}"
         return f"{self.attempts} attempt(s) failed, the policy's maximum"
 
 
@@ -99,6 +112,19 @@ def retry_delay(backoff_s: float, retry_after_s: float | None, cap_s: float) -> 
     return max(backoff_s, min(retry_after_s, cap_s))
 
 
+def retry_cap(attempt: int, wanted: int, task_retries: int, caps: RetryCaps) -> str | None:
+    """Which cap forbids another attempt after ``attempt`` failed, or None.
+    ``wanted`` is the attempts the step's policy allows."""
+    if attempt >= caps.max_attempts:
+        return f"its policy allows {wanted}, {MAX_ATTEMPTS_CAP} is {caps.max_attempts}"
+    if task_retries >= caps.max_task_retries:
+        return (
+            f"the task's steps were retried {task_retries} time(s),"
+            f" {MAX_TASK_RETRIES} is {caps.max_task_retries}"
+        )
+    return None
+
+
 def decide(
     failure: StepFailed,
     defaults: RetryPolicy,
@@ -106,14 +132,20 @@ def decide(
     rng: random.Random,
     jitter: JitterMode = "equal",
     retry_after_cap_s: float = 600.0,
+    caps: RetryCaps = DEFAULT_CAPS,
+    task_retries: int = 0,
 ) -> Decision:
-    """Retry (when, where) or abandon (why) a failed step."""
+    """Retry (when, where) or abandon (why) a failed step; ``task_retries`` is how
+    many retries of the task's steps were scheduled before this failure."""
     attempt = failure.attempt
     if failure.error.error_class == "fatal":
         return Abandon(Why.FATAL, attempt)
     policy = failure.request.retry or defaults
     if attempt >= policy.max_attempts:
         return Abandon(Why.EXHAUSTED, attempt)
+    over = retry_cap(attempt, policy.max_attempts, task_retries, caps)
+    if over:
+        return Abandon(Why.LIMIT, attempt, over)
     delay = retry_delay(
         backoff_delay(policy, attempt, rng, jitter), failure.error.retry_after_s, retry_after_cap_s
     )

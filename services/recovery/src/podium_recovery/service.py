@@ -47,6 +47,7 @@ class Recovery:
         self.topics = topics
         self.settings = settings or RecoverySettings()
         self._defaults = self.settings.default_policy()
+        self._caps = self.settings.caps()
         self._clock = clock
         self._rng = rng or random.Random()
 
@@ -66,6 +67,8 @@ class Recovery:
             self._rng,
             jitter=self.settings.jitter_mode,
             retry_after_cap_s=self.settings.retry_after_cap_s,
+            caps=self._caps,
+            task_retries=self._retries_of(uow, failure.task_id),
         )
         if isinstance(decision, Retry):
             self._retry(failure, decision, uow)
@@ -215,6 +218,16 @@ class Recovery:
             .limit(1)
         ).first()
         return row is not None
+
+    @staticmethod
+    def _retries_of(uow: UnitOfWork, task_id: str) -> int:
+        """Retries recovery has scheduled for the task's steps so far."""
+        count = uow.conn.execute(
+            sa.select(sa.func.count())
+            .select_from(failures)
+            .where(failures.c.task_id == task_id, failures.c.decision == "retry")
+        ).scalar_one()
+        return int(count)
 
     @staticmethod
     def _record(
