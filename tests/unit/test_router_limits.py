@@ -126,7 +126,7 @@ def test_widest_matches_a_brute_force_and_is_an_antichain() -> None:
 
 
 def test_widest_of_a_long_workflow_is_quick() -> None:
-    # 2000 steps in overlapping chains: the matching must not be quadratic in depth.
+    # 2000 steps in overlapping chains: the pairs "u before v" are walked lazily.
     rng = random.Random(3)
     workflow = wf(
         *(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -175,37 +175,35 @@ def widest(steps: Sequence[StepDef]) -> list[str]:
     of "u comes before v" (Hopcroft-Karp); König's theorem gives the set itself."""
     ids = [s.id for s in steps]
     index = {step_id: i for i, step_id in enumerate(ids)}
-    needs = [[index[n] for n in s.needs if n in index] for s in steps]
-    # before[v]: the steps v needs, directly or not, as a bit set (the graph is acyclic).
-    before = [0] * len(ids)
-    done = [False] * len(ids)
-    for root in range(len(ids)):
-        stack = [root]
-        while stack:
-            v = stack[-1]
-            pending = [u for u in needs[v] if not done[u]]
-            if pending:
-                stack.extend(pending)
-                continue
-            stack.pop()
-            if not done[v]:
-                for u in needs[v]:
-                    before[v] |= before[u] | (1 << u)
-                done[v] = True
-    later: list[list[int]] = [[] for _ in ids]  # u -> every v that comes after u
-    for v, bits in enumerate(before):
-        for u in range(len(ids)):
-            if bits >> u & 1:
-                later[u].append(v)
-    match_left, match_right = _matching(later, len(ids))
+    dependents: list[list[int]] = [[] for _ in ids]
+    for v, s in enumerate(steps):
+        for name in s.needs:
+            if name in index:
+                dependents[index[name]].append(v)
+    # after[u]: every step that needs u, directly or not, as a bit set. Kept as bits
+    # and walked only where the matching looks: a 1000-step chain has half a million
+    # such pairs, and listing them costs a second.
+    after = [0] * len(ids)
+    for u in reversed(_topological(steps, index)):
+        for v in dependents[u]:
+            after[u] |= after[v] | (1 << v)
+    # Seed the matching along the direct needs (a chain is matched link by link):
+    # Hopcroft-Karp then has little left to augment.
+    seed: list[int | None] = [None] * len(ids)
+    taken = [False] * len(ids)
+    for u, direct in enumerate(dependents):
+        first = next((v for v in direct if not taken[v]), None)
+        if first is not None:
+            seed[u], taken[first] = first, True
+    match_left, match_right = _matching(after, seed)
     # König: from the unmatched left vertices, walk alternating paths; a step whose
     # left copy is reached and right copy is not belongs to a maximum antichain.
-    seen_left = {u for u in range(len(ids)) if match_left[u] is None}
+    seen_left = {u for u, v in enumerate(match_left) if v is None}
     seen_right: set[int] = set()
     queue = deque(seen_left)
     while queue:
         u = queue.popleft()
-        for v in later[u]:
+        for v in _bits(after[u]):
             if v not in seen_right:
                 seen_right.add(v)
                 w = match_right[v]
@@ -215,10 +213,49 @@ def widest(steps: Sequence[StepDef]) -> list[str]:
     return [ids[i] for i in range(len(ids)) if i in seen_left and i not in seen_right]
 
 
-def _matching(adjacent: list[list[int]], n: int) -> tuple[list[int | None], list[int | None]]:
-    """A maximum matching of a bipartite graph with ``n`` vertices a side (Hopcroft-Karp)."""
-    left: list[int | None] = [None] * n
+def _topological(steps: Sequence[StepDef], index: dict[str, int]) -> list[int]:
+    """Step indexes, each after every step it needs (the workflow has no cycle)."""
+    waiting = [sum(1 for n in s.needs if n in index) for s in steps]
+    dependents: list[list[int]] = [[] for _ in steps]
+    for v, s in enumerate(steps):
+        for name in s.needs:
+            if name in index:
+                dependents[index[name]].append(v)
+    order = [v for v, count in enumerate(waiting) if count == 0]
+    for u in order:  # grows as it goes
+        for v in dependents[u]:
+            waiting[v] -= 1
+            if waiting[v] == 0:
+                order.append(v)
+    return order
+
+
+def _bits(x: int) -> Iterator[int]:
+    """The positions of the bits set in ``x``, lowest first."""
+    while x:
+        low = x & -x
+        yield low.bit_length() - 1
+        x ^= low
+
+
+def _next_bit(x: int, start: int) -> int | None:
+    """The lowest bit set in ``x`` at ``start`` or above, or None."""
+    rest = x >> start
+    return None if rest == 0 else start + (rest & -rest).bit_length() - 1
+
+
+def _matching(
+    adjacent: list[int], seed: list[int | None]
+) -> tuple[list[int | None], list[int | None]]:
+    """A maximum matching of a bipartite graph whose left vertex u is joined to the
+    right vertices in the bit set ``adjacent[u]`` (Hopcroft-Karp), grown from
+    ``seed`` (left vertex -> right vertex, already a matching)."""
+    n = len(adjacent)
+    left = list(seed)
     right: list[int | None] = [None] * n
+    for u, v in enumerate(left):
+        if v is not None:
+            right[v] = u
     free = -1
     while True:
         # Breadth first from the free left vertices: layer the shortest augmenting paths.
@@ -229,7 +266,7 @@ def _matching(adjacent: list[list[int]], n: int) -> tuple[list[int | None], list
         found = False
         while queue:
             u = queue.popleft()
-            for v in adjacent[u]:
+            for v in _bits(adjacent[u]):
                 w = right[v]
                 if w is None:
                     found = True
@@ -242,27 +279,26 @@ def _matching(adjacent: list[list[int]], n: int) -> tuple[list[int | None], list
         for start in range(n):
             if left[start] is not None:
                 continue
-            path: list[tuple[int, int]] = []  # (left vertex, index into its edges)
-            stack = [(start, 0)]
+            path: list[tuple[int, int]] = []  # the edges (u, v) taken to reach the top
+            stack = [(start, 0)]  # (left vertex, lowest right vertex not yet tried)
             while stack:
-                u, i = stack[-1]
-                if i == len(adjacent[u]):
+                u, at = stack[-1]
+                v = _next_bit(adjacent[u], at)
+                if v is None:
                     layer[u] = free  # a dead end this phase
                     stack.pop()
                     if path:
                         path.pop()
                     continue
-                stack[-1] = (u, i + 1)
-                v = adjacent[u][i]
+                stack[-1] = (u, v + 1)
                 w = right[v]
                 if w is None:
                     # Augment: flip every edge on the path from start to v.
-                    for pu, pi in [*path, (u, i + 1)]:
-                        pv = adjacent[pu][pi - 1]
+                    for pu, pv in [*path, (u, v)]:
                         left[pu], right[pv] = pv, pu
                     break
                 if layer[w] == layer[u] + 1:
-                    path.append((u, i + 1))
+                    path.append((u, v))
                     stack.append((w, 0))
 
 
