@@ -200,12 +200,6 @@ class MemoryStore:
             self._delete(entries.c.id.in_(list(oldest)))
         return int(row[0]), True
 
-    def id_for_key(self, key: str) -> int | None:
-        found = self.conn.execute(
-            sa.select(entries.c.id).where(entries.c.idempotency_key == key)
-        ).scalar()
-        return None if found is None else int(found)
-
     def _owned_id(self, key: str, tenant: str) -> int | None:
         found = self.conn.execute(
             sa.select(entries.c.id, entries.c.tenant).where(entries.c.idempotency_key == key)
