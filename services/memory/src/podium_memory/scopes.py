@@ -13,11 +13,11 @@ workflow or an upstream caller writes can cross a tenant. Within the tenant:
 - ``session``: a conversation, owned by the task's subject (or, for a task
   without a subject, by its workflow); the stored id is ``owner#session``, so
   guessing another user's session name reaches nothing.
+- ``project``: shared by name inside the tenant; reachable by any step whose
+  input names it (the workflow author grants it in ``with:``).
 
 Only ``None`` means "no subject": an empty subject is a subject like any other,
 for every kind alike, so no kind can treat it as the workflow's.
-- ``project``: shared by name inside the tenant; reachable by any step whose
-  input names it (the workflow author grants it in ``with:``).
 """
 
 from __future__ import annotations
