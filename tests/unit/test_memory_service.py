@@ -214,7 +214,7 @@ def test_conversation_keeps_a_window_and_folds_older_turns(h: Harness) -> None:
     ]
 
 
-def _completed(task_id: str) -> TaskCompleted:
+def _completed(task_id: str, **owner: Any) -> TaskCompleted:
     now = datetime.now(UTC)
     return TaskCompleted(
         task_id=task_id,
@@ -227,10 +227,20 @@ def _completed(task_id: str) -> TaskCompleted:
         ],
         accepted_at=now,
         completed_at=now,
+        **owner,
     )
 
 
+EPISODES = {"scopes": [{"kind": "workflow"}], "types": ["episode"], "limit": 10}
+
+
+def _episodes(h: Harness, **kw: Any) -> list[str]:
+    entries = h.ok("memory.recall", {**EPISODES, "query": "completed failed"}, **kw)["entries"]
+    return sorted(e["metadata"]["task_id"] for e in entries)
+
+
 def test_finished_tasks_become_episodes_in_their_workflow_scope(h: Harness) -> None:
+    # Events from an older router carry no tenant or subject: the memory steps noted them.
     h.ok("memory.recall", {"query": "anything"}, task_id="run-1")
     assert (
         h.deliver(TaskAccepted(task_id="run-1", workflow="w", accepted_at=datetime.now(UTC))) == []
@@ -245,14 +255,72 @@ def test_finished_tasks_become_episodes_in_their_workflow_scope(h: Harness) -> N
         failed_at=datetime.now(UTC),
     )
     h.deliver(failed)
+    h.ok("memory.recall", {}, task_id="run-3", subject=None)
+    h.deliver(_completed("run-3"))
     h.deliver(_completed("never-seen"))  # no memory step: tenant unknown, nothing recorded
-    workflow = {"scopes": [{"kind": "workflow"}], "types": ["episode"], "limit": 10}
-    episodes = h.ok("memory.recall", {**workflow, "query": "completed failed"})["entries"]
-    assert sorted(e["metadata"]["task_id"] for e in episodes) == ["run-1", "run-2"]
+    # Each subject sees its own episodes and the subject-less task's, never the other's.
+    assert _episodes(h) == ["run-1", "run-3"]
+    assert _episodes(h, subject="bob") == ["run-2", "run-3"]
+    assert _episodes(h, subject=None) == ["run-3"]
+    episodes = h.ok("memory.recall", {**EPISODES, "query": "completed"})["entries"]
     done = next(e for e in episodes if e["metadata"]["task_id"] == "run-1")
+    assert done["scope"] == {"kind": "workflow", "id": "w"}
     assert done["metadata"]["outcome"] == "completed" and '{"answer":42}' in done["text"]
     assert len(done["metadata"]["output_digest"]) == 16
-    assert h.texts({**workflow, "query": "completed"}, tenant="globex") == []
+    assert h.texts({**EPISODES, "query": "completed"}, tenant="globex") == []
+
+
+def test_a_subjects_episode_reaches_no_other_subject_or_tenant_by_any_path(h: Harness) -> None:
+    h.deliver(_completed("ada-task", tenant="acme", subject="ada"))
+    h.deliver(_completed("shared-task", tenant="acme"))
+    assert _episodes(h) == ["ada-task", "shared-task"]
+    ada_id = next(
+        e["id"]
+        for e in h.ok("memory.recall", EPISODES)["entries"]
+        if e["metadata"]["task_id"] == "ada-task"
+    )
+    every_scope = [
+        {"kind": "subject"},
+        {"kind": "workflow"},
+        {"kind": "workflow", "id": "w"},
+        {"kind": "project", "id": "w"},
+        {"kind": "session", "id": "w"},
+    ]
+    for who in ({"subject": "bob"}, {"subject": None}, {"tenant": "globex"}):
+        for scope in every_scope:
+            if scope["kind"] == "subject" and who.get("subject", "ada") is None:
+                continue  # a task without a subject has no subject scope (refused)
+            for query in ("", "answer 42 completed", "ada task"):
+                found = h.ok("memory.recall", {"query": query, "scopes": [scope]}, **who)
+                assert "ada-task" not in str(found), (who, scope, query)
+        # Forgetting cannot reach it either: not by id, not by scope.
+        assert (
+            h.ok("memory.forget", {"ids": [ada_id], "scopes": [{"kind": "workflow"}]}, **who)[
+                "forgotten"
+            ]
+            == 0
+        )
+        h.ok("memory.forget", {"scopes": [{"kind": "workflow"}]}, **who)
+        h.ok("memory.conversation", {"session": "w"}, **who)
+    # Naming ada's scope in the input is refused, whoever's step it is.
+    bob = {"subject": "bob"}
+    assert h.failed("memory.recall", {"scopes": [{"kind": "subject", "id": "ada"}]}, **bob) == (
+        "forbidden"
+    )
+    assert h.failed("memory.forget", {"tenant": "acme"}, tenant="globex") == "forbidden"
+    # bob's forget of the workflow scope took the shared episode, not ada's.
+    assert _episodes(h) == ["ada-task"]
+    # Erasing ada's subject erases her episodes too.
+    assert h.ok("memory.forget", {"scopes": [{"kind": "subject"}]}) == {"forgotten": 1}
+    assert _episodes(h) == []
+
+
+def test_a_subjects_episode_lives_no_longer_than_the_subjects_data(engine: Engine) -> None:
+    h = Harness(engine, ttl_subject_s=100, ttl_workflow_s=1_000)
+    h.deliver(_completed("ada-task", tenant="acme", subject="ada"))
+    h.deliver(_completed("shared-task", tenant="acme"))
+    h.clock.now += 101
+    assert _episodes(h) == ["shared-task"]
 
 
 def test_the_handler_refuses_what_memory_does_not_consume(h: Harness) -> None:

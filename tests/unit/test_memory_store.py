@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from podium_memory.scopes import Scope, ScopeKind
+from podium_memory.scopes import Scope, ScopeForbidden, ScopeKind
 from podium_memory.state import entries, metadata, scope_sizes
 from podium_memory.store import EntryType, MemoryStore, NewEntry, SessionState
 from podium_shared import make_engine
@@ -277,3 +277,49 @@ def test_a_scope_over_its_cap_is_trimmed_to_nine_tenths_at_once(conn: Connection
     assert store.size(A) == 20 and len(deletes) == 1
     oldest = store.latest("acme", [A], now=NOW + 100, limit=100)[-1]
     assert oldest.text == "fact number 3"
+
+
+def test_an_entry_owned_by_a_subject_is_seen_and_forgotten_by_that_subject_only(
+    conn: Connection,
+) -> None:
+    store = MemoryStore(conn)
+    workflow = Scope("acme", ScopeKind.WORKFLOW, "wf")
+    shared = add(store, workflow, "shared episode of wf", kind=EntryType.EPISODE)
+    owned, _ = store.add(
+        NewEntry(workflow, EntryType.EPISODE, "ada episode of wf", "e-ada", NOW, subject="ada"),
+        cap=100,
+    )
+
+    def seen(viewer: str | None) -> list[str]:
+        latest = store.latest("acme", [workflow], now=NOW, limit=9, viewer=viewer)
+        ranked = store.search(
+            "acme", [workflow], ["episode"], now=NOW, half_life_s=DAY, limit=9, viewer=viewer
+        )
+        assert sorted(e.text for e in ranked) == sorted(e.text for e in latest)
+        return sorted(e.text for e in latest)
+
+    assert seen("ada") == ["ada episode of wf", "shared episode of wf"]
+    assert seen("bob") == ["shared episode of wf"]
+    assert seen(None) == ["shared episode of wf"]
+    assert search(store, workflow, "episode") == ["shared episode of wf"]  # the default: None
+    assert seen("") == ["shared episode of wf"]  # "" is a subject, and not ada
+    assert store.size(workflow) == 2  # the cap counts the scope's entries, owned or not
+    assert store.forget_ids("acme", [workflow], [owned], viewer="bob") == 0
+    assert store.forget_scopes("acme", [workflow], viewer="bob") == 1
+    assert seen("ada") == ["ada episode of wf"]
+    # Forgetting ada's subject scope forgets what she owns in shared scopes, only hers.
+    bob_owned = add(store, workflow, "bob episode", kind=EntryType.EPISODE)
+    store.conn.execute(entries.update().where(entries.c.id == bob_owned).values(subject="bob"))
+    assert store.forget_scopes("acme", [Scope("acme", ScopeKind.SUBJECT, "ada")]) == 1
+    assert seen("ada") == [] and seen("bob") == ["bob episode"]
+    assert shared != owned
+
+
+def test_an_idempotency_key_of_another_tenant_is_refused_not_answered(conn: Connection) -> None:
+    store = MemoryStore(conn)
+    add_a = NewEntry(A, EntryType.FACT, "acme fact", "task-1/s", NOW)
+    entry_id, _ = store.add(add_a, cap=10)
+    with pytest.raises(ScopeForbidden, match="another tenant"):
+        store.add(NewEntry(B, EntryType.FACT, "globex fact", "task-1/s", NOW), cap=10)
+    assert store.add(add_a, cap=10) == (entry_id, False)
+    assert store.size(B) == 0

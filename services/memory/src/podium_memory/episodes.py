@@ -1,9 +1,10 @@
 """Episodic memory: what a finished task did, as a recallable entry.
 
 An episode records what a task event carries: workflow, outcome, steps,
-usage, digests of the input and the output, and a preview of the output. The
-tenant is the event's; events from older routers lack it, and then it comes
-from the task's memory steps (see ``memory_task_owners``).
+usage, digests of the input and the output, and a preview of the output. It
+belongs to whom the task belonged: the event's tenant and subject; events from
+older routers lack them, and then they come from the task's memory steps (see
+``memory_task_owners``). Nothing in a task's input or output decides this.
 """
 
 from __future__ import annotations
@@ -63,3 +64,19 @@ def episode(event: TaskCompleted | TaskFailed) -> tuple[str, dict[str, Any]]:
         "usage": usage,
         "finished_at": event.failed_at.isoformat(),
     }
+
+
+def episode_owner(
+    tenant: str | None, subject: str | None, noted: tuple[str, str | None] | None
+) -> tuple[str, str | None] | None:
+    """Whose episode this is, ``(tenant, subject)``, from the event's fields and the owner
+    noted from the task's memory steps; None when the tenant is unknown.
+
+    The event's tenant wins. A subject noted for the same tenant still counts when the
+    event names none: when in doubt an episode is kept narrower, never wider.
+    """
+    if tenant is None:
+        return noted
+    if subject is None and noted is not None and noted[0] == tenant:
+        subject = noted[1]
+    return tenant, subject

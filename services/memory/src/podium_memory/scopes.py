@@ -5,12 +5,19 @@ never taken from a step's input, only from the step itself, so nothing a
 workflow or an upstream caller writes can cross a tenant. Within the tenant:
 
 - ``subject``: the task's own subject only; naming another subject is refused.
-- ``workflow``: the step's own workflow only (episodes live here).
+- ``workflow``: the step's own workflow only. Episodes live here, and inherit
+  the visibility of the task they record: a task without a subject leaves a
+  shared episode, a subject's task leaves one only that subject sees (the
+  entry's ``subject``), so the scope never carries one subject's task output
+  to another.
 - ``session``: a conversation, owned by the task's subject (or, for a task
   without a subject, by its workflow); the stored id is ``owner#session``, so
   guessing another user's session name reaches nothing.
 - ``project``: shared by name inside the tenant; reachable by any step whose
   input names it (the workflow author grants it in ``with:``).
+
+Only ``None`` means "no subject": an empty subject is a subject like any other,
+for every kind alike, so no kind can treat it as the workflow's.
 """
 
 from __future__ import annotations
@@ -57,8 +64,27 @@ class ScopeRef(BaseModel):
     id: str | None = Field(default=None, pattern=NAME)
 
 
+@dataclass(frozen=True, slots=True)
+class Placement:
+    """Where an entry goes: its scope, and the one subject who alone sees it there
+    (``None``: everyone the scope admits)."""
+
+    scope: Scope
+    subject: str | None = None
+
+
 def session_owner(step: StepRequested) -> str:
-    return f"subject:{step.subject}" if step.subject else f"workflow:{step.workflow}"
+    if step.subject is not None:
+        return f"subject:{step.subject}"
+    return f"workflow:{step.workflow}"
+
+
+def episode_placement(tenant: str, subject: str | None, workflow: str) -> Placement:
+    """Where a finished task's episode goes: its workflow's scope, seen only by the
+    task's subject if it had one. The workflow scope keeps a subject's episodes beside
+    the shared ones (recalled as before, capped as before) without showing them to the
+    workflow's other subjects."""
+    return Placement(Scope(tenant, ScopeKind.WORKFLOW, workflow), subject)
 
 
 def resolve(step: StepRequested, ref: ScopeRef) -> Scope:

@@ -21,16 +21,16 @@ from podium_contracts import (
 )
 from podium_memory.budget import within_budget
 from podium_memory.conversation import ExtractiveSummarizer, Summarizer, fold
-from podium_memory.episodes import episode
+from podium_memory.episodes import episode, episode_owner
 from podium_memory.fulltext import query_terms
 from podium_memory.inputs import ConversationInput, ForgetInput, RecallInput, RememberInput
 from podium_memory.retention import expires_at
 from podium_memory.scopes import (
-    Scope,
     ScopeForbidden,
     ScopeKind,
     ScopeRef,
     default_scope,
+    episode_placement,
     resolve,
     resolve_all,
 )
@@ -103,9 +103,12 @@ class Memory:
                 half_life_s=self.settings.recency_half_life_s,
                 limit=fetch,
                 types=types,
+                viewer=step.subject,
             )
         else:
-            ranked = store.latest(step.tenant, scopes, now=now, limit=fetch, types=types)
+            ranked = store.latest(
+                step.tenant, scopes, now=now, limit=fetch, types=types, viewer=step.subject
+            )
         return {"entries": [e.as_dict() for e in within_budget(ranked, limit, data.max_tokens)]}
 
     def forget(self, store: MemoryStore, step: StepRequested, now: float) -> dict[str, Any]:
@@ -117,8 +120,9 @@ class Memory:
             return {"forgotten": store.forget_tenant(step.tenant)}
         scopes = resolve_all(step, data.scopes)
         if data.ids:
-            return {"forgotten": store.forget_ids(step.tenant, scopes, data.ids)}
-        return {"forgotten": store.forget_scopes(step.tenant, scopes)}
+            forgotten = store.forget_ids(step.tenant, scopes, data.ids, viewer=step.subject)
+            return {"forgotten": forgotten}
+        return {"forgotten": store.forget_scopes(step.tenant, scopes, viewer=step.subject)}
 
     def conversation(self, store: MemoryStore, step: StepRequested, now: float) -> dict[str, Any]:
         """Append a turn (optional), fold what left the window, return window and summary."""
@@ -215,29 +219,33 @@ class Memory:
         )
 
     def record_episode(self, event: TaskCompleted | TaskFailed, uow: UnitOfWork) -> bool:
-        """Remember what a finished task did in its workflow's scope; False if its tenant
-        is unknown (an event from a router older than the tenant field, for a task with
-        no memory step)."""
+        """Remember what a finished task did in its workflow's scope, seen only by its
+        subject if it had one; False if its tenant is unknown (an event from a router
+        older than the tenant field, for a task with no memory step)."""
         store = MemoryStore(uow.conn)
-        tenant: str | None = event.tenant
-        if tenant is None:
-            owner = store.task_owner(event.task_id)
-            if owner is None:
-                log.info("episode not recorded: tenant unknown", task_id=event.task_id)
-                return False
-            tenant = owner[0]
+        # The noted owner matters only where the event leaves the tenant or subject open.
+        known = event.tenant is not None and event.subject is not None
+        noted = None if known else store.task_owner(event.task_id)
+        owner = episode_owner(event.tenant, event.subject, noted)
+        if owner is None:
+            log.info("episode not recorded: tenant unknown", task_id=event.task_id)
+            return False
+        tenant, subject = owner
         now = self.clock()
-        scope = Scope(tenant, ScopeKind.WORKFLOW, event.workflow)
+        place = episode_placement(tenant, subject, event.workflow)
+        # A subject's episode is that subject's data too: it lives no longer than either.
+        subject_ttl = None if subject is None else self.settings.ttl_for(ScopeKind.SUBJECT.value)
         text, meta = episode(event)
         store.add(
             NewEntry(
-                scope=scope,
+                scope=place.scope,
                 type=EntryType.EPISODE,
                 text=text,
                 metadata=meta,
                 idempotency_key=f"episode:{event.task_id}",
                 created_at=now,
-                expires_at=expires_at(self.settings, ScopeKind.WORKFLOW.value, now),
+                expires_at=expires_at(self.settings, place.scope.kind.value, now, subject_ttl),
+                subject=place.subject,
             ),
             cap=self.settings.max_entries_per_scope,
         )

@@ -29,6 +29,9 @@ entries = sa.Table(
     sa.Column("idempotency_key", sa.String(450), nullable=False, unique=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=True),
+    # Whose entry this is inside a shared scope: a subject's task's episode lives in its
+    # workflow's scope but only that subject sees it. NULL: everyone the scope admits.
+    sa.Column("subject", sa.String(200), nullable=True),
     sa.Index("ix_memory_entries_scope", "tenant", "scope_kind", "scope_id", "created_at"),
     sa.Index("ix_memory_entries_expires", "expires_at"),
 )

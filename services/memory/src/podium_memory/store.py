@@ -2,8 +2,11 @@
 
 It works on the caller's connection, so a remembered fact commits in the same
 transaction as the inbox record and the step result. Every read takes a tenant
-and is filtered by it first; expired entries are invisible from the moment
-they expire, whether or not the purge has run yet.
+and is filtered by it first, then by scope, then by viewer: an entry that
+belongs to one subject (a subject's episode in its workflow's scope) is seen
+by that subject only, and a reader without a subject sees only the entries
+that belong to no one. Expired entries are invisible from the moment they
+expire, whether or not the purge has run yet.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from podium_memory.fulltext import match_for
-from podium_memory.scopes import Scope, ScopeKind
+from podium_memory.scopes import Scope, ScopeForbidden, ScopeKind
 from podium_memory.state import entries, scope_sizes, sessions, task_owners
 
 
@@ -43,6 +46,7 @@ class NewEntry:
     created_at: float
     expires_at: float | None = None
     metadata: dict[str, Any] | None = None
+    subject: str | None = None  # who alone sees it in its scope; None: the scope's audience
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +128,13 @@ def _in_scopes(tenant: str, scopes: Sequence[Scope]) -> sa.ColumnElement[bool]:
     )
 
 
+def _visible_to(viewer: str | None) -> sa.ColumnElement[bool]:
+    """Entries a reader sees within its scopes: everyone's, and its own subject's."""
+    if viewer is None:
+        return entries.c.subject.is_(None)
+    return sa.or_(entries.c.subject.is_(None), entries.c.subject == viewer)
+
+
 def trimmed_size(cap: int) -> int:
     """What a scope over its cap is cut back to: 90 % of the cap, so a scope that
     lives at its cap (a busy workflow's episodes) pays for a trim once per tenth
@@ -148,9 +159,10 @@ class MemoryStore:
     def add(self, new: NewEntry, *, cap: int) -> tuple[int, bool]:
         """Store an entry once per idempotency key; trim its scope to ``cap``.
 
-        Returns the entry's id and whether this call created it.
+        Returns the entry's id and whether this call created it. A key another
+        tenant used is refused rather than answered with that tenant's entry id.
         """
-        existing = self.id_for_key(new.idempotency_key)
+        existing = self._owned_id(new.idempotency_key, new.scope.tenant)
         if existing is not None:
             return existing, False
         stmt = (
@@ -169,11 +181,12 @@ class MemoryStore:
             "idempotency_key": new.idempotency_key,
             "created_at": new.created_at,
             "expires_at": new.expires_at,
+            "subject": new.subject,
         }
         # Parameters, not .values(): the compiled statement is cached across calls.
         row = self.conn.execute(stmt, params).first()
         if row is None:  # another replica stored the same key a moment ago
-            raced = self.id_for_key(new.idempotency_key)
+            raced = self._owned_id(new.idempotency_key, new.scope.tenant)
             assert raced is not None
             return raced, False
         size = self._resize(new.scope, +1)
@@ -187,11 +200,15 @@ class MemoryStore:
             self._delete(entries.c.id.in_(list(oldest)))
         return int(row[0]), True
 
-    def id_for_key(self, key: str) -> int | None:
+    def _owned_id(self, key: str, tenant: str) -> int | None:
         found = self.conn.execute(
-            sa.select(entries.c.id).where(entries.c.idempotency_key == key)
-        ).scalar()
-        return None if found is None else int(found)
+            sa.select(entries.c.id, entries.c.tenant).where(entries.c.idempotency_key == key)
+        ).first()
+        if found is None:
+            return None
+        if found.tenant != tenant:
+            raise ScopeForbidden("this idempotency key belongs to another tenant's entry")
+        return int(found.id)
 
     def _resize(self, scope: Scope, delta: int) -> int:
         insert = self._insert(scope_sizes)
@@ -244,6 +261,7 @@ class MemoryStore:
         half_life_s: float,
         limit: int,
         types: Sequence[str] = (),
+        viewer: str | None = None,
     ) -> list[Entry]:
         """Entries matching any term, best first: relevance x (1 + recency in (0, 1])."""
         if not terms or not scopes:
@@ -256,7 +274,7 @@ class MemoryStore:
         stmt = (
             sa.select(*_COLUMNS, score)
             .select_from(match.source)
-            .where(match.where, _in_scopes(tenant, scopes), _alive(now))
+            .where(match.where, _in_scopes(tenant, scopes), _visible_to(viewer), _alive(now))
             .order_by(score.desc(), entries.c.id.desc())
             .limit(limit)
         )
@@ -272,13 +290,14 @@ class MemoryStore:
         now: float,
         limit: int,
         types: Sequence[str] = (),
+        viewer: str | None = None,
     ) -> list[Entry]:
         """The newest visible entries of these scopes."""
         if not scopes:
             return []
         stmt = (
             sa.select(*_COLUMNS)
-            .where(_in_scopes(tenant, scopes), _alive(now))
+            .where(_in_scopes(tenant, scopes), _visible_to(viewer), _alive(now))
             .order_by(entries.c.created_at.desc(), entries.c.id.desc())
             .limit(limit)
         )
@@ -288,17 +307,36 @@ class MemoryStore:
 
     # -- forgetting --------------------------------------------------------------
 
-    def forget_ids(self, tenant: str, scopes: Sequence[Scope], ids: Sequence[int]) -> int:
-        """Delete these entries if they lie in these scopes of this tenant."""
+    def forget_ids(
+        self,
+        tenant: str,
+        scopes: Sequence[Scope],
+        ids: Sequence[int],
+        *,
+        viewer: str | None = None,
+    ) -> int:
+        """Delete these entries if they lie in these scopes of this tenant and the
+        viewer sees them."""
         if not ids or not scopes:
             return 0
-        return self._delete(sa.and_(_in_scopes(tenant, scopes), entries.c.id.in_(list(ids))))
+        return self._delete(
+            sa.and_(_in_scopes(tenant, scopes), _visible_to(viewer), entries.c.id.in_(list(ids)))
+        )
 
-    def forget_scopes(self, tenant: str, scopes: Sequence[Scope]) -> int:
-        """Delete everything in these scopes, conversation summaries included."""
+    def forget_scopes(
+        self, tenant: str, scopes: Sequence[Scope], *, viewer: str | None = None
+    ) -> int:
+        """Delete everything the viewer sees in these scopes, conversation summaries
+        included; forgetting a subject's scope also forgets what belongs to that subject
+        in shared scopes (its episodes), so erasing a subject leaves none of its tasks."""
         if not scopes:
             return 0
-        n = self._delete(_in_scopes(tenant, scopes))
+        where = sa.and_(_in_scopes(tenant, scopes), _visible_to(viewer))
+        subjects = [s.id for s in scopes if s.kind is ScopeKind.SUBJECT]
+        if subjects:
+            owned = sa.and_(entries.c.tenant == tenant, entries.c.subject.in_(subjects))
+            where = sa.or_(where, owned)
+        n = self._delete(where)
         session_ids = [s.id for s in scopes if s.kind is ScopeKind.SESSION]
         if session_ids:
             self.conn.execute(
@@ -346,6 +384,7 @@ class MemoryStore:
             sa.select(*_COLUMNS)
             .where(
                 _in_scopes(scope.tenant, [scope]),
+                entries.c.subject.is_(None),  # turns belong to their session, never a subject
                 _alive(now),
                 entries.c.type == EntryType.TURN.value,
                 entries.c.id > after_id,
