@@ -395,6 +395,7 @@ def history(
 def cancel(
     task_id: Annotated[str, typer.Argument(help="the task's id")],
     reason: Annotated[str, typer.Option(help="recorded in the history")] = "",
+    tenant: Annotated[str, typer.Option(help="the task's tenant: only it may cancel")] = "default",
     as_json: JsonFlag = False,
 ) -> None:
     """Publish TaskCancelRequested: stop dispatching and end the task as cancelled."""
@@ -404,13 +405,14 @@ def cancel(
     from podium_contracts import TaskCancelRequested
 
     settings = kafka_settings()
-    request = validated(
-        lambda: TaskCancelRequested(task_id=task_id, reason=reason), "invalid cancel request: "
+    validated(
+        lambda: TaskCancelRequested(task_id=task_id, reason=reason, tenant=tenant),
+        "invalid cancel request: ",
     )
 
     async def send() -> None:
-        async with PodiumClient(settings) as client:
-            await client.publish(request, key=task_id)
+        async with PodiumClient(settings, tenant=tenant) as client:
+            await client.cancel(task_id, reason)
 
     asyncio.run(send())
     emit(

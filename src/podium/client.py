@@ -1,5 +1,10 @@
 """A small Kafka client for submitting tasks and waiting for their outcome,
-as any upstream system would: produce TaskSubmitted, read task-events."""
+as any upstream system would: produce TaskSubmitted, read task-events.
+
+A client acts for one tenant (``tenant``, "default" unless told). Task ids are one
+namespace across tenants, so an outcome is taken only when its ``tenant`` is the
+one the task was submitted under (the client's own for ids it did not submit): a
+client never hands back another tenant's outcome for an id it names."""
 
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ from podium_contracts import (
     ContractError,
     Event,
     TaskCancelled,
+    TaskCancelRequested,
     TaskCompleted,
     TaskFailed,
     TaskRejected,
@@ -32,14 +38,16 @@ Outcome = TaskCompleted | TaskFailed | TaskCancelled | TaskRejected
 class PodiumClient:
     """Submit tasks and collect their outcomes over Kafka."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, tenant: str = "default") -> None:
         self.settings = settings
+        self.tenant = tenant
         self.topics = Topics(settings.topic_prefix)
         self.producer: AIOKafkaProducer = make_producer(settings, client_id="podium-cli")
         self.consumer: AIOKafkaConsumer = make_consumer(
             settings, group_id=None, client_id="podium-cli"
         )
         self.outcomes: dict[str, Outcome] = {}
+        self._tenants: dict[str, str] = {}  # task_id -> the tenant it was submitted under
         self._arrived = asyncio.Condition()
         self._reader: asyncio.Task[None] | None = None
 
@@ -76,7 +84,15 @@ class PodiumClient:
         await self.producer.stop()
 
     async def submit(self, task: TaskSubmitted) -> None:
+        """Submit ``task``; its outcome is the one of ``task.tenant``."""
+        self._tenants[task.task_id] = task.tenant
         await self.publish(task, key=task.task_id)
+
+    async def cancel(self, task_id: str, reason: str = "") -> None:
+        """Ask the router to cancel ``task_id`` on behalf of this client's tenant."""
+        tenant = self._tenants.get(task_id, self.tenant)
+        request = TaskCancelRequested(task_id=task_id, reason=reason, tenant=tenant)
+        await self.publish(request, key=task_id)
 
     async def publish(self, message: Contract, *, key: str, topic: str | None = None) -> None:
         """Send a contract message (to the tasks topic unless told otherwise)."""
@@ -120,12 +136,25 @@ class PodiumClient:
             for records in batches.values():
                 for r in records:
                     event = _try_decode(r.value, r.headers)
-                    if event and isinstance(event.payload, Outcome):
+                    if event and isinstance(event.payload, Outcome) and self._ours(event.payload):
                         self.outcomes[event.payload.task_id] = event.payload
                         got = True
             if got:
                 async with self._arrived:
                     self._arrived.notify_all()
+
+    def _ours(self, outcome: Outcome) -> bool:
+        return belongs(outcome, self._tenants.get(outcome.task_id, self.tenant))
+
+
+def belongs(outcome: Outcome, tenant: str) -> bool:
+    """Whether a waiter of ``tenant`` may take ``outcome`` as its task's."""
+    if outcome.tenant is None:
+        # A rejection of a record whose tenant could not be read names no task that
+        # exists (the router answers those only); any other event without a tenant is
+        # from a router before tenants were carried: the default tenant's.
+        return isinstance(outcome, TaskRejected) or tenant == "default"
+    return outcome.tenant == tenant
 
 
 def _try_decode(value: bytes | None, headers: Any) -> Event | None:

@@ -144,3 +144,4 @@ class TaskErrorType(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     TEMPLATE_ERROR = "template_error"
     TOO_LARGE = "too_large"
+    TASK_ID_IN_USE = "task_id_in_use"  # another tenant's task holds this task_id
