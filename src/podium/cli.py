@@ -292,7 +292,7 @@ async def _submit(
     from podium.client import PodiumClient
     from podium_contracts import TaskCompleted
 
-    async with PodiumClient(settings) as client:
+    async with PodiumClient(settings, tenant=task.tenant) as client:
         await client.submit(task)
         if not wait:
             emit(
@@ -487,6 +487,10 @@ def topics(
 @app.command()
 def acls(
     pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option(help="tenants bound to their own topics (repeatable; PODIUM_TENANTS)"),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Print the Kafka ACLs each podium principal needs (what `podium up --secure`
@@ -494,7 +498,8 @@ def acls(
     from podium_shared.acls import acls as generate
 
     settings = load_settings()
-    entries = generate(settings.topic_prefix, tuple(pool or ["default"]))
+    tenants = tuple(tenant) if tenant else settings.tenant_names
+    entries = generate(settings.topic_prefix, tuple(pool or ["default"]), tenants)
     rows = [
         {
             "principal": f"User:{a.principal}",

@@ -4,7 +4,12 @@ as any upstream system would: produce TaskSubmitted, read task-events.
 A client acts for one tenant (``tenant``, "default" unless told). Task ids are one
 namespace across tenants, so an outcome is taken only when its ``tenant`` is the
 one the task was submitted under (the client's own for ids it did not submit): a
-client never hands back another tenant's outcome for an id it names."""
+client never hands back another tenant's outcome for an id it names.
+
+A tenant named in ``PODIUM_TENANTS`` is bound to topics of its own: its client
+writes ``<prefix>.tenant.<name>.tasks.v1`` and reads ``<prefix>.tenant.<name>.task-events.v1``,
+which, with Kafka ACLs, its principal ``tenant-<name>`` alone may use; the router
+takes the tenant from the topic there."""
 
 from __future__ import annotations
 
@@ -42,6 +47,12 @@ class PodiumClient:
         self.settings = settings
         self.tenant = tenant
         self.topics = Topics(settings.topic_prefix)
+        self.bound = tenant in settings.tenant_names
+        # Where this client writes and reads: its tenant's own topics, when it has them.
+        self.ingress = self.topics.tenant_tasks(tenant) if self.bound else self.topics.tasks
+        self.events = (
+            self.topics.tenant_task_events(tenant) if self.bound else self.topics.task_events
+        )
         self.producer: AIOKafkaProducer = make_producer(settings, client_id="podium-cli")
         self.consumer: AIOKafkaConsumer = make_consumer(
             settings, group_id=None, client_id="podium-cli"
@@ -60,14 +71,14 @@ class PodiumClient:
             await self.consumer.stop()
             await self.producer.stop()
             raise
-        partitions = self.consumer.partitions_for_topic(self.topics.task_events)
+        partitions = self.consumer.partitions_for_topic(self.events)
         for _ in range(50):
             if partitions:
                 break
             await asyncio.sleep(0.1)
             await self.consumer._client.force_metadata_update()
-            partitions = self.consumer.partitions_for_topic(self.topics.task_events)
-        tps = [TopicPartition(self.topics.task_events, p) for p in sorted(partitions or {0})]
+            partitions = self.consumer.partitions_for_topic(self.events)
+        tps = [TopicPartition(self.events, p) for p in sorted(partitions or {0})]
         self.consumer.assign(tps)
         # Only outcomes of what we submit from now on matter.
         await self.consumer.seek_to_end(*tps)
@@ -84,8 +95,9 @@ class PodiumClient:
         await self.producer.stop()
 
     async def submit(self, task: TaskSubmitted) -> None:
-        """Submit ``task``; its outcome is the one of ``task.tenant``."""
-        self._tenants[task.task_id] = task.tenant
+        """Submit ``task``; its outcome is the one of ``task.tenant`` (of the client's
+        tenant when bound: the router answers a claim of another tenant to it)."""
+        self._tenants[task.task_id] = self.tenant if self.bound else task.tenant
         await self.publish(task, key=task.task_id)
 
     async def cancel(self, task_id: str, reason: str = "") -> None:
@@ -95,10 +107,10 @@ class PodiumClient:
         await self.publish(request, key=task_id)
 
     async def publish(self, message: Contract, *, key: str, topic: str | None = None) -> None:
-        """Send a contract message (to the tasks topic unless told otherwise)."""
+        """Send a contract message (to the client's tasks topic unless told otherwise)."""
         value, headers = encode(message, source="podium-cli")
         await self.producer.send_and_wait(
-            topic or self.topics.tasks, value=value, key=key.encode(), headers=headers
+            topic or self.ingress, value=value, key=key.encode(), headers=headers
         )
 
     async def submit_raw(
@@ -109,7 +121,7 @@ class PodiumClient:
         topic: str | None = None,
     ) -> None:
         await self.producer.send_and_wait(
-            topic or self.topics.tasks, value=value, key=key, headers=list(headers)
+            topic or self.ingress, value=value, key=key, headers=list(headers)
         )
 
     async def wait_for(

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 import pytest
 import sqlalchemy as sa
+from pydantic import ValidationError
 
 from podium.client import belongs
 from podium_contracts import (
@@ -22,10 +23,18 @@ from podium_contracts import (
     TaskErrorType,
     TaskRejected,
     TaskSubmitted,
+    TenantMismatch,
+    decode,
+    encode,
 )
-from podium_router.decisions import Cancel, Ignore, Reject, decide
+from podium_router.decisions import Cancel, Ignore, Reject, bound_tenant, decide
+from podium_router.handlers import make_handler
 from podium_router.rejections import refused_submission
 from podium_router.state import runs
+from podium_shared import ConsumeLoop, Settings, Topics, acls
+from podium_shared.db import outbox
+from podium_shared.dlq import dlq_headers
+from tests.unit.test_consume_loop import RecordingConsumer, Relay, record
 from tests.unit.test_router_decide import CATALOG, NOW, run
 from tests.unit.test_router_runs import Harness
 
@@ -148,3 +157,138 @@ def test_a_client_takes_only_its_own_tenants_outcomes() -> None:
         {"task_id": "t1", "error": {"type": "undecodable", "message": "?"}, "rejected_at": NOW}
     )
     assert belongs(rejected, "b")  # whose it was could not be read: it names no task
+
+
+# --- tenants bound to topics of their own (PODIUM_TENANTS) ------------------------------------
+
+
+def test_a_tenants_topic_binds_the_messages_on_it() -> None:
+    unnamed = TaskSubmitted(task_id="t1", workflow="w")
+    assert bound_tenant("b", unnamed).tenant == "b"  # names none: the topic's
+    named = TaskSubmitted(task_id="t1", workflow="w", tenant="b")
+    assert bound_tenant("b", named) is named
+    with pytest.raises(TenantMismatch, match="claims tenant 'a' on tenant 'b'") as err:
+        bound_tenant("b", TaskSubmitted(task_id="t1", workflow="w", tenant="a"))
+    assert err.value.reason == "tenant_mismatch"
+    with pytest.raises(TenantMismatch):
+        bound_tenant("b", TaskCancelRequested(task_id="t1", tenant="a"))
+    assert bound_tenant("b", TaskCancelRequested(task_id="t1")).tenant == "b"
+    as_sent = TaskSubmitted(task_id="t1", workflow="w", tenant="default")  # what encode writes
+    assert bound_tenant("b", as_sent).tenant == "b"
+    # the shared topic's writers (the operator, trusted services) may name any tenant
+    assert bound_tenant(None, named.model_copy(update={"tenant": "a"})).tenant == "a"
+
+
+def test_tenant_topics_are_named_declared_and_carry_what_the_shared_ones_do() -> None:
+    topics = Topics("p")
+    assert topics.tenant_tasks("a") == "p.tenant.a.tasks.v1"
+    assert topics.tenant_task_events("a") == "p.tenant.a.task-events.v1"
+    assert [topics.tenant_of(t) for t in ("p.tenant.a.tasks.v1", "p.tasks.v1")] == ["a", None]
+    assert topics.tenant_of("p.tenant.a.task-events.v1") is None
+    assert topics.tenant_of("p.tenant.a.b.tasks.v1") is None
+    assert topics.carries("p.tenant.a.tasks.v1") == topics.carries(topics.tasks)
+    assert topics.carries("p.tenant.a.task-events.v1") == topics.carries(topics.task_events)
+    names = {t.name for t in topics.declarations(("default",), tenants=("a",))}
+    plain = {t.name for t in topics.declarations(("default",))}
+    assert names - plain == {
+        "p.tenant.a.tasks.v1",
+        "p.tenant.a.task-events.v1",
+        "p.tenant.a.tasks.v1.dlq",
+        "p.tenant.a.task-events.v1.dlq",
+    }
+
+
+def test_the_tenants_setting_is_a_list_of_names_fit_for_topics_and_users() -> None:
+    assert Settings(tenants=" a, b-2 ,a").tenant_names == ("a", "b-2")
+    assert Settings().tenant_names == ()
+    for bad in ("A", "a.b", "a b", "-a"):
+        with pytest.raises(ValidationError, match="lower-case"):
+            Settings(tenants=bad)
+
+
+def test_each_tenant_principal_may_write_its_ingress_and_read_its_outcomes_only() -> None:
+    entries = acls.acls("p", ("default",), ("a", "b"))
+    grants = {(e.resource.name, e.name, e.pattern.name, e.operation.name) for e in entries}
+    for tenant in ("a", "b"):
+        mine = {
+            (e.resource.name, e.name, e.pattern.name, e.operation.name)
+            for e in entries
+            if e.principal == f"tenant-{tenant}"
+        }
+        assert mine == {
+            ("TOPIC", f"p.tenant.{tenant}.tasks.v1", "LITERAL", "WRITE"),
+            ("TOPIC", f"p.tenant.{tenant}.task-events.v1", "LITERAL", "READ"),
+            ("GROUP", f"p-tenant-{tenant}", "LITERAL", "READ"),
+            ("GROUP", f"p-tenant-{tenant}.", "PREFIXED", "READ"),
+            ("CLUSTER", "kafka-cluster", "LITERAL", "IDEMPOTENT_WRITE"),
+        }
+        router = {
+            (e.name, e.operation.name)
+            for e in entries
+            if e.principal == "router" and f".tenant.{tenant}." in e.name
+        }
+        assert router == {
+            (f"p.tenant.{tenant}.tasks.v1", "READ"),
+            (f"p.tenant.{tenant}.tasks.v1.dlq", "WRITE"),
+            (f"p.tenant.{tenant}.task-events.v1", "WRITE"),
+        }
+    assert grants >= {("TOPIC", "p.", "PREFIXED", "ALL")}  # the operator's, unchanged
+    assert acls.acls("p", ("default",)) == [
+        e for e in entries if "tenant" not in e.principal and ".tenant." not in e.name
+    ]
+
+
+def outbox_rows(engine: sa.Engine) -> list[tuple[str, Any]]:
+    with engine.connect() as c:
+        rows = c.execute(sa.select(outbox).order_by(outbox.c.id)).all()
+    out = []
+    for r in rows:
+        headers = [(k, v.encode("latin-1")) for k, v in r.headers]
+        if r.topic.endswith(".dlq"):
+            out.append((r.topic, dlq_headers(headers)["reason"]))
+        else:
+            out.append((r.topic, decode(r.value, headers).payload))
+    return out
+
+
+async def test_the_router_takes_the_tenant_from_its_topic_and_refuses_another_claim(
+    tmp_path: Path,
+) -> None:
+    h = Harness(f"sqlite:///{tmp_path / 'router.db'}", ECHO)
+    h.router.tenants = frozenset({"a", "b"})
+    loop = ConsumeLoop(
+        consumer=RecordingConsumer(),  # type: ignore[arg-type]
+        engine=h.engine,
+        relay=Relay(),  # type: ignore[arg-type]
+        handler=make_handler(h.router),
+        group="t-router",
+        service="router",
+    )
+    claim_a, claim_a_headers = encode(
+        TaskSubmitted(task_id="t1", workflow="echo-one", tenant="a"), source="b-app", id="e1"
+    )
+    unnamed, unnamed_headers = encode(
+        TaskSubmitted(task_id="t2", workflow="echo-one"), source="b-app", id="e2"
+    )
+    await loop.process(
+        [
+            record(0, claim_a, claim_a_headers, topic="t.tenant.b.tasks.v1"),
+            record(1, unnamed, unnamed_headers, topic="t.tenant.b.tasks.v1"),
+        ]
+    )
+    rows = outbox_rows(h.engine)
+    assert rows[0] == ("t.tenant.b.tasks.v1.dlq", "tenant_mismatch")
+    rejected = [p for t, p in rows[1:3]]
+    assert [t for t, _ in rows[1:3]] == ["t.task-events.v1", "t.tenant.b.task-events.v1"]
+    assert all(isinstance(p, TaskRejected) for p in rejected)
+    assert {(p.task_id, p.tenant, p.error.type) for p in rejected} == {
+        ("t1", "b", "tenant_mismatch")
+    }
+    with h.engine.connect() as c:
+        assert c.execute(sa.select(runs.c.task_id)).scalars().all() == ["t2"]
+    assert stored(h, "t2")["tenant"] == "b"  # named none: the topic's tenant
+    accepted = [(t, type(p).__name__) for t, p in rows[3:] if not t.startswith("t.steps")]
+    assert accepted == [
+        ("t.task-events.v1", "TaskAccepted"),
+        ("t.tenant.b.task-events.v1", "TaskAccepted"),
+    ]

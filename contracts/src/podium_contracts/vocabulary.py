@@ -77,6 +77,7 @@ class DlqReason(StrEnum):
     UNKNOWN_TASK = "unknown_task"  # well-formed, about a task this reader has no record of
     PROCESSING_ERROR = "processing_error"  # the handler raised on this message
     STEP_ABANDONED = "step_abandoned"  # recovery gave up on a step
+    TENANT_MISMATCH = "tenant_mismatch"  # claims a tenant other than its topic's
 
 
 class DlqHeader(StrEnum):

@@ -24,11 +24,12 @@ def build(
     topics = Topics(settings.topic_prefix)
     catalog = catalog or WorkflowCatalog.load(settings.workflows)
     engine = open_database(settings.database_url("router"), HISTORY)
-    router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s, clock=clock)
+    tenants = settings.tenant_names
+    router = Router(catalog, topics, step_timeout_s=rs.step_timeout_s, clock=clock, tenants=tenants)
     return ServiceSpec(
         name="router",
         group=topics.group("router"),
-        topics=[topics.tasks, topics.step_results],
+        topics=[topics.tasks, topics.step_results, *map(topics.tenant_tasks, tenants)],
         handler=make_handler(router),
         pools=tuple(sorted(pools_of(catalog.all()))),
         engine=engine,

@@ -55,6 +55,7 @@ from podium_contracts import (
     TaskError,
     TaskErrorType,
     TaskSubmitted,
+    TenantMismatch,
     UnknownTask,
     Usage,
 )
@@ -65,6 +66,8 @@ from podium_router.state import OPEN_STEP, TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.templates import render_json
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
 from podium_shared.limits import TOO_LARGE, too_large
+
+DEFAULT_TENANT = TaskSubmitted.model_fields["tenant"].default
 
 # -- the events ------------------------------------------------------------------------------
 
@@ -382,6 +385,23 @@ def _abandoned(
         message = f"deadline {run.deadline.isoformat()} passed during step {abandoned.step_id}"
     error = TaskError(type=error_type, message=message, step_id=abandoned.step_id)
     return GiveUp(abandoned), Fail(error, dlq=abandoned.dlq)
+
+
+def bound_tenant(
+    bound: str | None, message: TaskSubmitted | TaskCancelRequested
+) -> TaskSubmitted | TaskCancelRequested:
+    """The message as the router takes it from a topic bound to tenant ``bound`` (None:
+    the shared topic, whose writers are trusted with any tenant). One that names no
+    tenant, or the contract's default (what a client that never set it sends), is the
+    topic's; one that names another raises ``TenantMismatch``."""
+    if bound is None or message.tenant == bound:
+        return message
+    if "tenant" not in message.model_fields_set or message.tenant == DEFAULT_TENANT:
+        return message.model_copy(update={"tenant": bound})
+    raise TenantMismatch(
+        f"claims tenant {message.tenant!r} on tenant {bound!r}'s own topic;"
+        f" a message there names {bound!r} or no tenant"
+    )
 
 
 def _cancel(run: Run, request: TaskCancelRequested) -> Decision:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
 
@@ -16,6 +17,7 @@ import structlog
 
 from podium_contracts import (
     DlqLocation,
+    Event,
     HistoryKind,
     StepAbandoned,
     StepCompleted,
@@ -48,6 +50,7 @@ from podium_router.decisions import (
     Settle,
     Start,
     Trigger,
+    bound_tenant,
     decide,
     timed_out,
 )
@@ -83,11 +86,27 @@ class Router:
         *,
         step_timeout_s: float = 600.0,
         clock: Clock = utc_now,
+        tenants: tuple[str, ...] = (),
     ) -> None:
         self.catalog = catalog
         self.topics = topics
+        # Tenants bound to topics of their own: read from each one's ingress topic, and
+        # told of their tasks on their own task-events topic too.
+        self.tenants = frozenset(tenants)
         self.step_timeout_s = step_timeout_s  # the watchdog's wait for a step without one
         self.clock = clock
+
+    def bind(self, event: Event) -> Event:
+        """The event with the tenant its topic binds it to (see ``bound_tenant``)."""
+        payload = event.payload
+        tenant = self._bound(event.topic)
+        if tenant is None or not isinstance(payload, TaskSubmitted | TaskCancelRequested):
+            return event
+        return Event(event.envelope, bound_tenant(tenant, payload), event.topic)
+
+    def _bound(self, topic: str | None) -> str | None:
+        tenant = self.topics.tenant_of(topic) if topic else None
+        return tenant if tenant in self.tenants else None
 
     # -- events ------------------------------------------------------------------------------
 
@@ -140,6 +159,10 @@ class Router:
         if who is None:
             log.warning("refused record names no task; dead-lettered only", offset=record.offset)
             return
+        bound = self._bound(record.topic)
+        if bound is not None:
+            # On a tenant's own topic the writer is that tenant, whatever the record claims.
+            who = replace(who, tenant=bound)
         existing = RunRepository(uow.conn).get_run(who.task_id, lock=False)
         if existing is not None and who.tenant in (None, existing.tenant):
             # A refused repeat of a task's id changes nothing, and an answer its waiters
@@ -165,8 +188,12 @@ class Router:
         )
 
     def _tell(self, uow: UnitOfWork, outcome: TaskEvent) -> None:
-        """Publish a task's event to the task-events topic, keyed by its task id."""
+        """Publish a task's event to the task-events topic, keyed by its task id, and to
+        its tenant's own when the tenant is bound to topics of its own."""
         uow.publish(self.topics.task_events, outcome, key=outcome.task_id)
+        if outcome.tenant in self.tenants:
+            topic = self.topics.tenant_task_events(outcome.tenant)
+            uow.publish(topic, outcome, key=outcome.task_id)
 
     # -- the watchdog ------------------------------------------------------------------------
 
