@@ -292,7 +292,7 @@ async def _submit(
     from podium.client import PodiumClient
     from podium_contracts import TaskCompleted
 
-    async with PodiumClient(settings) as client:
+    async with PodiumClient(settings, tenant=task.tenant) as client:
         await client.submit(task)
         if not wait:
             emit(
@@ -395,6 +395,7 @@ def history(
 def cancel(
     task_id: Annotated[str, typer.Argument(help="the task's id")],
     reason: Annotated[str, typer.Option(help="recorded in the history")] = "",
+    tenant: Annotated[str, typer.Option(help="the task's tenant: only it may cancel")] = "default",
     as_json: JsonFlag = False,
 ) -> None:
     """Publish TaskCancelRequested: stop dispatching and end the task as cancelled."""
@@ -404,13 +405,14 @@ def cancel(
     from podium_contracts import TaskCancelRequested
 
     settings = kafka_settings()
-    request = validated(
-        lambda: TaskCancelRequested(task_id=task_id, reason=reason), "invalid cancel request: "
+    validated(
+        lambda: TaskCancelRequested(task_id=task_id, reason=reason, tenant=tenant),
+        "invalid cancel request: ",
     )
 
     async def send() -> None:
-        async with PodiumClient(settings) as client:
-            await client.publish(request, key=task_id)
+        async with PodiumClient(settings, tenant=tenant) as client:
+            await client.cancel(task_id, reason)
 
     asyncio.run(send())
     emit(
@@ -485,6 +487,10 @@ def topics(
 @app.command()
 def acls(
     pool: Annotated[list[str] | None, typer.Option(help="executor pools (repeatable)")] = None,
+    tenant: Annotated[
+        list[str] | None,
+        typer.Option(help="tenants bound to their own topics (repeatable; PODIUM_TENANTS)"),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Print the Kafka ACLs each podium principal needs (what `podium up --secure`
@@ -492,7 +498,8 @@ def acls(
     from podium_shared.acls import acls as generate
 
     settings = load_settings()
-    entries = generate(settings.topic_prefix, tuple(pool or ["default"]))
+    tenants = tuple(tenant) if tenant else settings.tenant_names
+    entries = generate(settings.topic_prefix, tuple(pool or ["default"]), tenants)
     rows = [
         {
             "principal": f"User:{a.principal}",

@@ -19,7 +19,7 @@ from types import TracebackType
 from pydantic import SecretStr
 
 from podium_shared import EmbeddedBroker, Settings, Topics, acls
-from podium_shared.acls import principal
+from podium_shared.acls import principal, tenant_principal
 from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent
 from podium_shared.kafka import ensure_topics, resolve_idempotence
@@ -51,14 +51,18 @@ def start_local_broker(
     return EmbeddedBroker(log_path=settings.home / "logs" / "broker.log").start()
 
 
-def secure_local(home: Path, pools: tuple[str, ...]) -> BrokerSecurity:
+def secure_local(
+    home: Path, pools: tuple[str, ...], tenants: tuple[str, ...] = ()
+) -> BrokerSecurity:
     """A throwaway CA and broker certificate under ``home/tls``, and a SCRAM user per
-    role with its password in ``home/secrets/<user>.password`` (0600). Passwords are
-    made once and kept: the broker's metadata holds them across restarts."""
+    role (and per tenant bound to its own topics) with its password in
+    ``home/secrets/<user>.password`` (0600). Passwords are made once and kept: the
+    broker's metadata holds them across restarts."""
     ca = LocalCA.ensure(home / "tls")
     server = ca.issue("broker", server=True)
     names = ["broker", "operator", "router", "memory", "recovery"]
     names += [principal("executor", p) for p in pools]
+    names += [tenant_principal(t) for t in tenants]
     users = {}
     for name in names:
         path = password_file(home, name)
@@ -155,7 +159,9 @@ class Stack:
         try:
             if not self.settings.kafka_bootstrap:
                 if self.secure:
-                    self.security = secure_local(self.settings.home, self.pools)
+                    self.security = secure_local(
+                        self.settings.home, self.pools, self.settings.tenant_names
+                    )
                 self.broker = start_local_broker(self.settings, self.security)
                 self.settings = self.settings.model_copy(
                     update={"kafka_bootstrap": self.broker.bootstrap, **self._operator()}
@@ -167,13 +173,16 @@ class Stack:
                 )
             if self.security is not None:
                 # As the brokers' own principal, the one allowed to alter ACLs.
-                entries = acls.acls(self.settings.topic_prefix, self.pools)
+                entries = acls.acls(
+                    self.settings.topic_prefix, self.pools, self.settings.tenant_names
+                )
                 admin = self.security.client_options()
                 admin["bootstrap_servers"] = self.bootstrap
                 run_sync(acls.apply(admin, entries))
             topics = Topics(self.settings.topic_prefix)
             declared = topics.declarations(
                 ("default", "memory", *self.pools),
+                tenants=self.settings.tenant_names,
                 dlq_retention_ms=self.settings.dlq_retention_ms,
                 replication_factor=self.settings.replication_factor,
             )
@@ -224,6 +233,7 @@ class Stack:
         env["PODIUM_BROKER"] = str(self.settings.broker)
         env["PODIUM_PRODUCER_IDEMPOTENCE"] = self.settings.producer_idempotence
         env["PODIUM_WORKFLOWS"] = self.settings.workflows
+        env["PODIUM_TENANTS"] = self.settings.tenants
         for service in SERVICES:
             url = getattr(self.settings, f"{service}_database_url")
             if url:

@@ -19,9 +19,15 @@ from pydantic import SecretStr
 
 from podium.client import PodiumClient
 from podium.stack import Stack, password_file
-from podium_contracts import TaskCompleted, TaskSubmitted
-from podium_shared import Settings, Topics
-from podium_shared.kafka import BrokerRefused, ensure_topics, make_consumer, make_producer
+from podium_contracts import TaskCompleted, TaskRejected, TaskSubmitted
+from podium_shared import Settings, Topics, dlq_headers
+from podium_shared.kafka import (
+    BrokerRefused,
+    ensure_topics,
+    make_admin,
+    make_consumer,
+    make_producer,
+)
 from podium_shared.tls import LocalCA, write_secret
 from tests.conftest import REPO, unique_prefix
 
@@ -35,6 +41,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         home=tmp_path_factory.mktemp("podium-secure"),
         topic_prefix=unique_prefix(),
         workflows=str(REPO / "workflows") + ":" + str(REPO / "tests" / "workflows"),
+        tenants="a,b",
     )
     with Stack(settings, secure=True) as s:
         yield s
@@ -186,3 +193,93 @@ async def test_a_malformed_task_is_dead_lettered_by_the_router_principal(
     finally:
         await consumer.stop()
     assert found and found[0].value == b"{not json"
+
+
+# --- tenants bound to their own topics: the broker enforces it ---------------------------------
+
+
+async def test_a_tenant_submits_and_hears_back_on_its_own_topics_as_its_own_principal(
+    secure_stack: Stack,
+) -> None:
+    settings = as_principal(secure_stack, "tenant-a")
+    task = TaskSubmitted(task_id=f"ta-{uuid.uuid4().hex[:8]}", workflow="hello", input={"a": 1})
+    async with PodiumClient(settings, tenant="a") as client:
+        assert client.ingress == Topics(settings.topic_prefix).tenant_tasks("a")
+        await client.submit(task)
+        outcome = (await client.wait_for([task.task_id], 30))[task.task_id]
+    assert isinstance(outcome, TaskCompleted), outcome
+    assert (outcome.tenant, outcome.output) == ("a", {"a": 1})
+
+
+@pytest.mark.parametrize("topic", ["tenant_tasks", "tasks"])
+async def test_tenant_b_may_not_write_tenant_as_topic_nor_the_shared_one(
+    secure_stack: Stack, topic: str
+) -> None:
+    settings = as_principal(secure_stack, "tenant-b")
+    topics = Topics(settings.topic_prefix)
+    name = topics.tenant_tasks("a") if topic == "tenant_tasks" else topics.tasks
+    value = b'{"task_id": "x", "workflow": "hello", "tenant": "a"}'
+    producer = make_producer(settings, "tenant-b-as-a")
+    await producer.start()
+    try:
+        with pytest.raises(TopicAuthorizationFailedError):
+            await producer.send_and_wait(name, value, key=b"x")
+    finally:
+        await producer.stop()
+
+
+TOPIC_AUTHORIZATION_FAILED = 29  # Kafka's error code
+
+
+async def described(settings: Settings, topic: str) -> int:
+    """The broker's answer to ``settings``' principal asking for ``topic``'s metadata."""
+    admin = make_admin(settings, "tenant-describe")
+    await admin.start()
+    try:
+        [answer] = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    return int(answer["error_code"])
+
+
+@pytest.mark.parametrize("topic", ["tenant_task_events", "task_events"])
+async def test_tenant_b_may_not_read_tenant_as_outcomes_nor_the_shared_ones(
+    secure_stack: Stack, topic: str
+) -> None:
+    b, a = as_principal(secure_stack, "tenant-b"), as_principal(secure_stack, "tenant-a")
+    topics = Topics(b.topic_prefix)
+    name = topics.tenant_task_events("a") if topic == "tenant_task_events" else topics.task_events
+    # Read implies Describe: a principal the broker will not even describe the topic to
+    # cannot fetch from it (an assigned consumer just never gets a leader to ask).
+    assert await described(b, name) == TOPIC_AUTHORIZATION_FAILED
+    assert await described(b, topics.tenant_task_events("b")) == 0  # its own, it may
+    if topic == "tenant_task_events":
+        assert await described(a, name) == 0
+
+
+async def test_a_claim_of_another_tenant_is_dead_lettered_with_the_reason(
+    secure_stack: Stack,
+) -> None:
+    settings = as_principal(secure_stack, "tenant-b")
+    topics = Topics(settings.topic_prefix)
+    task_id = f"claim-{uuid.uuid4().hex[:8]}"
+    async with PodiumClient(settings, tenant="b") as b:
+        await b.submit(TaskSubmitted(task_id=task_id, workflow="hello", tenant="a"))
+        rejected = (await b.wait_for([task_id], 30))[task_id]
+    assert isinstance(rejected, TaskRejected), rejected
+    assert (rejected.tenant, rejected.error.type) == ("b", "tenant_mismatch")
+    dlq = topics.dlq(topics.tenant_tasks("b"))
+    consumer = make_consumer(secure_stack.settings, group_id=None, client_id="operator-dlq")
+    await consumer.start()
+    try:
+        consumer.assign([TopicPartition(dlq, 0)])
+        await consumer.seek_to_beginning()
+        deadline = time.monotonic() + 30
+        found = []
+        while not found and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=1000)
+            found = [r for rs in batches.values() for r in rs if r.key == task_id.encode()]
+    finally:
+        await consumer.stop()
+    assert found, f"no dead letter for {task_id} in {dlq}"
+    assert dlq_headers(found[0].headers)["reason"] == "tenant_mismatch"

@@ -897,6 +897,7 @@ def test_public_names() -> None:
         "TaskFailed",
         "TaskRejected",
         "TaskSubmitted",
+        "TenantMismatch",
         "TopicPattern",
         "UndecodableMessage",
         "UnexpectedContract",

@@ -175,7 +175,9 @@ def shape(decision: Decision) -> list[tuple[Any, ...]]:
     return out
 
 
-SUBMITTED = TaskSubmitted(task_id="t1", workflow="diamond", input={"text": "hello there"})
+SUBMITTED = TaskSubmitted(
+    task_id="t1", workflow="diamond", input={"text": "hello there"}, tenant="acme"
+)
 FIRST_DONE = [step("a", StepStatus.COMPLETED)]
 A_B_C_DONE = [step(s, StepStatus.COMPLETED) for s in "abc"]
 
@@ -325,14 +327,14 @@ TABLE: list[tuple[str, Run | None, list[Step], Trigger, list[tuple[Any, ...]]]] 
         "a cancel ends a running task",
         run(),
         [step("a")],
-        TaskCancelRequested(task_id="t1"),
+        TaskCancelRequested(task_id="t1", tenant="acme"),
         [("Cancel",)],
     ),
     (
         "a cancel of a finished task is recorded and ignored",
         run(RunStatus.COMPLETED),
         A_B_C_DONE,
-        TaskCancelRequested(task_id="t1"),
+        TaskCancelRequested(task_id="t1", tenant="acme"),
         [("Ignore", HistoryKind.CANCEL_IGNORED)],
     ),
     (
@@ -368,7 +370,7 @@ def test_the_decision_table(
         (result("a"), "a result for task 't1'"),
         (retry(), "a retry for task 't1'"),
         (abandoned(), "an abandoned step of task 't1'"),
-        (TaskCancelRequested(task_id="t1"), "cancel requested for task 't1'"),
+        (TaskCancelRequested(task_id="t1", tenant="acme"), "cancel requested for task 't1'"),
     ],
 )
 def test_an_event_about_a_task_never_submitted_is_a_contract_error(
@@ -469,9 +471,11 @@ def test_reopening_and_ignoring_say_what_and_why() -> None:
     assert reopen == Reopen("b", 4)
     [late] = decide_now(run(RunStatus.CANCELLED), [], result("a", attempt=2))
     assert late == Ignore("the task is cancelled", HistoryKind.LATE_RESULT_IGNORED, "a", 2)
-    [cancel] = decide_now(run(), [], TaskCancelRequested(task_id="t1", reason="user left"))
+    [cancel] = decide_now(
+        run(), [], TaskCancelRequested(task_id="t1", reason="user left", tenant="acme")
+    )
     assert cancel == Cancel("user left")
-    [default] = decide_now(run(), [], TaskCancelRequested(task_id="t1"))
+    [default] = decide_now(run(), [], TaskCancelRequested(task_id="t1", tenant="acme"))
     assert default == Cancel("cancel requested")
 
 

@@ -27,6 +27,7 @@ from podium_contracts import (
     StepRequested,
     StepRetryScheduled,
     TaskErrorType,
+    TenantMismatch,
     TopicPattern,
     UndecodableMessage,
     UnexpectedContract,
@@ -68,6 +69,7 @@ def test_dlq_reasons_are_the_documented_values() -> None:
         "unknown_task",
         "processing_error",
         "step_abandoned",
+        "tenant_mismatch",
     ]
     assert set(asyncapi.DLQ_REASONS) == set(DlqReason), "every reason is described"
 
@@ -81,6 +83,7 @@ def test_dlq_reasons_are_the_documented_values() -> None:
         (UnexpectedContract, "unexpected_type"),
         (InvalidMessage, "invalid"),
         (UnknownTask, "unknown_task"),
+        (TenantMismatch, "tenant_mismatch"),
     ],
 )
 def test_contract_errors_name_their_dlq_reason(error: type[ContractError], reason: str) -> None:

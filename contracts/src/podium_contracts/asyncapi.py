@@ -147,6 +147,7 @@ DLQ_REASONS: dict[DlqReason, str] = {
     DlqReason.UNKNOWN_TASK: "a well-formed message about a task its reader has no record of",
     DlqReason.PROCESSING_ERROR: "the handler raised on this message",
     DlqReason.STEP_ABANDONED: "recovery gave up on a step (the value is its StepRequested)",
+    DlqReason.TENANT_MISMATCH: "a message on a tenant's own topic claiming another tenant",
 }
 DLQ_HEADERS: dict[DlqHeader, str] = {
     DlqHeader.REASON: "why the record is here: " + ", ".join(DLQ_REASONS),

@@ -66,6 +66,14 @@ class InvalidMessage(ContractError):
     reason = DlqReason.INVALID
 
 
+class TenantMismatch(ContractError):
+    """A message on one tenant's own topic that claims to be another tenant's: where the
+    tenant is bound to the writer's principal, the topic says whose it is, and a claim
+    that disagrees is refused rather than believed or silently corrected."""
+
+    reason = DlqReason.TENANT_MISMATCH
+
+
 class UnknownTask(ContractError):
     """A well-formed message about a task its reader has no record of (a cancel, a
     step result or a retry for a task never submitted here): dead-lettered with this
@@ -89,10 +97,11 @@ class Envelope:
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """A decoded message: its envelope and its typed payload."""
+    """A decoded message: its envelope and its typed payload (and, consumed, its topic)."""
 
     envelope: Envelope
     payload: Contract
+    topic: str | None = None
 
 
 REGISTRY: dict[str, type[Contract]] = {c.CE_TYPE: c for c in ALL_CONTRACTS}

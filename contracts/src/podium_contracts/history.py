@@ -18,6 +18,7 @@ class HistoryKind(StrEnum):
     REOPENED = "reopened"  # a replayed step succeeded after the task had failed on it
     LATE_RESULT_IGNORED = "late_result_ignored"
     CANCEL_IGNORED = "cancel_ignored"
+    CANCEL_REFUSED = "cancel_refused"  # another tenant asked to cancel this task
     CANCELLED = "cancelled"
     COMPLETED = "completed"
     FAILED = "failed"

@@ -147,6 +147,7 @@ class TaskAccepted(Contract):
     workflow: str
     workflow_version: int = 1
     accepted_at: datetime
+    tenant: str | None = Field(default=None, description="whose task: the submission's tenant")
 
 
 class StepSummary(BaseModel):
@@ -200,7 +201,9 @@ class TaskRejected(Contract):
     """The router refused a submission: it could not be read (``undecodable``), names a
     contract it does not know (``unknown_type``), breaks the contract (``invalid``) or
     could not be accepted (``processing_error``). Nothing ran; the original is in the
-    tasks topic's dead-letter topic, to fix and submit again (or replay)."""
+    tasks topic's dead-letter topic, to fix and submit again (or replay). A submission
+    whose ``task_id`` another tenant's task already holds is rejected with
+    ``task_id_in_use`` (nothing is dead-lettered; the other task is untouched)."""
 
     CE_TYPE: ClassVar[str] = "podium.task.rejected.v1"
 
@@ -209,6 +212,9 @@ class TaskRejected(Contract):
     error: TaskError = Field(description="type: the dead-letter reason; message: why")
     dlq: DlqLocation | None = Field(default=None, description="unset when it had no ce_id")
     rejected_at: datetime
+    tenant: str | None = Field(
+        default=None, description="the submitter's tenant; unset when the record did not say"
+    )
 
 
 class StepRequested(Contract):
@@ -341,6 +347,12 @@ class TaskCancelRequested(Contract):
 
     task_id: str = Field(min_length=1, max_length=200)
     reason: str = ""
+    tenant: str = Field(
+        default="default",
+        min_length=1,
+        max_length=200,
+        description="who asks: a task is cancelled only by its own tenant",
+    )
 
 
 class TaskCancelled(Contract):
@@ -350,6 +362,7 @@ class TaskCancelled(Contract):
     workflow: str
     reason: str
     cancelled_at: datetime
+    tenant: str | None = Field(default=None, description="whose task: the submission's tenant")
 
 
 class StepRetryScheduled(Contract):

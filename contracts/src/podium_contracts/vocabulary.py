@@ -77,6 +77,7 @@ class DlqReason(StrEnum):
     UNKNOWN_TASK = "unknown_task"  # well-formed, about a task this reader has no record of
     PROCESSING_ERROR = "processing_error"  # the handler raised on this message
     STEP_ABANDONED = "step_abandoned"  # recovery gave up on a step
+    TENANT_MISMATCH = "tenant_mismatch"  # claims a tenant other than its topic's
 
 
 class DlqHeader(StrEnum):
@@ -145,3 +146,4 @@ class TaskErrorType(StrEnum):
     TEMPLATE_ERROR = "template_error"
     TOO_LARGE = "too_large"
     LIMIT_EXCEEDED = "limit_exceeded"  # a PODIUM_ROUTER_MAX_* cap on what one task may cause
+    TASK_ID_IN_USE = "task_id_in_use"  # another tenant's task holds this task_id

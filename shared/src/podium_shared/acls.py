@@ -12,6 +12,13 @@ the cluster (its producers are idempotent). Two grants are wider than one topic:
   steps to any pool, including pools started after the ACLs were written; the router
   may also Create those topics, for the pools its workflows name.
 
+A tenant bound to topics of its own (``PODIUM_TENANTS``) has the principal
+``tenant-<name>``, which may Write its ingress topic ``<prefix>.tenant.<name>.tasks.v1``
+and Read its own outcomes ``<prefix>.tenant.<name>.task-events.v1`` and groups named
+``<prefix>-tenant-<name>`` (or starting ``<prefix>-tenant-<name>.``), and nothing else:
+no Describe under the prefix, so it does not even list the other tenants' topics. The
+router reads each ingress topic (and writes its DLQ) and writes each outcome topic.
+
 ``operator`` (the CLI and ``podium up``) may do anything to topics and groups under
 the prefix and create topics; it is the principal a human uses, not a service.
 ``apply`` writes them with CreateAcls as a principal that may (the brokers' own).
@@ -89,14 +96,27 @@ def principal(service: str | None, pool: str | None = None) -> str:
     return f"executor-{pool}" if service == "executor" else service
 
 
+def tenant_principal(tenant: str) -> str:
+    """The SCRAM user a tenant bound to its own topics connects as."""
+    return f"tenant-{tenant}"
+
+
+def tenant_groups(prefix: str, tenant: str) -> tuple[str, str]:
+    """The consumer group a tenant may use, and the prefix (with a separator, so that
+    tenant ``a`` cannot take tenant ``ab``'s groups) of any others it may name."""
+    group = f"{prefix}-tenant-{tenant}"
+    return group, group + "."
+
+
 def _topics(address: str, topics: Topics, pools: tuple[str, ...]) -> list[str]:
     if "{pool}" in address:
         return [topics.steps(p) for p in pools]
     return [topics.prefix + address.removeprefix(TOPIC_PREFIX)]
 
 
-def acls(prefix: str, pools: tuple[str, ...]) -> list[Acl]:
-    """Every ACL podium's principals need under ``prefix``, executor ``pools`` given."""
+def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> list[Acl]:
+    """Every ACL podium's principals need under ``prefix``, executor ``pools`` and
+    ``tenants`` bound to topics of their own given."""
     topics = Topics(prefix)
     out: set[Acl] = set()
 
@@ -145,6 +165,18 @@ def acls(prefix: str, pools: tuple[str, ...]) -> list[Acl]:
             out.add(
                 Acl(user, Resource.CLUSTER, CLUSTER, Pattern.LITERAL, Operation.IDEMPOTENT_WRITE)
             )
+    for tenant in tenants:
+        user, ingress = tenant_principal(tenant), topics.tenant_tasks(tenant)
+        events = topics.tenant_task_events(tenant)
+        topic(user, ingress, Operation.WRITE)
+        topic(user, events, Operation.READ)
+        group, others = tenant_groups(prefix, tenant)
+        out.add(Acl(user, Resource.GROUP, group, Pattern.LITERAL, Operation.READ))
+        out.add(Acl(user, Resource.GROUP, others, Pattern.PREFIXED, Operation.READ))
+        out.add(Acl(user, Resource.CLUSTER, CLUSTER, Pattern.LITERAL, Operation.IDEMPOTENT_WRITE))
+        topic("router", ingress, Operation.READ)
+        topic("router", topics.dlq(ingress), Operation.WRITE)
+        topic("router", events, Operation.WRITE)
     op = "operator"
     topic(op, f"{prefix}.", Operation.ALL, Pattern.PREFIXED)
     out.add(Acl(op, Resource.GROUP, prefix, Pattern.PREFIXED, Operation.ALL))

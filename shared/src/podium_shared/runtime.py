@@ -137,6 +137,7 @@ async def open_clients(
         settings,
         Topics(settings.topic_prefix).declarations(
             pools,
+            tenants=settings.tenant_names,
             dlq_retention_ms=settings.dlq_retention_ms,
             replication_factor=settings.replication_factor,
         ),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -71,6 +72,10 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="a relay's claim on outbox rows expires after this"
     )
     log_level: str = "INFO"
+    # Tenants bound to topics of their own (comma-separated): the router reads each one's
+    # <prefix>.tenant.<name>.tasks.v1 and answers on its own task-events topic; with
+    # Kafka ACLs only that tenant's principal may use them (docs/security.md, Tenants).
+    tenants: str = Field(default="", description="comma-separated tenants bound to own topics")
 
     @model_validator(mode="after")
     def _broker_defaults(self) -> Settings:
@@ -93,6 +98,21 @@ class Settings(BaseSettings):
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("PODIUM_SSL_CERTFILE and PODIUM_SSL_KEYFILE go together")
         return self
+
+    @field_validator("tenants")
+    @classmethod
+    def _tenant_names(cls, v: str) -> str:
+        names = [t.strip() for t in v.split(",") if t.strip()]
+        for name in names:
+            # A tenant's name is part of topic, group and user names.
+            if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,99}", name):
+                raise ValueError(f"tenant {name!r}: lower-case letters, digits, '_' and '-' only")
+        return ",".join(dict.fromkeys(names))
+
+    @property
+    def tenant_names(self) -> tuple[str, ...]:
+        """The tenants bound to topics of their own (``tenants``), in order."""
+        return tuple(t for t in self.tenants.split(",") if t)
 
     @field_validator("home")
     @classmethod

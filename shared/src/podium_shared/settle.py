@@ -272,7 +272,9 @@ class RecordDecoder:
             accepts = self._by_topic.get(r.topic)
             if accepts is None:
                 accepts = self._by_topic[r.topic] = self._carries(r.topic)
-        return decode_record(r.value, record_headers(r), r.key, accepts=accepts)
+        event = decode_record(r.value, record_headers(r), r.key, accepts=accepts)
+        # Where it was read: on a topic bound to one writer (a tenant's), that says who wrote it.
+        return Event(event.envelope, event.payload, r.topic)
 
 
 class Settler:

@@ -18,6 +18,9 @@ __all__ = ["DLQ_RETENTION_MS", "DLQ_SUFFIX", "TopicSpec", "Topics", "dlq_configs
 # Dead letters must outlive the fix: the broker's default retention (7 days on
 # Apache Kafka) can expire a record before anyone has replayed it.
 DLQ_RETENTION_MS = 90 * 24 * 3600 * 1000  # 90 days; -1 keeps them for ever
+# A tenant bound to its own topics (PODIUM_TENANTS) has <prefix>.tenant.<name>.tasks.v1
+# and <prefix>.tenant.<name>.task-events.v1, beside the shared ones.
+TENANT_INFIX = ".tenant."
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,13 +58,34 @@ class Topics:
     def steps(self, pool: str) -> str:
         return TopicPattern.STEPS.under(self.prefix, pool=pool)
 
+    def tenant_tasks(self, tenant: str) -> str:
+        """The topic only ``tenant`` writes its submissions and cancel requests to."""
+        return f"{self.prefix}{TENANT_INFIX}{tenant}.tasks.v1"
+
+    def tenant_task_events(self, tenant: str) -> str:
+        """The topic of ``tenant``'s task events, which only it reads."""
+        return f"{self.prefix}{TENANT_INFIX}{tenant}.task-events.v1"
+
+    def tenant_of(self, topic: str) -> str | None:
+        """The tenant whose ingress topic ``topic`` is, or None."""
+        head, tail = self.prefix + TENANT_INFIX, ".tasks.v1"
+        if topic.startswith(head) and topic.endswith(tail):
+            name = topic[len(head) : -len(tail)]
+            return name if name and "." not in name else None
+        return None
+
     def group(self, service: str, pool: str | None = None) -> str:
         """The consumer group of ``service`` (of one ``pool``, for the executor)."""
         return consumer_group(self.prefix, service, pool)
 
     def carries(self, topic: str) -> frozenset[str]:
         """The ce_types ``topic`` carries, as the AsyncAPI document declares them
-        (``podium_contracts.asyncapi.CHANNELS``): what its consumers accept."""
+        (``podium_contracts.asyncapi.CHANNELS``): what its consumers accept. A tenant's
+        topics carry what the shared ones do."""
+        if self.tenant_of(topic) is not None:
+            return carried_by(self.tasks, self.prefix)
+        if topic.startswith(self.prefix + TENANT_INFIX) and topic.endswith(".task-events.v1"):
+            return carried_by(self.task_events, self.prefix)
         return carried_by(topic, self.prefix)
 
     @staticmethod
@@ -72,6 +96,7 @@ class Topics:
         self,
         pools: tuple[str, ...] = ("default", "memory"),
         *,
+        tenants: tuple[str, ...] = (),
         dlq_retention_ms: int = DLQ_RETENTION_MS,
         replication_factor: int = 1,
     ) -> list[TopicSpec]:
@@ -91,6 +116,11 @@ class Topics:
             TopicSpec(self.steps(p), 8, "step_id", f"StepRequested for pool {p}")
             for p in dict.fromkeys(pools)  # ordered and without repeats
         ]
+        for t in dict.fromkeys(tenants):
+            base += [
+                TopicSpec(self.tenant_tasks(t), 4, "task_id", f"tenant {t}'s TaskSubmitted"),
+                TopicSpec(self.tenant_task_events(t), 4, "task_id", f"tenant {t}'s task events"),
+            ]
         # Every topic a service reads can be dead-lettered (task events too: memory reads
         # them), and on a broker that does not create topics on first use a DLQ that was
         # never declared cannot be written, which would hold back the outbox behind it.

@@ -25,12 +25,17 @@ def build(
     catalog = catalog or WorkflowCatalog.load(settings.workflows, rs.limits())
     engine = open_database(settings.database_url("router"), HISTORY)
     router = Router(
-        catalog, topics, step_timeout_s=rs.step_timeout_s, limits=rs.limits(), clock=clock
+        catalog,
+        topics,
+        step_timeout_s=rs.step_timeout_s,
+        limits=rs.limits(),
+        clock=clock,
+        tenants=settings.tenant_names,
     )
     return ServiceSpec(
         name="router",
         group=topics.group("router"),
-        topics=[topics.tasks, topics.step_results],
+        topics=[topics.tasks, topics.step_results, *map(topics.tenant_tasks, tenants)],
         handler=make_handler(router),
         pools=tuple(sorted(pools_of(catalog.all()))),
         engine=engine,

@@ -10,6 +10,7 @@ here reads a clock, a database or a broker, so every branch is a table test.
 The actions (``Action``, a closed union):
 
 - ``Start``     store a new run (every submission that is not a repeat);
+- ``Reject``    another tenant's task holds this task_id: answer the submitter, touch nothing;
 - ``Accept``    the run starts on this workflow: history ``accepted``, TaskAccepted;
 - ``Reopen``    a replayed step succeeded after its task failed on it;
 - ``Settle``    the step's result is stored and its usage added to the run;
@@ -20,6 +21,11 @@ The actions (``Action``, a closed union):
 - ``Fail``      the task failed with this error;
 - ``Cancel``    the task is cancelled;
 - ``Ignore``    nothing changes, and why (recorded in the history when it matters).
+
+Task ids are one namespace across tenants: a submission or a cancel request from
+a tenant other than the run's is refused (``Reject``; ``Ignore`` with
+``cancel_refused``), never treated as a repeat of the run, so no tenant can
+start, cancel or be told about another's task by naming its id.
 
 An event about a task never submitted here raises ``UnknownTask`` (a contract
 error: the consume loop dead-letters it). Below ``decide`` are the plain
@@ -57,6 +63,7 @@ from podium_contracts import (
     TaskError,
     TaskErrorType,
     TaskSubmitted,
+    TenantMismatch,
     UnknownTask,
     Usage,
 )
@@ -68,6 +75,8 @@ from podium_router.state import OPEN_STEP, TERMINAL_RUN, RunStatus, StepStatus
 from podium_router.templates import render_json
 from podium_router.workflows import StepDef, Workflow, WorkflowCatalog
 from podium_shared.limits import TOO_LARGE, too_large
+
+DEFAULT_TENANT = TaskSubmitted.model_fields["tenant"].default
 
 # -- the events ------------------------------------------------------------------------------
 
@@ -96,6 +105,14 @@ class Start:
     """Store this new run."""
 
     run: Run
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Refuse ``task``, a submission under an id another tenant's run holds."""
+
+    task: TaskSubmitted
+    error: TaskError
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +211,7 @@ class Ignore:
 
 Action = (
     Start
+    | Reject
     | Accept
     | Reopen
     | Settle
@@ -256,6 +274,15 @@ def _submitted(
     default_watch_s: float,
     limits: Limits,
 ) -> Decision:
+    if run is not None and run.tenant != task.tenant:
+        # Not a repeat: someone else's task. Its run stays as it is, and the answer
+        # goes to the submitter's tenant only (a waiter of the run's tenant skips it).
+        error = TaskError(
+            type=TaskErrorType.TASK_ID_IN_USE,
+            message=f"task_id {task.task_id!r} is in use by another tenant's task;"
+            " submit under another task_id",
+        )
+        return (Reject(task, error),)
     if run is not None:
         return (Ignore("duplicate submission: a repeated task_id starts nothing"),)
     workflow = catalog.get(task.workflow, task.workflow_version)
@@ -386,7 +413,27 @@ def _abandoned(
     return GiveUp(abandoned), Fail(error, dlq=abandoned.dlq)
 
 
+def bound_tenant(
+    bound: str | None, message: TaskSubmitted | TaskCancelRequested
+) -> TaskSubmitted | TaskCancelRequested:
+    """The message as the router takes it from a topic bound to tenant ``bound`` (None:
+    the shared topic, whose writers are trusted with any tenant). One that names no
+    tenant, or the contract's default (what a client that never set it sends), is the
+    topic's; one that names another raises ``TenantMismatch``."""
+    if bound is None or message.tenant == bound:
+        return message
+    if "tenant" not in message.model_fields_set or message.tenant == DEFAULT_TENANT:
+        return message.model_copy(update={"tenant": bound})
+    raise TenantMismatch(
+        f"claims tenant {message.tenant!r} on tenant {bound!r}'s own topic;"
+        f" a message there names {bound!r} or no tenant"
+    )
+
+
 def _cancel(run: Run, request: TaskCancelRequested) -> Decision:
+    if request.tenant != run.tenant:
+        why = f"cancel requested by tenant {request.tenant!r}, which does not own the task"
+        return (Ignore(why, HistoryKind.CANCEL_REFUSED),)
     if run.status in TERMINAL_RUN:
         why = f"cancel requested but the task is already {run.status}"
         return (Ignore(why, HistoryKind.CANCEL_IGNORED),)

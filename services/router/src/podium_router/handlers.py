@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from podium_contracts import (
+    Event,
     StepAbandoned,
     StepCompleted,
     StepRetryScheduled,
@@ -10,7 +11,7 @@ from podium_contracts import (
     TaskSubmitted,
 )
 from podium_router.service import Router
-from podium_shared import Handler
+from podium_shared import Handler, UnitOfWork
 from podium_shared.dispatch import UseCases, apply_by_type
 
 
@@ -25,4 +26,9 @@ def use_cases(router: Router) -> UseCases:
 
 
 def make_handler(router: Router) -> Handler[None]:
-    return Handler(apply=apply_by_type("the router", use_cases(router)), refused=router.reject)
+    apply = apply_by_type("the router", use_cases(router))
+
+    def bound(event: Event, result: None, uow: UnitOfWork) -> None:
+        apply(router.bind(event), result, uow)
+
+    return Handler(apply=bound, refused=router.reject)

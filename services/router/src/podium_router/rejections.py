@@ -26,6 +26,7 @@ class Submission:
     task_id: str
     workflow: str | None
     ce_id: str | None
+    tenant: str | None = None  # as the record claims it, if it says
 
 
 def _text(value: Any) -> str | None:
@@ -61,4 +62,4 @@ def refused_submission(
             return None
     if task_id is None:
         return None
-    return Submission(task_id, _text(data.get("workflow")), _text(ce_id))
+    return Submission(task_id, _text(data.get("workflow")), _text(ce_id), _text(data.get("tenant")))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
 
@@ -16,6 +17,7 @@ import structlog
 
 from podium_contracts import (
     DlqLocation,
+    Event,
     HistoryKind,
     StepAbandoned,
     StepCompleted,
@@ -42,11 +44,13 @@ from podium_router.decisions import (
     GiveUp,
     Ignore,
     Planned,
+    Reject,
     Reopen,
     Rewatch,
     Settle,
     Start,
     Trigger,
+    bound_tenant,
     decide,
     timed_out,
 )
@@ -62,6 +66,7 @@ from podium_shared.consumer import record_headers
 log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
+TaskEvent = TaskAccepted | TaskCompleted | TaskFailed | TaskCancelled | TaskRejected
 
 
 def utc_now() -> datetime:
@@ -83,12 +88,28 @@ class Router:
         step_timeout_s: float = 600.0,
         limits: Limits = DEFAULT_LIMITS,
         clock: Clock = utc_now,
+        tenants: tuple[str, ...] = (),
     ) -> None:
         self.catalog = catalog
         self.topics = topics
+        # Tenants bound to topics of their own: read from each one's ingress topic, and
+        # told of their tasks on their own task-events topic too.
+        self.tenants = frozenset(tenants)
         self.step_timeout_s = step_timeout_s  # the watchdog's wait for a step without one
         self.limits = limits
         self.clock = clock
+
+    def bind(self, event: Event) -> Event:
+        """The event with the tenant its topic binds it to (see ``bound_tenant``)."""
+        payload = event.payload
+        tenant = self._bound(event.topic)
+        if tenant is None or not isinstance(payload, TaskSubmitted | TaskCancelRequested):
+            return event
+        return Event(event.envelope, bound_tenant(tenant, payload), event.topic)
+
+    def _bound(self, topic: str | None) -> str | None:
+        tenant = self.topics.tenant_of(topic) if topic else None
+        return tenant if tenant in self.tenants else None
 
     # -- events ------------------------------------------------------------------------------
 
@@ -136,17 +157,25 @@ class Router:
             who = refused_submission(record.key, record.value, record_headers(record))
         elif isinstance(event.payload, TaskSubmitted):
             task = event.payload
-            who = Submission(task.task_id, task.workflow, event.envelope.id)
+            who = Submission(task.task_id, task.workflow, event.envelope.id, task.tenant)
         else:
             return  # a cancel request or a step result: no submitter waits on it
         if who is None:
             log.warning("refused record names no task; dead-lettered only", offset=record.offset)
             return
-        if RunRepository(uow.conn).get_run(who.task_id, lock=False) is not None:
-            return  # the task exists: a refused repeat of its task_id changes nothing
+        bound = self._bound(record.topic)
+        if bound is not None:
+            # On a tenant's own topic the writer is that tenant, whatever the record claims.
+            who = replace(who, tenant=bound)
+        existing = RunRepository(uow.conn).get_run(who.task_id, lock=False)
+        if existing is not None and who.tenant in (None, existing.tenant):
+            # A refused repeat of a task's id changes nothing, and an answer its waiters
+            # could take for the task's own is not sent; a refused record that says it
+            # is another tenant's is answered to that tenant (its waiters read only theirs).
+            return
         dlq_topic = Topics.dlq(record.topic)
-        uow.publish(
-            self.topics.task_events,
+        self._tell(
+            uow,
             TaskRejected(
                 task_id=who.task_id,
                 workflow=who.workflow,
@@ -158,9 +187,17 @@ class Router:
                 ),
                 dlq=DlqLocation(topic=dlq_topic, record_id=who.ce_id) if who.ce_id else None,
                 rejected_at=self.clock(),
+                tenant=who.tenant,
             ),
-            key=who.task_id,
         )
+
+    def _tell(self, uow: UnitOfWork, outcome: TaskEvent) -> None:
+        """Publish a task's event to the task-events topic, keyed by its task id, and to
+        its tenant's own when the tenant is bound to topics of its own."""
+        uow.publish(self.topics.task_events, outcome, key=outcome.task_id)
+        if outcome.tenant in self.tenants:
+            topic = self.topics.tenant_task_events(outcome.tenant)
+            uow.publish(topic, outcome, key=outcome.task_id)
 
     # -- the watchdog ------------------------------------------------------------------------
 
@@ -235,15 +272,32 @@ class Router:
                     workflow_version=workflow.version,
                     cause=f"submitted for {workflow.name} v{workflow.version}",
                 )
-                uow.publish(
-                    self.topics.task_events,
+                self._tell(
+                    uow,
                     TaskAccepted(
                         task_id=task_id,
                         workflow=workflow.name,
                         workflow_version=workflow.version,
                         accepted_at=now,
+                        tenant=run.tenant,
                     ),
-                    key=task_id,
+                )
+            case Reject(task=task, error=error):
+                # The run named here is the other tenant's: nothing of it is written.
+                log.warning(
+                    "submission refused: task_id in use by another tenant",
+                    task_id=task_id,
+                    tenant=task.tenant,
+                )
+                self._tell(
+                    uow,
+                    TaskRejected(
+                        task_id=task.task_id,
+                        workflow=task.workflow,
+                        error=error,
+                        rejected_at=now,
+                        tenant=task.tenant,
+                    ),
                 )
             case Reopen(step_id=step_id, attempt=attempt):
                 repo.update_step(task_id, step_id, status=StepStatus.DISPATCHED)
@@ -354,12 +408,15 @@ class Router:
                     cause=reason,
                     next="nothing: late step results are ignored",
                 )
-                uow.publish(
-                    self.topics.task_events,
+                self._tell(
+                    uow,
                     TaskCancelled(
-                        task_id=task_id, workflow=run.workflow, reason=reason, cancelled_at=now
+                        task_id=task_id,
+                        workflow=run.workflow,
+                        reason=reason,
+                        cancelled_at=now,
+                        tenant=run.tenant,
                     ),
-                    key=task_id,
                 )
             case Ignore(reason=reason, kind=kind, step_id=step_id, attempt=attempt):
                 if kind is None:
@@ -429,8 +486,8 @@ class Router:
         repo.record(
             run.task_id, now, HistoryKind.COMPLETED, cause=f"{len(done.steps)} steps completed"
         )
-        uow.publish(
-            self.topics.task_events,
+        self._tell(
+            uow,
             TaskCompleted(
                 task_id=run.task_id,
                 workflow=run.workflow,
@@ -441,7 +498,6 @@ class Router:
                 completed_at=now,
                 **_owner(run),
             ),
-            key=run.task_id,
         )
 
     def _fail(
@@ -460,8 +516,8 @@ class Router:
             next="nothing: the task is over"
             + (f"; replay {dlq.record_id} from {dlq.topic} after a fix" if dlq else ""),
         )
-        uow.publish(
-            self.topics.task_events,
+        self._tell(
+            uow,
             TaskFailed(
                 task_id=run.task_id,
                 workflow=run.workflow,
@@ -470,5 +526,4 @@ class Router:
                 failed_at=now,
                 **_owner(run),
             ),
-            key=run.task_id,
         )
