@@ -35,7 +35,11 @@ def build(
     return ServiceSpec(
         name="router",
         group=topics.group("router"),
-        topics=[topics.tasks, topics.step_results, *map(topics.tenant_tasks, settings.tenant_names)],
+        topics=[
+            topics.tasks,
+            topics.step_results,
+            *map(topics.tenant_tasks, settings.tenant_names),
+        ],
         handler=make_handler(router),
         pools=tuple(sorted(pools_of(catalog.all()))),
         engine=engine,
