@@ -400,3 +400,13 @@ def test_the_cli_over_mtls_and_with_a_foreign_certificate(
     assert run.returncode == 2, run.stderr
     assert run.stderr.count("\n") == 1, run.stderr
     assert "refused our client certificate" in run.stderr, run.stderr
+    # A trusted certificate whose principal the ACLs deny: one line too, no traceback.
+    executor = mtls_stack.child_env("default", None, "executor")
+    env = {
+        **mtls_stack.child_env(),
+        **{k: executor[k] for k in ("PODIUM_SSL_CERTFILE", "PODIUM_SSL_KEYFILE")},
+    }
+    denied = podium(mtls_stack, "submit", "-w", "hello", "--input", "{}", env=env)
+    assert denied.returncode == 2, denied.stderr
+    assert denied.stderr.count("\n") == 1, denied.stderr
+    assert "denied this principal on" in denied.stderr and ".tasks.v1" in denied.stderr
