@@ -80,6 +80,13 @@ class Broker(StrEnum):
     KAFKA = "kafka"
 
 
+class AuthChoice(StrEnum):
+    """How the principals of `podium up --secure` log in."""
+
+    SCRAM = "scram"
+    MTLS = "mtls"
+
+
 BrokerOption = Annotated[
     Broker | None,
     typer.Option(
@@ -153,6 +160,14 @@ def up(
             "(with --broker kafka); see docs/security.md",
         ),
     ] = False,
+    auth: Annotated[
+        AuthChoice,
+        typer.Option(
+            "--auth",
+            help="with --secure: how each principal logs in, a SCRAM password over TLS "
+            "or a client certificate (mTLS)",
+        ),
+    ] = AuthChoice.SCRAM,
     as_json: JsonFlag = False,
 ) -> None:
     """Start a local broker (unless PODIUM_KAFKA_BOOTSTRAP names a cluster) and the four
@@ -163,7 +178,15 @@ def up(
     started = time.monotonic()
     if secure and settings.broker != "kafka":
         fail("--secure needs --broker kafka (Tansu has no TLS or SASL)", EXIT_USAGE)
-    stack = Stack(settings, executors=executors, pools=tuple(pool or ["default"]), secure=secure)
+    if auth is not AuthChoice.SCRAM and not secure:
+        fail(f"--auth {auth.value} needs --secure", EXIT_USAGE)
+    stack = Stack(
+        settings,
+        executors=executors,
+        pools=tuple(pool or ["default"]),
+        secure=secure,
+        auth=auth.value,
+    )
     # Signals are handled before anything starts: a SIGTERM or Ctrl-C while the stack
     # is still starting stops what was started, rather than leaving it without a parent.
     stopping = False
@@ -198,14 +221,8 @@ def up(
     }
     exports = f"export PODIUM_KAFKA_BOOTSTRAP={s.kafka_bootstrap}"
     if stack.security is not None:
-        # The CLI's own principal; the password stays in its file.
-        client_env = {
-            "PODIUM_SECURITY_PROTOCOL": s.security_protocol,
-            "PODIUM_SASL_MECHANISM": str(s.sasl_mechanism),
-            "PODIUM_SASL_USERNAME": str(s.sasl_username),
-            "PODIUM_SASL_PASSWORD_FILE": str(s.sasl_password_file),
-            "PODIUM_SSL_CAFILE": str(s.ssl_cafile),
-        }
+        # The CLI's own principal; the password or key stays in its file.
+        client_env = stack.principal_env("operator")
         info["client_env"] = client_env
         exports += "".join(f" {k}={v}" for k, v in client_env.items())
     emit(
@@ -614,6 +631,29 @@ def _bootstrap() -> str:
         return ""
 
 
+def _refusal(exc: Exception) -> str | None:
+    """Why a secure broker refused us, when a failed connection was that: aiokafka's
+    bootstrap reports a refused certificate (and some refused logins) as a connection
+    error, so one direct connection asks again, as a service does at start-up."""
+    from aiokafka.errors import KafkaConnectionError
+    from pydantic import ValidationError
+
+    from podium_shared import Settings
+    from podium_shared.aio import run_sync
+    from podium_shared.kafka import refused_because
+
+    if not isinstance(exc, KafkaConnectionError):
+        return None
+    try:
+        settings = Settings()
+    except ValidationError:
+        return None
+    if settings.security_protocol == "PLAINTEXT" or not settings.kafka_bootstrap:
+        return None
+    refused = run_sync(refused_because(settings))
+    return str(refused) if refused is not None else None
+
+
 def main() -> None:
     try:
         result = app(standalone_mode=False)
@@ -629,7 +669,7 @@ def main() -> None:
     except Exception as exc:
         from podium.cli_errors import broker_error  # aiokafka: loaded on this path only
 
-        message = broker_error(exc, _bootstrap())
+        message = _refusal(exc) or broker_error(exc, _bootstrap())
         if message is None:
             raise
         fail(message, EXIT_USAGE)

@@ -12,9 +12,12 @@ import traceback
 from aiokafka.errors import (
     AuthenticationFailedError,
     AuthenticationMethodNotSupported,
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     IllegalSaslStateError,
     KafkaConnectionError,
     SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
     UnsupportedSaslMechanismError,
 )
 from pydantic import ValidationError
@@ -44,6 +47,15 @@ def broker_error(exc: BaseException, bootstrap: str) -> str | None:
         return (
             f"the broker at {bootstrap!r} refused the login: wrong user name or password? "
             f"(check {SASL_SETTINGS})"
+        )
+    denied = (TopicAuthorizationFailedError, GroupAuthorizationFailedError)
+    if isinstance(exc, (*denied, ClusterAuthorizationFailedError)):
+        # Logged in, but this principal's ACLs do not allow it: the CLI's principal is
+        # the operator's (`podium up --secure` prints its settings).
+        what = f" on {exc.args[0]}" if isinstance(exc, denied) and exc.args else ""
+        return (
+            f"the broker at {bootstrap!r} denied this principal{what} "
+            f"({type(exc).__name__}): its ACLs do not allow it (see `podium acls`)"
         )
     if isinstance(exc, UnsupportedSaslMechanismError | AuthenticationMethodNotSupported):
         return (

@@ -23,7 +23,7 @@ from podium_shared.acls import principal, tenant_principal
 from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent
 from podium_shared.kafka import ensure_topics, resolve_idempotence
-from podium_shared.kafka_broker import SCRAM_MECHANISM, BrokerSecurity, KafkaBroker
+from podium_shared.kafka_broker import SCRAM_MECHANISM, Auth, BrokerSecurity, KafkaBroker
 from podium_shared.tls import LocalCA, write_secret
 
 SERVICES = ("router", "executor", "memory", "recovery")
@@ -52,19 +52,25 @@ def start_local_broker(
 
 
 def secure_local(
-    home: Path, pools: tuple[str, ...], tenants: tuple[str, ...] = ()
+    home: Path, pools: tuple[str, ...], tenants: tuple[str, ...] = (), auth: Auth = "scram"
 ) -> BrokerSecurity:
-    """A throwaway CA and broker certificate under ``home/tls``, and a SCRAM user per
-    role (and per tenant bound to its own topics) with its password in
-    ``home/secrets/<user>.password`` (0600). Passwords are made once and kept: the
-    broker's metadata holds them across restarts."""
+    """A throwaway CA and broker certificate under ``home/tls``, and a principal per
+    role (and per tenant bound to its own topics): with ``scram`` a SCRAM user whose
+    password is in ``home/secrets/<user>.password`` (0600; made once and kept, as the
+    broker's metadata holds them across restarts); with ``mtls`` a client certificate
+    whose CN is the principal, ``home/tls/<user>.pem`` and its key ``<user>.key``
+    (0600), issued again at each start as the broker's is."""
     ca = LocalCA.ensure(home / "tls")
     server = ca.issue("broker", server=True)
-    names = ["broker", "operator", "router", "memory", "recovery"]
+    # "api": the operators' API service (issue 17); its ACLs are in podium_shared.acls.
+    names = ["operator", "router", "memory", "recovery", "api"]
     names += [principal("executor", p) for p in pools]
     names += [tenant_principal(t) for t in tenants]
+    if auth == "mtls":
+        clients = {name: ca.issue(name, server=False) for name in names}
+        return BrokerSecurity(server=server, cafile=ca.cert, auth="mtls", clients=clients)
     users = {}
-    for name in names:
+    for name in ["broker", *names]:
         path = password_file(home, name)
         if not path.exists():
             write_secret(path, secrets.token_urlsafe(24).encode())
@@ -142,8 +148,9 @@ class Stack:
     # pod has its own volume: the processes then share only the broker and whatever
     # the PODIUM_*_DATABASE_URL settings name.
     separate_homes: bool = False
-    # A local Apache Kafka with TLS and SCRAM, each process its own principal.
+    # A local Apache Kafka with TLS and SCRAM (or mTLS), each process its own principal.
     secure: bool = False
+    auth: Auth = "scram"
     security: BrokerSecurity | None = None
 
     @property
@@ -160,7 +167,7 @@ class Stack:
             if not self.settings.kafka_bootstrap:
                 if self.secure:
                     self.security = secure_local(
-                        self.settings.home, self.pools, self.settings.tenant_names
+                        self.settings.home, self.pools, self.settings.tenant_names, self.auth
                     )
                 self.broker = start_local_broker(self.settings, self.security)
                 self.settings = self.settings.model_copy(
@@ -204,6 +211,14 @@ class Stack:
         """The stack's own client settings on a secure local broker: the operator's."""
         if self.security is None:
             return {}
+        if self.security.auth == "mtls":
+            issued = self.security.clients["operator"]
+            return {
+                "security_protocol": "SSL",
+                "ssl_cafile": self.security.cafile,
+                "ssl_certfile": issued.cert,
+                "ssl_keyfile": issued.key,
+            }
         return {
             "security_protocol": "SASL_SSL",
             "sasl_mechanism": SCRAM_MECHANISM,
@@ -213,19 +228,33 @@ class Stack:
             "ssl_cafile": self.security.cafile,
         }
 
+    def principal_env(self, user: str) -> dict[str, str]:
+        """The client settings of ``user`` on the secure local broker: its certificate
+        and key (mTLS), or its name and password file (SCRAM; the password itself never
+        goes into an environment)."""
+        assert self.security is not None
+        env = {"PODIUM_SECURITY_PROTOCOL": self.security.listener}
+        env["PODIUM_SSL_CAFILE"] = str(self.security.cafile)
+        if self.security.auth == "mtls":
+            issued = self.security.clients[user]
+            env["PODIUM_SSL_CERTFILE"] = str(issued.cert)
+            env["PODIUM_SSL_KEYFILE"] = str(issued.key)
+        else:
+            env["PODIUM_SASL_MECHANISM"] = SCRAM_MECHANISM
+            env["PODIUM_SASL_USERNAME"] = user
+            env["PODIUM_SASL_PASSWORD_FILE"] = str(password_file(self.settings.home, user))
+        return env
+
     def child_env(
         self, pool: str | None = None, home: Path | None = None, service: str | None = None
     ) -> dict[str, str]:
         env = {**os.environ, **self.env}
         if self.security is not None:
-            # Each process its own principal; the password by file, never in the env.
-            user = principal(service, pool)
-            env.pop("PODIUM_SASL_PASSWORD", None)
-            env["PODIUM_SECURITY_PROTOCOL"] = "SASL_SSL"
-            env["PODIUM_SASL_MECHANISM"] = SCRAM_MECHANISM
-            env["PODIUM_SASL_USERNAME"] = user
-            env["PODIUM_SASL_PASSWORD_FILE"] = str(password_file(self.settings.home, user))
-            env["PODIUM_SSL_CAFILE"] = str(self.security.cafile)
+            # Each process its own principal, and nothing of another kind of login the
+            # user's environment may hold beside it.
+            for key in [k for k in env if k.startswith(("PODIUM_SASL_", "PODIUM_SSL_"))]:
+                del env[key]
+            env.update(self.principal_env(principal(service, pool)))
         env["PODIUM_KAFKA_BOOTSTRAP"] = self.bootstrap
         env["PODIUM_HOME"] = str(home or self.settings.home)
         env["PODIUM_TOPIC_PREFIX"] = self.settings.topic_prefix

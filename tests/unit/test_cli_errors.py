@@ -8,7 +8,12 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka.conn import ScramAuthenticator
-from aiokafka.errors import KafkaConnectionError, SaslAuthenticationFailed
+from aiokafka.errors import (
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    SaslAuthenticationFailed,
+    TopicAuthorizationFailedError,
+)
 from pydantic import ValidationError
 
 from podium.cli_errors import broker_error, invalid
@@ -42,6 +47,14 @@ def test_a_refused_login_says_the_password_may_be_wrong(exc: BaseException) -> N
     message = broker_error(exc, "h:1")
     assert message is not None and "refused the login: wrong user name or password?" in message
     assert "PODIUM_SASL_PASSWORD" in message
+
+
+def test_a_principal_its_acls_deny_is_told_so_with_the_resource() -> None:
+    message = broker_error(TopicAuthorizationFailedError("podium.tasks.v1"), "h:1")
+    assert message is not None
+    assert "denied this principal on podium.tasks.v1" in message and "podium acls" in message
+    message = broker_error(GroupAuthorizationFailedError(), "h:1")
+    assert message is not None and "(GroupAuthorizationFailedError)" in message
 
 
 def test_other_errors_are_not_dressed_up_as_broker_problems() -> None:

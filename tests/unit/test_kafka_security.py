@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 import stat
@@ -9,13 +10,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import NameOID
 from pydantic import ValidationError
 
 from podium.stack import secure_local
 from podium_shared import Settings
 from podium_shared.acls import Operation, Pattern, Resource, acls, principal
-from podium_shared.kafka import ssl_context
-from podium_shared.kafka_broker import KafkaBroker
+from podium_shared.kafka import ssl_context, tls_refusal
+from podium_shared.kafka_broker import PRINCIPAL_MAPPING_RULES, KafkaBroker
 from podium_shared.tls import LocalCA
 
 pytestmark = pytest.mark.unit
@@ -85,6 +88,7 @@ def test_the_secure_broker_speaks_only_sasl_ssl_to_clients(tmp_path: Path) -> No
         "router",
         "memory",
         "recovery",
+        "api",
         "executor-default",
         "executor-gpu",
     }
@@ -138,3 +142,79 @@ def test_acls_follow_the_channels_and_nothing_more() -> None:
         if a.principal != "operator"
     )
     assert all(a.name.startswith("podium") or a.resource is Resource.CLUSTER for a in entries)
+
+
+def test_the_mtls_broker_requires_client_certificates_named_by_their_cn(tmp_path: Path) -> None:
+    security = secure_local(tmp_path, ("default",), auth="mtls")
+    assert security.users == {}  # no passwords made or kept
+    assert not (tmp_path / "secrets").exists()
+    assert set(security.clients) == {
+        "operator",
+        "router",
+        "memory",
+        "recovery",
+        "api",
+        "executor-default",
+    }
+    for name, issued in security.clients.items():
+        assert stat.S_IMODE(issued.key.stat().st_mode) == 0o600
+        cert = x509.load_pem_x509_certificate(issued.cert.read_bytes())
+        assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == name
+    broker = KafkaBroker(tmp_path / "kafka", security=security)
+    broker._layout()
+    props = broker._properties(broker.members[0])
+    port = broker.members[0].port
+    assert f"listeners=SSL://127.0.0.1:{port}," in props
+    assert f"advertised.listeners=SSL://127.0.0.1:{port}\n" in props
+    assert "listener.security.protocol.map=SSL:SSL,CONTROLLER:SSL\n" in props
+    assert "inter.broker.listener.name=SSL\n" in props
+    assert "ssl.client.auth=required\n" in props
+    assert f"ssl.principal.mapping.rules={PRINCIPAL_MAPPING_RULES}\n" in props
+    assert "super.users=User:broker\n" in props
+    assert "sasl" not in props.lower()
+    options = security.client_options("router")
+    assert options["security_protocol"] == "SSL" and "sasl_mechanism" not in options
+
+
+def test_the_mapping_rule_takes_the_cn_and_nothing_else() -> None:
+    # Kafka applies the rule's regex to the whole RFC 2253 DN (SslPrincipalMapper).
+    rule, default = PRINCIPAL_MAPPING_RULES.rsplit(",", 1)
+    assert default == "DEFAULT"
+    pattern, replacement, flags = rule.removeprefix("RULE:").split("/")
+    assert (replacement, flags) == ("$1", "")
+    assert re.fullmatch(pattern, "CN=executor-gpu")
+    assert re.sub(pattern, r"\1", "CN=executor-gpu") == "executor-gpu"
+    assert not re.fullmatch(pattern, "CN=router,O=elsewhere")  # falls to DEFAULT: no ACLs
+
+
+def test_a_tls_alert_is_the_brokers_refusal_of_our_certificate() -> None:
+    alert = ssl.SSLError(1, "[SSL: SSLV3_ALERT_CERTIFICATE_UNKNOWN] sslv3 alert (_ssl.c:2580)")
+    assert "refused our client certificate" in str(tls_refusal("127.0.0.1:9093", alert))
+    ours = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed")
+    message = str(tls_refusal("127.0.0.1:9093", ours))
+    assert "CERTIFICATE_VERIFY_FAILED" in message and "PODIUM_SSL_CAFILE" in message
+
+
+def test_the_api_principal_reads_events_and_dead_letters_and_submits() -> None:
+    entries = [a for a in acls("podium", ("default", "gpu")) if a.principal == "api"]
+
+    def allowed(op: Operation, resource: Resource, name: str) -> bool:
+        return any(
+            a.operation is op
+            and a.resource is resource
+            and (name == a.name if a.pattern is Pattern.LITERAL else name.startswith(a.name))
+            for a in entries
+        )
+
+    T = Resource.TOPIC
+    assert allowed(Operation.WRITE, T, "podium.tasks.v1")
+    assert allowed(Operation.READ, T, "podium.task-events.v1")
+    assert allowed(Operation.READ, Resource.GROUP, "podium-api")
+    for dlq in ("podium.steps.gpu.v1.dlq", "podium.steps.memory.v1.dlq", "podium.tasks.v1.dlq"):
+        assert allowed(Operation.READ, T, dlq)
+    assert allowed(Operation.WRITE, T, "podium.steps.gpu.v1")  # a replay
+    # It reads no step's records and writes no DLQ: the services dead-letter, not the API.
+    assert not allowed(Operation.READ, T, "podium.steps.gpu.v1")
+    assert not allowed(Operation.READ, T, "podium.step-results.v1")
+    assert not allowed(Operation.WRITE, T, "podium.tasks.v1.dlq")
+    assert not any(a.operation is Operation.ALL for a in entries)

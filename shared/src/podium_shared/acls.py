@@ -19,6 +19,11 @@ and Read its own outcomes ``<prefix>.tenant.<name>.task-events.v1`` and groups n
 no Describe under the prefix, so it does not even list the other tenants' topics. The
 router reads each ingress topic (and writes its DLQ) and writes each outcome topic.
 
+``api``, the operators' API service (issue 17), is written out by hand: it is upstream
+to podium (it writes tasks and reads task events, as a client does), and it lists and
+replays dead letters (Read on each DLQ, Write on the topic a DLQ's records go back to).
+When a topic of the router's history entries exists, its Read belongs there too.
+
 ``operator`` (the CLI and ``podium up``) may do anything to topics and groups under
 the prefix and create topics; it is the principal a human uses, not a service.
 ``apply`` writes them with CreateAcls as a principal that may (the brokers' own).
@@ -62,6 +67,7 @@ class Pattern(IntEnum):
 
 _ALLOW = 3
 CLUSTER = "kafka-cluster"
+API = "api"  # the operators' API service's principal
 
 
 @dataclass(frozen=True, order=True)
@@ -177,12 +183,36 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
         topic("router", ingress, Operation.READ)
         topic("router", topics.dlq(ingress), Operation.WRITE)
         topic("router", events, Operation.WRITE)
+    out.update(_api(topics, pools))
     op = "operator"
     topic(op, f"{prefix}.", Operation.ALL, Pattern.PREFIXED)
     out.add(Acl(op, Resource.GROUP, prefix, Pattern.PREFIXED, Operation.ALL))
     for cluster_op in (Operation.CREATE, Operation.DESCRIBE, Operation.IDEMPOTENT_WRITE):
         out.add(Acl(op, Resource.CLUSTER, CLUSTER, Pattern.LITERAL, cluster_op))
     return sorted(out)
+
+
+def _api(topics: Topics, pools: tuple[str, ...]) -> list[Acl]:
+    """The operators' API (issue 17) is upstream to podium, not on a channel of its own:
+    it submits and cancels tasks (through its outbox), follows the task events into its
+    projection with its own group, and lists and replays the dead letters, which writes
+    each record back to the topic it came from, as ``podium dlq replay`` does."""
+
+    def topic(name: str, op: Operation, pattern: Pattern = Pattern.LITERAL) -> Acl:
+        return Acl(API, Resource.TOPIC, name, pattern, op)
+
+    out = [
+        topic(topics.tasks, Operation.WRITE),
+        topic(topics.task_events, Operation.READ),
+        topic(f"{topics.prefix}.", Operation.DESCRIBE, Pattern.PREFIXED),
+        Acl(API, Resource.GROUP, topics.group(API), Pattern.LITERAL, Operation.READ),
+        Acl(API, Resource.CLUSTER, CLUSTER, Pattern.LITERAL, Operation.IDEMPOTENT_WRITE),
+    ]
+    sources = [topics.tasks, topics.task_events, topics.step_results, topics.step_failures]
+    sources += [topics.steps(p) for p in dict.fromkeys(("memory", *pools))]
+    for name in sources:
+        out += [topic(topics.dlq(name), Operation.READ), topic(name, Operation.WRITE)]
+    return out
 
 
 async def apply(options: dict[str, Any], entries: list[Acl]) -> None:

@@ -81,14 +81,35 @@ async def refused_because(settings: Settings) -> BrokerRefused | None:
             " - check PODIUM_SASL_USERNAME and PODIUM_SASL_PASSWORD_FILE"
         )
     except ssl.SSLError as e:
-        return BrokerRefused(
-            f"TLS with Kafka at {host}:{port} failed: {e.reason or e} - check PODIUM_SSL_CAFILE "
-            "(the CA that signed the broker's certificate) and PODIUM_SSL_CERTFILE/KEYFILE"
-        )
+        return tls_refusal(f"{host}:{port}", e)
+    except KafkaConnectionError as e:
+        # With TLS 1.3 the broker checks our certificate after our side of the handshake
+        # is done: its alert arrives on the first read, which aiokafka reports as a closed
+        # connection caused by the SSLError.
+        # Only an alert: a connection cut mid-handshake (a broker restarting) is no refusal.
+        cause = e.__cause__
+        if isinstance(cause, ssl.SSLError) and "ALERT" in (getattr(cause, "reason", None) or ""):
+            return tls_refusal(f"{host}:{port}", cause)
+        return None
     except (OSError, TimeoutError, KafkaError):
         return None  # not answering (yet): the caller's retries are for that
     conn.close()
     return None
+
+
+def tls_refusal(address: str, error: ssl.SSLError) -> BrokerRefused:
+    """What a failed TLS handshake means: an alert from the broker is its refusal of our
+    client certificate (or of none); anything else is our refusal of its certificate."""
+    reason = getattr(error, "reason", None) or str(error)
+    if "ALERT" in reason:
+        return BrokerRefused(
+            f"Kafka at {address} refused our client certificate ({reason}) - check "
+            "PODIUM_SSL_CERTFILE/KEYFILE: a certificate signed by a CA the brokers trust"
+        )
+    return BrokerRefused(
+        f"TLS with Kafka at {address} failed: {reason} - check PODIUM_SSL_CAFILE "
+        "(the CA that signed the broker's certificate) and PODIUM_SSL_CERTFILE/KEYFILE"
+    )
 
 
 def make_admin(settings: Settings, client_id: str) -> AIOKafkaAdminClient:

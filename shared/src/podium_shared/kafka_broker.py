@@ -28,6 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Literal
 
 from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent, free_port
@@ -150,32 +151,56 @@ def _listening(address: str) -> bool:
 
 
 SCRAM_MECHANISM = "SCRAM-SHA-512"
+# mTLS: a client's principal is its certificate's CN ("CN=router" -> User:router), so the
+# ACLs written for the SCRAM users apply unchanged. Kafka's rule syntax (SslPrincipalMapper):
+# RULE:<regex>/<replacement>/, rules tried in order; DEFAULT keeps the whole DN, which no
+# ACL names, so a certificate without a CN gets nothing.
+PRINCIPAL_MAPPING_RULES = "RULE:^CN=([^,]+)$/$1/,DEFAULT"
+
+Auth = Literal["scram", "mtls"]
 
 
 @dataclass(frozen=True)
 class BrokerSecurity:
     """What a secure local Kafka needs: its certificate (``server``, chain and key),
-    the CA clients trust (``cafile``), and the SCRAM users made at format time
-    (name -> password). ``inter_broker_user`` is one of them: brokers talk to each
-    other over the same SASL_SSL listener, as that principal."""
+    the CA clients trust (``cafile``), and how clients prove who they are (``auth``):
+
+    - ``scram``: the SCRAM users made at format time (name -> password) over SASL_SSL.
+      ``inter_broker_user`` is one of them: brokers talk to each other over the same
+      listener, as that principal.
+    - ``mtls``: a certificate per client from the same CA (``clients``: name -> chain and
+      key) over SSL with client authentication required; brokers present their own."""
 
     server: Issued
     cafile: Path
-    users: dict[str, str] = field(repr=False)  # passwords: never in a repr or a log
+    users: dict[str, str] = field(default_factory=dict, repr=False)  # never in a repr or log
     inter_broker_user: str = "broker"
     server_name: str = "broker"  # the CN of the brokers' certificate
+    auth: Auth = "scram"
+    clients: dict[str, Issued] = field(default_factory=dict)
+
+    @property
+    def listener(self) -> str:
+        """The clients' (and brokers') listener name, also its security protocol."""
+        return "SSL" if self.auth == "mtls" else "SASL_SSL"
 
     def client_options(self, user: str | None = None) -> dict[str, object]:
-        """aiokafka options for ``user`` (default the inter-broker one) on this broker."""
+        """aiokafka options for ``user`` (default the brokers' own principal) on this
+        broker."""
         import ssl
 
+        context = ssl.create_default_context(cafile=str(self.cafile))
+        if self.auth == "mtls":
+            issued = self.clients[user] if user else self.server
+            context.load_cert_chain(str(issued.cert), str(issued.key))
+            return {"security_protocol": "SSL", "ssl_context": context}
         name = user or self.inter_broker_user
         return {
             "security_protocol": "SASL_SSL",
             "sasl_mechanism": SCRAM_MECHANISM,
             "sasl_plain_username": name,
             "sasl_plain_password": self.users[name],
-            "ssl_context": ssl.create_default_context(cafile=str(self.cafile)),
+            "ssl_context": context,
         }
 
 
@@ -231,7 +256,8 @@ class KafkaBroker:
     heap_mb: int = DEFAULT_HEAP_MB
     progress: bool = True
     log_dir: Path | None = None  # node logs: broker.log (broker-N.log); default data_dir
-    # None: one PLAINTEXT listener. Else clients (and brokers) speak SASL_SSL with SCRAM.
+    # None: one PLAINTEXT listener. Else clients (and brokers) speak SASL_SSL with SCRAM,
+    # or SSL with client certificates (mTLS).
     security: BrokerSecurity | None = None
     members: list[KafkaNode] = field(default_factory=list)
 
@@ -275,7 +301,7 @@ class KafkaBroker:
         )
         rf = self.replication_factor
         min_isr = 2 if rf >= 3 else 1
-        listener = "SASL_SSL" if self.security else "PLAINTEXT"
+        listener = self.security.listener if self.security else "PLAINTEXT"
         return "\n".join(
             [
                 "process.roles=broker,controller",
@@ -314,31 +340,45 @@ class KafkaBroker:
         )
 
     def _security_properties(self) -> list[str]:
-        """The SASL_SSL listener's settings: SCRAM-SHA-512 only, a PEM keystore (the
-        broker's key and chain in one file) and a PEM truststore of the local CA."""
+        """The secure listener's settings: a PEM keystore (the broker's key and chain in
+        one file), a PEM truststore of the local CA, and either SCRAM-SHA-512 only or
+        client certificates required, mapped to principals by their CN."""
         sec = self.security
         if sec is None:
             return []
-        password = sec.users[sec.inter_broker_user]
-        jaas = (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f'username="{sec.inter_broker_user}" password="{password}";'
-        )
-        return [
+        common = [
             # Nothing is allowed that an ACL (podium_shared.acls) does not allow.
             "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            # The brokers: as SCRAM users between brokers, by certificate on the quorum.
-            f"super.users=User:{sec.inter_broker_user};User:CN={sec.server_name}",
-            "listener.name.controller.ssl.client.auth=required",
-            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
-            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
-            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config={jaas}",
             "ssl.keystore.type=PEM",
             f"ssl.keystore.location={self.data_dir / 'broker-keystore.pem'}",
             "ssl.truststore.type=PEM",
             f"ssl.truststore.location={sec.cafile}",
             "ssl.endpoint.identification.algorithm=https",
             "ssl.enabled.protocols=TLSv1.3,TLSv1.2",
+        ]
+        if sec.auth == "mtls":
+            return [
+                *common,
+                # Every listener, the quorum's too: a client without a certificate of the
+                # local CA does not get past the handshake.
+                "ssl.client.auth=required",
+                # The brokers' certificate (CN=broker) maps to User:broker on both listeners.
+                f"ssl.principal.mapping.rules={PRINCIPAL_MAPPING_RULES}",
+                f"super.users=User:{sec.inter_broker_user}",
+            ]
+        password = sec.users[sec.inter_broker_user]
+        jaas = (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{sec.inter_broker_user}" password="{password}";'
+        )
+        return [
+            *common,
+            # The brokers: as SCRAM users between brokers, by certificate on the quorum.
+            f"super.users=User:{sec.inter_broker_user};User:CN={sec.server_name}",
+            "listener.name.controller.ssl.client.auth=required",
+            f"sasl.enabled.mechanisms={SCRAM_MECHANISM}",
+            f"sasl.mechanism.inter.broker.protocol={SCRAM_MECHANISM}",
+            f"listener.name.sasl_ssl.{SCRAM_MECHANISM.lower()}.sasl.jaas.config={jaas}",
         ]
 
     def _format(self, java: str, libs: Path) -> None:
