@@ -112,8 +112,21 @@ def register_settings(*models: BaseModel) -> None:
         register(*secret_values(model))
 
 
+def sensitive(text: str) -> bool:
+    """Whether ``redact`` could change ``text``: substring tests only (a regular
+    expression alternation measured 10x slower), as nearly all text needs no mask."""
+    if "://" in text and "@" in text:
+        return True
+    lowered = text.lower()
+    if "authorization" in lowered or "bearer" in lowered:
+        return True
+    return any(value in text for value in _ordered)
+
+
 def redact(text: str) -> str:
     """``text`` with every registered secret and every credential-shaped value masked."""
+    if not sensitive(text):
+        return text
     for value in _ordered:
         if value in text:
             text = text.replace(value, MASK)
