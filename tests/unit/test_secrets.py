@@ -16,6 +16,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 import structlog
+from aiokafka import TopicPartition
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from pydantic import ValidationError
 
@@ -92,6 +93,8 @@ def test_values_inside_structures_are_masked() -> None:
     secrets.register(KEY)
     data = {"a": [KEY, {"b": (1, f"x{KEY}")}], "n": 3, "ok": True}
     assert redact_value(data) == {"a": [MASK, {"b": (1, f"x{MASK}")}], "n": 3, "ok": True}
+    partition = TopicPartition("t", 0)  # a named tuple: kept as it is
+    assert redact_value([partition]) == [partition]
 
 
 def test_settings_register_every_secret_field_and_url_password(tmp_path: Path) -> None:

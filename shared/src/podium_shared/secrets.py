@@ -148,8 +148,11 @@ def redact_value(value: Any) -> Any:
         return redact(value)
     if isinstance(value, Mapping):
         return {k: redact_value(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(redact_value(v) for v in value)
+    # Exactly these: a named tuple (aiokafka's TopicPartition) is not built from an iterable.
+    if type(value) is list:
+        return [redact_value(v) for v in value]
+    if type(value) is tuple:
+        return tuple(redact_value(v) for v in value)
     if isinstance(value, BaseException):
         return redact(f"{type(value).__name__}: {value}")
     return value
@@ -160,7 +163,10 @@ def redact_event(
 ) -> MutableMapping[str, Any]:
     """structlog processor (after ``format_exc_info``): mask secrets in every field."""
     for key, value in event_dict.items():
-        event_dict[key] = redact_value(value)
+        try:
+            event_dict[key] = redact_value(value)
+        except Exception:  # logging must not break the caller: the field as masked text
+            event_dict[key] = redact(repr(value))
     return event_dict
 
 
