@@ -110,6 +110,14 @@ def test_settings_register_every_secret_field_and_url_password(tmp_path: Path) -
     assert settings.database_url("router") == f"postgresql://podium:db-{KEY}@db/router"
 
 
+def test_the_otlp_exporters_header_values_are_secrets() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_HEADERS": "x-honeycomb-team=abc123def,empty=",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "authorization=Basic%20xyz987654",
+    }
+    assert secrets.otlp_header_values(env) == ["abc123def", "Basic%20xyz987654"]
+
+
 # -- _FILE variants --------------------------------------------------------------------------
 
 

@@ -316,6 +316,7 @@ def serve(
     with refusing(service, definitions):
         settings = read_settings(Settings)
         secrets.register_settings(settings)
+        secrets.register(*secrets.otlp_header_values(os.environ))
         configure(service, settings.log_level)
         spec = build(settings)
     try:

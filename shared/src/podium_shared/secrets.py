@@ -106,6 +106,22 @@ def secret_values(model: BaseModel) -> list[str]:
     return out
 
 
+# The OTLP exporter's headers often carry a vendor's API key ("x-honeycomb-team=...");
+# the OpenTelemetry SDK reads them itself, so they are not in podium's settings.
+OTLP_HEADER_VARIABLES = ("OTEL_EXPORTER_OTLP_HEADERS", "OTEL_EXPORTER_OTLP_TRACES_HEADERS")
+
+
+def otlp_header_values(environ: Mapping[str, str]) -> list[str]:
+    """The values of the OTLP exporter's headers (``k=v,k2=v2``), as secrets."""
+    out = []
+    for variable in OTLP_HEADER_VARIABLES:
+        for pair in environ.get(variable, "").split(","):
+            _name, sep, value = pair.partition("=")
+            if sep and value.strip():
+                out.append(value.strip())
+    return out
+
+
 def register_settings(*models: BaseModel) -> None:
     """Register every secret of these settings (at start-up, before anything logs)."""
     for model in models:
