@@ -48,7 +48,6 @@ class Secured:
     stack: Stack
     fake: FakeOpenAI
     files: list[Path]  # where the secrets are kept, outside PODIUM_HOME
-    on_postgres: bool
 
 
 def hits(data: bytes | str) -> int:
@@ -103,7 +102,7 @@ def secured(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
         stack = cleanup.enter_context(
             Stack(stack_settings(kafka_bootstrap, home, **overrides), env=env)
         )
-        yield Secured(stack, fake, files, bool(POSTGRES_ADMIN_URL))
+        yield Secured(stack, fake, files)
 
 
 def podium(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
