@@ -37,7 +37,9 @@ JsonFlag = Annotated[bool, typer.Option("--json", help="machine-readable output"
 
 def fail(message: str, code: int = EXIT_TASK_FAILED) -> NoReturn:
     """Say what went wrong in one line on stderr and exit with ``code``."""
-    print(f"podium: error: {message}", file=sys.stderr)
+    from podium_shared.secrets import redact
+
+    print(f"podium: error: {redact(message)}", file=sys.stderr)
     raise SystemExit(code)
 
 
@@ -45,6 +47,10 @@ def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON, the output of every --json."""
     import orjson
 
+    from podium_shared.secrets import redact_value
+
+    # A last mask over what scripts read: errors and history carry provider messages.
+    data = redact_value(data)
     sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
@@ -53,7 +59,9 @@ def emit(data: Any, as_json: bool, text: str) -> None:
     if as_json:
         print_json(data)
     else:
-        print(text)
+        from podium_shared.secrets import redact
+
+        print(redact(text))
 
 
 def load_settings() -> Settings:
@@ -61,12 +69,15 @@ def load_settings() -> Settings:
     from pydantic import ValidationError
 
     from podium_shared import Settings
+    from podium_shared.secrets import register_settings
 
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         first = exc.errors()[0]
         fail(f"bad setting PODIUM_{str(first['loc'][0]).upper()}: {first['msg']}", EXIT_USAGE)
+    register_settings(settings)
+    return settings
 
 
 def kafka_settings() -> Settings:

@@ -24,6 +24,7 @@ from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent
 from podium_shared.kafka import ensure_topics, resolve_idempotence
 from podium_shared.kafka_broker import SCRAM_MECHANISM, Auth, BrokerSecurity, KafkaBroker
+from podium_shared.secrets import UMASK, open_private, private_dir, private_files
 from podium_shared.tls import LocalCA, write_secret
 
 SERVICES = ("router", "executor", "memory", "recovery")
@@ -162,7 +163,11 @@ class Stack:
         return self.settings.home / "logs"
 
     def start(self, timeout_s: float = 60.0) -> Stack:
-        self.settings.home.mkdir(parents=True, exist_ok=True)
+        private_dir(self.settings.home)
+        with private_files():  # the broker's data, certificates, logs
+            return self._start(timeout_s)
+
+    def _start(self, timeout_s: float) -> Stack:
         try:
             if not self.settings.kafka_bootstrap:
                 if self.secure:
@@ -264,9 +269,16 @@ class Stack:
         env["PODIUM_WORKFLOWS"] = self.settings.workflows
         env["PODIUM_TENANTS"] = self.settings.tenants
         for service in SERVICES:
-            url = getattr(self.settings, f"{service}_database_url")
-            if url:
-                env[f"PODIUM_{service.upper()}_DATABASE_URL"] = url
+            # Passed on as it was given: a URL kept in a file stays in its file.
+            variable = f"PODIUM_{service.upper()}_DATABASE_URL"
+            url_file = getattr(self.settings, f"{service}_database_url_file")
+            url = self.settings.configured_database_url(service)
+            if url_file is not None:
+                env[f"{variable}_FILE"] = str(url_file)
+                env.pop(variable, None)
+            elif url:
+                env[variable] = url
+                env.pop(f"{variable}_FILE", None)
         if pool:
             # The executor's own name for it; the deprecated PODIUM_POOL, if the user's
             # environment has it, must not leave a second, older answer beside it.
@@ -278,13 +290,13 @@ class Stack:
         """Start one service process; its log goes under the stack's PODIUM_HOME/logs.
         ``home`` is its own PODIUM_HOME (default: the stack's, or its own directory
         under it with ``separate_homes``)."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self.log_dir)
         index = sum(1 for p in self.processes if p.name == name)
         instance = f"{name}-{pool}-{index}" if pool else (f"{name}-{index}" if index else name)
         if home is None and self.separate_homes:
             home = self.settings.home / "replicas" / instance
         log_path = self.log_dir / f"{instance}.log"
-        out = log_path.open("ab")
+        out = open_private(log_path, "ab")
         env = self.child_env(pool, home, name)
         metrics_port = free_port() if self.metrics else None
         if metrics_port:
@@ -296,6 +308,7 @@ class Stack:
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
+            umask=UMASK,  # a service's databases, spans and blobs: private
             start_new_session=True,  # Ctrl-C reaches `podium up`, which stops children in order
             preexec_fn=die_with_parent,  # and a killed `podium up` takes them with it
         )
@@ -306,7 +319,7 @@ class Stack:
 
     def respawn(self, dead: ServiceProcess) -> ServiceProcess:
         """Start a dead service process again in its place (same name, pool and log)."""
-        out = dead.log_path.open("ab")
+        out = open_private(dead.log_path, "ab")
         env = self.child_env(dead.pool, dead.home, dead.name)
         if dead.metrics_port:
             env["PODIUM_METRICS_PORT"] = str(dead.metrics_port)
@@ -317,6 +330,7 @@ class Stack:
             stdout=out,
             stderr=out,
             stdin=subprocess.DEVNULL,
+            umask=UMASK,  # a service's databases, spans and blobs: private
             start_new_session=True,
             preexec_fn=die_with_parent,
         )

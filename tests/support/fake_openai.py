@@ -12,8 +12,9 @@ from typing import Any
 class FakeOpenAI:
     """Answers POST /v1/chat/completions by the last message's content:
     "malformed" → 200 with a body that is not JSON; "badshape" → JSON without
-    choices; "slowdown" → 429; "broken" → 500; anything else → a completion
-    that echoes the content, with usage from the word counts."""
+    choices; "slowdown" → 429; "broken" → 500; "echoauth" → 401 whose body echoes
+    the request's Authorization header (as some providers and proxies do); anything
+    else → a completion that echoes the content, with usage from the word counts."""
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
@@ -32,6 +33,9 @@ class FakeOpenAI:
                     self._send(200, b'{"id": "x", "object": "chat.completion"}')
                 elif content == "slowdown":
                     self._send(429, b'{"error": {"message": "rate limit"}}')
+                elif content == "echoauth":
+                    said = f"invalid header Authorization: {self.headers['Authorization']}"
+                    self._send(401, json.dumps({"error": {"message": said}}).encode())
                 elif content == "broken":
                     self._send(500, b'{"error": {"message": "boom"}}')
                 else:

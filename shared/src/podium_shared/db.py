@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
+from podium_shared.secrets import touch_private
+
 metadata = sa.MetaData()
 
 # A message is identified by its CloudEvents source and id together: two upstream
@@ -85,7 +87,10 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 def connect(url: str) -> Engine:
     """The engine of one service's database, without touching its schema."""
     if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        path = url.removeprefix("sqlite:///").split("?", 1)[0]
+        if path and path != ":memory:" and not path.startswith("file:"):
+            # 0600 before SQLite opens it: its WAL and shared-memory files take its mode.
+            touch_private(Path(path))
         engine = sa.create_engine(url, connect_args={"check_same_thread": False})
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine

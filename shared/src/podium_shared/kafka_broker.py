@@ -32,6 +32,7 @@ from typing import Literal
 
 from podium_shared.aio import run_sync
 from podium_shared.embedded import die_with_parent, free_port
+from podium_shared.secrets import UMASK, open_private
 from podium_shared.tls import Issued, write_secret
 
 KAFKA_VERSION = "4.4.0"
@@ -442,7 +443,7 @@ class KafkaBroker:
         """Start one node's JVM (its storage already formatted)."""
         java = java or find_java()
         libs = libs or ensure_kafka_libs(self.progress)
-        out = node.log_path.open("ab")
+        out = open_private(node.log_path, "ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "KAFKA_"))}
         node.proc = subprocess.Popen(
             [
@@ -463,6 +464,7 @@ class KafkaBroker:
             stderr=out,
             stdin=subprocess.DEVNULL,
             env=env,
+            umask=UMASK,  # its data and logs: private, as the rest of PODIUM_HOME
             start_new_session=True,  # Ctrl-C reaches our parent, which stops us in order
             preexec_fn=die_with_parent,
         )

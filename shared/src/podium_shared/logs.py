@@ -7,7 +7,15 @@ import sys
 
 import structlog
 
+from podium_shared.secrets import redact, redact_event, redacted_excepthook
 from podium_shared.telemetry import add_trace_ids
+
+
+class RedactingFormatter(logging.Formatter):
+    """The standard library's log lines (aiokafka, asyncio) masked as structlog's are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def _stderr_logger(*_args: object) -> structlog.PrintLogger:
@@ -19,6 +27,10 @@ def _stderr_logger(*_args: object) -> structlog.PrintLogger:
 
 def configure(service: str, level: str = "INFO") -> None:
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING, format="%(message)s")
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr:
+            handler.setFormatter(RedactingFormatter("%(message)s"))
+    sys.excepthook = redacted_excepthook
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer()
         if sys.stderr.isatty()
@@ -31,6 +43,7 @@ def configure(service: str, level: str = "INFO") -> None:
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact_event,  # last before rendering: tracebacks included
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),

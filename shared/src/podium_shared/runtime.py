@@ -24,7 +24,7 @@ import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from sqlalchemy.engine import Engine
 
-from podium_shared import blobs, metrics, telemetry
+from podium_shared import blobs, metrics, secrets, telemetry
 from podium_shared.claiming import ClaimingRelay
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
 from podium_shared.consumer import ConsumeLoop, Handler
@@ -312,8 +312,12 @@ def serve(
     """A service's ``__main__``: settings, logging, ``build(settings)``, then run until
     SIGTERM/SIGINT. A bad setting, or an error of ``definitions`` raised while building
     (exception type -> what it is), is one line on stderr and exit 2."""
+    # Databases, spans, blobs, readiness files: private to the user podium runs as.
+    secrets.private_umask()
     with refusing(service, definitions):
         settings = read_settings(Settings)
+        secrets.register_settings(settings)
+        secrets.register(*secrets.otlp_header_values(os.environ))
         configure(service, settings.log_level)
         spec = build(settings)
     try:

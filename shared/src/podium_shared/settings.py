@@ -9,9 +9,11 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from podium_shared.secrets import fill_from_files, read_secret_file, reveal
 from podium_shared.topics import DLQ_RETENTION_MS
 
 ServiceName = Literal["router", "executor", "memory", "recovery"]
+ROLES: tuple[ServiceName, ...] = ("router", "executor", "memory", "recovery")
 
 
 class Settings(BaseSettings):
@@ -52,10 +54,16 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
 
-    router_database_url: str | None = None
-    executor_database_url: str | None = None
-    memory_database_url: str | None = None
-    recovery_database_url: str | None = None
+    # A URL may hold a password: SecretStr keeps it out of reprs and tracebacks, and
+    # each has a _FILE variant (a file holding the URL) to keep it out of the environment.
+    router_database_url: SecretStr | None = None
+    executor_database_url: SecretStr | None = None
+    memory_database_url: SecretStr | None = None
+    recovery_database_url: SecretStr | None = None
+    router_database_url_file: Path | None = None
+    executor_database_url_file: Path | None = None
+    memory_database_url_file: Path | None = None
+    recovery_database_url_file: Path | None = None
     # Replicas of a role on SQLite files of their own refuse to process beside each
     # other (podium_shared.shared_state); true makes that a warning, for experts only.
     allow_unshared_sqlite: bool = False
@@ -88,13 +96,23 @@ class Settings(BaseSettings):
                 raise ValueError("set PODIUM_SASL_PASSWORD or PODIUM_SASL_PASSWORD_FILE, not both")
             # Read once, at start-up: a missing file is a configuration error now, not a
             # failed connection later.
-            text = self.sasl_password_file.read_text().rstrip("\r\n")
-            self.sasl_password = SecretStr(text)
+            self.sasl_password = read_secret_file(self.sasl_password_file)
         if self.sasl_mechanism and not (self.sasl_username and self.sasl_password):
             raise ValueError(
                 f"PODIUM_SASL_MECHANISM={self.sasl_mechanism} needs PODIUM_SASL_USERNAME and "
                 "a password (PODIUM_SASL_PASSWORD_FILE or PODIUM_SASL_PASSWORD)"
             )
+        fill_from_files(
+            self,
+            [
+                (
+                    f"{role}_database_url",
+                    f"{role}_database_url_file",
+                    f"PODIUM_{role.upper()}_DATABASE_URL",
+                )
+                for role in ROLES
+            ],
+        )
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("PODIUM_SSL_CERTFILE and PODIUM_SSL_KEYFILE go together")
         return self
@@ -121,11 +139,15 @@ class Settings(BaseSettings):
 
     def database_url(self, service: ServiceName) -> str:
         """The service's own database: its setting, else SQLite under ``home``."""
-        url: str | None = getattr(self, f"{service}_database_url")
+        url = self.configured_database_url(service)
         if url:
             return url
         suffix = f"-{self.pool}" if service == "executor" else ""
         return f"sqlite:///{self.home / f'{service}{suffix}.db'}"
+
+    def configured_database_url(self, service: str) -> str | None:
+        """The service's database URL as set (PODIUM_<SERVICE>_DATABASE_URL[_FILE]), or None."""
+        return reveal(getattr(self, f"{service}_database_url"))
 
     def require_bootstrap(self) -> str:
         if not self.kafka_bootstrap:

@@ -18,6 +18,8 @@ from typing import Any, NoReturn, TypeVar
 from pydantic import AliasChoices, ValidationError
 from pydantic_settings import BaseSettings
 
+from podium_shared.secrets import redact
+
 EXIT_BAD_CONFIG = 2
 
 S = TypeVar("S", bound=BaseSettings)
@@ -62,7 +64,7 @@ def read_settings(cls: type[S], **overrides: Any) -> S:
 
 def refuse(service: str, line: str) -> NoReturn:
     """Print ``<service>: <line>`` on stderr and exit 2."""
-    print(f"{service}: {line}", file=sys.stderr)
+    print(f"{service}: {redact(line)}", file=sys.stderr)
     raise SystemExit(EXIT_BAD_CONFIG)
 
 

@@ -39,6 +39,7 @@ import structlog
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import Event as SpanEvent
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -52,6 +53,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from podium_contracts import DLQ_HEADER_PREFIX, TRACE_HEADERS, TRACEPARENT, TRACESTATE, Event
+from podium_shared.secrets import open_private, redact, redact_value, sensitive
 
 log = structlog.get_logger(__name__)
 
@@ -116,8 +118,7 @@ class JsonLinesExporter(SpanExporter):
         lines = b"".join(orjson.dumps(span_dict(s)) + b"\n" for s in spans)
         with self._lock:
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("ab")
+                self._file = open_private(self.path, "ab")
             self._file.write(lines)
             self._file.flush()
         return SpanExportResult.SUCCESS
@@ -127,6 +128,60 @@ class JsonLinesExporter(SpanExporter):
             if self._file is not None:
                 self._file.close()
                 self._file = None
+
+
+class RedactingExporter(SpanExporter):
+    """Masks secrets (``podium_shared.secrets.redact``) in every attribute, event and
+    status message of a span before ``inner`` exports it, wherever it goes: an
+    exception's message and stack trace are recorded on the span as they were raised."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            spans = [redacted_span(s) for s in spans]
+        except Exception:
+            # Never export a span unmasked; dropping it costs a trace, not a secret.
+            _swallow("redact")
+            return SpanExportResult.FAILURE
+        return self.inner.export(spans)
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def redacted_span(s: ReadableSpan) -> ReadableSpan:
+    """A copy of ``s`` with secrets masked in its attributes, events and status
+    (``s`` itself when nothing in it needs a mask, as for nearly every span)."""
+    texts = [v for v in (s.attributes or {}).values() if isinstance(v, str)]
+    texts += [v for e in s.events for v in (e.attributes or {}).values() if isinstance(v, str)]
+    if s.status.description:
+        texts.append(s.status.description)
+    if not sensitive("\n".join(texts)):  # one test of all of them: the common case
+        return s
+    status = s.status
+    if status.description:
+        status = Status(status.status_code, redact(status.description))
+    return ReadableSpan(
+        name=s.name,
+        context=s.get_span_context(),
+        parent=s.parent,
+        resource=s.resource,
+        attributes=redact_value(dict(s.attributes or {})),
+        events=[
+            SpanEvent(e.name, redact_value(dict(e.attributes or {})), e.timestamp) for e in s.events
+        ],
+        links=s.links,
+        kind=s.kind,
+        status=status,
+        start_time=s.start_time,
+        end_time=s.end_time,
+        instrumentation_scope=s.instrumentation_scope,
+    )
 
 
 def span_dict(s: ReadableSpan) -> dict[str, Any]:
@@ -181,16 +236,18 @@ def configure_tracing(
     if processor is not None:
         provider.add_span_processor(processor)
     elif exporter is not None:
-        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        provider.add_span_processor(SimpleSpanProcessor(RedactingExporter(exporter)))
     elif mode == "otlp":
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+        provider.add_span_processor(BatchSpanProcessor(RedactingExporter(OTLPSpanExporter())))
     else:
         path = spans_dir(home) / f"{service}-{os.getpid()}.jsonl"
         # A short delay so `podium trace` sees spans moments after the task ends.
         provider.add_span_processor(
-            BatchSpanProcessor(JsonLinesExporter(path), schedule_delay_millis=200)
+            BatchSpanProcessor(
+                RedactingExporter(JsonLinesExporter(path)), schedule_delay_millis=200
+            )
         )
     install(provider)
     atexit.register(shutdown)

@@ -13,7 +13,7 @@ from podium_executor.migrations import HISTORY
 from podium_executor.ratelimit import PoolRateLimit
 from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
-from podium_shared import ServiceSpec, Settings, Topics
+from podium_shared import ServiceSpec, Settings, Topics, secrets
 from podium_shared.migrations import open_database
 from podium_shared.startup import read_settings
 
@@ -27,6 +27,8 @@ def build(
     """Build one replica of the pool ``executor_settings.pool`` (the executor's
     settings decide the pool; the database is that pool's)."""
     xs = executor_settings or read_settings(ExecutorSettings)
+    # The provider's key: masked in whatever this process reports (docs/security.md).
+    secrets.register_settings(xs)
     if xs.pool != settings.pool:
         settings = settings.model_copy(update={"pool": xs.pool})
     if xs.drills and xs.drills_root is None:

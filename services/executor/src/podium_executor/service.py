@@ -22,6 +22,7 @@ from podium_executor.ledger import Ledger
 from podium_executor.ratelimit import PoolRateLimit
 from podium_shared import Topics, UnitOfWork, metrics, telemetry
 from podium_shared.limits import MAX_DATA_BYTES
+from podium_shared.secrets import redact
 
 log = structlog.get_logger(__name__)
 
@@ -153,6 +154,12 @@ class Executor:
 
     @staticmethod
     def _failed(step: StepRequested, error: StepError, started: float) -> StepFailed:
+        # The one place a step's error becomes a message: a provider that echoes our
+        # request ("Authorization: Bearer sk-...") must not put the key in the
+        # StepFailed, and from there in history, the DLQ and the span.
+        message = redact(error.message)
+        if message != error.message:
+            error = error.model_copy(update={"message": message})
         return StepFailed.for_step(
             step, error=error, duration_ms=(time.perf_counter() - started) * 1000
         )

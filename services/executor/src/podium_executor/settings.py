@@ -20,10 +20,12 @@ from pydantic import (
     Field,
     SecretStr,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from podium_executor.egress import parse_allow
+from podium_shared.secrets import fill_from_files
 
 PREFIX = "PODIUM_EXECUTOR_"
 OLD_PREFIX = "PODIUM_"
@@ -81,6 +83,11 @@ class ExecutorSettings(BaseSettings):
         "'host,host:port,10.0.0.0/8,[::1]:8080' (docs/security.md)",
     )
 
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> ExecutorSettings:
+        fill_from_files(self, [("llm_api_key", "llm_api_key_file", f"{PREFIX}LLM_API_KEY")])
+        return self
+
     @field_validator("egress_allow")
     @classmethod
     def _egress_allow_parses(cls, value: str) -> str:
@@ -91,6 +98,9 @@ class ExecutorSettings(BaseSettings):
         default=None, description="OpenAI-compatible API root, e.g. https://api.openai.com/v1"
     )
     llm_api_key: SecretStr | None = None
+    # A file holding the key (mode 0600), kept out of the environment that child
+    # processes and /proc/<pid>/environ expose; read once at start-up.
+    llm_api_key_file: Path | None = None
     llm_model: str | None = None
     llm_timeout_s: float = Field(default=120.0, gt=0)
     llm_prices: dict[str, ModelPrice] = Field(

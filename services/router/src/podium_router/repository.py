@@ -16,6 +16,7 @@ from sqlalchemy.engine import Connection
 from podium_contracts import HistoryKind
 from podium_router.records import Run, Step
 from podium_router.state import OPEN_STEP, RunStatus, StepStatus, history, run_steps, runs
+from podium_shared.secrets import redact
 
 # The hot statements are built once and executed with parameters: SQLAlchemy then
 # reuses their compiled form instead of building and keying new ones per message
@@ -102,7 +103,9 @@ class RunRepository:
         )
 
     def record(self, task_id: str, at: datetime, event: HistoryKind, **values: Any) -> None:
-        """Append one transition to the task's history."""
+        """Append one transition to the task's history (its cause with secrets masked)."""
+        if isinstance(cause := values.get("cause"), str):
+            values["cause"] = redact(cause)
         self.conn.execute(_RECORD, {"task_id": task_id, "at": at, "event": event, **values})
 
     def overdue_steps(self, now: datetime, limit: int = 500) -> list[Step]:

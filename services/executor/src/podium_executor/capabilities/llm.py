@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from podium_contracts import Usage
 from podium_executor.capabilities.base import Capability, Resources, Result, StepContext
@@ -34,11 +34,30 @@ class Message(BaseModel):
     content: str
 
 
+# What would set the provider's credentials or address: those come from the
+# operator's settings only, never from a task (which could otherwise send the
+# operator's key to a host of its choosing, or bill its calls to a key of its own).
+OPERATOR_ONLY = frozenset({"api_key", "apikey", "authorization", "headers", "base_url", "api_base"})
+
+
 class ChatInput(BaseModel):
     messages: list[Message] = Field(min_length=1)
     model: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     max_tokens: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_credentials(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            named = sorted(k for k in data if str(k).lower().replace("-", "_") in OPERATOR_ONLY)
+            if named:
+                raise ValueError(
+                    f"{', '.join(named)} cannot be set by a task: the provider's key and "
+                    "address come from PODIUM_EXECUTOR_LLM_API_KEY(_FILE) and "
+                    "PODIUM_EXECUTOR_LLM_BASE_URL"
+                )
+        return data
 
 
 class _Reply(BaseModel):
