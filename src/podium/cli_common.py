@@ -110,6 +110,16 @@ def set_up_logging() -> None:
     configure("cli", "WARNING")
     # aiokafka logs each failed connection attempt; the CLI's one error line says it once.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    logging.getLogger("asyncio").addFilter(_drop_unretrieved_connection_errors)
+
+
+def _drop_unretrieved_connection_errors(record: logging.LogRecord) -> bool:
+    """aiokafka leaves the read future of a connection the broker cut (a refused TLS
+    client certificate among them) with its exception unretrieved; asyncio reports it as
+    a traceback when the future is collected, after the CLI's one line said why."""
+    exc = record.exc_info[1] if record.exc_info else None
+    unretrieved = str(record.msg).startswith("Future exception was never retrieved")
+    return not (unretrieved and isinstance(exc, OSError))
 
 
 class Command(TyperCommand):
