@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from podium_shared.topics import DLQ_RETENTION_MS
 
-ServiceName = Literal["router", "executor", "memory", "recovery"]
+ServiceName = Literal["router", "executor", "memory", "recovery", "api"]
 
 
 class Settings(BaseSettings):
@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     executor_database_url: str | None = None
     memory_database_url: str | None = None
     recovery_database_url: str | None = None
+    api_database_url: str | None = None
     # Replicas of a role on SQLite files of their own refuse to process beside each
     # other (podium_shared.shared_state); true makes that a warning, for experts only.
     allow_unshared_sqlite: bool = False
