@@ -141,6 +141,15 @@ class Stack:
     # A local Apache Kafka with TLS and SCRAM, each process its own principal.
     secure: bool = False
     security: BrokerSecurity | None = None
+    # The api service (projection + HTTP API) too; opt-in while most tests do not need it.
+    api: bool = False
+    api_port: int | None = None  # its HTTP port on 127.0.0.1; None: a free one
+
+    @property
+    def api_url(self) -> str:
+        if self.api_port is None:
+            raise RuntimeError("this stack runs no api service")
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def bootstrap(self) -> str:
@@ -185,6 +194,10 @@ class Stack:
             for pool in self.pools:
                 for _ in range(self.executors):
                     self.spawn("executor", pool=pool)
+            if self.api:
+                if self.api_port is None:
+                    self.api_port = free_port()
+                self.spawn("api")
             self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -224,10 +237,13 @@ class Stack:
         env["PODIUM_BROKER"] = str(self.settings.broker)
         env["PODIUM_PRODUCER_IDEMPOTENCE"] = self.settings.producer_idempotence
         env["PODIUM_WORKFLOWS"] = self.settings.workflows
-        for service in SERVICES:
+        for service in (*SERVICES, "api"):
             url = getattr(self.settings, f"{service}_database_url")
             if url:
                 env[f"PODIUM_{service.upper()}_DATABASE_URL"] = url
+        if service == "api" and self.api_port is not None:
+            env["PODIUM_API_PORT"] = str(self.api_port)
+            env["PODIUM_API_HOST"] = "127.0.0.1"
         if pool:
             # The executor's own name for it; the deprecated PODIUM_POOL, if the user's
             # environment has it, must not leave a second, older answer beside it.

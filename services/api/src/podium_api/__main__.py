@@ -9,10 +9,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from podium_api.bootstrap import build, open_api_database
+from podium_api.migrations import HISTORY
 from podium_api.tokens import ROLES, create, revoke
-from podium_shared import Settings
-from podium_shared.runtime import serve
+from podium_shared.migrations import open_database
+from podium_shared.settings import Settings
 from podium_shared.startup import read_settings
 
 
@@ -28,7 +28,7 @@ def token_command(argv: list[str]) -> int:
     gone = sub.add_parser("revoke", help="revoke a token by its id")
     gone.add_argument("token_id")
     args = parser.parse_args(argv)
-    engine = open_api_database(read_settings(Settings))
+    engine = open_database(read_settings(Settings).database_url("api"), HISTORY)
     try:
         with engine.begin() as conn:
             if args.action == "create":
@@ -59,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         else:
             sys.stdout.write(openapi.render())
         return
+    # Imported here: the token command needs neither the web stack nor the runtime.
+    from podium_api.bootstrap import build
+    from podium_shared.runtime import serve
+
     serve("api", build)
 
 
