@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 import sqlalchemy as sa
@@ -56,10 +57,10 @@ def visible(who: Principal) -> sa.ColumnElement[bool]:
     return runs.c.tenant.in_(who.tenants)
 
 
-def list_runs(
-    conn: Connection, who: Principal, f: RunFilter, *, limit: int, cursor: str | None = None
-) -> tuple[list[RowMapping], str | None]:
-    """One page of runs, newest first, and the cursor of the next page (None at the end)."""
+def page_query(
+    who: Principal, f: RunFilter, *, limit: int, cursor: str | None = None
+) -> sa.Select[Any]:
+    """The statement of one page (``limit`` + 1 rows: the extra one says there is more)."""
     where: list[sa.ColumnElement[bool]] = [visible(who)]
     if f.status is not None:
         where.append(runs.c.status == f.status)
@@ -80,16 +81,19 @@ def list_runs(
         # Row-value comparison: one index range on (created_at, task_id).
         where.append(sa.tuple_(runs.c.created_at, runs.c.task_id) < sa.tuple_(at, task_id))
     columns = [c for c in runs.c if c.name not in ("input", "output")]
-    rows = (
-        conn.execute(
-            sa.select(*columns)
-            .where(*where)
-            .order_by(runs.c.created_at.desc(), runs.c.task_id.desc())
-            .limit(limit + 1)
-        )
-        .mappings()
-        .all()
+    return (
+        sa.select(*columns)
+        .where(*where)
+        .order_by(runs.c.created_at.desc(), runs.c.task_id.desc())
+        .limit(limit + 1)
     )
+
+
+def list_runs(
+    conn: Connection, who: Principal, f: RunFilter, *, limit: int, cursor: str | None = None
+) -> tuple[list[RowMapping], str | None]:
+    """One page of runs, newest first, and the cursor of the next page (None at the end)."""
+    rows = conn.execute(page_query(who, f, limit=limit, cursor=cursor)).mappings().all()
     page = list(rows[:limit])
     more = len(rows) > limit
     following = encode_cursor(page[-1]["created_at"], page[-1]["task_id"]) if more else None
