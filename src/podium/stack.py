@@ -57,7 +57,7 @@ def secure_local(home: Path, pools: tuple[str, ...]) -> BrokerSecurity:
     made once and kept: the broker's metadata holds them across restarts."""
     ca = LocalCA.ensure(home / "tls")
     server = ca.issue("broker", server=True)
-    names = ["broker", "operator", "router", "memory", "recovery"]
+    names = ["broker", "operator", "router", "memory", "recovery", "api"]
     names += [principal("executor", p) for p in pools]
     users = {}
     for name in names:

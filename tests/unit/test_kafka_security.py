@@ -85,6 +85,7 @@ def test_the_secure_broker_speaks_only_sasl_ssl_to_clients(tmp_path: Path) -> No
         "router",
         "memory",
         "recovery",
+        "api",
         "executor-default",
         "executor-gpu",
     }
