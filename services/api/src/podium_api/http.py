@@ -25,6 +25,16 @@ class _Server(uvicorn.Server):
         yield
 
 
+async def _serve(server: uvicorn.Server) -> None:
+    # uvicorn exits the process (SystemExit) when it cannot bind; inside a task that
+    # would bypass the runtime's shutdown (outbox drain, readiness file), so it is
+    # turned into the task's failure.
+    try:
+        await server.serve()
+    except SystemExit:
+        log.error("the HTTP server did not start")
+
+
 def serve_http(
     make_app: Callable[[Callable[[], None]], FastAPI], host: str, port: int
 ) -> Callable[[OutboxRelay], Coroutine[Any, Any, None]]:
@@ -47,7 +57,7 @@ def serve_http(
             lifespan="off",
         )
         server = _Server(config)
-        serving = asyncio.ensure_future(server.serve())
+        serving = asyncio.ensure_future(_serve(server))
         try:
             await asyncio.shield(serving)
         except asyncio.CancelledError:
@@ -55,7 +65,7 @@ def serve_http(
             await serving
             raise
         if not server.started:
-            # Bind failed (the port is taken): the service must not run without its API.
+            # The service must not run without its API: the runtime stops it cleanly.
             raise RuntimeError(f"the HTTP server could not listen on {host}:{port}")
 
     return run
