@@ -49,8 +49,9 @@ def at(seconds: float) -> datetime:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    e = open_database(f"sqlite:///{tmp_path / 'api.db'}", HISTORY)
+def engine(database_url: str) -> Iterator[Engine]:
+    """On SQLite and PostgreSQL (the permutations below on SQLite files of their own)."""
+    e = open_database(database_url, HISTORY)
     yield e
     e.dispose()
 
