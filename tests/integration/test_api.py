@@ -17,8 +17,9 @@ import pytest
 
 from podium.stack import Stack
 from podium_api import tokens
+from podium_shared import Settings
 from podium_shared.db import connect
-from tests.conftest import stack_settings
+from tests.conftest import REPO, stack_settings, unique_prefix
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -222,3 +223,27 @@ async def test_the_projection_is_rebuilt_from_the_topics_after_its_database_is_d
         for key in ("status", "input", "output", "created_at", "accepted_at", "finished_at"):
             assert again[key] == detail[key], (task_id, key)
         assert [s["status"] for s in again["steps"]] == [s["status"] for s in detail["steps"]]
+
+
+@pytest.mark.kafka_only
+async def test_the_api_runs_as_its_own_principal_on_a_secure_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Its ACLs are enough and no more than it uses: it joins its per-database group,
+    reads the run's story and publishes the submission, as principal ``api``."""
+    settings = Settings(
+        broker="kafka",
+        home=tmp_path_factory.mktemp("podium-api-secure"),
+        topic_prefix=unique_prefix(),
+        workflows=str(REPO / "workflows"),
+    )
+    with Stack(settings, secure=True, api=True) as stack:
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as api:
+            h = make_token(stack, "submitter", "acme")
+            task_id = tid("secure")
+            body = {"task_id": task_id, "workflow": "hello", "input": {"a": 1}}
+            assert (await api.post("/v1/tasks", json=body, headers=h)).status_code == 202
+            run = await wait_status(api, task_id, h, "completed")
+            assert run["output"] == {"a": 1}
+    secret = (stack.settings.home / "secrets" / "api.password").stat()
+    assert secret.st_mode & 0o077 == 0  # the api's password file is private like the others'
