@@ -153,6 +153,15 @@ class Stack:
     secure: bool = False
     auth: Auth = "scram"
     security: BrokerSecurity | None = None
+    # The api service (projection + HTTP API) too; opt-in while most tests do not need it.
+    api: bool = False
+    api_port: int | None = None  # its HTTP port on 127.0.0.1; None: a free one
+
+    @property
+    def api_url(self) -> str:
+        if self.api_port is None:
+            raise RuntimeError("this stack runs no api service")
+        return f"http://127.0.0.1:{self.api_port}"
 
     @property
     def bootstrap(self) -> str:
@@ -206,6 +215,10 @@ class Stack:
             for pool in self.pools:
                 for _ in range(self.executors):
                     self.spawn("executor", pool=pool)
+            if self.api:
+                if self.api_port is None:
+                    self.api_port = free_port()
+                self.spawn("api")
             self.wait_ready(timeout_s)
         except BaseException:
             self.stop()
@@ -268,17 +281,20 @@ class Stack:
         env["PODIUM_PRODUCER_IDEMPOTENCE"] = self.settings.producer_idempotence
         env["PODIUM_WORKFLOWS"] = self.settings.workflows
         env["PODIUM_TENANTS"] = self.settings.tenants
-        for service in SERVICES:
+        for role in (*SERVICES, "api"):
             # Passed on as it was given: a URL kept in a file stays in its file.
-            variable = f"PODIUM_{service.upper()}_DATABASE_URL"
-            url_file = getattr(self.settings, f"{service}_database_url_file")
-            url = self.settings.configured_database_url(service)
+            variable = f"PODIUM_{role.upper()}_DATABASE_URL"
+            url_file = getattr(self.settings, f"{role}_database_url_file")
+            url = self.settings.configured_database_url(role)
             if url_file is not None:
                 env[f"{variable}_FILE"] = str(url_file)
                 env.pop(variable, None)
             elif url:
                 env[variable] = url
                 env.pop(f"{variable}_FILE", None)
+        if service == "api" and self.api_port is not None:
+            env["PODIUM_API_PORT"] = str(self.api_port)
+            env["PODIUM_API_HOST"] = "127.0.0.1"
         if pool:
             # The executor's own name for it; the deprecated PODIUM_POOL, if the user's
             # environment has it, must not leave a second, older answer beside it.

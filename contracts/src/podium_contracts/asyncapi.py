@@ -62,8 +62,8 @@ CHANNELS: tuple[ChannelSpec, ...] = (
         ce_types=("podium.task.submitted.v1", "podium.task.cancel-requested.v1"),
         description="Tasks submitted (or cancelled) by upstream systems. "
         "Binary or structured CloudEvents.",
-        producers=(UPSTREAM,),
-        consumers=("router",),
+        producers=(UPSTREAM, "api"),
+        consumers=("router", "api"),
     ),
     ChannelSpec(
         id="taskEvents",
@@ -80,7 +80,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
         "remembers finished tasks as episodes); a submission the router refused is "
         "answered with TaskRejected.",
         producers=("router",),
-        consumers=(UPSTREAM, "memory"),
+        consumers=(UPSTREAM, "memory", "api"),
     ),
     ChannelSpec(
         id="stepResults",
@@ -94,7 +94,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
         description="Steps that finished, were scheduled for retry, or that recovery gave up "
         "on, back to the router.",
         producers=("executor", "memory", "recovery"),
-        consumers=("router",),
+        consumers=("router", "api"),
     ),
     ChannelSpec(
         id="stepFailures",
@@ -103,7 +103,7 @@ CHANNELS: tuple[ChannelSpec, ...] = (
         ce_types=("podium.step.failed.v1",),
         description="Steps that failed, to recovery, which retries or abandons them.",
         producers=("executor", "memory"),
-        consumers=("recovery",),
+        consumers=("recovery", "api"),
     ),
     ChannelSpec(
         id="steps",

@@ -135,6 +135,7 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
         "memory": [("memory", "memory")],
         "recovery": [("recovery", None)],
         "executor": [(principal("executor", p), p) for p in pools],
+        "api": [("api", None)],
     }
     for ch in CHANNELS:
         for service in ch.consumers:
@@ -149,7 +150,8 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
                 )
                 for name in names:
                     topic(user, name, Operation.READ)
-                    if ch.dlq:
+                    # The api observes others' topics and dead-letters nothing.
+                    if ch.dlq and service != "api":
                         topic(user, topics.dlq(name), Operation.WRITE)
         for service in ch.producers:
             if service == UPSTREAM:
@@ -166,7 +168,11 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
     for service, users in runners.items():
         for user, pool in users:
             group = topics.group(service, pool if service == "executor" else None)
-            out.add(Acl(user, Resource.GROUP, group, Pattern.LITERAL, Operation.READ))
+            if service == "api":
+                # Its group is named per database (``<group>-<epoch>``): a new one rebuilds.
+                out.add(Acl(user, Resource.GROUP, f"{group}-", Pattern.PREFIXED, Operation.READ))
+            else:
+                out.add(Acl(user, Resource.GROUP, group, Pattern.LITERAL, Operation.READ))
             topic(user, f"{prefix}.", Operation.DESCRIBE, Pattern.PREFIXED)
             out.add(
                 Acl(user, Resource.CLUSTER, CLUSTER, Pattern.LITERAL, Operation.IDEMPOTENT_WRITE)

@@ -93,6 +93,7 @@ class LoopParts(TypedDict):
     poll_timeout_ms: NotRequired[int]  # how long one fetch waits for records; 100 if not given
     # topic name → the ce_types it carries (e.g. ``Topics.carries``); None accepts any known type
     carries: NotRequired[Callable[[str], Collection[str]] | None]
+    dead_letters: NotRequired[bool]  # False: skip poison instead (an observer of others' topics)
 
 
 def settler_of(parts: LoopParts) -> Settler:
@@ -107,6 +108,7 @@ def settler_of(parts: LoopParts) -> Settler:
         group=parts["group"],
         service=parts["service"],
         carries=parts.get("carries"),
+        dead_letters=parts.get("dead_letters", True),
     )
 
 

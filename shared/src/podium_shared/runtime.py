@@ -68,6 +68,8 @@ class ServiceSpec:
     instance: str | None = None
     details: Mapping[str, Any] = field(default_factory=dict)  # logged at start
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)  # after the clients
+    # False: poison is logged and skipped, not dead-lettered (the api reads others' topics).
+    dead_letters: bool = True
 
 
 def mark_ready(ready: Path) -> None:
@@ -257,6 +259,7 @@ async def run_service(
         "group": spec.group,
         "service": spec.name,
         "carries": Topics(settings.topic_prefix).carries,
+        "dead_letters": spec.dead_letters,
     }
     loop: ConsumeLoop | ConcurrentConsumeLoop
     listener: ConsumerRebalanceListener

@@ -12,8 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from podium_shared.secrets import fill_from_files, read_secret_file, reveal
 from podium_shared.topics import DLQ_RETENTION_MS
 
-ServiceName = Literal["router", "executor", "memory", "recovery"]
-ROLES: tuple[ServiceName, ...] = ("router", "executor", "memory", "recovery")
+ServiceName = Literal["router", "executor", "memory", "recovery", "api"]
+ROLES: tuple[ServiceName, ...] = ("router", "executor", "memory", "recovery", "api")
 
 
 class Settings(BaseSettings):
@@ -60,10 +60,12 @@ class Settings(BaseSettings):
     executor_database_url: SecretStr | None = None
     memory_database_url: SecretStr | None = None
     recovery_database_url: SecretStr | None = None
+    api_database_url: SecretStr | None = None
     router_database_url_file: Path | None = None
     executor_database_url_file: Path | None = None
     memory_database_url_file: Path | None = None
     recovery_database_url_file: Path | None = None
+    api_database_url_file: Path | None = None
     # Replicas of a role on SQLite files of their own refuse to process beside each
     # other (podium_shared.shared_state); true makes that a warning, for experts only.
     allow_unshared_sqlite: bool = False

@@ -85,6 +85,7 @@ class Outcome(enum.Enum):
     HANDLED = "handled"
     DUPLICATE = "duplicate"
     DEAD_LETTERED = "dead_lettered"
+    SKIPPED = "skipped"  # would have been dead-lettered, by a loop that does not (an observer)
 
 
 @dataclass(eq=False, slots=True)
@@ -289,8 +290,13 @@ class Settler:
         group: str,
         service: str,
         carries: Callable[[str], Collection[str]] | None = None,
+        dead_letters: bool = True,
     ) -> None:
         self.engine = engine
+        # False for an observer (the api's projection): it reads topics that another
+        # service owns, and that owner dead-letters their poison; a second copy in the
+        # DLQ would be replayed twice.
+        self.dead_letters = dead_letters
         self.handler = handler
         self.group = group
         self.service = service
@@ -419,6 +425,10 @@ class Settler:
 
     def _dead_letter(self, conn: Connection, m: Message, exc: BaseException) -> None:
         reason, etype, text = dlq_reason(exc), type(exc).__name__, describe(exc)
+        if not self.dead_letters:
+            log.warning("skipped", topic=m.record.topic, offset=m.record.offset, error=text)
+            m.outcome, m.refused = Outcome.SKIPPED, exc
+            return
         dead_letter_record(
             conn, m.record, reason=reason, error_type=etype, message=text, service=self.service
         )
@@ -448,6 +458,8 @@ class Settler:
                 metrics.dead_lettered(
                     self.service, topic, dlq_reason(m.refused), type(m.refused).__name__
                 )
+            elif m.outcome is Outcome.SKIPPED:
+                metrics.consumed(self.service, topic)
             telemetry.end(m.span, m.refused)
 
     def _duplicate(self, m: Message) -> None:

@@ -1,0 +1,303 @@
+"""The operators' HTTP API (FastAPI): runs from the projection, and the commands.
+
+Every route but ``/healthz`` needs ``Authorization: Bearer <token>`` (401 without
+a known token). A role too low for the route is 403; a run of a tenant the token
+does not cover is 404, exactly as an absent one, so a token learns nothing of
+other tenants. Routes are plain functions: FastAPI runs them in its thread pool,
+so the synchronous database calls never block the service's event loop."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, ValidationError
+from sqlalchemy.engine import Engine, RowMapping
+
+from podium_api import projection, queries
+from podium_api.service import Cancelled, Commands, Submitted
+from podium_api.tokens import Principal, Role, authenticate
+from podium_contracts import Budget, TaskSubmitted
+
+VERSION = "0.1.0"
+
+
+class StepView(BaseModel):
+    step_id: str
+    status: str = Field(description="completed | failed | retrying | abandoned")
+    capability: str | None
+    pool: str | None
+    attempts: int
+    duration_ms: float | None = Field(description="of the last attempt")
+    total_duration_ms: float = Field(description="of every attempt seen")
+    first_at: datetime
+    updated_at: datetime
+    output: Any = None
+    error: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    retry_due_at: datetime | None
+    dlq: dict[str, Any] | None
+
+
+class RunSummary(BaseModel):
+    task_id: str
+    tenant: str | None = Field(description="unknown until the submission is seen")
+    workflow: str | None
+    workflow_version: int | None
+    subject: str | None
+    status: str = Field(description=" | ".join(projection.STATUSES))
+    created_at: datetime
+    accepted_at: datetime | None
+    finished_at: datetime | None
+    updated_at: datetime
+    cancel_requested_at: datetime | None
+    error: dict[str, Any] | None
+    usage: dict[str, Any] | None
+    dlq: dict[str, Any] | None
+
+
+class RunDetail(RunSummary):
+    input: dict[str, Any] | None
+    output: Any = None
+    steps: list[StepView]
+
+
+class RunPage(BaseModel):
+    items: list[RunSummary]
+    next_cursor: str | None = Field(description="pass as ?cursor= for the next page")
+
+
+class SubmitRequest(BaseModel):
+    """A task, as TaskSubmitted has it; the tenant defaults to the token's only one."""
+
+    task_id: str = Field(min_length=1, max_length=200, description="idempotency key")
+    workflow: str = Field(min_length=1, max_length=200)
+    workflow_version: int | None = None
+    input: dict[str, Any] = Field(default_factory=dict)
+    tenant: str | None = Field(default=None, min_length=1, max_length=200)
+    subject: str | None = Field(default=None, max_length=200)
+    priority: int = 0
+    deadline: datetime | None = None
+    budget: Budget = Field(default_factory=Budget)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class Accepted(BaseModel):
+    task_id: str
+    status: str = Field(description="published: sent now; exists: submitted before")
+    location: str
+
+
+class CancelRequest(BaseModel):
+    reason: str = Field(default="", max_length=1000)
+
+
+class CancelAccepted(BaseModel):
+    task_id: str
+    status: str = "cancel_requested"
+
+
+class Health(BaseModel):
+    status: str
+
+
+def _time(t: float | None) -> datetime | None:
+    return None if t is None else datetime.fromtimestamp(t, UTC)
+
+
+def _unwrapped(v: Any) -> Any:
+    return v["value"] if isinstance(v, dict) and "value" in v else None
+
+
+def _summary_fields(row: RowMapping) -> dict[str, Any]:
+    fields = {k: row[k] for k in RunSummary.model_fields if k in row}
+    for k in ("created_at", "accepted_at", "finished_at", "updated_at", "cancel_requested_at"):
+        fields[k] = _time(row[k])
+    return fields
+
+
+def _step(row: RowMapping) -> StepView:
+    fields = {k: row[k] for k in StepView.model_fields}
+    for k in ("first_at", "updated_at", "retry_due_at"):
+        fields[k] = _time(row[k])
+    fields["output"] = _unwrapped(row["output"])
+    return StepView(**fields)
+
+
+def _since(value: datetime | None) -> float | None:
+    if value is None:
+        return None
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+_bearer = HTTPBearer(auto_error=False, description="a token from `podium_api token create`")
+
+
+def _principal(
+    request: Request,
+    creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> Principal:
+    """The caller of a request, from its bearer token; 401 without a known one."""
+    if creds is None or creds.scheme.lower() != "bearer":
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "a bearer token is required",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    engine: Engine = request.app.state.engine
+    with engine.connect() as conn:
+        who = authenticate(conn, creds.credentials)
+    if who is None:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "unknown or revoked token",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return who
+
+
+def _requires(role: Role) -> Callable[[Principal], Principal]:
+    def check(who: Annotated[Principal, Depends(_principal)]) -> Principal:
+        if not who.may(role):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"this needs the {role} role")
+        return who
+
+    return check
+
+
+Viewer = Annotated[Principal, Depends(_requires("viewer"))]
+Submitter = Annotated[Principal, Depends(_requires("submitter"))]
+Operator = Annotated[Principal, Depends(_requires("operator"))]
+
+
+def create_app(
+    engine: Engine,
+    commands: Commands,
+    *,
+    notify: Callable[[], None] = lambda: None,
+    page_max: int = 200,
+) -> FastAPI:
+    """The API over ``engine`` (the api's database); ``notify`` wakes the outbox relay."""
+    app = FastAPI(
+        title="podium API",
+        version=VERSION,
+        description="Runs of podium's tasks, read from the api service's projection of "
+        "the topics, and the commands operators need (submit, cancel).",
+    )
+    app.state.engine = engine
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> Health:
+        """Anonymous: the process serves HTTP."""
+        return Health(status="ok")
+
+    @app.get("/v1/runs", tags=["runs"])
+    def list_runs(
+        who: Viewer,
+        status_: Annotated[str | None, Query(alias="status")] = None,
+        workflow: str | None = None,
+        tenant: str | None = None,
+        subject: str | None = None,
+        since: Annotated[datetime | None, Query(description="created at or after")] = None,
+        until: Annotated[datetime | None, Query(description="created before")] = None,
+        q: Annotated[str | None, Query(max_length=200, description="in the task id")] = None,
+        cursor: Annotated[str | None, Query(max_length=1000)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    ) -> RunPage:
+        """Runs the token's tenants own, newest first; pass ``next_cursor`` for more."""
+        f = queries.RunFilter(
+            status=status_,
+            workflow=workflow,
+            tenant=tenant,
+            subject=subject,
+            since=_since(since),
+            until=_since(until),
+            q=q,
+        )
+        try:
+            with engine.connect() as conn:
+                rows, following = queries.list_runs(
+                    conn, who, f, limit=min(limit, page_max), cursor=cursor
+                )
+        except queries.BadCursor as exc:
+            raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
+        return RunPage(
+            items=[RunSummary(**_summary_fields(r)) for r in rows], next_cursor=following
+        )
+
+    @app.get("/v1/runs/{task_id}", tags=["runs"], responses={404: {"description": "no such run"}})
+    def get_run(who: Viewer, task_id: str) -> RunDetail:
+        """One run with its input, output and steps."""
+        with engine.connect() as conn:
+            found = queries.get_run(conn, who, task_id)
+        if found is None:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such run")
+        run, steps = found
+        return RunDetail(
+            **_summary_fields(run),
+            input=run["input"],
+            output=_unwrapped(run["output"]),
+            steps=[_step(s) for s in steps],
+        )
+
+    @app.post(
+        "/v1/tasks",
+        tags=["tasks"],
+        status_code=status.HTTP_202_ACCEPTED,
+        responses={
+            403: {"description": "role too low, or a tenant the token does not cover"},
+            409: {"description": "the task id belongs to another tenant's run"},
+            422: {"description": "not a valid task"},
+        },
+    )
+    def submit(who: Submitter, body: SubmitRequest, response: Response) -> Accepted:
+        """Submit a task (TaskSubmitted through the outbox); idempotent by task id."""
+        tenant = body.tenant
+        if tenant is None:
+            if who.every_tenant or len(who.tenants) != 1:
+                tenant = "default" if who.sees("default") else None
+            else:
+                tenant = who.tenants[0]
+        if tenant is None or not who.sees(tenant):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "the token does not cover that tenant")
+        try:
+            task = TaskSubmitted(**(body.model_dump() | {"tenant": tenant}))
+        except ValidationError as exc:
+            raise HTTPException(
+                status.HTTP_422_UNPROCESSABLE_CONTENT, exc.errors(include_url=False)
+            ) from exc
+        with engine.begin() as conn:
+            outcome = commands.submit(conn, who, task)
+        if outcome is Submitted.CONFLICT:
+            raise HTTPException(status.HTTP_409_CONFLICT, "task id already taken")
+        if outcome is Submitted.PUBLISHED:
+            notify()
+        location = f"/v1/runs/{task.task_id}"
+        response.headers["Location"] = location
+        return Accepted(task_id=task.task_id, status=outcome.value, location=location)
+
+    @app.post(
+        "/v1/runs/{task_id}/cancel",
+        tags=["runs"],
+        status_code=status.HTTP_202_ACCEPTED,
+        responses={
+            404: {"description": "no such run"},
+            409: {"description": "the run has finished"},
+        },
+    )
+    def cancel(who: Operator, task_id: str, body: CancelRequest | None = None) -> CancelAccepted:
+        """Ask the router to cancel a run (operators only); recorded with who asked."""
+        reason = body.reason if body is not None else ""
+        with engine.begin() as conn:
+            outcome = commands.cancel(conn, who, task_id, reason or f"by token {who.token_id}")
+        if outcome is Cancelled.NOT_FOUND:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, "no such run")
+        if outcome is Cancelled.FINISHED:
+            raise HTTPException(status.HTTP_409_CONFLICT, "the run has finished")
+        notify()
+        return CancelAccepted(task_id=task_id)
+
+    return app

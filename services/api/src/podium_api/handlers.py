@@ -1,0 +1,61 @@
+"""The api's edge, a table: each contract type it reads → one projection function.
+
+Unlike the other services' use cases these take the event's time as well: a
+submission carries no time of its own, and a run's ``created_at`` is the earliest
+time any of its events tells."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from podium_api import projection as p
+from podium_contracts import (
+    Contract,
+    Event,
+    StepAbandoned,
+    StepCompleted,
+    StepFailed,
+    StepRetryScheduled,
+    TaskAccepted,
+    TaskCancelled,
+    TaskCancelRequested,
+    TaskCompleted,
+    TaskFailed,
+    TaskRejected,
+    TaskSubmitted,
+)
+from podium_shared import Handler, UnitOfWork
+
+Project = Callable[[Connection, Any, float], None]
+
+PROJECTIONS: Mapping[type[Contract], Project] = {
+    TaskSubmitted: p.task_submitted,
+    TaskCancelRequested: p.task_cancel_requested,
+    TaskAccepted: p.task_accepted,
+    TaskCompleted: p.task_completed,
+    TaskFailed: p.task_failed,
+    TaskCancelled: p.task_cancelled,
+    TaskRejected: p.task_rejected,
+    StepCompleted: p.step_completed,
+    StepFailed: p.step_failed,
+    StepRetryScheduled: p.step_retry_scheduled,
+    StepAbandoned: p.step_abandoned,
+}
+
+
+def apply(event: Event, _result: Any, uow: UnitOfWork) -> None:
+    """Project one event; a contract of a later version reaches its base's function."""
+    payload = event.payload
+    for cls in type(payload).__mro__:
+        project = PROJECTIONS.get(cls)
+        if project is not None:
+            project(uow.conn, payload, event.envelope.time.timestamp())
+            return
+    raise TypeError(f"api does not project {type(payload).__name__}")
+
+
+def make_handler() -> Handler[None]:
+    return Handler(apply=apply)

@@ -1,0 +1,101 @@
+"""The api's tables: the projection of the topics (runs and steps), the tokens it
+accepts, the submissions it published and the actions operators took.
+
+Times are epoch seconds (floats): the runs list pages by ``(created_at, task_id)``
+and a float compares and indexes the same on SQLite and PostgreSQL, where a
+timezone-aware DateTime does not (SQLite stores it as text without the zone)."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("task_id", sa.String(200), primary_key=True),
+    sa.Column("tenant", sa.String(200), nullable=True),  # unknown until a submission is seen
+    sa.Column("workflow", sa.String(200), nullable=True),
+    sa.Column("workflow_version", sa.Integer, nullable=True),
+    sa.Column("subject", sa.String(200), nullable=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),  # earliest time any event tells
+    sa.Column("accepted_at", sa.Float, nullable=True),
+    sa.Column("finished_at", sa.Float, nullable=True),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("input", sa.JSON, nullable=True),
+    sa.Column("output", sa.JSON, nullable=True),
+    sa.Column("error", sa.JSON, nullable=True),
+    sa.Column("usage", sa.JSON, nullable=True),
+    sa.Column("dlq", sa.JSON, nullable=True),
+    sa.Column("cancel_requested_at", sa.Float, nullable=True),
+)
+# The runs list pages newest first by (created_at, task_id); each filter that narrows
+# it most often leads an index of its own so a page is an index range, not a scan.
+sa.Index("ix_runs_created", runs.c.created_at, runs.c.task_id)
+sa.Index("ix_runs_tenant_created", runs.c.tenant, runs.c.created_at, runs.c.task_id)
+sa.Index("ix_runs_status_created", runs.c.status, runs.c.created_at, runs.c.task_id)
+sa.Index("ix_runs_workflow_created", runs.c.workflow, runs.c.created_at, runs.c.task_id)
+
+steps = sa.Table(
+    "steps",
+    metadata,
+    sa.Column("task_id", sa.String(200), primary_key=True),
+    sa.Column("step_id", sa.String(200), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),  # completed|failed|retrying|abandoned
+    sa.Column("capability", sa.String(200), nullable=True),
+    sa.Column("pool", sa.String(200), nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("duration_ms", sa.Float, nullable=True),  # of the last attempt
+    sa.Column("total_duration_ms", sa.Float, nullable=False),  # of every attempt seen
+    sa.Column("first_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Column("output", sa.JSON, nullable=True),
+    sa.Column("error", sa.JSON, nullable=True),
+    sa.Column("usage", sa.JSON, nullable=True),
+    sa.Column("retry_due_at", sa.Float, nullable=True),
+    sa.Column("dlq", sa.JSON, nullable=True),
+)
+
+tokens = sa.Table(
+    "tokens",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),  # public: shown in the audit trail
+    sa.Column("digest", sa.String(64), nullable=False, unique=True),  # sha256 hex of the token
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("tenants", sa.JSON, nullable=False),  # ["*"] or a list of tenants
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("revoked_at", sa.Float, nullable=True),
+)
+
+submissions = sa.Table(
+    "submissions",
+    metadata,
+    sa.Column("task_id", sa.String(200), primary_key=True),  # idempotency: one per task id
+    sa.Column("tenant", sa.String(200), nullable=False),
+    sa.Column("token_id", sa.String(32), nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
+actions = sa.Table(
+    "actions",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("token_id", sa.String(32), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),  # submit | cancel
+    sa.Column("task_id", sa.String(200), nullable=False, index=True),
+    sa.Column("detail", sa.Text, nullable=False),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
+# One row: the epoch of this database, part of the consumer group's name. A new
+# database is a new epoch, so a new group that starts at the earliest offsets: a
+# dropped projection is rebuilt from the topics without resetting any offsets.
+meta = sa.Table(
+    "meta",
+    metadata,
+    sa.Column("key", sa.String(40), primary_key=True),
+    sa.Column("value", sa.String(200), nullable=False),
+)

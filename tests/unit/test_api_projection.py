@@ -1,0 +1,241 @@
+"""The api's projection: each event's effect on runs and steps, order-free across
+topics, idempotent through the inbox, and the same when rebuilt."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from podium_api import projection
+from podium_api.bootstrap import consumer_group, database_epoch
+from podium_api.handlers import PROJECTIONS, apply
+from podium_api.migrations import HISTORY
+from podium_api.state import runs, steps
+from podium_contracts import (
+    ALL_CONTRACTS,
+    DlqLocation,
+    Envelope,
+    Event,
+    StepAbandoned,
+    StepCompleted,
+    StepError,
+    StepFailed,
+    StepRequested,
+    StepRetryScheduled,
+    StepSummary,
+    TaskAccepted,
+    TaskCompleted,
+    TaskError,
+    TaskFailed,
+    TaskSubmitted,
+)
+from podium_shared import Topics, UnitOfWork
+from podium_shared.migrations import open_database
+
+pytestmark = pytest.mark.unit
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """On SQLite and PostgreSQL (the permutations below on SQLite files of their own)."""
+    e = open_database(database_url, HISTORY)
+    yield e
+    e.dispose()
+
+
+def event(payload: Any, seconds: float) -> Event:
+    return Event(
+        Envelope(id=f"id-{id(payload)}", type="x", source="test", time=at(seconds)), payload
+    )
+
+
+def project(engine: Engine, events: list[Event]) -> None:
+    with engine.begin() as conn:
+        for e in events:
+            apply(e, None, UnitOfWork(conn, source="test"))
+
+
+def snapshot(engine: Engine) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    with engine.connect() as conn:
+        r = [dict(x) for x in conn.execute(sa.select(runs).order_by(runs.c.task_id)).mappings()]
+        s = [
+            dict(x)
+            for x in conn.execute(
+                sa.select(steps).order_by(steps.c.task_id, steps.c.step_id)
+            ).mappings()
+        ]
+    for row in r:
+        row.pop("updated_at")
+    for row in s:
+        row.pop("updated_at")
+    return r, s
+
+
+def request(step: str, attempt: int) -> StepRequested:
+    return StepRequested(
+        task_id="t1",
+        step_id=step,
+        workflow="wf",
+        capability="echo",
+        pool="default",
+        attempt=attempt,
+        idempotency_key=f"t1:{step}",
+        tenant="acme",
+    )
+
+
+def story() -> list[Event]:
+    """A task whose step fails once, is retried and completes; the task completes."""
+    err = StepError(type="unavailable", message="down", error_class="retryable")
+    return [
+        event(TaskSubmitted(task_id="t1", workflow="wf", tenant="acme", subject="s1"), 0),
+        event(TaskAccepted(task_id="t1", workflow="wf", accepted_at=at(1)), 1),
+        event(
+            StepFailed(
+                task_id="t1",
+                step_id="a",
+                capability="echo",
+                pool="default",
+                attempt=1,
+                error=err,
+                duration_ms=5,
+                request=request("a", 1),
+            ),
+            2,
+        ),
+        event(
+            StepRetryScheduled(
+                task_id="t1", step_id="a", attempt=2, pool="default", due_at=at(3), error=err
+            ),
+            2.5,
+        ),
+        event(
+            StepCompleted(
+                task_id="t1",
+                step_id="a",
+                capability="echo",
+                pool="default",
+                output={"x": 1},
+                attempt=2,
+                duration_ms=7,
+            ),
+            4,
+        ),
+        event(
+            TaskCompleted(
+                task_id="t1",
+                workflow="wf",
+                output={"done": True},
+                steps=[
+                    StepSummary(
+                        step_id="a", capability="echo", pool="default", attempts=2, duration_ms=12
+                    )
+                ],
+                accepted_at=at(1),
+                completed_at=at(5),
+                tenant="acme",
+                subject="s1",
+            ),
+            5,
+        ),
+    ]
+
+
+def test_a_run_and_its_steps_are_projected(engine: Engine) -> None:
+    project(engine, story())
+    (run,), (step,) = snapshot(engine)
+    assert run["status"] == "completed"
+    assert (run["tenant"], run["workflow"], run["subject"]) == ("acme", "wf", "s1")
+    assert run["created_at"] == at(0).timestamp()
+    assert run["finished_at"] == at(5).timestamp()
+    assert run["output"] == {"value": {"done": True}}
+    assert step["status"] == "completed"
+    assert step["attempts"] == 2
+    assert step["duration_ms"] == 7
+    assert step["total_duration_ms"] == 12
+    assert step["output"] == {"value": {"x": 1}}
+
+
+def test_order_across_topics_does_not_change_the_result(engine: Engine, tmp_path: Path) -> None:
+    """Events of different topics may arrive in any order; per topic they keep theirs."""
+    events = story()
+    project(engine, events)
+    expected = snapshot(engine)
+    # Topics: tasks (0), task-events (1, 5), step-failures (2), step-results (3, 4).
+    lanes = [[events[0]], [events[1], events[5]], [events[2]], [events[3], events[4]]]
+    seen = 0
+    for order in itertools.permutations(range(4)):
+        other = open_database(f"sqlite:///{tmp_path / f'o{seen}.db'}", HISTORY)
+        project(other, [e for lane in order for e in lanes[lane]])
+        assert snapshot(other) == expected, order
+        other.dispose()
+        seen += 1
+    assert seen == 24
+
+
+def test_a_status_only_moves_forward_but_a_later_outcome_replaces_one() -> None:
+    assert projection.advances(None, "accepted")
+    assert not projection.advances("accepted", "submitted")
+    assert not projection.advances("completed", "accepted")
+    assert projection.advances("failed", "completed")  # a replayed dead letter
+
+
+def test_a_failed_task_then_completed_after_replay_ends_completed(engine: Engine) -> None:
+    failed = TaskFailed(
+        task_id="t1",
+        workflow="wf",
+        error=TaskError(type="unavailable", message="down", step_id="a"),
+        dlq=DlqLocation(topic="p.steps.default.v1.dlq", record_id="r1"),
+        failed_at=at(3),
+        tenant="acme",
+    )
+    abandoned = StepAbandoned(
+        task_id="t1",
+        step_id="a",
+        attempts=3,
+        error=StepError(type="unavailable", message="down"),
+    )
+    events = story()
+    project(engine, [events[0], events[1], event(abandoned, 2.9), event(failed, 3)])
+    assert snapshot(engine)[0][0]["status"] == "failed"
+    assert snapshot(engine)[1][0]["status"] == "abandoned"
+    project(engine, [events[5]])
+    (run,), _ = snapshot(engine)
+    assert run["status"] == "completed"
+
+
+def test_every_contract_of_the_topics_it_reads_has_a_projection() -> None:
+    topics = Topics("p")
+    read = set()
+    for topic in (topics.tasks, topics.task_events, topics.step_results, topics.step_failures):
+        read |= set(topics.carries(topic))
+    projected = {c.CE_TYPE for c in PROJECTIONS}
+    assert read == projected
+    assert projected <= {c.CE_TYPE for c in ALL_CONTRACTS}
+
+
+def test_a_new_database_is_a_new_consumer_group(tmp_path: Path) -> None:
+    """Dropping the database rebuilds the projection: the new group reads from the start."""
+    url = f"sqlite:///{tmp_path / 'api.db'}"
+    first = open_database(url, HISTORY)
+    epoch = database_epoch(first)
+    assert database_epoch(first) == epoch  # stable for the database's life
+    first.dispose()
+    (tmp_path / "api.db").unlink()
+    second = open_database(url, HISTORY)
+    assert database_epoch(second) != epoch
+    assert consumer_group(Topics("p"), epoch) == f"p-api-{epoch}"
+    second.dispose()
