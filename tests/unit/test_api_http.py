@@ -227,7 +227,7 @@ async def test_cancel(client: httpx.AsyncClient, engine: Engine) -> None:
     assert r.status_code == 202
     (row,) = outbox(engine)
     assert row.topic == TOPICS.tasks
-    assert orjson.loads(row.value) == {"task_id": "a-0000", "reason": "stuck"}
+    assert orjson.loads(row.value) == {"task_id": "a-0000", "reason": "stuck", "tenant": "a"}
     assert (await client.get("/v1/runs/a-0000", headers=h)).json()[
         "cancel_requested_at"
     ] is not None

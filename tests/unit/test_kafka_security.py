@@ -209,12 +209,14 @@ def test_the_api_principal_reads_events_and_dead_letters_and_submits() -> None:
     T = Resource.TOPIC
     assert allowed(Operation.WRITE, T, "podium.tasks.v1")
     assert allowed(Operation.READ, T, "podium.task-events.v1")
-    assert allowed(Operation.READ, Resource.GROUP, "podium-api")
+    assert allowed(Operation.READ, Resource.GROUP, "podium-api-1f2e")  # a group per database
     for dlq in ("podium.steps.gpu.v1.dlq", "podium.steps.memory.v1.dlq", "podium.tasks.v1.dlq"):
         assert allowed(Operation.READ, T, dlq)
-    assert allowed(Operation.WRITE, T, "podium.steps.gpu.v1")  # a replay
-    # It reads no step's records and writes no DLQ: the services dead-letter, not the API.
+    assert allowed(Operation.READ, T, "podium.step-results.v1")  # its projection
+    # It reads no step requests, writes no DLQ (the services dead-letter, not the API)
+    # and, until replay through the API exists, writes nothing but tasks.
     assert not allowed(Operation.READ, T, "podium.steps.gpu.v1")
-    assert not allowed(Operation.READ, T, "podium.step-results.v1")
     assert not allowed(Operation.WRITE, T, "podium.tasks.v1.dlq")
+    assert not allowed(Operation.WRITE, T, "podium.steps.gpu.v1")
+    assert not allowed(Operation.WRITE, T, "podium.task-events.v1")
     assert not any(a.operation is Operation.ALL for a in entries)

@@ -19,10 +19,9 @@ and Read its own outcomes ``<prefix>.tenant.<name>.task-events.v1`` and groups n
 no Describe under the prefix, so it does not even list the other tenants' topics. The
 router reads each ingress topic (and writes its DLQ) and writes each outcome topic.
 
-``api``, the operators' API service (issue 17), is written out by hand: it is upstream
-to podium (it writes tasks and reads task events, as a client does), and it lists and
-replays dead letters (Read on each DLQ, Write on the topic a DLQ's records go back to).
-When a topic of the router's history entries exists, its Read belongs there too.
+``api``, the operators' API service (issue 17), reads what its channels say (the run's
+story: tasks, task events, step results and failures) with a group per database, writes
+tasks, and reads each DLQ to list dead letters. It writes no DLQ and no other topic.
 
 ``operator`` (the CLI and ``podium up``) may do anything to topics and groups under
 the prefix and create topics; it is the principal a human uses, not a service.
@@ -199,26 +198,16 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
 
 
 def _api(topics: Topics, pools: tuple[str, ...]) -> list[Acl]:
-    """The operators' API (issue 17) is upstream to podium, not on a channel of its own:
-    it submits and cancels tasks (through its outbox), follows the task events into its
-    projection with its own group, and lists and replays the dead letters, which writes
-    each record back to the topic it came from, as ``podium dlq replay`` does."""
-
-    def topic(name: str, op: Operation, pattern: Pattern = Pattern.LITERAL) -> Acl:
-        return Acl(API, Resource.TOPIC, name, pattern, op)
-
-    out = [
-        topic(topics.tasks, Operation.WRITE),
-        topic(topics.task_events, Operation.READ),
-        topic(f"{topics.prefix}.", Operation.DESCRIBE, Pattern.PREFIXED),
-        Acl(API, Resource.GROUP, topics.group(API), Pattern.LITERAL, Operation.READ),
-        Acl(API, Resource.CLUSTER, CLUSTER, Pattern.LITERAL, Operation.IDEMPOTENT_WRITE),
-    ]
+    """What the operators' API (issue 17) needs beyond its channels (which give it the
+    run's story and Write on tasks): Read on the dead letters, to list and show them.
+    Replaying from the API is not built yet; when it is, Write on each DLQ's source
+    topic belongs here, and not before: it would let the API forge any event."""
     sources = [topics.tasks, topics.task_events, topics.step_results, topics.step_failures]
     sources += [topics.steps(p) for p in dict.fromkeys(("memory", *pools))]
-    for name in sources:
-        out += [topic(topics.dlq(name), Operation.READ), topic(name, Operation.WRITE)]
-    return out
+    return [
+        Acl(API, Resource.TOPIC, topics.dlq(name), Pattern.LITERAL, Operation.READ)
+        for name in sources
+    ]
 
 
 async def apply(options: dict[str, Any], entries: list[Acl]) -> None:

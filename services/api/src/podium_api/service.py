@@ -81,10 +81,10 @@ class Commands:
             return Cancelled.NOT_FOUND
         if row.status in projection.TERMINAL:
             return Cancelled.FINISHED
-        self._publish(conn, TaskCancelRequested(task_id=task_id, reason=reason), task_id, at)
-        projection.task_cancel_requested(
-            conn, TaskCancelRequested(task_id=task_id, reason=reason), at.timestamp()
-        )
+        # In the run's tenant: the router refuses a cancel from another tenant.
+        request = TaskCancelRequested(task_id=task_id, reason=reason, tenant=row.tenant)
+        self._publish(conn, request, task_id, at)
+        projection.task_cancel_requested(conn, request, at.timestamp())
         self._record(conn, who, "cancel", task_id, reason, at)
         return Cancelled.PUBLISHED
 
