@@ -200,8 +200,15 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     import sqlalchemy as sa
 
     url: str = request.getfixturevalue("postgres_url")
+
+    def empty() -> None:
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()
+
+    # Before too: a test that used the session's database directly may have left
+    # another service's tables and migration revision behind.
+    empty()
     yield url
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:  # empty the database for the next test
-        conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    engine.dispose()
+    empty()

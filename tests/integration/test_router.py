@@ -27,9 +27,10 @@ from podium_contracts import (
     TaskFailed,
     TaskSubmitted,
 )
-from podium_shared import Topics
+from podium_shared import Settings, Topics
 from tests.conftest import stack_settings
 from tests.support.kafka import read_topic
+from tests.support.postgres import scratch_databases
 
 pytestmark = pytest.mark.integration
 
@@ -303,7 +304,15 @@ async def test_router_killed_mid_batch_resumes_and_every_task_completes_exactly_
 async def test_two_router_replicas_share_the_work_on_postgresql(
     kafka_bootstrap: str, tmp_path: Path, postgres_url: str
 ) -> None:
-    settings = stack_settings(kafka_bootstrap, tmp_path, router_database_url=postgres_url)
+    # A database of its own: the session's is the unit tests', and other services'
+    # migrations must not find the router's revisions there.
+    with scratch_databases(postgres_url, ("router",)) as urls:
+        await _two_routers_share_the_work(
+            stack_settings(kafka_bootstrap, tmp_path, router_database_url=urls["router"])
+        )
+
+
+async def _two_routers_share_the_work(settings: Settings) -> None:
     with Stack(settings) as stack:
         second = stack.spawn("router")
         stack.wait_ready(60)
