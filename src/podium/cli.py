@@ -223,7 +223,10 @@ def up(
     try:
         stack.start()
         if stack.api:
-            token = stack.operator_token()
+            try:
+                token = stack.operator_token()
+            except Exception as exc:  # its database; the stack must not run on without it
+                raise RuntimeError(f"the api's operator token could not be made: {exc}") from exc
     except StackInterrupted as exc:
         stack.stop()
         print(f"podium: {exc} during start-up; stopped", file=sys.stderr)
