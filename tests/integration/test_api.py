@@ -4,6 +4,8 @@ and the projection rebuilt from the topics after its database is deleted."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -170,6 +172,88 @@ async def test_a_tenant_token_sees_nothing_of_another_tenant(
     # Its task id is not A's to take either.
     taken = await api.post("/v1/tasks", json=body | {"subject": None}, headers=a)
     assert taken.status_code == 409
+
+
+SseEvent = tuple[int, dict[str, Any]]
+
+
+async def sse_runs(response: httpx.Response) -> AsyncIterator[SseEvent]:
+    """The ``run`` events of a Server-Sent Events response: (id, data)."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if fields.get("event") == "run":
+                yield int(fields["id"]), json.loads(fields["data"])
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+
+
+async def until_task(events: AsyncIterator[SseEvent], task_id: str, status: str) -> list[SseEvent]:
+    """Every event up to and including ``task_id`` reaching ``status``."""
+    seen: list[SseEvent] = []
+
+    async def read() -> None:
+        async for event in events:
+            seen.append(event)
+            if (event[1]["task_id"], event[1]["status"]) == (task_id, status):
+                return
+        raise AssertionError(f"the stream ended before {task_id} was {status}")
+
+    await asyncio.wait_for(read(), 60)
+    return seen
+
+
+async def test_live_updates_stream_a_run_resume_without_loss_and_stay_in_the_tenant(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    a, b = tid("live-a"), tid("live-b")
+    mine, theirs = make_token(stack, "submitter", a), make_token(stack, "submitter", b)
+    task_id, marker = tid("live"), tid("marker")
+    timeout = httpx.Timeout(10, read=60)  # a quiet stream still beats every ~15 s
+    async with (
+        httpx.AsyncClient(base_url=stack.api_url, timeout=timeout) as client,
+        client.stream("GET", "/v1/events", headers=mine) as stream_a,
+        client.stream("GET", "/v1/events", headers=theirs) as stream_b,
+    ):
+        assert stream_a.status_code == 200, await stream_a.aread()
+        assert stream_a.headers["content-type"].startswith("text/event-stream")
+        body = {"task_id": task_id, "workflow": "hello", "input": {"text": "live"}}
+        assert (await api.post("/v1/tasks", json=body, headers=mine)).status_code == 202
+        events_a = sse_runs(stream_a)
+        seen = await until_task(events_a, task_id, "completed")
+        assert {e["task_id"] for _, e in seen} == {task_id}
+        assert seen[0][1]["status"] == "submitted" and seen[0][1]["tenant"] == a
+        ids = [i for i, _ in seen]
+        assert ids == sorted(set(ids))
+        assert seen[-1][1]["finished_at"] is not None and "input" not in seen[-1][1]
+        # B's stream: B's own run arrives, and nothing of A's came before it.
+        other = {"task_id": marker, "workflow": "hello"}
+        assert (await api.post("/v1/tasks", json=other, headers=theirs)).status_code == 202
+        seen_b = await until_task(sse_runs(stream_b), marker, "completed")
+        assert {e["task_id"] for _, e in seen_b} == {marker}
+        assert all(e["tenant"] == b for _, e in seen_b)
+
+    # Reconnecting after the first event: the run once, as it is now; after the last
+    # one: nothing again (an A run submitted afterwards is the first thing to come).
+    first, last = ids[0], ids[-1]
+    later = tid("later")
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=timeout) as client:
+        async with client.stream(
+            "GET", "/v1/events", headers=mine | {"Last-Event-ID": str(first)}
+        ) as again:
+            body = {"task_id": later, "workflow": "hello"}
+            assert (await api.post("/v1/tasks", json=body, headers=mine)).status_code == 202
+            resumed = await until_task(sse_runs(again), later, "completed")
+        assert resumed[0][0] > first
+        assert [e["status"] for _, e in resumed if e["task_id"] == task_id] == ["completed"]
+        async with client.stream(
+            "GET", "/v1/events", headers=mine | {"Last-Event-ID": str(last)}
+        ) as after_last:
+            rest = await until_task(sse_runs(after_last), later, "completed")
+        assert {e["task_id"] for _, e in rest} == {later}
+        assert all(i > last for i, _ in rest)
 
 
 async def test_the_projection_is_rebuilt_from_the_topics_after_its_database_is_deleted(
