@@ -17,9 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from podium.client import PodiumClient
 from podium.stack import Stack
 from podium_api import tokens
-from podium_shared import Settings
+from podium_shared import Settings, Topics
 from podium_shared.db import connect
 from tests.conftest import REPO, stack_settings, unique_prefix
 from tests.support.waiting import wait_until
@@ -254,6 +255,43 @@ async def test_live_updates_stream_a_run_resume_without_loss_and_stay_in_the_ten
             rest = await until_task(sse_runs(after_last), later, "completed")
         assert {e["task_id"] for _, e in rest} == {later}
         assert all(i > last for i, _ in rest)
+
+
+async def test_dead_letters_are_summarized_per_tenant(stack: Stack, api: httpx.AsyncClient) -> None:
+    """Two submissions the router dead-letters: one naming a tenant (but no task, so
+    no run is rejected: the rebuild test below expects only completed runs), one that
+    is not JSON. Its tenant sees only its own; a token of every tenant sees both;
+    another tenant sees neither."""
+    tenant = tid("dlq")
+    mine, every = make_token(stack, "viewer", tenant), make_token(stack, "operator", "*")
+    stranger = make_token(stack, "viewer", tid("stranger"))
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_type", b"podium.task.submitted.v1"),
+        ("ce_source", b"test"),
+        ("content-type", b"application/json"),
+    ]
+    invalid = json.dumps({"workflow": "hello", "tenant": tenant}).encode()
+    async with PodiumClient(stack.settings) as client:
+        for value in (invalid, b"\xff{not json"):
+            await client.submit_raw(value, [("ce_id", tid("ce").encode()), *headers])
+    dlq = Topics(stack.settings.topic_prefix).dlq(Topics(stack.settings.topic_prefix).tasks)
+
+    async def tasks_dlq(h: dict[str, str]) -> dict[str, Any]:
+        r = await api.get("/v1/dead-letters", headers=h, timeout=120)  # reads every DLQ
+        assert r.status_code == 200, r.text
+        return {t["topic"]: t for t in r.json()["topics"]}.get(dlq, {})
+
+    async def both_in() -> bool:
+        reasons = {g["reason"] for g in (await tasks_dlq(every)).get("groups", [])}
+        return (await tasks_dlq(mine)).get("count") == 1 and "undecodable" in reasons
+
+    await wait_until(both_in, 90, "both refusals in the tasks DLQ")
+    own = await tasks_dlq(mine)
+    assert [(g["reason"], g["count"]) for g in own["groups"]] == [("invalid", 1)]
+    assert own["oldest"] == own["newest"] is not None
+    assert (await tasks_dlq(every))["count"] >= 2
+    assert (await tasks_dlq(stranger))["count"] == 0
 
 
 async def test_the_projection_is_rebuilt_from_the_topics_after_its_database_is_deleted(

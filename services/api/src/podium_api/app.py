@@ -8,7 +8,7 @@ so the synchronous database calls never block the service's event loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -103,6 +103,25 @@ class CancelAccepted(BaseModel):
     status: str = "cancel_requested"
 
 
+class DeadLetterGroup(BaseModel):
+    reason: str = Field(description="the DLQ reason (podium-dlq-reason)")
+    error_class: str | None
+    error_type: str | None
+    count: int
+
+
+class DeadLetterTopic(BaseModel):
+    topic: str
+    count: int
+    oldest: datetime | None = Field(description="when its oldest record was dead-lettered")
+    newest: datetime | None
+    groups: list[DeadLetterGroup] = Field(description="counts by reason and error, most first")
+
+
+class DeadLetterSummary(BaseModel):
+    topics: list[DeadLetterTopic]
+
+
 class Health(BaseModel):
     status: str
 
@@ -184,9 +203,11 @@ def create_app(
     page_max: int = 200,
     changes: Changes | None = None,
     heartbeat_s: float = 15.0,
+    dead_letters: Callable[[Principal], Awaitable[list[dict[str, Any]]]] | None = None,
 ) -> FastAPI:
     """The API over ``engine`` (the api's database); ``notify`` wakes the outbox relay,
-    ``changes`` the live streams (the projection notifies the same one)."""
+    ``changes`` the live streams (the projection notifies the same one);
+    ``dead_letters`` reads the DLQ summaries a principal may see."""
     live = changes or Changes()
     app = FastAPI(
         title="podium API",
@@ -319,6 +340,20 @@ def create_app(
         notify()
         live.notify()
         return CancelAccepted(task_id=task_id)
+
+    @app.get(
+        "/v1/dead-letters",
+        tags=["dead letters"],
+        responses={503: {"description": "this api reads no dead letters"}},
+    )
+    async def list_dead_letters(who: Viewer) -> DeadLetterSummary:
+        """Per dead-letter topic: count, oldest, newest and counts by error, of the
+        records of the token's tenants (records naming no tenant: ``*`` tokens only).
+        Read-only; replay with ``podium dlq replay``."""
+        if dead_letters is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no dead letters here")
+        found = await dead_letters(who)
+        return DeadLetterSummary(topics=[DeadLetterTopic(**t) for t in found])
 
     @app.get(
         "/v1/events",

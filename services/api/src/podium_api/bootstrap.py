@@ -8,6 +8,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from podium_api.app import create_app
+from podium_api.dead_letters import DeadLetters
 from podium_api.handlers import make_handler
 from podium_api.http import serve_http
 from podium_api.live import Changes
@@ -44,6 +45,7 @@ def build(settings: Settings, api_settings: ApiSettings | None = None) -> Servic
     group = consumer_group(topics, database_epoch(engine))
     commands = Commands(topics)
     changes = Changes()
+    dead_letters = DeadLetters(settings)
     return ServiceSpec(
         name="api",
         group=group,
@@ -53,7 +55,12 @@ def build(settings: Settings, api_settings: ApiSettings | None = None) -> Servic
         background=[
             serve_http(
                 lambda notify: create_app(
-                    engine, commands, notify=notify, page_max=s.page_max, changes=changes
+                    engine,
+                    commands,
+                    notify=notify,
+                    page_max=s.page_max,
+                    changes=changes,
+                    dead_letters=dead_letters.summaries,
                 ),
                 s.host,
                 s.port,
