@@ -225,20 +225,23 @@ async def test_live_updates_stream_a_run_resume_without_loss_and_stay_in_the_ten
         events_a = sse_runs(stream_a)
         seen = await until_task(events_a, task_id, "completed")
         assert {e["task_id"] for _, e in seen} == {task_id}
-        assert seen[0][1]["status"] == "submitted" and seen[0][1]["tenant"] == a
+        assert all(e["tenant"] == a for _, e in seen)
         ids = [i for i, _ in seen]
         assert ids == sorted(set(ids))
         assert seen[-1][1]["finished_at"] is not None and "input" not in seen[-1][1]
         # B's stream: B's own run arrives, and nothing of A's came before it.
         other = {"task_id": marker, "workflow": "hello"}
         assert (await api.post("/v1/tasks", json=other, headers=theirs)).status_code == 202
-        seen_b = await until_task(sse_runs(stream_b), marker, "completed")
+        events_b = sse_runs(stream_b)
+        seen_b = await until_task(events_b, marker, "completed")
         assert {e["task_id"] for _, e in seen_b} == {marker}
         assert all(e["tenant"] == b for _, e in seen_b)
+        await events_a.aclose()
+        await events_b.aclose()
 
-    # Reconnecting after the first event: the run once, as it is now; after the last
-    # one: nothing again (an A run submitted afterwards is the first thing to come).
-    first, last = ids[0], ids[-1]
+    # Reconnecting from before the run's first event: the run once, as it is now; after
+    # the last one: nothing again (an A run submitted afterwards is the first to come).
+    first, last = ids[0] - 1, ids[-1]
     later = tid("later")
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=timeout) as client:
         async with client.stream(
@@ -246,13 +249,17 @@ async def test_live_updates_stream_a_run_resume_without_loss_and_stay_in_the_ten
         ) as again:
             body = {"task_id": later, "workflow": "hello"}
             assert (await api.post("/v1/tasks", json=body, headers=mine)).status_code == 202
-            resumed = await until_task(sse_runs(again), later, "completed")
-        assert resumed[0][0] > first
+            events = sse_runs(again)
+            resumed = await until_task(events, later, "completed")
+            await events.aclose()
+        assert resumed[0] == (last, seen[-1][1])
         assert [e["status"] for _, e in resumed if e["task_id"] == task_id] == ["completed"]
         async with client.stream(
             "GET", "/v1/events", headers=mine | {"Last-Event-ID": str(last)}
         ) as after_last:
-            rest = await until_task(sse_runs(after_last), later, "completed")
+            events = sse_runs(after_last)
+            rest = await until_task(events, later, "completed")
+            await events.aclose()
         assert {e["task_id"] for _, e in rest} == {later}
         assert all(i > last for i, _ in rest)
 
