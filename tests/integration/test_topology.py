@@ -86,6 +86,13 @@ def taken_over(victim: ServiceProcess, survivors: list[ServiceProcess]) -> Calla
     return check
 
 
+def newest_writer(path: Path, replicas: list[ServiceProcess]) -> ServiceProcess:
+    """The replica that appended the last line of the effects file (each names its pid)."""
+    by_pid = {p.proc.pid: p for p in replicas}
+    last = path.read_bytes().rstrip().rsplit(b"\n", 1)[-1]
+    return by_pid[orjson.loads(last)["pid"]]
+
+
 def count_rows(url: str, query: sa.Select[Any]) -> int:
     engine = sa.create_engine(url)
     try:
@@ -163,6 +170,10 @@ async def test_replicas_on_postgresql_lose_and_double_nothing_when_an_executor_a
                 await asyncio.gather(*(client.submit(t) for t in tasks))
                 waiting = asyncio.create_task(client.wait_for([t.task_id for t in tasks], 180))
                 await wait_until(effects_at_least(steps // 5), 60, "a fifth of the effects")
+                # The replica that made the newest effect: that step holds HOLD_S after
+                # it, so the kill surely catches it in flight.
+                victim = executors.index(newest_writer(path, executors))
+                executors.insert(0, executors.pop(victim))
                 stack.kill(executors[0])
                 await wait_until(effects_at_least(2 * steps // 5), 60, "two fifths of the effects")
                 unfinished = TASKS - len(client.outcomes)
