@@ -32,6 +32,8 @@ from podium.cli_outbox import outbox_app
 from podium.cli_trace import trace_command
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from podium.client import Outcome
     from podium_contracts import TaskSubmitted
     from podium_shared import Settings
@@ -168,11 +170,19 @@ def up(
             "or a client certificate (mTLS)",
         ),
     ] = AuthChoice.SCRAM,
+    no_api: Annotated[
+        bool,
+        typer.Option(
+            "--no-api",
+            help="do not start the api service (the operators' HTTP API); by default it "
+            "listens on 127.0.0.1:PODIUM_API_PORT (8780, or a free port when that is taken)",
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
-    """Start a local broker (unless PODIUM_KAFKA_BOOTSTRAP names a cluster) and the four
-    services."""
-    from podium.stack import RestartPolicy, Stack, StackInterrupted
+    """Start a local broker (unless PODIUM_KAFKA_BOOTSTRAP names a cluster), the four
+    services and the api, and print the api's URL with an operator token."""
+    from podium.stack import RestartPolicy, Stack, StackInterrupted, api_port
 
     settings = with_broker(load_settings(), broker)
     started = time.monotonic()
@@ -180,12 +190,20 @@ def up(
         fail("--secure needs --broker kafka (Tansu has no TLS or SASL)", EXIT_USAGE)
     if auth is not AuthChoice.SCRAM and not secure:
         fail(f"--auth {auth.value} needs --secure", EXIT_USAGE)
+    port: int | None = None
+    if not no_api:
+        try:
+            port = api_port(os.environ.get("PODIUM_API_PORT"))
+        except ValueError as exc:
+            fail(f"invalid setting PODIUM_API_PORT: {exc}", EXIT_USAGE)
     stack = Stack(
         settings,
         executors=executors,
         pools=tuple(pool or ["default"]),
         secure=secure,
         auth=auth.value,
+        api=not no_api,
+        api_port=port,
     )
     # Signals are handled before anything starts: a SIGTERM or Ctrl-C while the stack
     # is still starting stops what was started, rather than leaving it without a parent.
@@ -201,12 +219,20 @@ def up(
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    token: tuple[str, Path] | None = None
     try:
         stack.start()
+        if stack.api:
+            try:
+                token = stack.operator_token()
+            except Exception as exc:  # its database; the stack must not run on without it
+                raise RuntimeError(f"the api's operator token could not be made: {exc}") from exc
     except StackInterrupted as exc:
+        stack.stop()
         print(f"podium: {exc} during start-up; stopped", file=sys.stderr)
         raise SystemExit(130) from None
     except (RuntimeError, TimeoutError) as exc:
+        stack.stop()
         fail(f"stack did not start: {exc}")
     started_up = True
     s = stack.settings
@@ -225,13 +251,21 @@ def up(
         client_env = stack.principal_env("operator")
         info["client_env"] = client_env
         exports += "".join(f" {k}={v}" for k, v in client_env.items())
+    api_line = ""
+    if token is not None:
+        secret, token_path = token
+        info |= {"api": stack.api_url, "api_token": secret, "api_token_file": str(token_path)}
+        api_line = (
+            f"\napi: {stack.api_url} (operator token for every tenant: {secret}; "
+            f"saved in {token_path}, 0600)"
+        )
     emit(
         info,
         as_json,
         f"podium ready in {info['ready_s']}s: broker {s.kafka_bootstrap}"
         f"{f' ({s.broker}, local)' if stack.broker else ''}, {', '.join(services)}; "
         f"logs in {s.home / 'logs'}; {exports}; "
-        "Ctrl-C to stop",
+        f"Ctrl-C to stop{api_line}",
     )
     sys.stdout.flush()
     reason = "stopped"

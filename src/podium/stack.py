@@ -11,6 +11,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +30,8 @@ from podium_shared.secrets import UMASK, open_private, private_dir, private_file
 from podium_shared.tls import LocalCA, write_secret
 
 SERVICES = ("router", "executor", "memory", "recovery")
+DEFAULT_API_PORT = 8780  # the api's own default (podium_api.settings.ApiSettings.port)
+UP_TOKEN_NAME = "podium up"  # the operator token a local stack makes for its CLI
 
 
 def free_port() -> int:
@@ -81,6 +85,26 @@ def secure_local(
 
 def password_file(home: Path, user: str) -> Path:
     return home / "secrets" / f"{user}.password"
+
+
+def operator_token_file(home: Path) -> Path:
+    return home / "secrets" / "operator.token"
+
+
+def api_port(configured: str | None) -> int:
+    """The api's port for `podium up`: ``PODIUM_API_PORT`` when set (0: a free one),
+    else the default, or a free one when something else listens there."""
+    if configured is not None and configured.strip():
+        port = int(configured)
+        if not 0 <= port <= 65_535:
+            raise ValueError(f"PODIUM_API_PORT must be 0-65535, not {port}")
+        return port or free_port()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", DEFAULT_API_PORT))
+        except OSError:
+            return free_port()
+    return DEFAULT_API_PORT
 
 
 class StackInterrupted(BaseException):
@@ -220,6 +244,8 @@ class Stack:
                     self.api_port = free_port()
                 self.spawn("api")
             self.wait_ready(timeout_s)
+            if self.api:
+                self.wait_api(max(5.0, timeout_s))
         except BaseException:
             self.stop()
             raise
@@ -417,6 +443,47 @@ class Stack:
             if not f.exists()
         ]
         raise TimeoutError(f"not ready after {timeout_s}s: {', '.join(waiting)}")
+
+    def wait_api(self, timeout_s: float) -> None:
+        """Wait until the api answers ``/healthz`` (its HTTP server starts beside the
+        consumer, so joining the group does not mean it is listening yet)."""
+        deadline = time.monotonic() + timeout_s
+        api = next(p for p in self.processes if p.name == "api")
+        while time.monotonic() < deadline:
+            if api.proc.poll() is not None:
+                tail = api.log_path.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"api exited with {api.proc.returncode}:\n{tail}")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/healthz", timeout=2) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"the api did not answer {self.api_url}/healthz in {timeout_s}s")
+
+    def operator_token(self) -> tuple[str, Path]:
+        """An operator token for every tenant in the api's database, for the local
+        CLI: the one in ``PODIUM_HOME/secrets/operator.token`` (0600) while it is
+        still valid there, else a new one written to that file. Returns (the token,
+        its file)."""
+        from podium_api import tokens
+        from podium_api.bootstrap import open_api_database
+
+        path = operator_token_file(self.settings.home)
+        engine = open_api_database(self.settings)
+        try:
+            with engine.begin() as conn:
+                if path.exists():
+                    kept = path.read_text().strip()
+                    who = tokens.authenticate(conn, kept) if kept else None
+                    if who is not None and who.role == "operator" and who.every_tenant:
+                        return kept, path
+                _, token = tokens.create(conn, "operator", [tokens.ALL_TENANTS], UP_TOKEN_NAME)
+            write_secret(path, token.encode() + b"\n")
+        finally:
+            engine.dispose()
+        return token, path
 
     def kill(self, p: ServiceProcess, sig: int = signal.SIGKILL) -> None:
         if p.proc.poll() is None:

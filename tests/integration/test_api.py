@@ -4,6 +4,8 @@ and the projection rebuilt from the topics after its database is deleted."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from podium.client import PodiumClient
 from podium.stack import Stack
 from podium_api import tokens
-from podium_shared import Settings
+from podium_shared import Settings, Topics
 from podium_shared.db import connect
 from tests.conftest import REPO, stack_settings, unique_prefix
 from tests.support.waiting import wait_until
@@ -172,6 +175,132 @@ async def test_a_tenant_token_sees_nothing_of_another_tenant(
     assert taken.status_code == 409
 
 
+SseEvent = tuple[int, dict[str, Any]]
+
+
+async def sse_runs(response: httpx.Response) -> AsyncIterator[SseEvent]:
+    """The ``run`` events of a Server-Sent Events response: (id, data)."""
+    fields: dict[str, str] = {}
+    async for line in response.aiter_lines():
+        if line == "":
+            if fields.get("event") == "run":
+                yield int(fields["id"]), json.loads(fields["data"])
+            fields = {}
+        elif not line.startswith(":"):
+            name, _, value = line.partition(":")
+            fields[name] = value.removeprefix(" ")
+
+
+async def until_task(events: AsyncIterator[SseEvent], task_id: str, status: str) -> list[SseEvent]:
+    """Every event up to and including ``task_id`` reaching ``status``."""
+    seen: list[SseEvent] = []
+
+    async def read() -> None:
+        async for event in events:
+            seen.append(event)
+            if (event[1]["task_id"], event[1]["status"]) == (task_id, status):
+                return
+        raise AssertionError(f"the stream ended before {task_id} was {status}")
+
+    await asyncio.wait_for(read(), 60)
+    return seen
+
+
+async def test_live_updates_stream_a_run_resume_without_loss_and_stay_in_the_tenant(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    a, b = tid("live-a"), tid("live-b")
+    mine, theirs = make_token(stack, "submitter", a), make_token(stack, "submitter", b)
+    task_id, marker = tid("live"), tid("marker")
+    timeout = httpx.Timeout(10, read=60)  # a quiet stream still beats every ~15 s
+    async with (
+        httpx.AsyncClient(base_url=stack.api_url, timeout=timeout) as client,
+        client.stream("GET", "/v1/events", headers=mine) as stream_a,
+        client.stream("GET", "/v1/events", headers=theirs) as stream_b,
+    ):
+        assert stream_a.status_code == 200, await stream_a.aread()
+        assert stream_a.headers["content-type"].startswith("text/event-stream")
+        body = {"task_id": task_id, "workflow": "hello", "input": {"text": "live"}}
+        assert (await api.post("/v1/tasks", json=body, headers=mine)).status_code == 202
+        events_a = sse_runs(stream_a)
+        seen = await until_task(events_a, task_id, "completed")
+        assert {e["task_id"] for _, e in seen} == {task_id}
+        assert all(e["tenant"] == a for _, e in seen)
+        ids = [i for i, _ in seen]
+        assert ids == sorted(set(ids))
+        assert seen[-1][1]["finished_at"] is not None and "input" not in seen[-1][1]
+        # B's stream: B's own run arrives, and nothing of A's came before it.
+        other = {"task_id": marker, "workflow": "hello"}
+        assert (await api.post("/v1/tasks", json=other, headers=theirs)).status_code == 202
+        events_b = sse_runs(stream_b)
+        seen_b = await until_task(events_b, marker, "completed")
+        assert {e["task_id"] for _, e in seen_b} == {marker}
+        assert all(e["tenant"] == b for _, e in seen_b)
+        await events_a.aclose()
+        await events_b.aclose()
+
+    # Reconnecting from before the run's first event: the run once, as it is now; after
+    # the last one: nothing again (an A run submitted afterwards is the first to come).
+    first, last = ids[0] - 1, ids[-1]
+    later = tid("later")
+    async with httpx.AsyncClient(base_url=stack.api_url, timeout=timeout) as client:
+        async with client.stream(
+            "GET", "/v1/events", headers=mine | {"Last-Event-ID": str(first)}
+        ) as again:
+            body = {"task_id": later, "workflow": "hello"}
+            assert (await api.post("/v1/tasks", json=body, headers=mine)).status_code == 202
+            events = sse_runs(again)
+            resumed = await until_task(events, later, "completed")
+            await events.aclose()
+        assert resumed[0] == (last, seen[-1][1])
+        assert [e["status"] for _, e in resumed if e["task_id"] == task_id] == ["completed"]
+        async with client.stream(
+            "GET", "/v1/events", headers=mine | {"Last-Event-ID": str(last)}
+        ) as after_last:
+            events = sse_runs(after_last)
+            rest = await until_task(events, later, "completed")
+            await events.aclose()
+        assert {e["task_id"] for _, e in rest} == {later}
+        assert all(i > last for i, _ in rest)
+
+
+async def test_dead_letters_are_summarized_per_tenant(stack: Stack, api: httpx.AsyncClient) -> None:
+    """Two submissions the router dead-letters: one naming a tenant (but no task, so
+    no run is rejected: the rebuild test below expects only completed runs), one that
+    is not JSON. Its tenant sees only its own; a token of every tenant sees both;
+    another tenant sees neither."""
+    tenant = tid("dlq")
+    mine, every = make_token(stack, "viewer", tenant), make_token(stack, "operator", "*")
+    stranger = make_token(stack, "viewer", tid("stranger"))
+    headers = [
+        ("ce_specversion", b"1.0"),
+        ("ce_type", b"podium.task.submitted.v1"),
+        ("ce_source", b"test"),
+        ("content-type", b"application/json"),
+    ]
+    invalid = json.dumps({"workflow": "hello", "tenant": tenant}).encode()
+    async with PodiumClient(stack.settings) as client:
+        for value in (invalid, b"\xff{not json"):
+            await client.submit_raw(value, [("ce_id", tid("ce").encode()), *headers])
+    dlq = Topics(stack.settings.topic_prefix).dlq(Topics(stack.settings.topic_prefix).tasks)
+
+    async def tasks_dlq(h: dict[str, str]) -> dict[str, Any]:
+        r = await api.get("/v1/dead-letters", headers=h, timeout=120)  # reads every DLQ
+        assert r.status_code == 200, r.text
+        return {t["topic"]: t for t in r.json()["topics"]}.get(dlq, {})
+
+    async def both_in() -> bool:
+        reasons = {g["reason"] for g in (await tasks_dlq(every)).get("groups", [])}
+        return (await tasks_dlq(mine)).get("count") == 1 and "undecodable" in reasons
+
+    await wait_until(both_in, 90, "both refusals in the tasks DLQ")
+    own = await tasks_dlq(mine)
+    assert [(g["reason"], g["count"]) for g in own["groups"]] == [("invalid", 1)]
+    assert own["oldest"] == own["newest"] is not None
+    assert (await tasks_dlq(every))["count"] >= 2
+    assert (await tasks_dlq(stranger))["count"] == 0
+
+
 async def test_the_projection_is_rebuilt_from_the_topics_after_its_database_is_deleted(
     stack: Stack, api: httpx.AsyncClient
 ) -> None:
@@ -245,5 +374,12 @@ async def test_the_api_runs_as_its_own_principal_on_a_secure_stack(
             assert (await api.post("/v1/tasks", json=body, headers=h)).status_code == 202
             run = await wait_status(api, task_id, h, "completed")
             assert run["output"] == {"a": 1}
+            # Its Read on the DLQs is enough to summarize them; those it may not read
+            # are left out rather than failing the request.
+            r = await api.get("/v1/dead-letters", headers=h, timeout=120)
+            assert r.status_code == 200, r.text
+            listed = {t["topic"] for t in r.json()["topics"]}
+            topics = Topics(settings.topic_prefix)
+            assert topics.dlq(topics.tasks) in listed
     secret = (stack.settings.home / "secrets" / "api.password").stat()
     assert secret.st_mode & 0o077 == 0  # the api's password file is private like the others'

@@ -35,9 +35,11 @@ pytestmark = pytest.mark.unit
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
-# One Dockerfile for the four services, told which by the build argument SERVICE.
+# One Dockerfile for the five services, told which by the build argument SERVICE.
 DOCKERFILE = "services/Dockerfile"
-SERVICES = ("router", "executor", "memory", "recovery")
+SERVICES = ("router", "executor", "memory", "recovery", "api")
+# The one service whose port is published: the operators' HTTP API.
+API = "api"
 KAFKA = "kafka"
 
 # The Compose Specification's keys for what this file uses (compose-spec.json);
@@ -470,7 +472,7 @@ def kafka_problems(doc: dict[str, Any]) -> list[str]:
 
 
 def podium_problems(doc: dict[str, Any]) -> list[str]:
-    """The four services: built from their Dockerfiles, wired to kafka, valid settings."""
+    """The five services: built from their Dockerfiles, wired to kafka, valid settings."""
     services = doc.get("services") or {}
     kafka = services.get(KAFKA) or {}
     kafka_env = environment(kafka)
@@ -536,17 +538,57 @@ def podium_problems(doc: dict[str, Any]) -> list[str]:
             )
         if name == "router" and "PODIUM_WORKFLOWS" not in env:
             problems.append(f"{where}: PODIUM_WORKFLOWS is not set")
-        problems += scaling_problems(where, svc)
+        if name == API:
+            problems += api_problems(where, svc, env)
+            problems += scaling_problems(where, svc, ("container_name", "hostname"))
+        else:
+            problems += scaling_problems(where, svc)
     return problems
 
 
-def scaling_problems(where: str, svc: dict[str, Any]) -> list[str]:
+def scaling_problems(
+    where: str, svc: dict[str, Any], keys: tuple[str, ...] = ("container_name", "hostname", "ports")
+) -> list[str]:
     """`docker compose up --scale <service>=N` needs nothing unique per container (what
     replicas share, the role's database and the blob store, is checked below)."""
     problems = []
-    for key in ("container_name", "hostname", "ports"):
+    for key in keys:
         if svc.get(key):
             problems.append(f"{where}: {key} prevents --scale")
+    return problems
+
+
+def api_problems(where: str, svc: dict[str, Any], env: dict[str, str]) -> list[str]:
+    """The api's HTTP port: the server listens on every interface of its container, the
+    port is published on the host's loopback only, and the healthcheck asks /healthz."""
+    from podium_api.settings import ApiSettings
+
+    api = ApiSettings.model_validate(
+        {
+            k.removeprefix("PODIUM_API_").lower(): v
+            for k, v in env.items()
+            if k.startswith("PODIUM_API_")
+            and k.removeprefix("PODIUM_API_").lower() in ApiSettings.model_fields
+        }
+    )
+    problems = []
+    if api.host != "0.0.0.0":
+        problems.append(
+            f"{where}: PODIUM_API_HOST must be 0.0.0.0 in a container (not {api.host!r})"
+        )
+    ports = published_ports(svc)
+    if not any(target == api.port for _, _, target in ports):
+        problems.append(f"{where}: no published port reaches PODIUM_API_PORT {api.port}")
+    problems += [
+        f"{where}: port {published} is published on {host or 'every interface'}, not on 127.0.0.1"
+        for host, published, _ in ports
+        if host != "127.0.0.1"
+    ]
+    check = svc.get("healthcheck") or {}
+    test = check.get("test") or []
+    command = " ".join(str(t) for t in test) if isinstance(test, list) else str(test)
+    if f"http://127.0.0.1:{api.port}/healthz" not in command:
+        problems.append(f"{where}: the healthcheck must ask http://127.0.0.1:{api.port}/healthz")
     return problems
 
 
@@ -1174,6 +1216,56 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "executor published port": (
         lambda d: _svc(d, "executor").update(ports=["8000:8000"]),
         "--scale",
+    ),
+    "api without a container name to spare": (
+        lambda d: _svc(d, "api").update(container_name="podium-api"),
+        "--scale",
+    ),
+    "api on every interface of the host": (
+        lambda d: _svc(d, "api").update(ports=["8780:8780"]),
+        "not on 127.0.0.1",
+    ),
+    "api published to another port": (
+        lambda d: _svc(d, "api").update(ports=["127.0.0.1:8780:8000"]),
+        "no published port reaches PODIUM_API_PORT",
+    ),
+    "api on the container's loopback": (
+        lambda d: _env(d, "api").update(PODIUM_API_HOST="127.0.0.1"),
+        "must be 0.0.0.0",
+    ),
+    "api healthcheck of the readiness file": (
+        lambda d: _svc(d, "api").pop("healthcheck"),
+        "/healthz",
+    ),
+    "api healthcheck on another port": (
+        lambda d: _env(d, "api").update(PODIUM_API_PORT="8781"),
+        "/healthz",
+    ),
+    "api setting misspelt": (
+        lambda d: _env(d, "api").update(PODIUM_API_PAGEMAX="50"),
+        "unknown settings",
+    ),
+    "api on SQLite": (
+        lambda d: _env(d, "api").pop("PODIUM_API_DATABASE_URL"),
+        "not shared by replicas",
+    ),
+    "api database not created": (
+        lambda d: _env(d, "postgres").update(
+            PODIUM_DATABASES="podium_router podium_memory podium_recovery podium_executor_default"
+        ),
+        "'podium_api' is not created by the init script",
+    ),
+    "api not scraped": (
+        lambda d: _broken(
+            d,
+            PROMETHEUS_CONFIG,
+            lambda c: c["scrape_configs"][0]["dns_sd_configs"][0]["names"].remove("api"),
+        ),
+        "services.api: not scraped",
+    ),
+    "api not traced": (
+        lambda d: _env(d, "api").update(PODIUM_TRACING="local"),
+        "services.api: PODIUM_TRACING must be otlp",
     ),
     "executor named volume on PODIUM_HOME": (
         lambda d: _svc(d, "executor")["volumes"].append("kafka-data:/data"),

@@ -17,6 +17,7 @@ from podium_shared import ConsumeLoop, Handler, OutboxRelay, UnitOfWork, make_en
 from podium_shared.db import inbox, outbox
 from podium_shared.dlq import dlq_headers
 from podium_shared.outbox import RelayStalled
+from podium_shared.settle import DEAD_LETTERED_SOURCE
 
 pytestmark = pytest.mark.unit
 
@@ -142,6 +143,39 @@ async def test_poison_is_dead_lettered_with_reason_and_the_batch_goes_on(tmp_pat
     assert consumer.commits == [{TopicPartition("t.tasks.v1", 0): 9}]
 
 
+async def test_a_redelivered_poison_record_is_dead_lettered_once(tmp_path: Path) -> None:
+    # The offset commit after a dead-lettering can be lost (a rebalance, a stop): the
+    # redelivered record must not make a second DLQ copy.
+    loop, consumer, engine = make_loop(tmp_path, accept)
+    poison = record(7, b"\xff not json", [("ce_type", b"x")])
+    await loop.process([poison])
+    await loop.process([poison])  # redelivered: same place in the log
+    assert [r.topic for r in outbox_rows(engine)] == ["t.tasks.v1.dlq"]
+    assert (loop.stats.dead_lettered, loop.stats.duplicates) == (1, 1)
+    assert consumer.commits[-1] == {TopicPartition("t.tasks.v1", 0): 8}
+
+
+async def test_a_replayed_dead_letter_is_handled_though_its_ce_id_was_dead_lettered(
+    tmp_path: Path,
+) -> None:
+    # A replay publishes the record again, same ce_id, at a new offset: the consumer
+    # that dead-lettered it (its handler since fixed) must handle it, not drop it.
+    failing = True
+
+    def accept_once_fixed(event: Event, r: None, uow: UnitOfWork) -> None:
+        if failing:
+            raise RuntimeError("not yet")
+        accept(event, r, uow)
+
+    loop, _, engine = make_loop(tmp_path, accept_once_fixed)
+    value, headers = submitted("a", ce_id="same-id")
+    await loop.process([record(3, value, headers)])
+    failing = False
+    await loop.process([record(9, value, headers)])  # the replay
+    assert [r.topic for r in outbox_rows(engine)] == ["t.tasks.v1.dlq", "t.task-events.v1"]
+    assert (loop.stats.dead_lettered, loop.stats.handled, loop.stats.duplicates) == (1, 1, 0)
+
+
 async def test_a_handler_error_rolls_back_only_its_message(tmp_path: Path) -> None:
     def flaky(event: Event, r: None, uow: UnitOfWork) -> None:
         assert isinstance(event.payload, TaskSubmitted)
@@ -156,7 +190,9 @@ async def test_a_handler_error_rolls_back_only_its_message(tmp_path: Path) -> No
     meta = dlq_headers([(k, v.encode("latin-1")) for k, v in rows[0].headers])
     assert meta["reason"] == "processing_error" and meta["error-message"] == "boom"
     with engine.connect() as c:  # the failed message's inbox record was rolled back with it
-        assert c.execute(sa.select(sa.func.count()).select_from(inbox)).scalar() == 1
+        sources = [r.source for r in c.execute(sa.select(inbox.c.source))]
+    # ...and its place in the log noted instead, so a redelivery is not dead-lettered twice
+    assert sorted(sources) == [f"{DEAD_LETTERED_SOURCE}:t.tasks.v1", "test"]
 
 
 async def test_offsets_of_revoked_partitions_are_not_committed(tmp_path: Path) -> None:

@@ -114,6 +114,21 @@ def record_headers(record: ConsumerRecord[bytes, bytes]) -> Headers:
     return [(k, v if v is not None else b"") for k, v in (record.headers or ())]
 
 
+# The inbox source under which a consumer notes the records it dead-lettered. Their
+# ce_id cannot be used: a replay publishes the record again with the same ce_id, and
+# must be handled. A record is named by where it sits in the log (and when it was
+# written, so that a memory-only broker restarted from offset 0 names new records anew).
+DEAD_LETTERED_SOURCE = "podium.dead-lettered"
+
+
+def dead_lettered_id(record: ConsumerRecord[bytes, bytes]) -> MessageId:
+    """The inbox identity of a record this consumer dead-letters: its place in the log."""
+    # The topic goes in the source (300 characters hold any topic name), the place in
+    # the id (200 characters).
+    place = f"{record.partition}:{record.offset}:{record.timestamp}"
+    return f"{DEAD_LETTERED_SOURCE}:{record.topic}", place
+
+
 def printable_key(key: str) -> str:
     """A header key that can be published again: a key that was not UTF-8 on the wire
     (its bytes kept as lone surrogates by ``podium_shared.records``) becomes its bytes
@@ -429,6 +444,11 @@ class Settler:
             log.warning("skipped", topic=m.record.topic, offset=m.record.offset, error=text)
             m.outcome, m.refused = Outcome.SKIPPED, exc
             return
+        if not record_received(conn, self.group, dead_lettered_id(m.record), m.record.topic):
+            # This very record was dead-lettered before and is redelivered (its offset
+            # commit was lost to a rebalance or a stop): one DLQ copy is enough.
+            m.outcome = Outcome.DUPLICATE
+            return
         dead_letter_record(
             conn, m.record, reason=reason, error_type=etype, message=text, service=self.service
         )
@@ -466,6 +486,9 @@ class Settler:
         """Count and log a message the inbox had already taken (same source and id)."""
         self.stats.duplicates += 1
         metrics.duplicate(self.service, m.record.topic)
-        assert m.event is not None
+        if m.event is None:  # a record dead-lettered before, redelivered
+            r = m.record
+            log.info("already dead-lettered", topic=r.topic, partition=r.partition, offset=r.offset)
+            return
         env = m.event.envelope
         log.info("duplicate skipped", topic=m.record.topic, ce_source=env.source, ce_id=env.id)

@@ -8,16 +8,19 @@ so the synchronous database calls never block the service's event loop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response, status
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
+from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.engine import Engine, RowMapping
+from starlette.concurrency import run_in_threadpool
 
 from podium_api import projection, queries
+from podium_api.live import Changes, Stream
 from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
 from podium_contracts import Budget, TaskSubmitted
@@ -100,6 +103,25 @@ class CancelAccepted(BaseModel):
     status: str = "cancel_requested"
 
 
+class DeadLetterGroup(BaseModel):
+    reason: str = Field(description="the DLQ reason (podium-dlq-reason)")
+    error_class: str | None
+    error_type: str | None
+    count: int
+
+
+class DeadLetterTopic(BaseModel):
+    topic: str
+    count: int
+    oldest: datetime | None = Field(description="when its oldest record was dead-lettered")
+    newest: datetime | None
+    groups: list[DeadLetterGroup] = Field(description="counts by reason and error, most first")
+
+
+class DeadLetterSummary(BaseModel):
+    topics: list[DeadLetterTopic]
+
+
 class Health(BaseModel):
     status: str
 
@@ -179,8 +201,14 @@ def create_app(
     *,
     notify: Callable[[], None] = lambda: None,
     page_max: int = 200,
+    changes: Changes | None = None,
+    heartbeat_s: float = 15.0,
+    dead_letters: Callable[[Principal], Awaitable[list[dict[str, Any]]]] | None = None,
 ) -> FastAPI:
-    """The API over ``engine`` (the api's database); ``notify`` wakes the outbox relay."""
+    """The API over ``engine`` (the api's database); ``notify`` wakes the outbox relay,
+    ``changes`` the live streams (the projection notifies the same one);
+    ``dead_letters`` reads the DLQ summaries a principal may see."""
+    live = changes or Changes()
     app = FastAPI(
         title="podium API",
         version=VERSION,
@@ -188,6 +216,17 @@ def create_app(
         "the topics, and the commands operators need (submit, cancel).",
     )
     app.state.engine = engine
+    app.state.changes = live  # closed by the HTTP server when it stops
+    stream = Stream(
+        engine,
+        live,
+        render=lambda row: RunSummary(**_summary_fields(row)).model_dump_json(),
+        heartbeat_s=heartbeat_s,
+    )
+
+    def latest_change() -> int:
+        with engine.connect() as conn:
+            return queries.latest_change(conn)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> Health:
@@ -275,6 +314,7 @@ def create_app(
             raise HTTPException(status.HTTP_409_CONFLICT, "task id already taken")
         if outcome is Submitted.PUBLISHED:
             notify()
+            live.notify()
         location = f"/v1/runs/{task.task_id}"
         response.headers["Location"] = location
         return Accepted(task_id=task.task_id, status=outcome.value, location=location)
@@ -298,6 +338,68 @@ def create_app(
         if outcome is Cancelled.FINISHED:
             raise HTTPException(status.HTTP_409_CONFLICT, "the run has finished")
         notify()
+        live.notify()
         return CancelAccepted(task_id=task_id)
+
+    @app.get(
+        "/v1/dead-letters",
+        tags=["dead letters"],
+        responses={503: {"description": "this api reads no dead letters"}},
+    )
+    async def list_dead_letters(who: Viewer) -> DeadLetterSummary:
+        """Per dead-letter topic: count, oldest, newest and counts by error, of the
+        records of the token's tenants (records naming no tenant: ``*`` tokens only).
+        Read-only; replay with ``podium dlq replay``."""
+        if dead_letters is None:
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no dead letters here")
+        found = await dead_letters(who)
+        return DeadLetterSummary(topics=[DeadLetterTopic(**t) for t in found])
+
+    @app.get(
+        "/v1/events",
+        tags=["live"],
+        response_class=StreamingResponse,
+        responses={
+            200: {
+                "description": "Server-Sent Events: `event: run`, `id:` the change number, "
+                "`data:` the run's summary as /v1/runs has it; a comment every ~15 s",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            },
+            400: {"description": "a Last-Event-ID this API did not send"},
+        },
+    )
+    async def events(
+        who: Viewer,
+        status_: Annotated[str | None, Query(alias="status")] = None,
+        workflow: str | None = None,
+        tenant: str | None = None,
+        after: Annotated[
+            int | None, Query(ge=0, description="resume after this event id (the header wins)")
+        ] = None,
+        last_event_id: Annotated[
+            str | None, Header(max_length=40, description="the last event id received")
+        ] = None,
+    ) -> StreamingResponse:
+        """Changes of the token's tenants' runs, live: after ``Last-Event-ID`` (or
+        ``?after=``) when given, else from now on. A run changed several times while
+        the client was away is sent once, as it is now."""
+        start = after
+        if last_event_id is not None:
+            try:
+                start = int(last_event_id)
+            except ValueError:
+                start = -1
+            if start < 0:
+                raise HTTPException(status.HTTP_400_BAD_REQUEST, "not an event id of this API")
+        if start is None:
+            # Read before the response starts: once its headers are out, every later
+            # change is in the stream.
+            start = await run_in_threadpool(latest_change)
+        f = queries.ChangeFilter(status=status_, workflow=workflow, tenant=tenant)
+        return StreamingResponse(
+            stream.events(who, f, start),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
     return app

@@ -8,8 +8,10 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from podium_api.app import create_app
+from podium_api.dead_letters import DeadLetters
 from podium_api.handlers import make_handler
 from podium_api.http import serve_http
+from podium_api.live import Changes
 from podium_api.migrations import HISTORY
 from podium_api.service import Commands
 from podium_api.settings import ApiSettings
@@ -42,15 +44,24 @@ def build(settings: Settings, api_settings: ApiSettings | None = None) -> Servic
     engine = open_api_database(settings)
     group = consumer_group(topics, database_epoch(engine))
     commands = Commands(topics)
+    changes = Changes()
+    dead_letters = DeadLetters(settings)
     return ServiceSpec(
         name="api",
         group=group,
         topics=[topics.tasks, topics.task_events, topics.step_results, topics.step_failures],
-        handler=make_handler(),
+        handler=make_handler(changes.notify),
         engine=engine,
         background=[
             serve_http(
-                lambda notify: create_app(engine, commands, notify=notify, page_max=s.page_max),
+                lambda notify: create_app(
+                    engine,
+                    commands,
+                    notify=notify,
+                    page_max=s.page_max,
+                    changes=changes,
+                    dead_letters=dead_letters.summaries,
+                ),
                 s.host,
                 s.port,
             )

@@ -57,5 +57,12 @@ def apply(event: Event, _result: Any, uow: UnitOfWork) -> None:
     raise TypeError(f"api does not project {type(payload).__name__}")
 
 
-def make_handler() -> Handler[None]:
-    return Handler(apply=apply)
+def make_handler(changed: Callable[[], None] = lambda: None) -> Handler[None]:
+    """``changed`` is told of every event projected (the live streams' wake-up: it
+    must only schedule the wake-up, which then runs after the commit)."""
+
+    def apply_and_tell(event: Event, result: Any, uow: UnitOfWork) -> None:
+        apply(event, result, uow)
+        changed()
+
+    return Handler(apply=apply_and_tell)

@@ -48,8 +48,9 @@ def serve_http(
             # Routes run in FastAPI's thread pool; the relay's wake-up is the loop's.
             loop.call_soon_threadsafe(relay.notify)
 
+        app = make_app(notify)
         config = uvicorn.Config(
-            make_app(notify),
+            app,
             host=host,
             port=port,
             log_config=None,  # structlog's configuration, as the rest of the process
@@ -62,6 +63,9 @@ def serve_http(
             await asyncio.shield(serving)
         except asyncio.CancelledError:
             server.should_exit = True  # finish the requests in flight, then return
+            changes = getattr(app.state, "changes", None)
+            if changes is not None:
+                changes.close()  # live streams never finish by themselves
             await serving
             raise
         if not server.started:

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from podium_api.state import runs, steps
+from podium_api.state import counters, runs, steps
 from podium_contracts import (
     StepAbandoned,
     StepCompleted,
@@ -34,6 +34,7 @@ from podium_contracts import (
     TaskRejected,
     TaskSubmitted,
 )
+from podium_shared.db import insert_ignore
 
 SUBMITTED, ACCEPTED = "submitted", "accepted"
 COMPLETED, FAILED, CANCELLED, REJECTED = "completed", "failed", "cancelled", "rejected"
@@ -82,6 +83,12 @@ _SELECT_STEP = sa.select(steps).where(_by_key(steps))
 _INSERT_STEP = steps.insert()
 _UPDATE_STEP = _update(steps)
 _RUN_COLUMNS = tuple(c.name for c in runs.c)
+_NEXT_SEQ = (
+    counters.update()
+    .where(counters.c.name == "runs")
+    .values(value=counters.c.value + 1)
+    .returning(counters.c.value)
+)
 _STEP_COLUMNS = tuple(c.name for c in steps.c)
 
 
@@ -98,11 +105,22 @@ def _write(conn: Connection, table: sa.Table, merged: dict[str, Any], insert: bo
     conn.execute(update, values | _keys(table, merged))
 
 
+def next_seq(conn: Connection) -> int:
+    """The next number of a run's change (see ``state.counters``)."""
+    value = conn.execute(_NEXT_SEQ).scalar_one_or_none()
+    if value is None:  # a database made without the migrations' first row
+        insert_ignore(conn, counters, {"name": "runs", "value": 0})
+        value = conn.execute(_NEXT_SEQ).scalar_one()
+    return int(value)
+
+
 def upsert_run(
     conn: Connection, task_id: str, at: float, status: str | None, fields: Mapping[str, Any]
 ) -> None:
     """Merge what one event tells of a run: ``fields`` fill what is unknown (or, with
-    a status that advances, replace it); ``created_at`` keeps the earliest time."""
+    a status that advances, replace it); ``created_at`` keeps the earliest time.
+    A write that changes the run takes the next change number; one that tells
+    nothing new writes nothing (and so wakes no stream)."""
     row = conn.execute(_SELECT_RUN, {"k_task_id": task_id}).mappings().first()
     known = {k: v for k, v in fields.items() if v is not None}
     if row is None:
@@ -113,6 +131,7 @@ def upsert_run(
             "updated_at": at,
             **known,
         }
+        merged["seq"] = next_seq(conn)
         _write(conn, runs, merged, insert=True)
         return
     merged = dict(row)
@@ -124,6 +143,9 @@ def upsert_run(
         merged["status"] = status
     merged["created_at"] = min(at, row["created_at"])
     merged["updated_at"] = max(at, row["updated_at"])
+    if merged == dict(row):
+        return
+    merged["seq"] = next_seq(conn)
     _write(conn, runs, merged, insert=False)
 
 

@@ -121,3 +121,34 @@ def get_run(
         .all()
     )
     return run, list(rows)
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeFilter:
+    """What a live stream sends: runs of these (when given), of the principal's tenants."""
+
+    status: str | None = None
+    workflow: str | None = None
+    tenant: str | None = None
+
+
+def latest_change(conn: Connection) -> int:
+    """The number of the last committed change of any run (0 before the first)."""
+    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(runs.c.seq), 0))).scalar_one())
+
+
+def changes_after(
+    conn: Connection, who: Principal, f: ChangeFilter, after: int, *, limit: int
+) -> list[RowMapping]:
+    """The visible runs changed after change ``after``, in the order of their changes
+    (each at its latest: a run changed twice since is sent once, as it is now)."""
+    where: list[sa.ColumnElement[bool]] = [runs.c.seq > after, visible(who)]
+    if f.status is not None:
+        where.append(runs.c.status == f.status)
+    if f.workflow is not None:
+        where.append(runs.c.workflow == f.workflow)
+    if f.tenant is not None:
+        where.append(runs.c.tenant == f.tenant)
+    columns = [c for c in runs.c if c.name not in ("input", "output")]
+    statement = sa.select(*columns).where(*where).order_by(runs.c.seq).limit(limit)
+    return list(conn.execute(statement).mappings().all())

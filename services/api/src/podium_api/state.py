@@ -30,6 +30,9 @@ runs = sa.Table(
     sa.Column("usage", sa.JSON, nullable=True),
     sa.Column("dlq", sa.JSON, nullable=True),
     sa.Column("cancel_requested_at", sa.Float, nullable=True),
+    # The change sequence: each write of a run takes the next value of ``counters``
+    # "runs", so a live stream resumes after the last change it sent (``/v1/events``).
+    sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
 )
 # The runs list pages newest first by (created_at, task_id); each filter that narrows
 # it most often leads an index of its own so a page is an index range, not a scan.
@@ -37,6 +40,7 @@ sa.Index("ix_runs_created", runs.c.created_at, runs.c.task_id)
 sa.Index("ix_runs_tenant_created", runs.c.tenant, runs.c.created_at, runs.c.task_id)
 sa.Index("ix_runs_status_created", runs.c.status, runs.c.created_at, runs.c.task_id)
 sa.Index("ix_runs_workflow_created", runs.c.workflow, runs.c.created_at, runs.c.task_id)
+sa.Index("ix_runs_seq", runs.c.seq)
 
 steps = sa.Table(
     "steps",
@@ -98,4 +102,15 @@ meta = sa.Table(
     metadata,
     sa.Column("key", sa.String(40), primary_key=True),
     sa.Column("value", sa.String(200), nullable=False),
+)
+
+# Named counters. "runs" numbers the changes of runs: it is taken (UPDATE ... RETURNING)
+# in the transaction that writes the run, whose row lock holds any other writer of a
+# run until that transaction ends, so the numbers are given in the order of commits
+# and a reader that has seen change n has seen every change before it.
+counters = sa.Table(
+    "counters",
+    metadata,
+    sa.Column("name", sa.String(40), primary_key=True),
+    sa.Column("value", sa.BigInteger, nullable=False),
 )
