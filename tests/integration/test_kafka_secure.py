@@ -157,15 +157,20 @@ def as_principal(stack: Stack, user: str) -> Settings:
     )
 
 
-async def test_the_executor_may_not_produce_tasks(secure_stack: Stack) -> None:
-    settings = as_principal(secure_stack, "executor-default")
-    producer = make_producer(settings, "executor-as-upstream")
+async def assert_may_not_produce_tasks(settings: Settings, client_id: str) -> None:
+    """The broker refuses these credentials a write to the shared tasks topic."""
+    producer = make_producer(settings, client_id)
     await producer.start()
     try:
         with pytest.raises(TopicAuthorizationFailedError):
             await producer.send_and_wait(Topics(settings.topic_prefix).tasks, b"{}", key=b"x")
     finally:
         await producer.stop()
+
+
+async def test_the_executor_may_not_produce_tasks(secure_stack: Stack) -> None:
+    settings = as_principal(secure_stack, "executor-default")
+    await assert_may_not_produce_tasks(settings, "executor-as-upstream")
 
 
 async def test_the_executor_may_not_read_memorys_topics(secure_stack: Stack) -> None:
@@ -345,13 +350,7 @@ def as_certificate(stack: Stack, user: str) -> Settings:
 
 async def test_the_executors_certificate_may_not_produce_tasks(mtls_stack: Stack) -> None:
     settings = as_certificate(mtls_stack, "executor-default")
-    producer = make_producer(settings, "executor-cert-as-upstream")
-    await producer.start()
-    try:
-        with pytest.raises(TopicAuthorizationFailedError):
-            await producer.send_and_wait(Topics(settings.topic_prefix).tasks, b"{}", key=b"x")
-    finally:
-        await producer.stop()
+    await assert_may_not_produce_tasks(settings, "executor-cert-as-upstream")
 
 
 async def test_a_client_certificate_of_another_ca_is_refused(
