@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 from podium_api import audit, projection, queries, tokens
 from podium_api.app import create_app
 from podium_api.dead_letters import NoSuchTopic, record_view, replay_target_allowed, resolve
-from podium_api.live import merge
+from podium_api.live import Changes, Stream, merge
 from podium_api.migrations import HISTORY
 from podium_api.service import Commands
 from podium_api.state import dead_letter_events
@@ -351,3 +351,22 @@ async def test_shared_replay_needs_a_producer_unless_dry() -> None:
         await replay(None, DLQ, RECORDS[:1], states={})
     with pytest.raises(NoSuchTopic):
         resolve("nope", DLQS, "p")
+
+
+async def test_the_live_stream_sends_a_dead_letter_after_its_runs_change(engine: Engine) -> None:
+    changes = Changes()
+    stream = Stream(engine, changes, render=lambda row: row["task_id"], heartbeat_s=30)
+    with engine.begin() as conn:
+        after = queries.latest_change(conn)
+        projection.step_abandoned(conn, abandoned("a1", "r9"), 2_000)
+        projection.step_abandoned(conn, abandoned("o1", "r8"), 2_001)  # another tenant's
+    events = stream.events(Principal("t", "viewer", ("acme",)), queries.ChangeFilter(), after)
+    assert await anext(events) == b"retry: 2000\n\n"
+    dead = (await asyncio.wait_for(anext(events), 10)).decode()
+    changes.close()
+    rest = [chunk async for chunk in events]  # a closed stream ends: B's is not in it
+    assert rest == []
+    assert dead.startswith(f"id: {after + 1}\nevent: dead_letter\n")
+    data = orjson.loads(dead.split("data: ", 1)[1])
+    assert (data["id"], data["task_id"], data["tenant"], data["topic"]) == ("r9", "a1", "acme", DLQ)
+    assert data["error"]["type"] == "boom"
