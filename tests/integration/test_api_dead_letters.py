@@ -18,10 +18,10 @@ from aiokafka import TopicPartition
 
 from podium.stack import Stack
 from podium_api import tokens
-from podium_shared import Topics
+from podium_shared import Settings, Topics
 from podium_shared.db import connect
 from podium_shared.kafka import make_consumer
-from tests.conftest import stack_settings
+from tests.conftest import REPO, stack_settings, unique_prefix
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -193,3 +193,35 @@ async def test_a_dead_letter_listed_dry_run_replayed_and_audited(
     theirs_log = (await api.get("/v1/audit", headers=ops_b)).json()["entries"]
     assert [e["detail"]["selected"] for e in theirs_log] == [0]  # its own empty replay
     assert all(e["who"] != "alice" for e in theirs_log)
+
+
+@pytest.mark.kafka_only
+async def test_the_api_replays_as_its_own_principal_on_a_secure_stack(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Its ACLs let it read the step DLQ and write the record back to the pool's
+    topic (and nothing forces the operator's principal in between)."""
+    settings = Settings(
+        broker="kafka",
+        home=tmp_path_factory.mktemp("podium-api-dlq-secure"),
+        topic_prefix=unique_prefix(),
+        workflows=str(REPO / "workflows") + ":" + str(REPO / "tests" / "workflows"),
+    )
+    env = {"PODIUM_BREAKER_FAILURES": "1000"}
+    with Stack(settings, secure=True, api=True, env=env) as stack:
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as api:
+            tenant = tid("acme")
+            submit = make_token(stack, "submitter", tenant)
+            ops = make_token(stack, "operator", tenant, name="secure-ops")
+            fixed = settings.home / tid("fixed")
+            task_id = tid("secure-dlq")
+            body = {"task_id": task_id, "workflow": "api-dlq", "input": {"fixed": str(fixed)}}
+            assert (await api.post("/v1/tasks", json=body, headers=submit)).status_code == 202
+            run = await wait_status(api, task_id, ops, "failed")
+            dlq = run["steps"][0]["dlq"]["topic"]
+            fixed.touch()
+            ask = {"task_id": task_id, "dry_run": False}
+            r = await api.post(f"/v1/dead-letters/{dlq}/replay", json=ask, headers=ops)
+            assert r.status_code == 200, r.text
+            assert len(r.json()["replayed"]) == 1
+            await wait_status(api, task_id, ops, "completed")

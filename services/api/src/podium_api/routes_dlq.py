@@ -26,7 +26,7 @@ from podium_api.dead_letters import (
     visible_records,
 )
 from podium_api.tokens import Principal
-from podium_shared.dlq_records import DlqRecord
+from podium_shared.dlq_records import DlqError, DlqRecord
 from podium_shared.dlq_replay import Filters, ReplayReport, select
 
 
@@ -153,12 +153,14 @@ def dlq_routes(engine: Engine, dlq: DlqSource | None) -> APIRouter:
             return await source().records(name)
         except NoSuchTopic as exc:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such dead-letter topic") from exc
+        except DlqError as exc:  # a topic without partitions, a read past its time
+            raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, str(exc)) from exc
 
     @router.get(
         "/v1/dead-letters/{topic}/records",
         responses={
             404: {"description": "no such dead-letter topic"},
-            503: {"description": "this api reads no dead letters"},
+            503: {"description": "this api reads no dead letters, or could not read the topic"},
         },
     )
     async def dead_letter_records(
@@ -197,7 +199,7 @@ def dlq_routes(engine: Engine, dlq: DlqSource | None) -> APIRouter:
             403: {"description": "replay needs the operator role"},
             404: {"description": "no such dead-letter topic"},
             502: {"description": "the broker did not take the records"},
-            503: {"description": "this api reads no dead letters"},
+            503: {"description": "this api reads no dead letters, or could not read the topic"},
         },
     )
     async def replay_dead_letters(who: Operator, topic: str, body: ReplayRequest) -> ReplayResult:
@@ -223,7 +225,7 @@ def dlq_routes(engine: Engine, dlq: DlqSource | None) -> APIRouter:
             report = await source().replay(
                 name, chosen, states=states, to=body.to, dry_run=body.dry_run
             )
-        except Exception as exc:
+        except Exception as exc:  # any failure of the send (broker, blob store) is audited
             await run_in_threadpool(write_audit, who, name, audit_detail(body, repr(exc)), tenant)
             raise HTTPException(status.HTTP_502_BAD_GATEWAY, f"replay failed: {exc}") from exc
         view = report_view(report)
