@@ -82,7 +82,9 @@ async def end_offsets(stack: Stack, topic: str) -> dict[int, int]:
     consumer = make_consumer(stack.settings, group_id=None, client_id="test-api-dlq")
     await consumer.start()
     try:
-        parts = consumer.partitions_for_topic(topic) or set()
+        assert topic in await consumer.topics()  # fetches the cluster's metadata
+        parts = consumer.partitions_for_topic(topic)
+        assert parts, topic
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
