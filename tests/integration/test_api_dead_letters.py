@@ -82,9 +82,14 @@ async def end_offsets(stack: Stack, topic: str) -> dict[int, int]:
     consumer = make_consumer(stack.settings, group_id=None, client_id="test-api-dlq")
     await consumer.start()
     try:
-        assert topic in await consumer.topics()  # fetches the cluster's metadata
+
+        async def known() -> bool:
+            # A consumer of no subscription learns every topic on a metadata update.
+            await consumer._client.force_metadata_update()
+            return bool(consumer.partitions_for_topic(topic))
+
+        await wait_until(known, 30, f"{topic} in the metadata")
         parts = consumer.partitions_for_topic(topic)
-        assert parts, topic
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
         return {tp.partition: offset for tp, offset in ends.items()}
     finally:
