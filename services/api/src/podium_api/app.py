@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -19,11 +19,14 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.engine import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
-from podium_api import projection, queries
+from podium_api import audit, projection, queries
 from podium_api.live import Changes, Stream
 from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
 from podium_contracts import Budget, TaskSubmitted
+
+if TYPE_CHECKING:  # the routes' modules import this one (its roles)
+    from podium_api.routes_dlq import DlqSource
 
 VERSION = "0.1.0"
 
@@ -204,10 +207,15 @@ def create_app(
     changes: Changes | None = None,
     heartbeat_s: float = 15.0,
     dead_letters: Callable[[Principal], Awaitable[list[dict[str, Any]]]] | None = None,
+    dlq: DlqSource | None = None,
 ) -> FastAPI:
     """The API over ``engine`` (the api's database); ``notify`` wakes the outbox relay,
     ``changes`` the live streams (the projection notifies the same one);
-    ``dead_letters`` reads the DLQ summaries a principal may see."""
+    ``dead_letters`` reads the DLQ summaries a principal may see, ``dlq`` a DLQ's
+    records (and replays them)."""
+    from podium_api.routes_audit import audit_routes
+    from podium_api.routes_dlq import dlq_routes
+
     live = changes or Changes()
     app = FastAPI(
         title="podium API",
@@ -333,6 +341,9 @@ def create_app(
         reason = body.reason if body is not None else ""
         with engine.begin() as conn:
             outcome = commands.cancel(conn, who, task_id, reason or f"by token {who.token_id}")
+            detail = {"reason": reason, "result": outcome.value}
+            tenant = audit.run_tenant(conn, who, task_id)
+            audit.record(conn, who, "cancel", task_id, detail, tenant=tenant)
         if outcome is Cancelled.NOT_FOUND:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such run")
         if outcome is Cancelled.FINISHED:
@@ -349,7 +360,8 @@ def create_app(
     async def list_dead_letters(who: Viewer) -> DeadLetterSummary:
         """Per dead-letter topic: count, oldest, newest and counts by error, of the
         records of the token's tenants (records naming no tenant: ``*`` tokens only).
-        Read-only; replay with ``podium dlq replay``."""
+        Their records: ``/v1/dead-letters/{topic}/records``; replay them with
+        ``POST /v1/dead-letters/{topic}/replay`` (operators)."""
         if dead_letters is None:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no dead letters here")
         found = await dead_letters(who)
@@ -362,7 +374,9 @@ def create_app(
         responses={
             200: {
                 "description": "Server-Sent Events: `event: run`, `id:` the change number, "
-                "`data:` the run's summary as /v1/runs has it; a comment every ~15 s",
+                "`data:` the run's summary as /v1/runs has it; `event: dead_letter` for a step "
+                "dead-lettered (`data:` topic, id, task_id, step_id, tenant, workflow, error, "
+                "at); a comment every ~15 s",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
             400: {"description": "a Last-Event-ID this API did not send"},
@@ -402,4 +416,6 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    app.include_router(dlq_routes(engine, dlq))
+    app.include_router(audit_routes(engine))
     return app

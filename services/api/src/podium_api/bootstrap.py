@@ -61,6 +61,7 @@ def build(settings: Settings, api_settings: ApiSettings | None = None) -> Servic
                     page_max=s.page_max,
                     changes=changes,
                     dead_letters=dead_letters.summaries,
+                    dlq=dead_letters,
                 ),
                 s.host,
                 s.port,

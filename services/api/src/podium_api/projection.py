@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from podium_api.state import counters, runs, steps
+from podium_api.state import counters, dead_letter_events, runs, steps
 from podium_contracts import (
     StepAbandoned,
     StepCompleted,
@@ -363,3 +363,33 @@ def step_abandoned(conn: Connection, e: StepAbandoned, at: float) -> None:
         attempt=e.attempts,
         fields={"error": _dump(e.error), "dlq": _dump(e.dlq)},
     )
+    if e.dlq is not None:
+        dead_lettered(conn, e, e.dlq.topic, e.dlq.record_id, at)
+
+
+def dead_lettered(
+    conn: Connection, e: StepAbandoned, topic: str, record_id: str, at: float
+) -> None:
+    """A new dead letter for the live streams (once per record: a rebuilt projection
+    or a redelivered event adds none). Why from StepAbandoned and not by consuming
+    the DLQ topics: the projection reads step-failures already, so this costs one
+    insert per dead letter in the transaction that projects it, with no extra
+    consumer, group or ACL, and no re-reading of DLQs whose size grows with time
+    (polling the summaries would read every DLQ from its start on every poll).
+    What it does not see: records dead-lettered as poison by a consumer (they
+    announce no event); those show in ``/v1/dead-letters`` only."""
+    known = conn.execute(
+        sa.select(dead_letter_events.c.seq).where(dead_letter_events.c.record_id == record_id)
+    ).first()
+    if known is not None:
+        return
+    row = {
+        "record_id": record_id,
+        "seq": next_seq(conn),
+        "topic": topic,
+        "task_id": e.task_id,
+        "step_id": e.step_id,
+        "error": _dump(e.error),
+        "at": at,
+    }
+    conn.execute(dead_letter_events.insert(), row)

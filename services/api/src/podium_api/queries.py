@@ -12,7 +12,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
-from podium_api.state import runs, steps
+from podium_api.state import dead_letter_events, runs, steps
 from podium_api.tokens import Principal
 
 
@@ -133,8 +133,14 @@ class ChangeFilter:
 
 
 def latest_change(conn: Connection) -> int:
-    """The number of the last committed change of any run (0 before the first)."""
-    return int(conn.execute(sa.select(sa.func.coalesce(sa.func.max(runs.c.seq), 0))).scalar_one())
+    """The number of the last committed change of any run, or new dead letter (0
+    before the first)."""
+    last_run = sa.select(sa.func.coalesce(sa.func.max(runs.c.seq), 0)).scalar_subquery()
+    last_dead = sa.select(
+        sa.func.coalesce(sa.func.max(dead_letter_events.c.seq), 0)
+    ).scalar_subquery()
+    run, dead = conn.execute(sa.select(last_run, last_dead)).one()
+    return max(int(run), int(dead))
 
 
 def changes_after(
@@ -151,4 +157,27 @@ def changes_after(
         where.append(runs.c.tenant == f.tenant)
     columns = [c for c in runs.c if c.name not in ("input", "output")]
     statement = sa.select(*columns).where(*where).order_by(runs.c.seq).limit(limit)
+    return list(conn.execute(statement).mappings().all())
+
+
+def dead_letters_after(
+    conn: Connection, who: Principal, f: ChangeFilter, after: int, *, limit: int
+) -> list[RowMapping]:
+    """The visible new dead letters after change ``after``, in order, each with its
+    run's tenant and workflow (a run not yet known: ``*`` tokens only). A stream's
+    tenant and workflow filters apply; its status filter is of runs only."""
+    where: list[sa.ColumnElement[bool]] = [dead_letter_events.c.seq > after, visible(who)]
+    if f.workflow is not None:
+        where.append(runs.c.workflow == f.workflow)
+    if f.tenant is not None:
+        where.append(runs.c.tenant == f.tenant)
+    statement = (
+        sa.select(dead_letter_events, runs.c.tenant, runs.c.workflow)
+        .select_from(
+            dead_letter_events.outerjoin(runs, runs.c.task_id == dead_letter_events.c.task_id)
+        )
+        .where(*where)
+        .order_by(dead_letter_events.c.seq)
+        .limit(limit)
+    )
     return list(conn.execute(statement).mappings().all())

@@ -94,6 +94,40 @@ actions = sa.Table(
     sa.Column("at", sa.Float, nullable=False),
 )
 
+# New dead letters, for the live streams (``event: dead_letter`` on ``/v1/events``):
+# one row per StepAbandoned that names its DLQ record, numbered from the same
+# ``counters`` "runs" sequence as the runs' changes, so one ``Last-Event-ID`` resumes
+# both. Their tenant is their run's (joined when read: it may be learned later).
+dead_letter_events = sa.Table(
+    "dead_letter_events",
+    metadata,
+    sa.Column("record_id", sa.String(200), primary_key=True),  # the DLQ record's ce_id
+    sa.Column("seq", sa.BigInteger, nullable=False, unique=True),
+    sa.Column("topic", sa.String(300), nullable=False),
+    sa.Column("task_id", sa.String(200), nullable=False),
+    sa.Column("step_id", sa.String(200), nullable=False),
+    sa.Column("error", sa.JSON, nullable=True),
+    sa.Column("at", sa.Float, nullable=False),
+)
+
+# The audit trail of what operators did (``GET /v1/audit``): every replay of dead
+# letters (a dry run too) and every cancel, with who, what, on what and how it ended.
+# ``tenant`` is the one tenant the action touched (None: several, or none known), so a
+# token of some tenants sees their entries (and its own), a token of every tenant all.
+audit = sa.Table(
+    "audit",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("token_id", sa.String(32), nullable=False),
+    sa.Column("token_name", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(40), nullable=False),  # replay | cancel
+    sa.Column("target", sa.String(300), nullable=False),  # a topic, a task id
+    sa.Column("tenant", sa.String(200), nullable=True),
+    sa.Column("detail", sa.JSON, nullable=False),  # what was asked, and the result
+)
+sa.Index("ix_audit_at", audit.c.at)
+
 # One row: the epoch of this database, part of the consumer group's name. A new
 # database is a new epoch, so a new group that starts at the earliest offsets: a
 # dropped projection is rebuilt from the topics without resetting any offsets.
