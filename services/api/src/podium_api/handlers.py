@@ -24,6 +24,7 @@ from podium_contracts import (
     TaskCancelRequested,
     TaskCompleted,
     TaskFailed,
+    TaskHistoryRecorded,
     TaskRejected,
     TaskSubmitted,
 )
@@ -43,6 +44,7 @@ PROJECTIONS: Mapping[type[Contract], Project] = {
     StepFailed: p.step_failed,
     StepRetryScheduled: p.step_retry_scheduled,
     StepAbandoned: p.step_abandoned,
+    TaskHistoryRecorded: p.task_history_recorded,
 }
 
 
