@@ -23,8 +23,15 @@ from podium_api import projection, run_view, tokens
 from podium_api.app import create_app
 from podium_api.migrations import HISTORY
 from podium_api.service import Commands
+from podium_api.settings import ApiSettings
 from podium_api.state import history
-from podium_api.traces import JaegerTraces, LocalTraces, TraceSource, jaeger_spans
+from podium_api.traces import (
+    JaegerTraces,
+    LocalTraces,
+    TraceSource,
+    jaeger_spans,
+    trace_source,
+)
 from podium_contracts import (
     PlannedStep,
     StepCompleted,
@@ -437,3 +444,15 @@ async def test_no_trace_store_is_503_but_only_for_a_run_the_token_sees(engine: E
         assert (await client.get("/v1/runs/t1/trace", headers=h)).status_code == 503
         other = token(engine, "viewer", "other")
         assert (await client.get("/v1/runs/t1/trace", headers=other)).status_code == 404
+
+
+def test_the_trace_url_setting_picks_the_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PODIUM_API_TRACE_URL", "http://jaeger:16686")
+    s = ApiSettings()
+    assert s.trace_url == "http://jaeger:16686"
+    chosen = trace_source(tmp_path, s.trace_url)
+    assert isinstance(chosen, JaegerTraces) and chosen.url == "http://jaeger:16686"
+    monkeypatch.delenv("PODIUM_API_TRACE_URL")
+    assert trace_source(tmp_path, ApiSettings().trace_url) == LocalTraces(tmp_path)
