@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 
 from podium_api import projection, run_view, tokens
 from podium_api.app import create_app
+from podium_api.handlers import make_handler
 from podium_api.migrations import HISTORY
 from podium_api.service import Commands
 from podium_api.settings import ApiSettings
@@ -33,6 +34,8 @@ from podium_api.traces import (
     trace_source,
 )
 from podium_contracts import (
+    Envelope,
+    Event,
     PlannedStep,
     StepCompleted,
     TaskAccepted,
@@ -41,7 +44,7 @@ from podium_contracts import (
     TaskSubmitted,
     Usage,
 )
-from podium_shared import Topics
+from podium_shared import Topics, UnitOfWork
 from podium_shared.migrations import open_database
 from podium_shared.spans import task_spans
 from tests.support.http_server import serving
@@ -456,3 +459,16 @@ def test_the_trace_url_setting_picks_the_backend(
     assert isinstance(chosen, JaegerTraces) and chosen.url == "http://jaeger:16686"
     monkeypatch.delenv("PODIUM_API_TRACE_URL")
     assert trace_source(tmp_path, ApiSettings().trace_url) == LocalTraces(tmp_path)
+
+
+def test_a_history_entry_wakes_no_live_stream(engine: Engine) -> None:
+    """It changes no run: the streams (which send runs) have nothing to look at."""
+    woken: list[str] = []
+    handler = make_handler(lambda: woken.append("x"))
+    submitted = TaskSubmitted(task_id="t1", workflow="chain", tenant="acme")
+    with engine.begin() as conn:
+        for i, payload in enumerate((submitted, STORY[0])):
+            envelope = Envelope(id=f"e{i}", type=payload.CE_TYPE, source="test", time=T0)
+            handler.apply(Event(envelope, payload), None, UnitOfWork(conn, source="test"))
+    assert woken == ["x"]
+    assert [r[3] for r in rows(engine)] == ["accepted"]

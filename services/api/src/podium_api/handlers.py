@@ -65,6 +65,7 @@ def make_handler(changed: Callable[[], None] = lambda: None) -> Handler[None]:
 
     def apply_and_tell(event: Event, result: Any, uow: UnitOfWork) -> None:
         apply(event, result, uow)
-        changed()
+        if not isinstance(event.payload, TaskHistoryRecorded):  # changes no run: no wake-up
+            changed()
 
     return Handler(apply=apply_and_tell)
