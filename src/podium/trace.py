@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-TASK_ATTR = "podium.task_id"
+# The reading of the span store lives in podium_shared (the api reads it too); its
+# names stay importable from here.
+from podium_shared.spans import TASK_ATTR as TASK_ATTR
+from podium_shared.spans import load_spans as load_spans
+from podium_shared.spans import trace_ids_of as trace_ids_of
+
 BAR_WIDTH = 40
 SERVICE_STYLES = {
     "router": "cyan",
@@ -43,29 +47,6 @@ class SpanNode:
     @property
     def end(self) -> int:
         return int(self.raw.get("end_ns") or self.raw["start_ns"])
-
-
-def load_spans(home: Path) -> list[dict[str, Any]]:
-    """Every span in the files under ``home/spans`` (a torn last line is skipped)."""
-    out = []
-    for path in sorted((home / "spans").glob("*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            try:
-                span = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(span, dict) and span.get("trace_id") and span.get("start_ns"):
-                out.append(span)
-    return out
-
-
-def trace_ids_of(spans: list[dict[str, Any]], task_id: str) -> list[str]:
-    """The trace ids holding a span of this task, earliest first."""
-    first: dict[str, int] = {}
-    for s in spans:
-        if (s.get("attributes") or {}).get(TASK_ATTR) == task_id:
-            first[s["trace_id"]] = min(first.get(s["trace_id"], s["start_ns"]), s["start_ns"])
-    return sorted(first, key=first.__getitem__)
 
 
 def build_tree(spans: list[dict[str, Any]]) -> list[SpanNode]:

@@ -75,10 +75,12 @@ CHANNELS: tuple[ChannelSpec, ...] = (
             "podium.task.failed.v1",
             "podium.task.cancelled.v1",
             "podium.task.rejected.v1",
+            "podium.task.history-recorded.v1",
         ),
         description="What happened to each task, for upstream systems (and memory, which "
         "remembers finished tasks as episodes); a submission the router refused is "
-        "answered with TaskRejected.",
+        "answered with TaskRejected. Each entry of a task's history (cause and next "
+        "action) is a TaskHistoryRecorded, which the api shows and others may ignore.",
         producers=("router",),
         consumers=(UPSTREAM, "memory", "api"),
     ),

@@ -140,6 +140,16 @@ class TaskSubmitted(Contract):
     metadata: JsonObject = Field(default_factory=dict)
 
 
+class PlannedStep(BaseModel):
+    """One step of the workflow a run follows, and the steps it waits for."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    step_id: str
+    capability: str
+    depends_on: list[str] = Field(default_factory=list, description="the steps it needs")
+
+
 class TaskAccepted(Contract):
     CE_TYPE: ClassVar[str] = "podium.task.accepted.v1"
 
@@ -148,6 +158,10 @@ class TaskAccepted(Contract):
     workflow_version: int = 1
     accepted_at: datetime
     tenant: str | None = Field(default=None, description="whose task: the submission's tenant")
+    steps: list[PlannedStep] = Field(
+        default_factory=list,
+        description="the run's plan: every step of its workflow version, with what it needs",
+    )
 
 
 class StepSummary(BaseModel):
@@ -394,6 +408,27 @@ class StepRetryScheduled(Contract):
         )
 
 
+class TaskHistoryRecorded(Contract):
+    """One entry of a task's history, as the router wrote it to its own database in the
+    same transaction: what happened, why, and what comes next. For readers that show
+    a run's story (the api); a task's entries arrive in the order they were written."""
+
+    CE_TYPE: ClassVar[str] = "podium.task.history-recorded.v1"
+
+    task_id: str
+    at: datetime
+    # str, not HistoryKind: a new kind is an addition, which an enum would make breaking.
+    kind: str = Field(description="a HistoryKind value: accepted, step_dispatched, ...")
+    step_id: str | None = None
+    attempt: int | None = None
+    pool: str | None = None
+    capability: str | None = None
+    model: str | None = None
+    workflow_version: int | None = None
+    cause: str = Field(default="", description="why (secrets masked)")
+    next: str = Field(default="", description="what happens next, when it is known")
+
+
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskSubmitted,
     TaskAccepted,
@@ -407,4 +442,5 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskCancelRequested,
     TaskCancelled,
     StepRetryScheduled,
+    TaskHistoryRecorded,
 )

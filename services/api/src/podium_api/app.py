@@ -8,7 +8,7 @@ so the synchronous database calls never block the service's event loop."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -19,10 +19,11 @@ from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy.engine import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
-from podium_api import audit, projection, queries
+from podium_api import audit, projection, queries, run_view
 from podium_api.live import Changes, Stream
 from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
+from podium_api.traces import TraceSource
 from podium_contracts import Budget, TaskSubmitted
 
 if TYPE_CHECKING:  # the routes' modules import this one (its roles)
@@ -31,21 +32,30 @@ if TYPE_CHECKING:  # the routes' modules import this one (its roles)
 VERSION = "0.1.0"
 
 
+class UsageView(BaseModel):
+    tokens_in: int = Field(description="prompt tokens")
+    tokens_out: int = Field(description="completion tokens")
+    cost_usd: float
+
+
 class StepView(BaseModel):
     step_id: str
-    status: str = Field(description="completed | failed | retrying | abandoned")
+    status: str = Field(description="completed | failed | retrying | abandoned | pending")
     capability: str | None
     pool: str | None
-    attempts: int
+    attempts: int = Field(description="0 while pending")
     duration_ms: float | None = Field(description="of the last attempt")
     total_duration_ms: float = Field(description="of every attempt seen")
-    first_at: datetime
-    updated_at: datetime
+    first_at: datetime | None = Field(description="null while pending")
+    updated_at: datetime | None = Field(description="null while pending")
     output: Any = None
     error: dict[str, Any] | None
-    usage: dict[str, Any] | None
+    usage: UsageView | None
     retry_due_at: datetime | None
     dlq: dict[str, Any] | None
+    depends_on: list[str] = Field(
+        default_factory=list, description="the steps it needs (the DAG's edges)"
+    )
 
 
 class RunSummary(BaseModel):
@@ -61,7 +71,7 @@ class RunSummary(BaseModel):
     updated_at: datetime
     cancel_requested_at: datetime | None
     error: dict[str, Any] | None
-    usage: dict[str, Any] | None
+    usage: UsageView | None = Field(description="what the outcome reported (sum of the steps)")
     dlq: dict[str, Any] | None
 
 
@@ -141,14 +151,16 @@ def _summary_fields(row: RowMapping) -> dict[str, Any]:
     fields = {k: row[k] for k in RunSummary.model_fields if k in row}
     for k in ("created_at", "accepted_at", "finished_at", "updated_at", "cancel_requested_at"):
         fields[k] = _time(row[k])
+    fields["usage"] = run_view.usage_view(row["usage"])
     return fields
 
 
-def _step(row: RowMapping) -> StepView:
+def _step(row: Mapping[str, Any]) -> StepView:
     fields = {k: row[k] for k in StepView.model_fields}
     for k in ("first_at", "updated_at", "retry_due_at"):
         fields[k] = _time(row[k])
     fields["output"] = _unwrapped(row["output"])
+    fields["usage"] = run_view.usage_view(row["usage"])
     return StepView(**fields)
 
 
@@ -208,11 +220,13 @@ def create_app(
     heartbeat_s: float = 15.0,
     dead_letters: Callable[[Principal], Awaitable[list[dict[str, Any]]]] | None = None,
     dlq: DlqSource | None = None,
+    traces: TraceSource | None = None,
 ) -> FastAPI:
     """The API over ``engine`` (the api's database); ``notify`` wakes the outbox relay,
     ``changes`` the live streams (the projection notifies the same one);
     ``dead_letters`` reads the DLQ summaries a principal may see, ``dlq`` a DLQ's
-    records (and replays them)."""
+    records (and replays them), ``traces`` the runs' traces (the local span store or
+    an OTLP backend's query API)."""
     from podium_api.routes_audit import audit_routes
     from podium_api.routes_dlq import dlq_routes
 
@@ -277,17 +291,21 @@ def create_app(
 
     @app.get("/v1/runs/{task_id}", tags=["runs"], responses={404: {"description": "no such run"}})
     def get_run(who: Viewer, task_id: str) -> RunDetail:
-        """One run with its input, output and steps."""
+        """One run with its input, output, usage and steps (a DAG: each step names the
+        steps it depends on; planned steps not begun yet are ``pending``)."""
         with engine.connect() as conn:
             found = queries.get_run(conn, who, task_id)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such run")
         run, steps = found
         return RunDetail(
-            **_summary_fields(run),
+            **(
+                _summary_fields(run)
+                | {"usage": run_view.run_usage(run["usage"], (s["usage"] for s in steps))}
+            ),
             input=run["input"],
             output=_unwrapped(run["output"]),
-            steps=[_step(s) for s in steps],
+            steps=[_step(s) for s in run_view.dag_steps(run["plan"], steps)],
         )
 
     @app.post(
@@ -418,4 +436,7 @@ def create_app(
 
     app.include_router(dlq_routes(engine, dlq))
     app.include_router(audit_routes(engine))
+    from podium_api import routes_run  # it imports this module's roles
+
+    app.include_router(routes_run.router(engine, traces))
     return app

@@ -16,6 +16,7 @@ from podium_api.migrations import HISTORY
 from podium_api.service import Commands
 from podium_api.settings import ApiSettings
 from podium_api.state import meta
+from podium_api.traces import trace_source
 from podium_shared import ServiceSpec, Settings, Topics
 from podium_shared.db import insert_ignore
 from podium_shared.migrations import open_database
@@ -62,6 +63,7 @@ def build(settings: Settings, api_settings: ApiSettings | None = None) -> Servic
                     changes=changes,
                     dead_letters=dead_letters.summaries,
                     dlq=dead_letters,
+                    traces=trace_source(settings.home, s.trace_url),
                 ),
                 s.host,
                 s.port,

@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from podium_api.state import counters, dead_letter_events, runs, steps
+from podium_api.state import counters, dead_letter_events, history, runs, steps
 from podium_contracts import (
     StepAbandoned,
     StepCompleted,
@@ -31,6 +31,7 @@ from podium_contracts import (
     TaskCancelRequested,
     TaskCompleted,
     TaskFailed,
+    TaskHistoryRecorded,
     TaskRejected,
     TaskSubmitted,
 )
@@ -229,7 +230,13 @@ def task_accepted(conn: Connection, e: TaskAccepted, at: float) -> None:
         e.task_id,
         min(at, accepted),
         ACCEPTED,
-        {"workflow": e.workflow, "workflow_version": e.workflow_version, "accepted_at": accepted},
+        {
+            "workflow": e.workflow,
+            "workflow_version": e.workflow_version,
+            "accepted_at": accepted,
+            # An accepted task from a router before plans were published has none.
+            "plan": [s.model_dump(mode="json") for s in e.steps] or None,
+        },
     )
 
 
@@ -393,3 +400,34 @@ def dead_lettered(
         "at": at,
     }
     conn.execute(dead_letter_events.insert(), row)
+
+
+_LAST_ENTRY = sa.select(sa.func.max(history.c.seq)).where(
+    history.c.task_id == sa.bindparam("task_id")
+)
+_ADD_ENTRY = history.insert()
+_DETAIL_FIELDS = ("attempt", "pool", "capability", "model", "workflow_version")
+
+
+def history_entry(e: TaskHistoryRecorded, seq: int) -> dict[str, Any]:
+    """The row of one history entry: its number in the task's history, and the fields
+    it has beyond what, why and what next in ``detail`` (those it tells)."""
+    detail = {k: getattr(e, k) for k in _DETAIL_FIELDS if getattr(e, k) is not None}
+    return {
+        "task_id": e.task_id,
+        "seq": seq,
+        "at": epoch(e.at),
+        "kind": e.kind,
+        "step_id": e.step_id,
+        "cause": e.cause,
+        "next_action": e.next,
+        "detail": detail,
+    }
+
+
+def task_history_recorded(conn: Connection, e: TaskHistoryRecorded, _at: float) -> None:
+    """Append the entry after the task's last: one topic, keyed by task, holds a task's
+    entries in the order the router wrote them, and the inbox drops redeliveries, so
+    the numbers are the same after a rebuild."""
+    last = conn.execute(_LAST_ENTRY, {"task_id": e.task_id}).scalar_one_or_none()
+    conn.execute(_ADD_ENTRY, history_entry(e, (last or 0) + 1))

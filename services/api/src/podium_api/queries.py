@@ -12,7 +12,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, RowMapping
 
-from podium_api.state import dead_letter_events, runs, steps
+from podium_api.state import dead_letter_events, history, runs, steps
 from podium_api.tokens import Principal
 
 
@@ -57,6 +57,10 @@ def visible(who: Principal) -> sa.ColumnElement[bool]:
     return runs.c.tenant.in_(who.tenants)
 
 
+# Columns only one run's page shows: a list or a stream of summaries leaves them out.
+_DETAIL_ONLY = frozenset({"input", "output", "plan"})
+
+
 def page_query(
     who: Principal, f: RunFilter, *, limit: int, cursor: str | None = None
 ) -> sa.Select[Any]:
@@ -80,7 +84,7 @@ def page_query(
         at, task_id = decode_cursor(cursor)
         # Row-value comparison: one index range on (created_at, task_id).
         where.append(sa.tuple_(runs.c.created_at, runs.c.task_id) < sa.tuple_(at, task_id))
-    columns = [c for c in runs.c if c.name not in ("input", "output")]
+    columns = [c for c in runs.c if c.name not in _DETAIL_ONLY]
     return (
         sa.select(*columns)
         .where(*where)
@@ -123,6 +127,25 @@ def get_run(
     return run, list(rows)
 
 
+def visible_run(conn: Connection, who: Principal, task_id: str) -> bool:
+    """Whether the run exists and the principal may see it."""
+    found = conn.execute(
+        sa.select(runs.c.task_id).where((runs.c.task_id == task_id) & visible(who))
+    ).first()
+    return found is not None
+
+
+def get_history(conn: Connection, who: Principal, task_id: str) -> list[RowMapping] | None:
+    """A run's history entries in the order the router wrote them; None when the run
+    is absent or not visible."""
+    if not visible_run(conn, who, task_id):
+        return None
+    rows = conn.execute(
+        sa.select(history).where(history.c.task_id == task_id).order_by(history.c.seq)
+    )
+    return list(rows.mappings().all())
+
+
 @dataclass(frozen=True, slots=True)
 class ChangeFilter:
     """What a live stream sends: runs of these (when given), of the principal's tenants."""
@@ -155,7 +178,7 @@ def changes_after(
         where.append(runs.c.workflow == f.workflow)
     if f.tenant is not None:
         where.append(runs.c.tenant == f.tenant)
-    columns = [c for c in runs.c if c.name not in ("input", "output")]
+    columns = [c for c in runs.c if c.name not in _DETAIL_ONLY]
     statement = sa.select(*columns).where(*where).order_by(runs.c.seq).limit(limit)
     return list(conn.execute(statement).mappings().all())
 

@@ -30,6 +30,8 @@ runs = sa.Table(
     sa.Column("usage", sa.JSON, nullable=True),
     sa.Column("dlq", sa.JSON, nullable=True),
     sa.Column("cancel_requested_at", sa.Float, nullable=True),
+    # The run's plan, from TaskAccepted: [{"step_id", "capability", "depends_on"}].
+    sa.Column("plan", sa.JSON, nullable=True),
     # The change sequence: each write of a run takes the next value of ``counters``
     # "runs", so a live stream resumes after the last change it sent (``/v1/events``).
     sa.Column("seq", sa.BigInteger, nullable=False, server_default="0"),
@@ -60,6 +62,22 @@ steps = sa.Table(
     sa.Column("usage", sa.JSON, nullable=True),
     sa.Column("retry_due_at", sa.Float, nullable=True),
     sa.Column("dlq", sa.JSON, nullable=True),
+)
+
+# The router's history of each task (TaskHistoryRecorded), numbered per task in the
+# order the task-events topic holds them (keyed by task: one partition, in order), so a
+# rebuild from the topics numbers them the same.
+history = sa.Table(
+    "history",
+    metadata,
+    sa.Column("task_id", sa.String(200), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("step_id", sa.String(200), nullable=True),
+    sa.Column("cause", sa.Text, nullable=False),
+    sa.Column("next_action", sa.Text, nullable=False),
+    sa.Column("detail", sa.JSON, nullable=False),  # attempt, pool, capability, model, ...
 )
 
 tokens = sa.Table(
