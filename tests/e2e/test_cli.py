@@ -9,11 +9,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
-from podium.stack import Stack
+from podium.stack import Stack, operator_token_file
 from podium_shared import EmbeddedBroker
+from tests.conftest import stack_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,8 +46,18 @@ def stack_env(stack: Stack) -> dict[str, str]:
     }
 
 
-def test_submit_wait_and_status(stack: Stack) -> None:
-    env, task_id = stack_env(stack), f"cli-{uuid.uuid4().hex[:8]}"
+@pytest.fixture(scope="module")
+def up_stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """As `podium up` runs it: the api too, its URL and an operator token under
+    PODIUM_HOME, where `podium status` finds them."""
+    home = tmp_path_factory.mktemp("podium-up")
+    with Stack(stack_settings(kafka_bootstrap, home), api=True) as s:
+        s.operator_token()
+        yield s
+
+
+async def test_submit_wait_and_status(up_stack: Stack) -> None:
+    env, task_id = stack_env(up_stack), f"cli-{uuid.uuid4().hex[:8]}"
     done = podium(
         "submit",
         "-w",
@@ -61,6 +74,15 @@ def test_submit_wait_and_status(stack: Stack) -> None:
     outcome = orjson.loads(done.stdout)
     assert outcome["status"] == "completed" and outcome["output"] == {"text": "from the cli"}
 
+    # `podium status` asks the api, whose projection hears the outcome after the CLI did.
+    token = operator_token_file(up_stack.settings.home).read_text().strip()
+    async with httpx.AsyncClient(base_url=up_stack.api_url, timeout=10) as api:
+
+        async def completed() -> bool:
+            r = await api.get(f"/v1/runs/{task_id}", headers={"Authorization": f"Bearer {token}"})
+            return r.status_code == 200 and r.json()["status"] == "completed"
+
+        await wait_until(completed, 60, f"the api seeing {task_id} completed")
     status = podium("status", task_id, "--json", env=env)
     assert status.returncode == 0, status.stderr
     info = orjson.loads(status.stdout)
@@ -108,10 +130,10 @@ def test_bad_arguments_get_one_clear_line_and_a_non_zero_exit(
     assert "Traceback" not in result.stderr
 
 
-def test_status_of_an_unknown_task_is_one_line(stack: Stack) -> None:
-    result = podium("status", "never-submitted", env=stack_env(stack))
+def test_status_of_an_unknown_task_is_one_line(up_stack: Stack) -> None:
+    result = podium("status", "never-submitted", env=stack_env(up_stack))
     assert result.returncode == 1
-    assert result.stderr == "podium: error: no task 'never-submitted'\n"
+    assert result.stderr == "podium: error: no such task 'never-submitted'\n"
 
 
 def test_bad_setting_is_one_line() -> None:

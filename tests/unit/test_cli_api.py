@@ -250,3 +250,15 @@ def test_dead_letters_read_as_the_cli_printed_them() -> None:
     assert views.find_topic(topics, "steps.default.v1.dlq", "p") == topics[0]
     assert views.find_topic(topics, "p.steps.default.v1.dlq", "p") == topics[0]
     assert views.find_topic(topics, "nope", "p") is None
+
+
+def test_a_stopped_stack_leaves_no_api_url_for_the_cli(tmp_path: Path) -> None:
+    from podium.stack import Stack
+    from podium_shared import Settings
+
+    stack = Stack(Settings(home=tmp_path), api=True, api_port=8780)
+    api_url_file(tmp_path).write_text(stack.api_url + "\n")
+    stack.stop()
+    assert not api_url_file(tmp_path).exists()
+    with pytest.raises(Unreachable):
+        resolve_target({}, tmp_path)
