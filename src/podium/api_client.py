@@ -141,13 +141,18 @@ class ApiClient:
         self,
         target: Target,
         *,
-        timeout: float = 30.0,
+        timeout: float = 120.0,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.target = target
         headers = {"Authorization": f"Bearer {target.token}"} if target.token else {}
+        # Long reads: the dead-letter summaries read every DLQ topic on each request;
+        # a connection that cannot be made is told in seconds.
         self._http = httpx.Client(
-            base_url=target.url, headers=headers, timeout=timeout, transport=transport
+            base_url=target.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10.0),
+            transport=transport,
         )
 
     def __enter__(self) -> ApiClient:

@@ -143,6 +143,13 @@ async def test_dlq_list_reads_the_summaries_from_the_api(stack: Stack, tmp_path:
     dlq = topics.dlq(topics.steps("default"))
     name = dlq.removeprefix(f"{stack.settings.topic_prefix}.")  # as operators type it
     token = make_token(stack, "viewer", "default")
+
+    async def dead_lettered() -> bool:
+        async with httpx.AsyncClient(base_url=stack.api_url, timeout=120) as api:
+            r = await api.get("/v1/dead-letters", headers={"Authorization": f"Bearer {token}"})
+        return any(t["topic"] == dlq and t["count"] for t in r.json()["topics"])
+
+    await wait_until(dead_lettered, 90, f"the record in {dlq}")
     env = remote(stack, token, tmp_path)
     listed = podium(stack, "dlq", "list", name, "--json", env=env)
     assert listed.returncode == 0, listed.stderr
