@@ -26,6 +26,11 @@ def cli_status(status: str) -> str:
     return _FROM_API.get(status, status)
 
 
+def iso(at: str | None) -> str | None:
+    """A time as the CLI printed it, ``+00:00`` rather than the api's ``Z``."""
+    return at[:-1] + "+00:00" if at and at.endswith("Z") else at
+
+
 def usage(u: dict[str, Any] | None) -> dict[str, Any]:
     """``{"cost_usd", "tokens"}`` from the api's usage (either naming of the tokens)."""
     u = u or {}
@@ -43,8 +48,8 @@ def run_summary(run: dict[str, Any]) -> dict[str, Any]:
         "workflow_version": run.get("workflow_version"),
         "status": cli_status(run["status"]),
         "tenant": run.get("tenant"),
-        "accepted_at": run.get("accepted_at"),
-        "finished_at": run.get("finished_at"),
+        "accepted_at": iso(run.get("accepted_at")),
+        "finished_at": iso(run.get("finished_at")),
         "usage": usage(run.get("usage")),
     }
 
@@ -105,7 +110,7 @@ def history_view(run: dict[str, Any], found: dict[str, Any]) -> dict[str, Any]:
         d = e.get("detail") or {}
         events.append(
             {
-                "at": e.get("at"),
+                "at": iso(e.get("at")),
                 "event": e.get("kind"),
                 "step_id": e.get("step"),
                 "attempt": d.get("attempt"),
@@ -173,7 +178,7 @@ def dlq_record(topic: str, r: dict[str, Any]) -> dict[str, Any]:
         "topic": topic,
         "partition": r.get("partition"),
         "offset": r.get("offset"),
-        "time": r.get("time"),
+        "time": iso(r.get("time")),
         "reason": r.get("reason") or h.get("podium-dlq-reason"),
         "error_type": r.get("error_type") or h.get("podium-dlq-error-type"),
         "error_class": h.get("podium-dlq-error-class"),
@@ -211,6 +216,11 @@ def replay_view(report: dict[str, Any]) -> dict[str, Any]:
         "replayed_records": replayed,
         "skipped_records": skipped,
     }
+
+
+def dlq_summary(s: dict[str, Any]) -> dict[str, Any]:
+    """A topic's summary as `podium dlq list` printed it."""
+    return s | {"oldest": iso(s.get("oldest")), "newest": iso(s.get("newest"))}
 
 
 def find_topic(summaries: list[dict[str, Any]], name: str, prefix: str) -> dict[str, Any] | None:

@@ -114,9 +114,9 @@ def list_(
 ) -> None:
     """The DLQ topics with their counts, oldest and newest, grouped by error (from the
     api: the records of the token's tenants)."""
-    from podium.api_views import find_topic
+    from podium.api_views import dlq_summary, find_topic
 
-    summaries = call_api(lambda api: api.dead_letters())
+    summaries = [dlq_summary(s) for s in call_api(lambda api: api.dead_letters())]
     if topic:
         one = find_topic(summaries, topic, load_settings().topic_prefix)
         if one is None:

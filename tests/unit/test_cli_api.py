@@ -163,7 +163,7 @@ RUN = {
 
 def test_a_run_reads_as_the_router_table_did() -> None:
     info = views.run_detail(RUN)
-    assert info["status"] == "running"
+    assert info["status"] == "running" and info["accepted_at"] == "2026-12-02T01:00:00+00:00"
     assert info["usage"] == {"cost_usd": 0.5, "tokens": 15}
     assert views.status_line(info) == (
         "t1 running workflow hello v1: echo retrying (echo@default, attempts 2)"
