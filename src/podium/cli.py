@@ -449,7 +449,13 @@ def cancel(
 ) -> None:
     """Ask the api to cancel a task (an operator token): the router stops dispatching
     and ends it as cancelled; the api records who asked."""
+    from podium_contracts import TaskCancelRequested
+
     del tenant  # kept so that scripts passing it still run
+    # A task id no run can have is a usage error, told before anything is asked.
+    validated(
+        lambda: TaskCancelRequested(task_id=task_id, reason=reason), "invalid cancel request: "
+    )
     call_api(lambda api: api.cancel(task_id, reason))
     emit(
         {"task_id": task_id, "status": "cancel requested"},

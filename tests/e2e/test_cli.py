@@ -142,6 +142,7 @@ def test_bad_setting_is_one_line() -> None:
 
 
 UNREACHABLE = "cannot connect to the Kafka broker at '{}' (PODIUM_KAFKA_BOOTSTRAP)"
+NO_API = "http://127.0.0.1:1"
 REFUSED_LOGIN = "refused the login: wrong user name or password? (check PODIUM_SASL_USERNAME"
 
 
@@ -157,8 +158,8 @@ def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> No
     [
         (["submit", "-w", "hello"], "127.0.0.1:1", UNREACHABLE.format("127.0.0.1:1")),
         (["submit", "-w", "hello"], "garbage!!", UNREACHABLE.format("garbage!!")),
-        (["cancel", "t-1"], "127.0.0.1:1", UNREACHABLE.format("127.0.0.1:1")),
-        (["dlq", "list"], "no-such-host.invalid:9092", "no-such-host.invalid:9092"),
+        (["cancel", "t-1"], "127.0.0.1:1", f"cannot reach the podium api at {NO_API}"),
+        (["dlq", "list"], "127.0.0.1:1", f"cannot reach the podium api at {NO_API}"),
         (["cancel", ""], "127.0.0.1:1", "task_id: String should have at least 1 character"),
         (["cancel", "x" * 10_000], "127.0.0.1:1", "task_id: String should have at most 200"),
         (
@@ -176,8 +177,8 @@ def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> No
     ids=[
         "unreachable",
         "garbage-bootstrap",
-        "cancel-unreachable",
-        "dlq-unresolvable",
+        "cancel-unreachable-api",
+        "dlq-list-unreachable-api",
         "cancel-empty-id",
         "cancel-10k-id",
         "since-overflow",
@@ -188,7 +189,8 @@ def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> No
 def test_hostile_input_gets_one_clear_line_and_exit_2(
     args: list[str], bootstrap: str, message: str
 ) -> None:
-    result = podium(*args, env={"PODIUM_KAFKA_BOOTSTRAP": bootstrap})
+    # cancel and dlq list ask the api: one that is not there.
+    result = podium(*args, env={"PODIUM_KAFKA_BOOTSTRAP": bootstrap, "PODIUM_API_URL": NO_API})
     one_clear_line(result, message)
 
 
@@ -207,7 +209,9 @@ def broker_with_logins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
-@pytest.mark.parametrize("args", [["submit", "-w", "hello"], ["dlq", "list"]])
+# A producer's login and (with --wait) a consumer's: dlq list, which read the topics,
+# asks the api now.
+@pytest.mark.parametrize("args", [["submit", "-w", "hello"], ["submit", "-w", "hello", "--wait"]])
 def test_a_refused_scram_login_says_so(
     broker_with_logins: str, mechanism: str, args: list[str]
 ) -> None:
