@@ -78,9 +78,17 @@ def task_trace(home: Path, task_id: str) -> dict[str, Any]:
             f"no spans for task {task_id} under {home / 'spans'} "
             "(tracing must be local: PODIUM_TRACING=local, the default without OTLP)"
         )
+    return shape(task_id, ids, spans)
+
+
+def shape(task_id: str, ids: list[str], spans: list[dict[str, Any]]) -> dict[str, Any]:
+    """The traces ``ids`` of ``spans`` (in the span files' shape) as `podium trace` has
+    them: each a tree with depths, offsets and durations."""
     traces = []
     for trace_id in ids:
         mine = [s for s in spans if s["trace_id"] == trace_id]
+        if not mine:
+            continue
         rows = _walk(build_tree(mine))
         t0 = min(n.start for _, n in rows)
         t1 = max(n.end for _, n in rows)
