@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
 from podium_api import projection, queries
+from podium_api.console_static import mount_console
 from podium_api.live import Changes, Stream
 from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
@@ -402,4 +403,5 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    mount_console(app)
     return app
