@@ -97,6 +97,12 @@ whenUnauthorized(() => {
   signInPage("The token was refused; sign in again.");
 });
 
+// The skip link's #main would be taken for a route: move the focus instead.
+document.querySelector(".skip-link").addEventListener("click", (ev) => {
+  ev.preventDefault();
+  main.focus();
+});
+
 signOut.addEventListener("click", () => {
   token.clear();
   location.hash = "#/sign-in";
