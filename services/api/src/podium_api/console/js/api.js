@@ -72,6 +72,7 @@ export class Live {
     this.lastId = null;
     this.abort = null;
     this.running = false;
+    this.generation = 0; // a stopped loop still winding down must not go on after a restart
   }
 
   on(fn) { this.listeners.add(fn); return () => this.listeners.delete(fn); }
@@ -81,7 +82,7 @@ export class Live {
   start() {
     if (this.running) return;
     this.running = true;
-    this.loop();
+    this.loop(++this.generation);
   }
 
   stop() {
@@ -91,19 +92,21 @@ export class Live {
     this.state("stopped");
   }
 
-  async loop() {
+  async loop(generation) {
     let delay = 500;
-    while (this.running) {
+    const current = () => this.running && this.generation === generation;
+    while (current()) {
       this.abort = new AbortController();
       try {
         const extra = this.lastId !== null ? { "Last-Event-ID": this.lastId } : {};
         const r = await fetch("/v1/events", { headers: headers(extra), signal: this.abort.signal });
-        if (r.status === 401) { this.running = false; onUnauthorized(new ApiError(401, "", "/v1/events")); break; }
+        if (r.status === 401) { this.stop(); onUnauthorized(new ApiError(401, "", "/v1/events")); break; }
         if (r.status === 400) this.lastId = null; // an id this server did not send: start afresh
         if (!r.ok || !r.body) throw new Error(`events: ${r.status}`);
         this.state("live");
         delay = 500;
         const parser = new SseParser((e) => {
+          if (!current()) return;
           if (e.id !== null) this.lastId = e.id;
           let data = e.data;
           try { data = JSON.parse(e.data); } catch { /* keep the text */ }
@@ -118,9 +121,9 @@ export class Live {
           parser.push(value);
         }
       } catch (err) {
-        if (!this.running) break;
+        if (!current()) break;
       }
-      if (!this.running) break;
+      if (!current()) break;
       this.state("reconnecting");
       await new Promise((resolve) => setTimeout(resolve, delay));
       delay = Math.min(delay * 2, 10000);

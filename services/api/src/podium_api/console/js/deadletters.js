@@ -196,6 +196,7 @@ export async function deadLettersPage(main) {
   function confirmReplay() {
     confirmText.textContent = `${selected.size} record${selected.size === 1 ? "" : "s"} of ${topic} will be sent back to ` +
       "the topic they failed on. Replay is idempotent: a record replayed before is skipped.";
+    dialog.returnValue = ""; // Escape keeps the last value: never replay on a stale "replay"
     dialog.showModal();
   }
 

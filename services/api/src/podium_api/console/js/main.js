@@ -17,8 +17,10 @@ const LIVE_TEXT = { live: "● live", reconnecting: "○ reconnecting…", stopp
 live.onState((s) => { liveState.textContent = LIVE_TEXT[s] ?? ""; });
 
 let leave = null; // the current page's clean-up (unsubscribe from live events)
+let active = false; // signed in: a 401 then means the token was revoked
 
 function signedIn(yes) {
+  active = yes;
   nav.hidden = !yes;
   signOut.hidden = !yes;
   if (yes) live.start(); else live.stop();
@@ -93,6 +95,7 @@ async function route() {
 }
 
 whenUnauthorized(() => {
+  if (!active) return; // the sign-in form says it itself
   token.clear();
   signInPage("The token was refused; sign in again.");
 });

@@ -14,6 +14,8 @@ export class SseParser {
     this.buffer += chunk;
     let nl;
     while ((nl = this.buffer.search(/\r\n|\r|\n/)) >= 0) {
+      // A "\r" at the very end may be the first half of a "\r\n" split across chunks.
+      if (nl === this.buffer.length - 1 && this.buffer[nl] === "\r") break;
       const line = this.buffer.slice(0, nl);
       const sep = this.buffer.startsWith("\r\n", nl) ? 2 : 1;
       this.buffer = this.buffer.slice(nl + sep);
