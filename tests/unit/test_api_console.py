@@ -41,6 +41,10 @@ async def test_the_root_redirects_to_the_console(client: httpx.AsyncClient) -> N
     r = await client.get("/")
     assert r.status_code == 307
     assert r.headers["location"] == "/console/"
+    # Without its slash the page's relative module paths would miss: redirected too.
+    bare = await client.get("/console")
+    assert bare.status_code in {307, 308}
+    assert bare.headers["location"].endswith("/console/")
 
 
 async def test_the_console_is_anonymous_html_with_a_strict_policy(
