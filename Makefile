@@ -41,7 +41,10 @@ PYPROJECTS := pyproject.toml contracts/pyproject.toml shared/pyproject.toml \
 	$(UV) sync --frozen --no-default-groups --package podium --inexact
 	@touch $@
 
+# Debian's chromium for the browser tests (tests/integration/test_console.py), installed
+# with apt when missing and we are root; elsewhere the script says why and those tests skip.
 setup: .venv/.synced $(K8S_TOOLS)
+	@bash infra/chromium/ensure.sh >/dev/null
 
 setup-run: .venv/.synced-run
 

@@ -20,6 +20,7 @@ from sqlalchemy.engine import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
 from podium_api import audit, projection, queries, run_view
+from podium_api.console_static import mount_console
 from podium_api.live import Changes, Stream
 from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
@@ -439,4 +440,5 @@ def create_app(
     from podium_api import routes_run  # it imports this module's roles
 
     app.include_router(routes_run.router(engine, traces))
+    mount_console(app)
     return app
