@@ -9,7 +9,7 @@ KUBE_SCORE_VERSION := v1.20.0
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export PODIUM_HOME ?= $(CURDIR)/.podium
 
-.PHONY: setup setup-run run up test test-kafka test-unit test-integration bench schemas topics lint typecheck clean
+.PHONY: setup setup-run run up test test-kafka test-unit test-integration bench bench-api schemas topics lint typecheck clean
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -89,6 +89,11 @@ test-integration: setup
 bench: setup
 	$(UV) run --no-sync podium bench --broker tansu --output docs/benchmarks.md --out-dir docs/bench
 	$(UV) run --no-sync podium bench --broker kafka --no-temporal --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
+
+# The api service's section alone (issue 17), rendered into docs/benchmarks.md beside
+# the figures of the last whole run.
+bench-api: setup
+	$(UV) run --no-sync podium bench --only api --broker tansu --output docs/benchmarks.md --out-dir docs/bench
 
 schemas: setup
 	$(UV) run python -m podium_contracts.schemas

@@ -596,6 +596,16 @@ def bench(
         int | None, typer.Option(min=1, help="tasks in flight in the throughput run (64)")
     ] = None,
     temporal: Annotated[bool, typer.Option(help="measure Temporal too")] = True,
+    api: Annotated[
+        bool, typer.Option(help="measure the api service too (reads, projection)")
+    ] = True,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="run one section alone and render the report again with it: api "
+            "(its figures replace the api's in OUT_DIR/results.json)"
+        ),
+    ] = None,
     profile: Annotated[
         bool | None, typer.Option(help="py-spy the services during a throughput run")
     ] = None,
@@ -619,8 +629,10 @@ def bench(
         fail("the bench is not installed: run `make bench`", EXIT_USAGE)
     from podium_bench.options import PeerOptions
     from podium_bench.report import strip_samples
-    from podium_bench.run import run_peer_bench
+    from podium_bench.run import run_api_only, run_peer_bench
 
+    if only not in (None, "api"):
+        fail(f"--only: no section {only!r}; choose api", EXIT_USAGE)
     opts = PeerOptions.quick() if quick else PeerOptions()
     chosen = {
         "repeat": repeat,
@@ -634,9 +646,16 @@ def bench(
         if value is not None:
             setattr(opts, key, value)
     opts.temporal = temporal
+    opts.api = api
     opts.output = Path(output) if output else None
     opts.out_dir = Path(out_dir)
-    results = run_peer_bench(with_broker(load_settings(), broker), opts)
+    settings = with_broker(load_settings(), broker)
+    if only == "api":
+        record = run_api_only(settings, opts)
+        text = opts.output.read_text() if opts.output else str(record["figures"]["api"]["targets"])
+        emit(strip_samples(record), as_json, text)
+        return
+    results = run_peer_bench(settings, opts)
     text = (
         opts.output.read_text()
         if opts.output

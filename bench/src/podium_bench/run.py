@@ -13,18 +13,21 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from podium_bench.api import api_section
 from podium_bench.machine import machine, versions
 from podium_bench.memory import memory_section
 from podium_bench.options import PeerOptions
 from podium_bench.podium_side import podium_side
 from podium_bench.recovery import recovery_drill
 from podium_bench.recovery_service import recovery_service_section
-from podium_bench.report import jsonable, write_outputs
+from podium_bench.report import jsonable, write_api_only, write_outputs
 from podium_bench.scaling import podium_scaling
 from podium_bench.targets import targets
 from podium_bench.temporal_side import temporal_side
 from podium_bench.tracing import tracing_tax
 from podium_shared import Settings
+
+API_STAGES = 5  # podium_bench.api's stages: reads on SQLite and PostgreSQL, three stack runs
 
 
 def run_peer_bench(
@@ -42,6 +45,7 @@ def run_peer_bench(
         + (1 + opts.repeat * (2 + 1 + len(opts.replicas)) if opts.temporal else 0)
         + 2 * opts.repeat  # the tracing tax: off and local
         + 3
+        + (API_STAGES if opts.api else 0)
     )
     results: dict[str, Any] = {"options": jsonable(asdict(opts)), "figures": {}}
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -75,6 +79,8 @@ def run_peer_bench(
         figures["memory"] = memory_section(opts)
         advance("recovery service section")
         figures["recovery_service"] = recovery_service_section(settings, opts)
+        if opts.api:
+            figures["api"] = api_section(settings, opts, advance)
         advance("plots and report")
         results["machine"] = machine(figures["podium"]["broker"])
         results["machine"]["load_average_at_start"] = load_at_start
@@ -84,3 +90,31 @@ def run_peer_bench(
         write_outputs(results, opts)
         progress.update(bar, completed=stages, description="done")
     return results
+
+
+def run_api_only(
+    settings: Settings, opts: PeerOptions, console: Console | None = None
+) -> dict[str, Any]:
+    """The api section alone (`podium bench --only api`): its figures go into the
+    results.json already in ``opts.out_dir`` (a new one when there is none), and the
+    report is rendered again from it, so the other sections keep their figures."""
+    console = console or Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("starting", total=API_STAGES)
+        first = True
+
+        def advance(what: str) -> None:
+            nonlocal first
+            progress.update(bar, description=what, advance=0 if first else 1)
+            first = False
+
+        section = api_section(settings, opts, advance)
+        progress.update(bar, completed=API_STAGES, description="done")
+    return write_api_only(section, opts)

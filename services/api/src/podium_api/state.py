@@ -42,6 +42,9 @@ sa.Index("ix_runs_created", runs.c.created_at, runs.c.task_id)
 sa.Index("ix_runs_tenant_created", runs.c.tenant, runs.c.created_at, runs.c.task_id)
 sa.Index("ix_runs_status_created", runs.c.status, runs.c.created_at, runs.c.task_id)
 sa.Index("ix_runs_workflow_created", runs.c.workflow, runs.c.created_at, runs.c.task_id)
+sa.Index("ix_runs_subject_created", runs.c.subject, runs.c.created_at, runs.c.task_id)
+# ``q`` (a substring of the task id) has an index of the ids' trigrams beside these,
+# dialect DDL rather than a model: migrations/versions/v0005_runs_search.py.
 sa.Index("ix_runs_seq", runs.c.seq)
 
 steps = sa.Table(
