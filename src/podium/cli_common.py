@@ -92,9 +92,11 @@ def kafka_settings() -> Settings:
     return settings
 
 
-# Commands whose endpoints are being added to the api on other branches of issue 17:
-# until those merge, these keep reading locally (the router's database, the span files,
-# the DLQ topics). The merger empties this set and deletes the local paths it guards.
+# Commands that still read locally (the router's database, the span files, the DLQ
+# topics) though the api now serves what they show: their api paths are written and
+# unit-tested (tests/unit/test_cli_api_pending.py), and switching them also means every
+# test stack that runs them starts the api. Emptying this set, then deleting the local
+# paths it guards and podium.status, is the next step of issue 17.
 LOCAL_UNTIL_MERGE = frozenset({"history", "trace", "dlq show", "dlq replay"})
 
 
