@@ -605,6 +605,13 @@ def bench(
         int | None, typer.Option(min=1, help="tasks in flight in the throughput run (64)")
     ] = None,
     temporal: Annotated[bool, typer.Option(help="measure Temporal too")] = True,
+    peers: Annotated[
+        str,
+        typer.Option(
+            help="the peers that run beside podium: temporal, restate, dbos (comma-separated), "
+            "all or none"
+        ),
+    ] = "all",
     profile: Annotated[
         bool | None, typer.Option(help="py-spy the services during a throughput run")
     ] = None,
@@ -627,6 +634,7 @@ def bench(
     if importlib.util.find_spec("podium_bench") is None:
         fail("the bench is not installed: run `make bench`", EXIT_USAGE)
     from podium_bench.options import PeerOptions
+    from podium_bench.peers import parse_peers
     from podium_bench.report import strip_samples
     from podium_bench.run import run_peer_bench
 
@@ -642,7 +650,11 @@ def bench(
     for key, value in chosen.items():
         if value is not None:
             setattr(opts, key, value)
-    opts.temporal = temporal
+    try:
+        opts.peers = tuple(p for p in parse_peers(peers) if temporal or p != "temporal")
+    except ValueError as exc:
+        fail(f"--peers: {exc}", EXIT_USAGE)
+    opts.temporal = "temporal" in opts.peers
     opts.output = Path(output) if output else None
     opts.out_dir = Path(out_dir)
     results = run_peer_bench(with_broker(load_settings(), broker), opts)

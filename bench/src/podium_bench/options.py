@@ -30,6 +30,8 @@ class PeerOptions:
     memory_recalls: int = 1_000
     memory_remembers: int = 5_000
     temporal: bool = True
+    # The durable-execution peers that run (podium_bench.peers.PEERS; `--peers`).
+    peers: tuple[str, ...] = ("temporal", "restate", "dbos")
     profile: bool = True
     output: Path | None = Path("docs/benchmarks.md")
     out_dir: Path = Path("docs/bench")
