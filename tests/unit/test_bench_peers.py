@@ -19,6 +19,7 @@ from podium_bench.peers import (
     peer_label,
 )
 from podium_bench.peers_report import SYSTEMS, peers_section, why_absent
+from podium_bench.targets import _ahead_of
 
 pytestmark = pytest.mark.unit
 
@@ -169,3 +170,15 @@ def test_a_system_from_an_older_results_json_has_no_one_in_flight_figure() -> No
 
 def test_every_system_says_what_it_persists() -> None:
     assert set(PERSISTS) == {key for key, _ in SYSTEMS}
+
+
+def test_podium_is_ahead_of_a_peer_only_when_faster_and_busier() -> None:
+    peer = _side(10.0, 90.0)
+    behind = _ahead_of("Restate", peer, one50=20.0, tput=333.0)
+    assert behind.met is False
+    assert behind.measured == "p50 20.0 vs 10.0 ms (2.00\u00d7); 333 vs 90 tasks/s (3.70\u00d7)"
+    assert _ahead_of("Restate", peer, one50=5.0, tput=333.0).met is True
+    assert _ahead_of("Restate", peer, one50=5.0, tput=50.0).met is False
+    missing = _ahead_of("DBOS", {"unavailable": "no npm"}, one50=5.0, tput=50.0)
+    assert missing.met is None
+    assert missing.measured == "DBOS not run: no npm"

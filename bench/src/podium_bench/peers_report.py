@@ -52,7 +52,9 @@ def peers_section(figures: dict[str, Any], options: dict[str, Any]) -> list[str]
         "(hypercorn), one `@DBOS.step` per step, on a PostgreSQL cluster the bench starts "
         "with the server's default durability; its CPU and RSS include every PostgreSQL "
         "process (RSS summed over them, so shared buffers count once per process). Each "
-        "figure is the median of the runs.\n"
+        "figure is the median of the runs. `podium bench --peers restate,dbos` chooses the "
+        "peers (all by default); one that cannot be installed or started is listed under "
+        "the table with the reason.\n"
     )
     versions = []
     if figures.get("restate", {}).get("version"):
