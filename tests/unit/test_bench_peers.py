@@ -14,6 +14,7 @@ from podium_bench.peers import (
     PEERS,
     PERSISTS,
     closed_one,
+    group_memory,
     merge_numbered,
     parse_peers,
     peer_label,
@@ -99,6 +100,21 @@ def test_numbered_processes_are_summed_under_one_label() -> None:
         {"postgresql": 1.0, "postgresql 2": 0.5, "postgresql 13": 0.25, "DBOS app (Python)": 2.0}
     )
     assert merged == {"postgresql": 1.75, "DBOS app (Python)": 2.0}
+
+
+def test_a_group_of_processes_counts_its_shared_memory_once() -> None:
+    sample = {
+        "postgresql": (150.0, 40.0),
+        "postgresql 2": (140.0, 12.5),
+        "postgresql 3": (130.0, None),  # no PSS: its RSS
+        "DBOS app (Python)": (100.0, None),
+        "restate server": (260.0, 250.0),  # a lone process: its RSS, as podium's are
+    }
+    assert group_memory(sample) == {
+        "postgresql": 182.5,
+        "DBOS app (Python)": 100.0,
+        "restate server": 260.0,
+    }
 
 
 async def test_closed_one_keeps_one_call_in_flight() -> None:

@@ -11,20 +11,23 @@ started is reported with the reason (``{"unavailable": ...}``), never dropped.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import socket
 import tempfile
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from podium_bench.drivers import Call, _throughput_run, closed_loop, measure_latency, warm
+from podium_bench.drivers import Call, closed_loop, measure_latency, warm
 from podium_bench.options import PeerOptions
+from podium_bench.processes import cpu_seconds
 from podium_bench.stats import median_of, summary
 
 PEERS = ("temporal", "restate", "dbos")
@@ -137,6 +140,75 @@ def merge_numbered(values: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def group_memory(sample: dict[str, tuple[float, float | None]]) -> dict[str, float]:
+    """One instant's memory (MiB) per process group, from {process: (RSS, PSS)}: a lone
+    process's RSS; for a group of several (PostgreSQL's, a process per connection) the
+    sum of their PSS, so the shared memory all of them map counts once (RSS if no PSS)."""
+    groups: dict[str, list[tuple[float, float | None]]] = {}
+    for key, value in sample.items():
+        m = _NUMBERED.match(key)
+        groups.setdefault(m.group(1) if m else key, []).append(value)
+    out = {}
+    for name, values in groups.items():
+        if len(values) == 1:
+            out[name] = values[0][0]
+        else:
+            out[name] = sum(pss if pss is not None else rss for rss, pss in values)
+    return out
+
+
+@contextlib.contextmanager
+def peak_memory(procs: dict[str, Any], every_s: float = 0.2) -> Iterator[dict[str, float]]:
+    """Sample the processes until the block ends; yields {group: peak MiB} (group_memory)."""
+    peaks: dict[str, float] = {}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            now: dict[str, tuple[float, float | None]] = {}
+            for name, p in procs.items():
+                with contextlib.suppress(psutil.Error):
+                    if _NUMBERED.match(name) or f"{name} 2" in procs:  # one of a group
+                        full = p.memory_full_info()
+                        pss = getattr(full, "pss", None)
+                        now[name] = (full.rss / 2**20, None if pss is None else pss / 2**20)
+                    else:
+                        now[name] = (p.memory_info().rss / 2**20, None)
+            for group, mib in group_memory(now).items():
+                peaks[group] = max(peaks.get(group, 0.0), mib)
+            stop.wait(every_s)
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        stop.set()
+        thread.join()
+
+
+async def _throughput_run(call: Call, opts: PeerOptions, procs: dict[str, Any]) -> dict[str, Any]:
+    """drivers._throughput_run for a peer: CPU summed per process group, memory by
+    ``peak_memory``."""
+    before = cpu_seconds(procs)
+    client_before = time.process_time()
+    with peak_memory(procs) as peaks:
+        done, elapsed = await closed_loop(call, opts.in_flight, opts.throughput_s)
+    after = cpu_seconds(procs)
+    client_cpu = time.process_time() - client_before
+    cpu = merge_numbered({k: after[k] - before[k] for k in after if k in before})
+    return {
+        "tasks": done,
+        "seconds": elapsed,
+        "tasks_per_s": done / elapsed,
+        "cpu_s_per_1000": sum(cpu.values()) / done * 1000 if done else 0.0,
+        "cpu_s_per_1000_by_process": {k: v / done * 1000 for k, v in cpu.items()} if done else {},
+        "client_cpu_s_per_1000": client_cpu / done * 1000 if done else 0.0,
+        "processes": len(procs),
+        "peak_rss_mib": dict(peaks),
+    }
+
+
 async def closed_one(call: Call, seconds: float) -> list[float]:
     """One task in flight for ``seconds``: the next starts when the last ends; each
     one's latency (ms)."""
@@ -170,11 +242,7 @@ async def measure_peer(
         # Open the connections the load needs before the processes are listed (PostgreSQL
         # starts a process per connection): a short run at full concurrency.
         await closed_loop(call, opts.in_flight, min(1.0, opts.throughput_s))
-        run = await _throughput_run(call, opts, peer_processes(peer))
-        run["cpu_s_per_1000_by_process"] = merge_numbered(run["cpu_s_per_1000_by_process"])
-        run["processes"] = len(run["peak_rss_mib"])
-        run["peak_rss_mib"] = merge_numbered(run["peak_rss_mib"])
-        runs.append(run)
+        runs.append(await _throughput_run(call, opts, peer_processes(peer)))
     scalar = median_of(
         [
             {k: float(v) for k, v in r.items() if isinstance(v, int | float) and k != "tasks"}
