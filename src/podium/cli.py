@@ -606,6 +606,13 @@ def bench(
             "(its figures replace the api's in OUT_DIR/results.json)"
         ),
     ] = None,
+    peers: Annotated[
+        str,
+        typer.Option(
+            help="the peers that run beside podium: temporal, restate, dbos (comma-separated), "
+            "all or none"
+        ),
+    ] = "all",
     profile: Annotated[
         bool | None, typer.Option(help="py-spy the services during a throughput run")
     ] = None,
@@ -628,6 +635,7 @@ def bench(
     if importlib.util.find_spec("podium_bench") is None:
         fail("the bench is not installed: run `make bench`", EXIT_USAGE)
     from podium_bench.options import PeerOptions
+    from podium_bench.peers import parse_peers
     from podium_bench.report import strip_samples
     from podium_bench.run import run_api_only, run_peer_bench
 
@@ -645,8 +653,12 @@ def bench(
     for key, value in chosen.items():
         if value is not None:
             setattr(opts, key, value)
-    opts.temporal = temporal
     opts.api = api
+    try:
+        opts.peers = tuple(p for p in parse_peers(peers) if temporal or p != "temporal")
+    except ValueError as exc:
+        fail(f"--peers: {exc}", EXIT_USAGE)
+    opts.temporal = "temporal" in opts.peers
     opts.output = Path(output) if output else None
     opts.out_dir = Path(out_dir)
     settings = with_broker(load_settings(), broker)

@@ -38,6 +38,8 @@ class PeerOptions:
     api_postgres: bool = True  # the reads and the projection on PostgreSQL too
     api_lag_every_s: float = 0.5
     temporal: bool = True
+    # The durable-execution peers that run (podium_bench.peers.PEERS; `--peers`).
+    peers: tuple[str, ...] = ("temporal", "restate", "dbos")
     profile: bool = True
     output: Path | None = Path("docs/benchmarks.md")
     out_dir: Path = Path("docs/bench")

@@ -10,6 +10,7 @@ from typing import Any
 from podium_bench import api_figures
 from podium_bench.baselines import hops
 from podium_bench.options import PeerOptions
+from podium_bench.peers_report import peers_section
 from podium_bench.plots import plots
 from podium_bench.stats import ratio
 
@@ -83,7 +84,7 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
     has_t = "latency" in t
     lines: list[str] = []
     add = lines.append
-    add("# Benchmarks: podium beside Temporal\n")
+    add("# Benchmarks: podium beside Temporal, Restate and DBOS\n")
     load0, load1 = (
         f"{m[k][0]:.1f}" if m.get(k) else "?"
         for k in ("load_average_at_start", "load_average_at_end")
@@ -244,6 +245,8 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
         )
     else:
         add(f"{tr['reason']}.\n")
+
+    lines.extend(peers_section(f, o))
 
     prof = p.get("profile")
     add("## What limits podium\n")

@@ -1,5 +1,5 @@
-"""`podium bench`: podium beside Temporal on the same machine in the same run
-(issue 8), every figure beside a baseline measured in that run. One module per
+"""`podium bench`: podium beside Temporal, Restate and DBOS on the same machine in the same run
+(issues 8 and 18), every figure beside a baseline measured in that run. One module per
 section; this one runs them in order and writes the outputs (podium_bench.report).
 """
 
@@ -17,6 +17,8 @@ from podium_bench.api import api_section
 from podium_bench.machine import machine, versions
 from podium_bench.memory import memory_section
 from podium_bench.options import PeerOptions
+from podium_bench.peers import peer_side
+from podium_bench.peers import stages as peer_stages
 from podium_bench.podium_side import podium_side
 from podium_bench.recovery import recovery_drill
 from podium_bench.recovery_service import recovery_service_section
@@ -36,13 +38,14 @@ def run_peer_bench(
     """Every figure, in one run; writes the report, results.json and the plots."""
     console = console or Console(stderr=True)
     stages = (
-        opts.repeat * (2 + 2 + 1)
+        opts.repeat * (2 + 2 + 1 + 1)
         + 1
         + (1 if opts.profile else 0)
         + opts.repeat
         + opts.repeat
         + opts.repeat  # the broker's own failover, beside each recovery drill
-        + (1 + opts.repeat * (2 + 1 + len(opts.replicas)) if opts.temporal else 0)
+        + (1 + opts.repeat * (2 + 1 + 1 + len(opts.replicas)) if opts.temporal else 0)
+        + sum(peer_stages(opts) for p in ("restate", "dbos") if p in opts.peers)
         + 2 * opts.repeat  # the tracing tax: off and local
         + 3
         + (API_STAGES if opts.api else 0)
@@ -71,7 +74,13 @@ def run_peer_bench(
         if opts.temporal:
             figures["temporal"] = temporal_side(opts, advance)
         else:
-            figures["temporal"] = {"skipped": "--no-temporal"}
+            figures["temporal"] = {"skipped": "not chosen (`--peers`, `--no-temporal`)"}
+        for peer in ("restate", "dbos"):
+            figures[peer] = (
+                peer_side(peer, opts, advance)
+                if peer in opts.peers
+                else {"skipped": "not chosen (`--peers`)"}
+            )
         figures["podium"]["scaling"] = podium_scaling(settings, opts, advance)
         figures["recovery"] = recovery_drill(settings, opts, advance)
         figures["tracing"] = tracing_tax(settings, opts, advance)
