@@ -22,6 +22,7 @@ router reads each ingress topic (and writes its DLQ) and writes each outcome top
 ``api``, the operators' API service (issue 17), reads what its channels say (the run's
 story: tasks, task events, step results and failures) with a group per database, writes
 tasks, and reads each DLQ to list dead letters. It writes no DLQ and no other topic.
+It may Describe the pools' consumer groups (members, committed offsets: lag).
 
 ``operator`` (the CLI and ``podium up``) may do anything to topics and groups under
 the prefix and create topics; it is the principal a human uses, not a service.
@@ -189,6 +190,7 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
         topic("router", topics.dlq(ingress), Operation.WRITE)
         topic("router", events, Operation.WRITE)
     out.update(_api(topics, pools))
+    out.update(_api_pools(topics))
     op = "operator"
     topic(op, f"{prefix}.", Operation.ALL, Pattern.PREFIXED)
     out.add(Acl(op, Resource.GROUP, prefix, Pattern.PREFIXED, Operation.ALL))
@@ -207,6 +209,22 @@ def _api(topics: Topics, pools: tuple[str, ...]) -> list[Acl]:
     return [
         Acl(API, Resource.TOPIC, topics.dlq(name), Pattern.LITERAL, Operation.READ)
         for name in sources
+    ]
+
+
+def _api_pools(topics: Topics) -> list[Acl]:
+    """Describe on the groups that consume the pools' step topics (every executor
+    pool's, under a prefix, and memory's): ``GET /v1/pools`` shows their members and
+    committed offsets. Describe shows a group, never joins or commits for it."""
+    return [
+        Acl(
+            API,
+            Resource.GROUP,
+            topics.group("executor") + "-",
+            Pattern.PREFIXED,
+            Operation.DESCRIBE,
+        ),
+        Acl(API, Resource.GROUP, topics.group("memory"), Pattern.LITERAL, Operation.DESCRIBE),
     ]
 
 

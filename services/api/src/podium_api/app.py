@@ -402,4 +402,7 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    from podium_api import routes_pools  # imports this module's auth dependencies
+
+    app.include_router(routes_pools.router)
     return app
