@@ -224,3 +224,15 @@ async def test_without_a_pool_reader_pools_are_503(engine: Engine) -> None:
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://api") as c:
         r = await c.get("/v1/pools", headers=token(engine, "viewer", "*"))
     assert r.status_code == 503
+
+
+async def test_what_schemathesis_found_in_submit(client: httpx.AsyncClient, engine: Engine) -> None:
+    """A task id beyond latin-1 broke the Location header (a 500); a workflow version
+    below 1 passed the API's schema and failed the contract's (documented 422 now)."""
+    h = token(engine, "submitter", "acme")
+    r = await client.post("/v1/tasks", json={"task_id": "ĀĀ/1", "workflow": "hello"}, headers=h)
+    assert r.status_code == 202, r.text
+    assert r.headers["location"] == "/v1/runs/%C4%80%C4%80%2F1" == r.json()["location"]
+    body = {"task_id": "v0", "workflow": "hello", "workflow_version": 0}
+    r = await client.post("/v1/tasks", json=body, headers=h)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "workflow_version"]

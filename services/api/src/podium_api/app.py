@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
+from urllib.parse import quote
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
@@ -24,6 +25,7 @@ from podium_api.live import Changes, Stream
 from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
 from podium_contracts import Budget, TaskSubmitted
+from podium_contracts.models import INT32_MAX, INT32_MIN
 
 VERSION = "0.1.0"
 
@@ -78,11 +80,12 @@ class SubmitRequest(BaseModel):
 
     task_id: str = Field(min_length=1, max_length=200, description="idempotency key")
     workflow: str = Field(min_length=1, max_length=200)
-    workflow_version: int | None = None
+    # TaskSubmitted's bounds, stated here too so the OpenAPI document tells them.
+    workflow_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
     input: dict[str, Any] = Field(default_factory=dict)
     tenant: str | None = Field(default=None, min_length=1, max_length=200)
     subject: str | None = Field(default=None, max_length=200)
-    priority: int = 0
+    priority: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
     deadline: datetime | None = None
     budget: Budget = Field(default_factory=Budget)
     metadata: dict[str, Any] = Field(default_factory=dict)
@@ -233,7 +236,9 @@ def create_app(
         """Anonymous: the process serves HTTP."""
         return Health(status="ok")
 
-    @app.get("/v1/runs", tags=["runs"])
+    @app.get(
+        "/v1/runs", tags=["runs"], responses={400: {"description": "not a cursor of this API"}}
+    )
     def list_runs(
         who: Viewer,
         status_: Annotated[str | None, Query(alias="status")] = None,
@@ -315,7 +320,8 @@ def create_app(
         if outcome is Submitted.PUBLISHED:
             notify()
             live.notify()
-        location = f"/v1/runs/{task.task_id}"
+        # Percent-encoded: a task id may hold any character, a header only latin-1.
+        location = f"/v1/runs/{quote(task.task_id, safe='')}"
         response.headers["Location"] = location
         return Accepted(task_id=task.task_id, status=outcome.value, location=location)
 

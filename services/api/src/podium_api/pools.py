@@ -160,16 +160,18 @@ class Pools:
             live = live_reports(reports, now or datetime.now(UTC))
             groups = {p: group_of(topics, p) for p in pools}
             members = await _members(admin, list(groups.values()))
+            parts = {pool: await _partitions(consumer, topic) for pool, topic in pools.items()}
+            every = [tp for tps in parts.values() for tp in tps]
+            begins = await consumer.beginning_offsets(every) if every else {}
+            ends = await _true_ends(consumer, every)
             out = []
             for pool, topic in sorted(pools.items()):
-                tps = await _partitions(consumer, topic)
-                begins = await consumer.beginning_offsets(tps)
-                ends = await consumer.end_offsets(tps)
+                tps = parts[pool]
                 committed = await _committed(admin, groups[pool], tps)
                 lag = partition_lag(
                     committed,
-                    {tp.partition: o for tp, o in begins.items()},
-                    {tp.partition: o for tp, o in ends.items()},
+                    {tp.partition: begins[tp] for tp in tps},
+                    {tp.partition: ends[tp] for tp in tps},
                 )
                 out.append(
                     pool_view(pool, topic, members.get(groups[pool], []), lag, live.get(pool, []))
@@ -193,6 +195,26 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicParti
         if not parts:
             await asyncio.sleep(0.1)
     return [TopicPartition(topic, p) for p in sorted(parts or ())]
+
+
+async def _true_ends(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The end offsets of ``tps``. Tansu 0.6 answers with the base offset of each
+    partition's last batch, so a lag computed from it misses that batch: fetch from
+    the reported end once and count what is still there (on Kafka nothing is)."""
+    if not tps:
+        return {}
+    ends: dict[TopicPartition, int] = dict(await consumer.end_offsets(tps))
+    consumer.assign(tps)
+    for tp in tps:
+        consumer.seek(tp, ends[tp])
+    batches = await consumer.getmany(*tps, timeout_ms=200)
+    for tp, recs in batches.items():
+        if recs:
+            ends[tp] = max(ends[tp], recs[-1].offset + 1)
+    consumer.unsubscribe()
+    return ends
 
 
 async def _members(admin: Any, groups: list[str]) -> dict[str, list[dict[str, str]]]:
