@@ -31,6 +31,7 @@ from podium_contracts import BreakerStatus, PoolStatusReported, RateLimitStatus
 from podium_executor.breaker import Breakers, State
 from podium_executor.status import status_report
 from podium_shared import Topics
+from podium_shared.acls import Operation, Pattern, Resource, acls
 from podium_shared.migrations import open_database
 from tests.conftest import REPO
 
@@ -236,3 +237,24 @@ async def test_what_schemathesis_found_in_submit(client: httpx.AsyncClient, engi
     body = {"task_id": "v0", "workflow": "hello", "workflow_version": 0}
     r = await client.post("/v1/tasks", json=body, headers=h)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "workflow_version"]
+
+
+def test_the_api_may_describe_the_pools_groups_and_read_their_reports() -> None:
+    def allowed(user: str, op: Operation, resource: Resource, name: str) -> bool:
+        return any(
+            a.principal == user
+            and a.operation in (op, Operation.ALL)
+            and a.resource is resource
+            and (name == a.name if a.pattern is Pattern.LITERAL else name.startswith(a.name))
+            for a in acls("podium", ("default", "gpu"))
+        )
+
+    G, T = Resource.GROUP, Resource.TOPIC
+    for group in ("podium-executor-default", "podium-executor-gpu", "podium-memory"):
+        assert allowed("api", Operation.DESCRIBE, G, group), group
+        assert not allowed("api", Operation.READ, G, group), group  # never joins them
+    assert not allowed("api", Operation.DESCRIBE, G, "podium-router")
+    assert allowed("api", Operation.READ, T, "podium.pool-status.v1")
+    assert not allowed("api", Operation.WRITE, T, "podium.pool-status.v1")
+    for executor in ("executor-default", "executor-gpu"):
+        assert allowed(executor, Operation.WRITE, T, "podium.pool-status.v1"), executor
