@@ -219,13 +219,13 @@ async def _true_ends(
 
 async def _members(admin: Any, groups: list[str]) -> dict[str, list[dict[str, str]]]:
     out: dict[str, list[dict[str, str]]] = {}
-    if not groups:
-        return out
-    for response in await admin.describe_consumer_groups(groups):
-        for group in response.to_object()["groups"]:
+    # One group per request: Tansu 0.6 garbles every group after the first in a
+    # DescribeGroups answer (the second's fields shifted by one).
+    for name in groups:
+        for group in await _describe(admin, name):
             if group["error_code"]:
-                raise for_code(group["error_code"])(f"describing group {group['group']}")
-            out[group["group"]] = [
+                raise for_code(group["error_code"])(f"describing group {name}")
+            out[name] = [
                 {
                     # Tansu leaves client_id empty; its member id starts with it.
                     "member_id": m["member_id"],
@@ -235,6 +235,13 @@ async def _members(admin: Any, groups: list[str]) -> dict[str, list[dict[str, st
                 for m in group["members"]
             ]
     return out
+
+
+async def _describe(admin: Any, group: str) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = []
+    for response in await admin.describe_consumer_groups([group]):
+        found += response.to_object()["groups"]
+    return found
 
 
 async def _committed(admin: Any, group: str, tps: list[TopicPartition]) -> dict[int, int | None]:
