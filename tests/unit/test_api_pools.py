@@ -237,6 +237,9 @@ async def test_what_schemathesis_found_in_submit(client: httpx.AsyncClient, engi
     body = {"task_id": "v0", "workflow": "hello", "workflow_version": 0}
     r = await client.post("/v1/tasks", json=body, headers=h)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "workflow_version"]
+    body = {"task_id": "big", "workflow": "hello", "input": {"n": 2**64}}
+    r = await client.post("/v1/tasks", json=body, headers=h)  # was a 500: orjson refused it
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input"]
 
 
 def test_the_api_may_describe_the_pools_groups_and_read_their_reports() -> None:

@@ -13,10 +13,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 from urllib.parse import quote
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.engine import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
@@ -89,6 +90,17 @@ class SubmitRequest(BaseModel):
     deadline: datetime | None = None
     budget: Budget = Field(default_factory=Budget)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("input", "metadata")
+    @classmethod
+    def _encodable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The message is encoded with orjson: an integer beyond 64 bits (or nesting
+        # deeper than it goes) is a 422 here, not a 500 when it is published.
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"not JSON a message can carry: {exc}") from exc
+        return value
 
 
 class Accepted(BaseModel):
