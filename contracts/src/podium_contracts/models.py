@@ -429,6 +429,42 @@ class TaskHistoryRecorded(Contract):
     next: str = Field(default="", description="what happens next, when it is known")
 
 
+class BreakerStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    state: Literal["closed", "open", "half_open"]
+    failures: int = Field(default=0, ge=0, description="consecutive provider failures")
+    retry_in_s: float | None = Field(
+        default=None, ge=0, description="open: seconds until the next trial call"
+    )
+
+
+class RateLimitStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    per_s: float | None = Field(
+        default=None, gt=0, description="capability calls/s of the whole pool; None: unlimited"
+    )
+    burst: int | None = Field(default=None, ge=1)
+
+
+class PoolStatusReported(Contract):
+    """One executor replica's state, reported every few seconds: its circuit breakers
+    and its pool's rate limit (state that lives only in the replica's memory)."""
+
+    CE_TYPE: ClassVar[str] = "podium.pool.status-reported.v1"
+
+    pool: str = Field(min_length=1, max_length=200)
+    replica: str = Field(min_length=1, max_length=400, description="host and instance")
+    concurrency: int = Field(ge=1, description="steps in flight at most")
+    breakers: dict[str, BreakerStatus] = Field(
+        default_factory=dict, description="by provider; providers never called are absent"
+    )
+    rate_limit: RateLimitStatus = Field(default_factory=RateLimitStatus)
+    interval_s: float = Field(gt=0, description="the next report comes within this")
+    reported_at: datetime
+
+
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskSubmitted,
     TaskAccepted,
@@ -443,4 +479,5 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskCancelled,
     StepRetryScheduled,
     TaskHistoryRecorded,
+    PoolStatusReported,
 )

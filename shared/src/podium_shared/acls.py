@@ -23,6 +23,7 @@ router reads each ingress topic (and writes its DLQ) and writes each outcome top
 story: tasks, task events, step results and failures) with a group per database, writes
 tasks, reads each DLQ to list dead letters, and writes each DLQ's source topic to replay
 them (``POST /v1/dead-letters/{topic}/replay``, operators' tokens only). It writes no DLQ.
+It may Describe the pools' consumer groups (members, committed offsets: lag).
 
 ``operator`` (the CLI and ``podium up``) may do anything to topics and groups under
 the prefix and create topics; it is the principal a human uses, not a service.
@@ -190,6 +191,7 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
         topic("router", topics.dlq(ingress), Operation.WRITE)
         topic("router", events, Operation.WRITE)
     out.update(_api(topics, pools))
+    out.update(_api_pools(topics))
     op = "operator"
     topic(op, f"{prefix}.", Operation.ALL, Pattern.PREFIXED)
     out.add(Acl(op, Resource.GROUP, prefix, Pattern.PREFIXED, Operation.ALL))
@@ -211,6 +213,22 @@ def _api(topics: Topics, pools: tuple[str, ...]) -> list[Acl]:
         out.append(Acl(API, Resource.TOPIC, topics.dlq(name), Pattern.LITERAL, Operation.READ))
         out.append(Acl(API, Resource.TOPIC, name, Pattern.LITERAL, Operation.WRITE))
     return out
+
+
+def _api_pools(topics: Topics) -> list[Acl]:
+    """Describe on the groups that consume the pools' step topics (every executor
+    pool's, under a prefix, and memory's): ``GET /v1/pools`` shows their members and
+    committed offsets. Describe shows a group, never joins or commits for it."""
+    return [
+        Acl(
+            API,
+            Resource.GROUP,
+            topics.group("executor") + "-",
+            Pattern.PREFIXED,
+            Operation.DESCRIBE,
+        ),
+        Acl(API, Resource.GROUP, topics.group("memory"), Pattern.LITERAL, Operation.DESCRIBE),
+    ]
 
 
 async def apply(options: dict[str, Any], entries: list[Acl]) -> None:

@@ -11,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.engine import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
@@ -26,6 +28,7 @@ from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
 from podium_api.traces import TraceSource
 from podium_contracts import Budget, TaskSubmitted
+from podium_contracts.models import INT32_MAX, INT32_MIN
 
 if TYPE_CHECKING:  # the routes' modules import this one (its roles)
     from podium_api.routes_dlq import DlqSource
@@ -92,14 +95,26 @@ class SubmitRequest(BaseModel):
 
     task_id: str = Field(min_length=1, max_length=200, description="idempotency key")
     workflow: str = Field(min_length=1, max_length=200)
-    workflow_version: int | None = None
+    # TaskSubmitted's bounds, stated here too so the OpenAPI document tells them.
+    workflow_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
     input: dict[str, Any] = Field(default_factory=dict)
     tenant: str | None = Field(default=None, min_length=1, max_length=200)
     subject: str | None = Field(default=None, max_length=200)
-    priority: int = 0
+    priority: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
     deadline: datetime | None = None
     budget: Budget = Field(default_factory=Budget)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("input", "metadata")
+    @classmethod
+    def _encodable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The message is encoded with orjson: an integer beyond 64 bits (or nesting
+        # deeper than it goes) is a 422 here, not a 500 when it is published.
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"not JSON a message can carry: {exc}") from exc
+        return value
 
 
 class Accepted(BaseModel):
@@ -256,7 +271,9 @@ def create_app(
         """Anonymous: the process serves HTTP."""
         return Health(status="ok")
 
-    @app.get("/v1/runs", tags=["runs"])
+    @app.get(
+        "/v1/runs", tags=["runs"], responses={400: {"description": "not a cursor of this API"}}
+    )
     def list_runs(
         who: Viewer,
         status_: Annotated[str | None, Query(alias="status")] = None,
@@ -342,7 +359,8 @@ def create_app(
         if outcome is Submitted.PUBLISHED:
             notify()
             live.notify()
-        location = f"/v1/runs/{task.task_id}"
+        # Percent-encoded: a task id may hold any character, a header only latin-1.
+        location = f"/v1/runs/{quote(task.task_id, safe='')}"
         response.headers["Location"] = location
         return Accepted(task_id=task.task_id, status=outcome.value, location=location)
 
@@ -441,4 +459,7 @@ def create_app(
 
     app.include_router(routes_run.router(engine, traces))
     mount_console(app)
+    from podium_api import routes_pools  # imports this module's auth dependencies
+
+    app.include_router(routes_pools.router)
     return app
