@@ -90,6 +90,7 @@ def test_each_service_has_its_own_principal_and_a_private_password_file(
         "recovery": "recovery",
         "executor-default-0": "executor-default",
         "executor-backup-1": "executor-backup",  # the stack numbers executors across pools
+        "api": "api",
     }
     for user in [*users.values(), "operator"]:
         path = password_file(secure_stack.settings.home, user)
