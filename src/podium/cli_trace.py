@@ -2,28 +2,47 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from podium.cli_common import JsonFlag, fail, load_settings, print_json
+from podium.cli_common import LOCAL_UNTIL_MERGE, JsonFlag, call_api, fail, load_settings, print_json
 
 
 def trace_command(
     task_id: Annotated[str, typer.Argument(help="the task whose trace to draw")],
     as_json: JsonFlag = False,
 ) -> None:
-    """Draw a task's trace across services, from the spans kept under PODIUM_HOME."""
+    """Draw a task's trace across services (from the api; the spans it reads from the
+    local span store or the OTLP backend)."""
     from rich.console import Console
 
-    from podium.trace import TraceNotFound, render, task_trace
+    from podium.trace import render
 
-    settings = load_settings()
-    try:
-        data = task_trace(settings.home, task_id)
-    except TraceNotFound as exc:
-        fail(str(exc))
+    data = _local(task_id) if "trace" in LOCAL_UNTIL_MERGE else _from_api(task_id)
     if as_json:
         print_json(data)
         return
     render(data, Console(width=max(Console().width, 140)))
+
+
+def _from_api(task_id: str) -> dict[str, Any]:
+    from podium import api_views as views
+    from podium.trace import shape
+
+    found = call_api(lambda api: api.trace(task_id))
+    ids, spans = views.trace_spans(found)
+    data = shape(task_id, ids, spans)
+    if not data["traces"]:
+        fail(f"no spans for task {task_id} (source: {found.get('source', '?')})")
+    return data
+
+
+def _local(task_id: str) -> dict[str, Any]:
+    """The span files under PODIUM_HOME: until the api's trace endpoint merges."""
+    from podium.trace import TraceNotFound, task_trace
+
+    try:
+        return task_trace(load_settings().home, task_id)
+    except TraceNotFound as exc:
+        fail(str(exc))

@@ -20,6 +20,8 @@ from types import TracebackType
 
 from pydantic import SecretStr
 
+from podium.api_client import api_url_file as api_url_file
+from podium.api_client import operator_token_file as operator_token_file
 from podium_shared import EmbeddedBroker, Settings, Topics, acls
 from podium_shared.acls import principal, tenant_principal
 from podium_shared.aio import run_sync
@@ -85,10 +87,6 @@ def secure_local(
 
 def password_file(home: Path, user: str) -> Path:
     return home / "secrets" / f"{user}.password"
-
-
-def operator_token_file(home: Path) -> Path:
-    return home / "secrets" / "operator.token"
 
 
 def api_port(configured: str | None) -> int:
@@ -246,6 +244,8 @@ class Stack:
             self.wait_ready(timeout_s)
             if self.api:
                 self.wait_api(max(5.0, timeout_s))
+                # Where the CLI finds it when PODIUM_API_URL is unset (removed by stop()).
+                api_url_file(self.settings.home).write_text(self.api_url + "\n")
         except BaseException:
             self.stop()
             raise
@@ -491,6 +491,8 @@ class Stack:
             p.proc.wait(30)
 
     def stop(self) -> None:
+        if self.api:  # the CLI must not call a stopped stack's api
+            api_url_file(self.settings.home).unlink(missing_ok=True)
         for p in self.processes:
             if p.proc.poll() is None:
                 p.proc.send_signal(signal.SIGTERM)

@@ -12,12 +12,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-TASK_ATTR = "podium.task_id"
+# The reading of the span store lives in podium_shared (the api reads it too); its
+# names stay importable from here.
+from podium_shared.spans import TASK_ATTR as TASK_ATTR
+from podium_shared.spans import load_spans as load_spans
+from podium_shared.spans import trace_ids_of as trace_ids_of
+
 BAR_WIDTH = 40
 SERVICE_STYLES = {
     "router": "cyan",
@@ -43,29 +47,6 @@ class SpanNode:
     @property
     def end(self) -> int:
         return int(self.raw.get("end_ns") or self.raw["start_ns"])
-
-
-def load_spans(home: Path) -> list[dict[str, Any]]:
-    """Every span in the files under ``home/spans`` (a torn last line is skipped)."""
-    out = []
-    for path in sorted((home / "spans").glob("*.jsonl")):
-        for line in path.read_bytes().splitlines():
-            try:
-                span = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(span, dict) and span.get("trace_id") and span.get("start_ns"):
-                out.append(span)
-    return out
-
-
-def trace_ids_of(spans: list[dict[str, Any]], task_id: str) -> list[str]:
-    """The trace ids holding a span of this task, earliest first."""
-    first: dict[str, int] = {}
-    for s in spans:
-        if (s.get("attributes") or {}).get(TASK_ATTR) == task_id:
-            first[s["trace_id"]] = min(first.get(s["trace_id"], s["start_ns"]), s["start_ns"])
-    return sorted(first, key=first.__getitem__)
 
 
 def build_tree(spans: list[dict[str, Any]]) -> list[SpanNode]:
@@ -97,9 +78,17 @@ def task_trace(home: Path, task_id: str) -> dict[str, Any]:
             f"no spans for task {task_id} under {home / 'spans'} "
             "(tracing must be local: PODIUM_TRACING=local, the default without OTLP)"
         )
+    return shape(task_id, ids, spans)
+
+
+def shape(task_id: str, ids: list[str], spans: list[dict[str, Any]]) -> dict[str, Any]:
+    """The traces ``ids`` of ``spans`` (in the span files' shape) as `podium trace` has
+    them: each a tree with depths, offsets and durations."""
     traces = []
     for trace_id in ids:
         mine = [s for s in spans if s["trace_id"] == trace_id]
+        if not mine:
+            continue
         rows = _walk(build_tree(mine))
         t0 = min(n.start for _, n in rows)
         t1 = max(n.end for _, n in rows)

@@ -9,11 +9,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import orjson
 import pytest
 
-from podium.stack import Stack
+from podium.stack import Stack, operator_token_file
 from podium_shared import EmbeddedBroker
+from tests.conftest import stack_settings
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -43,8 +46,18 @@ def stack_env(stack: Stack) -> dict[str, str]:
     }
 
 
-def test_submit_wait_and_status(stack: Stack) -> None:
-    env, task_id = stack_env(stack), f"cli-{uuid.uuid4().hex[:8]}"
+@pytest.fixture(scope="module")
+def up_stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """As `podium up` runs it: the api too, its URL and an operator token under
+    PODIUM_HOME, where `podium status` finds them."""
+    home = tmp_path_factory.mktemp("podium-up")
+    with Stack(stack_settings(kafka_bootstrap, home), api=True) as s:
+        s.operator_token()
+        yield s
+
+
+async def test_submit_wait_and_status(up_stack: Stack) -> None:
+    env, task_id = stack_env(up_stack), f"cli-{uuid.uuid4().hex[:8]}"
     done = podium(
         "submit",
         "-w",
@@ -61,6 +74,15 @@ def test_submit_wait_and_status(stack: Stack) -> None:
     outcome = orjson.loads(done.stdout)
     assert outcome["status"] == "completed" and outcome["output"] == {"text": "from the cli"}
 
+    # `podium status` asks the api, whose projection hears the outcome after the CLI did.
+    token = operator_token_file(up_stack.settings.home).read_text().strip()
+    async with httpx.AsyncClient(base_url=up_stack.api_url, timeout=10) as api:
+
+        async def completed() -> bool:
+            r = await api.get(f"/v1/runs/{task_id}", headers={"Authorization": f"Bearer {token}"})
+            return r.status_code == 200 and r.json()["status"] == "completed"
+
+        await wait_until(completed, 60, f"the api seeing {task_id} completed")
     status = podium("status", task_id, "--json", env=env)
     assert status.returncode == 0, status.stderr
     info = orjson.loads(status.stdout)
@@ -108,10 +130,10 @@ def test_bad_arguments_get_one_clear_line_and_a_non_zero_exit(
     assert "Traceback" not in result.stderr
 
 
-def test_status_of_an_unknown_task_is_one_line(stack: Stack) -> None:
-    result = podium("status", "never-submitted", env=stack_env(stack))
+def test_status_of_an_unknown_task_is_one_line(up_stack: Stack) -> None:
+    result = podium("status", "never-submitted", env=stack_env(up_stack))
     assert result.returncode == 1
-    assert result.stderr == "podium: error: no task 'never-submitted'\n"
+    assert result.stderr == "podium: error: no such task 'never-submitted'\n"
 
 
 def test_bad_setting_is_one_line() -> None:
@@ -120,6 +142,7 @@ def test_bad_setting_is_one_line() -> None:
 
 
 UNREACHABLE = "cannot connect to the Kafka broker at '{}' (PODIUM_KAFKA_BOOTSTRAP)"
+NO_API = "http://127.0.0.1:1"
 REFUSED_LOGIN = "refused the login: wrong user name or password? (check PODIUM_SASL_USERNAME"
 
 
@@ -135,8 +158,8 @@ def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> No
     [
         (["submit", "-w", "hello"], "127.0.0.1:1", UNREACHABLE.format("127.0.0.1:1")),
         (["submit", "-w", "hello"], "garbage!!", UNREACHABLE.format("garbage!!")),
-        (["cancel", "t-1"], "127.0.0.1:1", UNREACHABLE.format("127.0.0.1:1")),
-        (["dlq", "list"], "no-such-host.invalid:9092", "no-such-host.invalid:9092"),
+        (["cancel", "t-1"], "127.0.0.1:1", f"cannot reach the podium api at {NO_API}"),
+        (["dlq", "list"], "127.0.0.1:1", f"cannot reach the podium api at {NO_API}"),
         (["cancel", ""], "127.0.0.1:1", "task_id: String should have at least 1 character"),
         (["cancel", "x" * 10_000], "127.0.0.1:1", "task_id: String should have at most 200"),
         (
@@ -154,8 +177,8 @@ def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> No
     ids=[
         "unreachable",
         "garbage-bootstrap",
-        "cancel-unreachable",
-        "dlq-unresolvable",
+        "cancel-unreachable-api",
+        "dlq-list-unreachable-api",
         "cancel-empty-id",
         "cancel-10k-id",
         "since-overflow",
@@ -166,7 +189,8 @@ def one_clear_line(result: subprocess.CompletedProcess[str], message: str) -> No
 def test_hostile_input_gets_one_clear_line_and_exit_2(
     args: list[str], bootstrap: str, message: str
 ) -> None:
-    result = podium(*args, env={"PODIUM_KAFKA_BOOTSTRAP": bootstrap})
+    # cancel and dlq list ask the api: one that is not there.
+    result = podium(*args, env={"PODIUM_KAFKA_BOOTSTRAP": bootstrap, "PODIUM_API_URL": NO_API})
     one_clear_line(result, message)
 
 
@@ -185,7 +209,9 @@ def broker_with_logins(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str
 
 
 @pytest.mark.parametrize("mechanism", ["SCRAM-SHA-256", "SCRAM-SHA-512"])
-@pytest.mark.parametrize("args", [["submit", "-w", "hello"], ["dlq", "list"]])
+# A producer's login and (with --wait) a consumer's: dlq list, which read the topics,
+# asks the api now.
+@pytest.mark.parametrize("args", [["submit", "-w", "hello"], ["submit", "-w", "hello", "--wait"]])
 def test_a_refused_scram_login_says_so(
     broker_with_logins: str, mechanism: str, args: list[str]
 ) -> None:

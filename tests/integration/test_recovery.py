@@ -43,7 +43,9 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     home = tmp_path_factory.mktemp("podium-recovery")
     settings = stack_settings(kafka_bootstrap, home)
     env = {"PODIUM_BREAKER_FAILURES": "1000"}
-    with Stack(settings, pools=("default", "backup"), env=env) as s:
+    # The api too: `podium dlq list` reads the summaries from it, as `podium up` runs it.
+    with Stack(settings, pools=("default", "backup"), env=env, api=True) as s:
+        s.operator_token()
         yield s
 
 

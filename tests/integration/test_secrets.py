@@ -99,9 +99,11 @@ def secured(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
             "PODIUM_EXECUTOR_LLM_BASE_URL": fake.base_url,
             "PODIUM_EXECUTOR_LLM_MODEL": "gpt-4o-mini",
         }
+        # The api too: `podium status` and `dlq list` read through it.
         stack = cleanup.enter_context(
-            Stack(stack_settings(kafka_bootstrap, home, **overrides), env=env)
+            Stack(stack_settings(kafka_bootstrap, home, **overrides), env=env, api=True)
         )
+        stack.operator_token()
         yield Secured(stack, fake, files)
 
 

@@ -35,6 +35,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
         (ONE, RunFilter(), "ix_runs_tenant_created"),
         (EVERY, RunFilter(status="failed"), "ix_runs_status_created"),
         (EVERY, RunFilter(workflow="hello"), "ix_runs_workflow_created"),
+        (EVERY, RunFilter(subject="alice"), "ix_runs_subject_created"),
         (EVERY, RunFilter(since=1.0, until=2.0), "ix_runs_created"),
     ],
 )

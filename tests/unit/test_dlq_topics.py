@@ -9,14 +9,19 @@ import yaml
 from podium.infra import render_topics_yaml
 from podium_contracts import asyncapi
 from podium_shared import Settings, Topics
-from podium_shared.topics import DLQ_RETENTION_MS, dlq_configs
+from podium_shared.topics import DLQ_RETENTION_MS, POOL_STATUS_RETENTION_MS, dlq_configs
 
 
 def test_dlq_topics_keep_records_for_90_days_by_default_and_others_get_no_configs() -> None:
     specs = Topics("p").declarations()
     dlqs = [s for s in specs if s.name.endswith(".dlq")]
     assert dlqs and all(s.configs == {"retention.ms": "7776000000"} for s in dlqs)
-    assert all(s.configs == {} for s in specs if not s.name.endswith(".dlq"))
+    # The one other topic with a config: executors' status reports, worth an hour.
+    status = Topics("p").pool_status
+    assert [s.configs for s in specs if s.name == status] == [
+        {"retention.ms": str(POOL_STATUS_RETENTION_MS)}
+    ]
+    assert all(s.configs == {} for s in specs if not s.name.endswith(".dlq") and s.name != status)
     assert DLQ_RETENTION_MS == 90 * 24 * 3600 * 1000
     assert Settings().dlq_retention_ms == DLQ_RETENTION_MS
 

@@ -213,10 +213,11 @@ def test_the_api_principal_reads_events_and_dead_letters_and_submits() -> None:
     for dlq in ("podium.steps.gpu.v1.dlq", "podium.steps.memory.v1.dlq", "podium.tasks.v1.dlq"):
         assert allowed(Operation.READ, T, dlq)
     assert allowed(Operation.READ, T, "podium.step-results.v1")  # its projection
-    # It reads no step requests, writes no DLQ (the services dead-letter, not the API)
-    # and, until replay through the API exists, writes nothing but tasks.
+    # It reads no step requests and writes no DLQ (the services dead-letter, not the
+    # API); it writes each DLQ's source topic (replay through the API) and no other.
     assert not allowed(Operation.READ, T, "podium.steps.gpu.v1")
     assert not allowed(Operation.WRITE, T, "podium.tasks.v1.dlq")
-    assert not allowed(Operation.WRITE, T, "podium.steps.gpu.v1")
-    assert not allowed(Operation.WRITE, T, "podium.task-events.v1")
+    for source in ("podium.steps.gpu.v1", "podium.steps.memory.v1", "podium.task-events.v1"):
+        assert allowed(Operation.WRITE, T, source)
+    assert not allowed(Operation.WRITE, T, "podium.steps.cpu.v1")
     assert not any(a.operation is Operation.ALL for a in entries)

@@ -9,7 +9,14 @@ import orjson
 import pytest
 import sqlalchemy as sa
 
-from podium_contracts import StepAbandoned, StepCompleted, StepError, TaskSubmitted, decode
+from podium_contracts import (
+    StepAbandoned,
+    StepCompleted,
+    StepError,
+    TaskHistoryRecorded,
+    TaskSubmitted,
+    decode,
+)
 from podium_router.decisions import runnable_steps, task_output, template_context
 from podium_router.service import Router
 from podium_router.state import metadata
@@ -75,13 +82,23 @@ class Harness:
         self.engine = make_engine(f"sqlite:///{tmp_path / 'router.db'}", metadata)
         self.topics = Topics("t")
         self.router = Router(WorkflowCatalog([DIAMOND]), self.topics)
+        self.recorded: list[tuple[str, TaskHistoryRecorded]] = []
 
     def run(self, fn: Any, message: Any) -> list[tuple[str, Any]]:
         with self.engine.begin() as conn:
             uow = UnitOfWork(conn, source="router")
             fn(message, uow)
             sent = list(uow.pending)
-        return [(m.topic, decode(m.value, m.headers).payload) for m in sent]
+        # The history entries the router publishes beside its messages are kept apart
+        # (``recorded``): the tests here are about the messages that drive the work.
+        out = []
+        for m in sent:
+            payload = decode(m.value, m.headers).payload
+            if isinstance(payload, TaskHistoryRecorded):
+                self.recorded.append((m.topic, payload))
+            else:
+                out.append((m.topic, payload))
+        return out
 
 
 def test_a_task_runs_its_dag_and_completes(tmp_path: Path) -> None:

@@ -19,7 +19,9 @@ from podium_contracts import (
     StepFailed,
     StepRequested,
     StepRetryScheduled,
+    TaskAccepted,
     TaskCancelRequested,
+    TaskHistoryRecorded,
     TaskSubmitted,
     Usage,
     decode,
@@ -77,6 +79,7 @@ class Harness:
     ) -> None:
         self.engine = make_engine(database_url, metadata)
         Harness.made.append(self)
+        self.recorded: list[tuple[str, TaskHistoryRecorded]] = []
         self.router = Router(
             WorkflowCatalog([Workflow.model_validate(w) for w in workflows]),
             Topics("t"),
@@ -89,7 +92,16 @@ class Harness:
             uow = UnitOfWork(conn, source="router")
             fn(*args, uow) if args else fn(uow)
             sent = list(uow.pending)
-        return [(m.topic, decode(m.value, m.headers).payload) for m in sent]
+        # The history entries the router publishes beside its messages are kept apart
+        # (``recorded``): the tests here are about the messages that drive the work.
+        out = []
+        for m in sent:
+            payload = decode(m.value, m.headers).payload
+            if isinstance(payload, TaskHistoryRecorded):
+                self.recorded.append((m.topic, payload))
+            else:
+                out.append((m.topic, payload))
+        return out
 
     def close(self) -> None:
         self.engine.dispose()
@@ -165,6 +177,42 @@ def test_routes_data_flow_and_output_template(database_url: str) -> None:
         "step_completed",
         "completed",
     ]
+
+
+def test_every_history_entry_is_published_with_the_row_and_the_plan_with_the_acceptance(
+    database_url: str,
+) -> None:
+    """What the router writes to its history it publishes in the same transaction, on
+    task-events keyed by the task (so readers that may not open its database, the api,
+    learn the story in order); TaskAccepted carries the plan, each step with its needs."""
+    h = Harness(database_url, TRIAGE)
+    task = TaskSubmitted(task_id="t1", workflow="ticket-triage", input={"text": "short"})
+    out = h.run(h.router.accept_task, task)
+    (accepted,) = [p for _, p in out if isinstance(p, TaskAccepted)]
+    assert [(s.step_id, s.depends_on) for s in accepted.steps] == [
+        ("history", []),
+        ("sentiment", []),
+        ("classify", ["history", "sentiment"]),
+    ]
+    h.run(h.router.step_completed, done("t1", "history", [], "memory"))
+    h.run(h.router.step_completed, done("t1", "sentiment", {"text": "ok"}))
+    h.run(h.router.step_completed, done("t1", "classify", {"label": "x"}))
+    with h.engine.connect() as c:
+        rows = c.execute(
+            sa.select(history).where(history.c.task_id == "t1").order_by(history.c.id)
+        ).all()
+    assert {topic for topic, _ in h.recorded} == {"t.task-events.v1"}
+    published = [
+        (e.kind, e.step_id, e.attempt, e.pool, e.capability, e.model, e.cause, e.next)
+        for _, e in h.recorded
+    ]
+    assert published == [
+        (r.event, r.step_id, r.attempt, r.pool, r.capability, r.model, r.cause, r.next)
+        for r in rows
+    ]
+    assert published[0][0] == "accepted" and published[-1][0] == "completed"
+    dispatched = next(e for _, e in h.recorded if e.kind == "step_dispatched")
+    assert dispatched.next.startswith("waiting for") and dispatched.cause
 
 
 def test_second_rule_matches_short_input(database_url: str) -> None:

@@ -29,7 +29,17 @@ class PeerOptions:
     memory_entries: int = 100_000
     memory_recalls: int = 1_000
     memory_remembers: int = 5_000
+    api: bool = True  # podium_bench.api: the api service's reads and projection (issue 17)
+    api_runs: int = 100_000
+    api_big_runs: int = 100  # runs of api_steps steps (the others have two)
+    api_steps: int = 50
+    api_requests: int = 1_000  # per case, after api_warmup rounds
+    api_warmup: int = 50
+    api_postgres: bool = True  # the reads and the projection on PostgreSQL too
+    api_lag_every_s: float = 0.5
     temporal: bool = True
+    # The durable-execution peers that run (podium_bench.peers.PEERS; `--peers`).
+    peers: tuple[str, ...] = ("temporal", "restate", "dbos")
     profile: bool = True
     output: Path | None = Path("docs/benchmarks.md")
     out_dir: Path = Path("docs/bench")
@@ -56,5 +66,9 @@ class PeerOptions:
             memory_entries=300,
             memory_recalls=20,
             memory_remembers=20,
+            api_runs=2_000,
+            api_big_runs=5,
+            api_requests=30,
+            api_warmup=3,
             profile=False,
         )

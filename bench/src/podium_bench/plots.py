@@ -20,7 +20,12 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
     written = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
     for ax, workflow in zip(axes, ("hello", "chain3"), strict=True):
-        for system, style in (("podium", "-"), ("temporal", "--")):
+        for system, style in (
+            ("podium", "-"),
+            ("temporal", "--"),
+            ("restate", "-."),
+            ("dbos", ":"),
+        ):
             lat = f.get(system, {}).get("latency", {}).get(workflow)
             if not lat or not lat.get("samples"):
                 continue
@@ -72,16 +77,18 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
 
     tp = [
         (s, f[s]["throughput"]["median"])
-        for s in ("podium", "temporal")
+        for s in ("podium", "temporal", "restate", "dbos")
         if "throughput" in f.get(s, {})
     ]
     if tp:
         fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.6))
         names = [s for s, _ in tp]
-        a1.bar(names, [m["tasks_per_s"] for _, m in tp], color=["C0", "C1"][: len(tp)])
+        a1.bar(names, [m["tasks_per_s"] for _, m in tp], color=["C0", "C1", "C2", "C3"][: len(tp)])
         a1.set_ylabel("tasks/s (one-step)")
         a1.set_title("sustained throughput")
-        a2.bar(names, [m["cpu_s_per_1000"] for _, m in tp], color=["C0", "C1"][: len(tp)])
+        a2.bar(
+            names, [m["cpu_s_per_1000"] for _, m in tp], color=["C0", "C1", "C2", "C3"][: len(tp)]
+        )
         a2.set_ylabel("CPU-seconds per 1,000 tasks")
         a2.set_title("cost")
         fig.tight_layout()

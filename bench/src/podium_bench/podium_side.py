@@ -16,6 +16,7 @@ from podium.stack import Stack
 from podium_bench.baselines import raw_hop, sqlite_commit_ms
 from podium_bench.drivers import closed_loop, measure_latency, measure_throughput, podium_call
 from podium_bench.options import PeerOptions
+from podium_bench.peers import measure_closed_one
 from podium_bench.processes import system_processes
 from podium_bench.profiling import profile_services
 from podium_bench.stats import median, median_of, summary
@@ -34,6 +35,7 @@ async def _podium_latency_and_throughput(
             )
         call = podium_call(client, "hello")
         out["throughput"] = await measure_throughput(call, "podium", opts, advance)
+        out["closed_one"] = await measure_closed_one(call, "podium", opts, advance)
         if opts.profile:
             advance("podium throughput under py-spy (not counted)")
             procs = system_processes("podium")

@@ -22,7 +22,7 @@ def _label(proc: Any) -> str | None:
         return "temporal worker"
     if "temporal" in cmd and "start-dev" in cmd:
         return "temporal server"
-    for service in ("router", "executor", "memory", "recovery"):
+    for service in ("router", "executor", "memory", "recovery", "api"):
         if f"-m podium_{service}" in cmd:
             return service
     return None

@@ -7,8 +7,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from podium_bench import api_figures
 from podium_bench.baselines import hops
 from podium_bench.options import PeerOptions
+from podium_bench.peers_report import peers_section
 from podium_bench.plots import plots
 from podium_bench.stats import ratio
 
@@ -24,6 +26,24 @@ def write_outputs(results: dict[str, Any], opts: PeerOptions) -> None:
         opts.output.write_text(
             markdown(record, limits.read_text() if limits.exists() else None, opts)
         )
+
+
+def write_api_only(section: dict[str, Any], opts: PeerOptions) -> dict[str, Any]:
+    """Put the api section's figures into ``opts.out_dir``/results.json (beside the
+    other sections' figures of an earlier run, kept as they are) and render the
+    report again from it."""
+    opts.out_dir.mkdir(parents=True, exist_ok=True)
+    path = opts.out_dir / "results.json"
+    record: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"figures": {}}
+    record.setdefault("figures", {})["api"] = jsonable(section)
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    if opts.output:
+        opts.output.parent.mkdir(parents=True, exist_ok=True)
+        limits = opts.out_dir / "limits.md"
+        opts.output.write_text(
+            markdown(record, limits.read_text() if limits.exists() else None, opts)
+        )
+    return record
 
 
 def strip_samples(value: Any) -> Any:
@@ -54,6 +74,8 @@ def _ms(x: float) -> str:
 
 
 def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
+    if "podium" not in r["figures"]:  # the api section alone, before any whole run
+        return "# Benchmarks\n\n" + api_figures.markdown(r["figures"]["api"]).strip() + "\n"
     f, m, v = r["figures"], r["machine"], r["versions"]
     p, t = f["podium"], f.get("temporal", {})
     rel = opts.out_dir.name  # plots and results.json, beside the report
@@ -62,7 +84,7 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
     has_t = "latency" in t
     lines: list[str] = []
     add = lines.append
-    add("# Benchmarks: podium beside Temporal\n")
+    add("# Benchmarks: podium beside Temporal, Restate and DBOS\n")
     load0, load1 = (
         f"{m[k][0]:.1f}" if m.get(k) else "?"
         for k in ("load_average_at_start", "load_average_at_end")
@@ -224,6 +246,8 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
     else:
         add(f"{tr['reason']}.\n")
 
+    lines.extend(peers_section(f, o))
+
     prof = p.get("profile")
     add("## What limits podium\n")
     if limits:
@@ -262,6 +286,8 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
         heading, _, section = section.partition("\n")
         add(f"*{heading.removeprefix('## ').strip()}*\n")
     add(section.strip() + "\n")
+    if "api" in f:
+        add(api_figures.markdown(f["api"]).strip() + "\n")
     return "\n".join(lines)
 
 

@@ -1,5 +1,5 @@
-"""`podium bench`: podium beside Temporal on the same machine in the same run
-(issue 8), every figure beside a baseline measured in that run. One module per
+"""`podium bench`: podium beside Temporal, Restate and DBOS on the same machine in the same run
+(issues 8 and 18), every figure beside a baseline measured in that run. One module per
 section; this one runs them in order and writes the outputs (podium_bench.report).
 """
 
@@ -13,18 +13,23 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from podium_bench.api import api_section
 from podium_bench.machine import machine, versions
 from podium_bench.memory import memory_section
 from podium_bench.options import PeerOptions
+from podium_bench.peers import peer_side
+from podium_bench.peers import stages as peer_stages
 from podium_bench.podium_side import podium_side
 from podium_bench.recovery import recovery_drill
 from podium_bench.recovery_service import recovery_service_section
-from podium_bench.report import jsonable, write_outputs
+from podium_bench.report import jsonable, write_api_only, write_outputs
 from podium_bench.scaling import podium_scaling
 from podium_bench.targets import targets
 from podium_bench.temporal_side import temporal_side
 from podium_bench.tracing import tracing_tax
 from podium_shared import Settings
+
+API_STAGES = 5  # podium_bench.api's stages: reads on SQLite and PostgreSQL, three stack runs
 
 
 def run_peer_bench(
@@ -33,15 +38,17 @@ def run_peer_bench(
     """Every figure, in one run; writes the report, results.json and the plots."""
     console = console or Console(stderr=True)
     stages = (
-        opts.repeat * (2 + 2 + 1)
+        opts.repeat * (2 + 2 + 1 + 1)
         + 1
         + (1 if opts.profile else 0)
         + opts.repeat
         + opts.repeat
         + opts.repeat  # the broker's own failover, beside each recovery drill
-        + (1 + opts.repeat * (2 + 1 + len(opts.replicas)) if opts.temporal else 0)
+        + (1 + opts.repeat * (2 + 1 + 1 + len(opts.replicas)) if opts.temporal else 0)
+        + sum(peer_stages(opts) for p in ("restate", "dbos") if p in opts.peers)
         + 2 * opts.repeat  # the tracing tax: off and local
         + 3
+        + (API_STAGES if opts.api else 0)
     )
     results: dict[str, Any] = {"options": jsonable(asdict(opts)), "figures": {}}
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -67,7 +74,13 @@ def run_peer_bench(
         if opts.temporal:
             figures["temporal"] = temporal_side(opts, advance)
         else:
-            figures["temporal"] = {"skipped": "--no-temporal"}
+            figures["temporal"] = {"skipped": "not chosen (`--peers`, `--no-temporal`)"}
+        for peer in ("restate", "dbos"):
+            figures[peer] = (
+                peer_side(peer, opts, advance)
+                if peer in opts.peers
+                else {"skipped": "not chosen (`--peers`)"}
+            )
         figures["podium"]["scaling"] = podium_scaling(settings, opts, advance)
         figures["recovery"] = recovery_drill(settings, opts, advance)
         figures["tracing"] = tracing_tax(settings, opts, advance)
@@ -75,6 +88,8 @@ def run_peer_bench(
         figures["memory"] = memory_section(opts)
         advance("recovery service section")
         figures["recovery_service"] = recovery_service_section(settings, opts)
+        if opts.api:
+            figures["api"] = api_section(settings, opts, advance)
         advance("plots and report")
         results["machine"] = machine(figures["podium"]["broker"])
         results["machine"]["load_average_at_start"] = load_at_start
@@ -84,3 +99,31 @@ def run_peer_bench(
         write_outputs(results, opts)
         progress.update(bar, completed=stages, description="done")
     return results
+
+
+def run_api_only(
+    settings: Settings, opts: PeerOptions, console: Console | None = None
+) -> dict[str, Any]:
+    """The api section alone (`podium bench --only api`): its figures go into the
+    results.json already in ``opts.out_dir`` (a new one when there is none), and the
+    report is rendered again from it, so the other sections keep their figures."""
+    console = console or Console(stderr=True)
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("starting", total=API_STAGES)
+        first = True
+
+        def advance(what: str) -> None:
+            nonlocal first
+            progress.update(bar, description=what, advance=0 if first else 1)
+            first = False
+
+        section = api_section(settings, opts, advance)
+        progress.update(bar, completed=API_STAGES, description="done")
+    return write_api_only(section, opts)

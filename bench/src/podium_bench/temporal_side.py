@@ -14,6 +14,7 @@ from typing import Any
 from podium_bench import temporal as bt
 from podium_bench.drivers import Call, measure_latency, measure_throughput
 from podium_bench.options import PeerOptions
+from podium_bench.peers import measure_closed_one
 from podium_bench.scaling import scaling_figure
 
 
@@ -43,6 +44,7 @@ def temporal_side(opts: PeerOptions, advance: Callable[[str], None]) -> dict[str
                 }
                 call = temporal_call("hello")
                 out["throughput"] = await measure_throughput(call, "Temporal", opts, advance)
+                out["closed_one"] = await measure_closed_one(call, "Temporal", opts, advance)
 
             asyncio.run(measure())
         scaling: dict[str, list[float]] = {str(n): [] for n in opts.replicas}

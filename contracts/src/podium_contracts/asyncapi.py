@@ -75,10 +75,12 @@ CHANNELS: tuple[ChannelSpec, ...] = (
             "podium.task.failed.v1",
             "podium.task.cancelled.v1",
             "podium.task.rejected.v1",
+            "podium.task.history-recorded.v1",
         ),
         description="What happened to each task, for upstream systems (and memory, which "
         "remembers finished tasks as episodes); a submission the router refused is "
-        "answered with TaskRejected.",
+        "answered with TaskRejected. Each entry of a task's history (cause and next "
+        "action) is a TaskHistoryRecorded, which the api shows and others may ignore.",
         producers=("router",),
         consumers=(UPSTREAM, "memory", "api"),
     ),
@@ -114,6 +116,19 @@ CHANNELS: tuple[ChannelSpec, ...] = (
         producers=("router", "recovery"),
         consumers=("executor", "memory"),
     ),
+    # Breaker states and rate limits live in each executor replica's memory, and the
+    # api may not read another service's database: replicas publish them here.
+    ChannelSpec(
+        id="poolStatus",
+        address=TopicPattern.POOL_STATUS.under(),
+        key="replica",
+        ce_types=("podium.pool.status-reported.v1",),
+        description="Each executor replica's breakers and rate limit, every few seconds "
+        "(short retention: only the latest report of a live replica matters).",
+        producers=("executor",),
+        consumers=("api",),
+        dlq=False,
+    ),
 )
 
 POOL_EXAMPLES = ("default", "memory")
@@ -134,6 +149,7 @@ KEY_DESCRIPTIONS = {
     "on one partition.",
     "step_id": "`{task_id}/{step_id}` (UTF-8): one task's steps spread over the pool's "
     "partitions and so over its replicas.",
+    "replica": "The reporting replica (UTF-8, host and instance).",
 }
 
 # podium_shared.topics.DLQ_RETENTION_MS, restated (contracts import nothing of the

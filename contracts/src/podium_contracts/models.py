@@ -140,6 +140,16 @@ class TaskSubmitted(Contract):
     metadata: JsonObject = Field(default_factory=dict)
 
 
+class PlannedStep(BaseModel):
+    """One step of the workflow a run follows, and the steps it waits for."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    step_id: str
+    capability: str
+    depends_on: list[str] = Field(default_factory=list, description="the steps it needs")
+
+
 class TaskAccepted(Contract):
     CE_TYPE: ClassVar[str] = "podium.task.accepted.v1"
 
@@ -148,6 +158,10 @@ class TaskAccepted(Contract):
     workflow_version: int = 1
     accepted_at: datetime
     tenant: str | None = Field(default=None, description="whose task: the submission's tenant")
+    steps: list[PlannedStep] = Field(
+        default_factory=list,
+        description="the run's plan: every step of its workflow version, with what it needs",
+    )
 
 
 class StepSummary(BaseModel):
@@ -394,6 +408,63 @@ class StepRetryScheduled(Contract):
         )
 
 
+class TaskHistoryRecorded(Contract):
+    """One entry of a task's history, as the router wrote it to its own database in the
+    same transaction: what happened, why, and what comes next. For readers that show
+    a run's story (the api); a task's entries arrive in the order they were written."""
+
+    CE_TYPE: ClassVar[str] = "podium.task.history-recorded.v1"
+
+    task_id: str
+    at: datetime
+    # str, not HistoryKind: a new kind is an addition, which an enum would make breaking.
+    kind: str = Field(description="a HistoryKind value: accepted, step_dispatched, ...")
+    step_id: str | None = None
+    attempt: int | None = None
+    pool: str | None = None
+    capability: str | None = None
+    model: str | None = None
+    workflow_version: int | None = None
+    cause: str = Field(default="", description="why (secrets masked)")
+    next: str = Field(default="", description="what happens next, when it is known")
+
+
+class BreakerStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    state: Literal["closed", "open", "half_open"]
+    failures: int = Field(default=0, ge=0, description="consecutive provider failures")
+    retry_in_s: float | None = Field(
+        default=None, ge=0, description="open: seconds until the next trial call"
+    )
+
+
+class RateLimitStatus(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    per_s: float | None = Field(
+        default=None, gt=0, description="capability calls/s of the whole pool; None: unlimited"
+    )
+    burst: int | None = Field(default=None, ge=1)
+
+
+class PoolStatusReported(Contract):
+    """One executor replica's state, reported every few seconds: its circuit breakers
+    and its pool's rate limit (state that lives only in the replica's memory)."""
+
+    CE_TYPE: ClassVar[str] = "podium.pool.status-reported.v1"
+
+    pool: str = Field(min_length=1, max_length=200)
+    replica: str = Field(min_length=1, max_length=400, description="host and instance")
+    concurrency: int = Field(ge=1, description="steps in flight at most")
+    breakers: dict[str, BreakerStatus] = Field(
+        default_factory=dict, description="by provider; providers never called are absent"
+    )
+    rate_limit: RateLimitStatus = Field(default_factory=RateLimitStatus)
+    interval_s: float = Field(gt=0, description="the next report comes within this")
+    reported_at: datetime
+
+
 ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskSubmitted,
     TaskAccepted,
@@ -407,4 +478,6 @@ ALL_CONTRACTS: tuple[type[Contract], ...] = (
     TaskCancelRequested,
     TaskCancelled,
     StepRetryScheduled,
+    TaskHistoryRecorded,
+    PoolStatusReported,
 )

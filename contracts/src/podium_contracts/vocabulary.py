@@ -44,6 +44,7 @@ class TopicPattern(StrEnum):
     STEP_RESULTS = "{prefix}.step-results.v1"
     STEP_FAILURES = "{prefix}.step-failures.v1"
     STEPS = "{prefix}.steps.{pool}.v1"
+    POOL_STATUS = "{prefix}.pool-status.v1"
 
     def under(self, prefix: str = TOPIC_PREFIX, *, pool: str = "{pool}") -> str:
         """The topic's name under ``prefix``; without ``pool``, the steps topic keeps

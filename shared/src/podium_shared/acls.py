@@ -21,7 +21,9 @@ router reads each ingress topic (and writes its DLQ) and writes each outcome top
 
 ``api``, the operators' API service (issue 17), reads what its channels say (the run's
 story: tasks, task events, step results and failures) with a group per database, writes
-tasks, and reads each DLQ to list dead letters. It writes no DLQ and no other topic.
+tasks, reads each DLQ to list dead letters, and writes each DLQ's source topic to replay
+them (``POST /v1/dead-letters/{topic}/replay``, operators' tokens only). It writes no DLQ.
+It may Describe the pools' consumer groups (members, committed offsets: lag).
 
 ``operator`` (the CLI and ``podium up``) may do anything to topics and groups under
 the prefix and create topics; it is the principal a human uses, not a service.
@@ -189,6 +191,7 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
         topic("router", topics.dlq(ingress), Operation.WRITE)
         topic("router", events, Operation.WRITE)
     out.update(_api(topics, pools))
+    out.update(_api_pools(topics))
     op = "operator"
     topic(op, f"{prefix}.", Operation.ALL, Pattern.PREFIXED)
     out.add(Acl(op, Resource.GROUP, prefix, Pattern.PREFIXED, Operation.ALL))
@@ -199,14 +202,32 @@ def acls(prefix: str, pools: tuple[str, ...], tenants: tuple[str, ...] = ()) -> 
 
 def _api(topics: Topics, pools: tuple[str, ...]) -> list[Acl]:
     """What the operators' API (issue 17) needs beyond its channels (which give it the
-    run's story and Write on tasks): Read on the dead letters, to list and show them.
-    Replaying from the API is not built yet; when it is, Write on each DLQ's source
-    topic belongs here, and not before: it would let the API forge any event."""
+    run's story and Write on tasks): Read on the dead letters, to list and show them,
+    and Write on each DLQ's source topic, to replay them there. The source topics only,
+    each by its literal name: a replay goes back where its record came from (or to
+    another DLQ's source), and the api may not forge an event on any other topic."""
     sources = [topics.tasks, topics.task_events, topics.step_results, topics.step_failures]
     sources += [topics.steps(p) for p in dict.fromkeys(("memory", *pools))]
+    out = []
+    for name in sources:
+        out.append(Acl(API, Resource.TOPIC, topics.dlq(name), Pattern.LITERAL, Operation.READ))
+        out.append(Acl(API, Resource.TOPIC, name, Pattern.LITERAL, Operation.WRITE))
+    return out
+
+
+def _api_pools(topics: Topics) -> list[Acl]:
+    """Describe on the groups that consume the pools' step topics (every executor
+    pool's, under a prefix, and memory's): ``GET /v1/pools`` shows their members and
+    committed offsets. Describe shows a group, never joins or commits for it."""
     return [
-        Acl(API, Resource.TOPIC, topics.dlq(name), Pattern.LITERAL, Operation.READ)
-        for name in sources
+        Acl(
+            API,
+            Resource.GROUP,
+            topics.group("executor") + "-",
+            Pattern.PREFIXED,
+            Operation.DESCRIBE,
+        ),
+        Acl(API, Resource.GROUP, topics.group("memory"), Pattern.LITERAL, Operation.DESCRIBE),
     ]
 
 

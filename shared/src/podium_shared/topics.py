@@ -14,13 +14,22 @@ from dataclasses import dataclass, field
 from podium_contracts import DLQ_SUFFIX, TOPIC_PREFIX, TopicPattern, consumer_group, dlq_topic
 from podium_contracts.asyncapi import carried_by
 
-__all__ = ["DLQ_RETENTION_MS", "DLQ_SUFFIX", "TopicSpec", "Topics", "dlq_configs"]
+__all__ = [
+    "DLQ_RETENTION_MS",
+    "DLQ_SUFFIX",
+    "POOL_STATUS_RETENTION_MS",
+    "TopicSpec",
+    "Topics",
+    "dlq_configs",
+]
 # Dead letters must outlive the fix: the broker's default retention (7 days on
 # Apache Kafka) can expire a record before anyone has replayed it.
 DLQ_RETENTION_MS = 90 * 24 * 3600 * 1000  # 90 days; -1 keeps them for ever
 # A tenant bound to its own topics (PODIUM_TENANTS) has <prefix>.tenant.<name>.tasks.v1
 # and <prefix>.tenant.<name>.task-events.v1, beside the shared ones.
 TENANT_INFIX = ".tenant."
+# Replicas report every few seconds and only the latest report counts: an hour is plenty.
+POOL_STATUS_RETENTION_MS = 3600 * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +66,18 @@ class Topics:
 
     def steps(self, pool: str) -> str:
         return TopicPattern.STEPS.under(self.prefix, pool=pool)
+
+    @property
+    def pool_status(self) -> str:
+        return TopicPattern.POOL_STATUS.under(self.prefix)
+
+    def pool_of(self, topic: str) -> str | None:
+        """The executor pool whose steps topic ``topic`` is, or None."""
+        head, tail = f"{self.prefix}.steps.", ".v1"
+        if topic.startswith(head) and topic.endswith(tail):
+            name = topic[len(head) : -len(tail)]
+            return name if name and "." not in name else None
+        return None
 
     def tenant_tasks(self, tenant: str) -> str:
         """The topic only ``tenant`` writes its submissions and cancel requests to."""
@@ -129,7 +150,15 @@ class Topics:
             TopicSpec(self.dlq(t.name), 1, t.key, f"dead letters of {t.name}", configs)
             for t in base
         ]
-        return base + dlqs
+        # Read only by the api, from its end, on request: no consumer dead-letters it.
+        status = TopicSpec(
+            self.pool_status,
+            1,
+            "replica",
+            "PoolStatusReported: executor replicas' breakers and rate limits",
+            {"retention.ms": str(POOL_STATUS_RETENTION_MS)},
+        )
+        return base + dlqs + [status]
 
 
 def dlq_configs(retention_ms: int, replication_factor: int) -> dict[str, str]:

@@ -8,41 +8,58 @@ so the synchronous database calls never block the service's event loop."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
+from urllib.parse import quote
 
+import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.engine import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
-from podium_api import projection, queries
+from podium_api import audit, projection, queries, run_view
+from podium_api.console_static import mount_console
 from podium_api.live import Changes, Stream
 from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
+from podium_api.traces import TraceSource
 from podium_contracts import Budget, TaskSubmitted
+from podium_contracts.models import INT32_MAX, INT32_MIN
+
+if TYPE_CHECKING:  # the routes' modules import this one (its roles)
+    from podium_api.routes_dlq import DlqSource
 
 VERSION = "0.1.0"
 
 
+class UsageView(BaseModel):
+    tokens_in: int = Field(description="prompt tokens")
+    tokens_out: int = Field(description="completion tokens")
+    cost_usd: float
+
+
 class StepView(BaseModel):
     step_id: str
-    status: str = Field(description="completed | failed | retrying | abandoned")
+    status: str = Field(description="completed | failed | retrying | abandoned | pending")
     capability: str | None
     pool: str | None
-    attempts: int
+    attempts: int = Field(description="0 while pending")
     duration_ms: float | None = Field(description="of the last attempt")
     total_duration_ms: float = Field(description="of every attempt seen")
-    first_at: datetime
-    updated_at: datetime
+    first_at: datetime | None = Field(description="null while pending")
+    updated_at: datetime | None = Field(description="null while pending")
     output: Any = None
     error: dict[str, Any] | None
-    usage: dict[str, Any] | None
+    usage: UsageView | None
     retry_due_at: datetime | None
     dlq: dict[str, Any] | None
+    depends_on: list[str] = Field(
+        default_factory=list, description="the steps it needs (the DAG's edges)"
+    )
 
 
 class RunSummary(BaseModel):
@@ -58,7 +75,7 @@ class RunSummary(BaseModel):
     updated_at: datetime
     cancel_requested_at: datetime | None
     error: dict[str, Any] | None
-    usage: dict[str, Any] | None
+    usage: UsageView | None = Field(description="what the outcome reported (sum of the steps)")
     dlq: dict[str, Any] | None
 
 
@@ -78,14 +95,26 @@ class SubmitRequest(BaseModel):
 
     task_id: str = Field(min_length=1, max_length=200, description="idempotency key")
     workflow: str = Field(min_length=1, max_length=200)
-    workflow_version: int | None = None
+    # TaskSubmitted's bounds, stated here too so the OpenAPI document tells them.
+    workflow_version: int | None = Field(default=None, ge=1, le=INT32_MAX)
     input: dict[str, Any] = Field(default_factory=dict)
     tenant: str | None = Field(default=None, min_length=1, max_length=200)
     subject: str | None = Field(default=None, max_length=200)
-    priority: int = 0
+    priority: int = Field(default=0, ge=INT32_MIN, le=INT32_MAX)
     deadline: datetime | None = None
     budget: Budget = Field(default_factory=Budget)
     metadata: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("input", "metadata")
+    @classmethod
+    def _encodable(cls, value: dict[str, Any]) -> dict[str, Any]:
+        # The message is encoded with orjson: an integer beyond 64 bits (or nesting
+        # deeper than it goes) is a 422 here, not a 500 when it is published.
+        try:
+            orjson.dumps(value)
+        except orjson.JSONEncodeError as exc:
+            raise ValueError(f"not JSON a message can carry: {exc}") from exc
+        return value
 
 
 class Accepted(BaseModel):
@@ -138,14 +167,16 @@ def _summary_fields(row: RowMapping) -> dict[str, Any]:
     fields = {k: row[k] for k in RunSummary.model_fields if k in row}
     for k in ("created_at", "accepted_at", "finished_at", "updated_at", "cancel_requested_at"):
         fields[k] = _time(row[k])
+    fields["usage"] = run_view.usage_view(row["usage"])
     return fields
 
 
-def _step(row: RowMapping) -> StepView:
+def _step(row: Mapping[str, Any]) -> StepView:
     fields = {k: row[k] for k in StepView.model_fields}
     for k in ("first_at", "updated_at", "retry_due_at"):
         fields[k] = _time(row[k])
     fields["output"] = _unwrapped(row["output"])
+    fields["usage"] = run_view.usage_view(row["usage"])
     return StepView(**fields)
 
 
@@ -204,10 +235,17 @@ def create_app(
     changes: Changes | None = None,
     heartbeat_s: float = 15.0,
     dead_letters: Callable[[Principal], Awaitable[list[dict[str, Any]]]] | None = None,
+    dlq: DlqSource | None = None,
+    traces: TraceSource | None = None,
 ) -> FastAPI:
     """The API over ``engine`` (the api's database); ``notify`` wakes the outbox relay,
     ``changes`` the live streams (the projection notifies the same one);
-    ``dead_letters`` reads the DLQ summaries a principal may see."""
+    ``dead_letters`` reads the DLQ summaries a principal may see, ``dlq`` a DLQ's
+    records (and replays them), ``traces`` the runs' traces (the local span store or
+    an OTLP backend's query API)."""
+    from podium_api.routes_audit import audit_routes
+    from podium_api.routes_dlq import dlq_routes
+
     live = changes or Changes()
     app = FastAPI(
         title="podium API",
@@ -233,7 +271,9 @@ def create_app(
         """Anonymous: the process serves HTTP."""
         return Health(status="ok")
 
-    @app.get("/v1/runs", tags=["runs"])
+    @app.get(
+        "/v1/runs", tags=["runs"], responses={400: {"description": "not a cursor of this API"}}
+    )
     def list_runs(
         who: Viewer,
         status_: Annotated[str | None, Query(alias="status")] = None,
@@ -269,17 +309,21 @@ def create_app(
 
     @app.get("/v1/runs/{task_id}", tags=["runs"], responses={404: {"description": "no such run"}})
     def get_run(who: Viewer, task_id: str) -> RunDetail:
-        """One run with its input, output and steps."""
+        """One run with its input, output, usage and steps (a DAG: each step names the
+        steps it depends on; planned steps not begun yet are ``pending``)."""
         with engine.connect() as conn:
             found = queries.get_run(conn, who, task_id)
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such run")
         run, steps = found
         return RunDetail(
-            **_summary_fields(run),
+            **(
+                _summary_fields(run)
+                | {"usage": run_view.run_usage(run["usage"], (s["usage"] for s in steps))}
+            ),
             input=run["input"],
             output=_unwrapped(run["output"]),
-            steps=[_step(s) for s in steps],
+            steps=[_step(s) for s in run_view.dag_steps(run["plan"], steps)],
         )
 
     @app.post(
@@ -315,7 +359,8 @@ def create_app(
         if outcome is Submitted.PUBLISHED:
             notify()
             live.notify()
-        location = f"/v1/runs/{task.task_id}"
+        # Percent-encoded: a task id may hold any character, a header only latin-1.
+        location = f"/v1/runs/{quote(task.task_id, safe='')}"
         response.headers["Location"] = location
         return Accepted(task_id=task.task_id, status=outcome.value, location=location)
 
@@ -333,6 +378,9 @@ def create_app(
         reason = body.reason if body is not None else ""
         with engine.begin() as conn:
             outcome = commands.cancel(conn, who, task_id, reason or f"by token {who.token_id}")
+            detail = {"reason": reason, "result": outcome.value}
+            tenant = audit.run_tenant(conn, who, task_id)
+            audit.record(conn, who, "cancel", task_id, detail, tenant=tenant)
         if outcome is Cancelled.NOT_FOUND:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such run")
         if outcome is Cancelled.FINISHED:
@@ -349,7 +397,8 @@ def create_app(
     async def list_dead_letters(who: Viewer) -> DeadLetterSummary:
         """Per dead-letter topic: count, oldest, newest and counts by error, of the
         records of the token's tenants (records naming no tenant: ``*`` tokens only).
-        Read-only; replay with ``podium dlq replay``."""
+        Their records: ``/v1/dead-letters/{topic}/records``; replay them with
+        ``POST /v1/dead-letters/{topic}/replay`` (operators)."""
         if dead_letters is None:
             raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "no dead letters here")
         found = await dead_letters(who)
@@ -362,7 +411,9 @@ def create_app(
         responses={
             200: {
                 "description": "Server-Sent Events: `event: run`, `id:` the change number, "
-                "`data:` the run's summary as /v1/runs has it; a comment every ~15 s",
+                "`data:` the run's summary as /v1/runs has it; `event: dead_letter` for a step "
+                "dead-lettered (`data:` topic, id, task_id, step_id, tenant, workflow, error, "
+                "at); a comment every ~15 s",
                 "content": {"text/event-stream": {"schema": {"type": "string"}}},
             },
             400: {"description": "a Last-Event-ID this API did not send"},
@@ -402,4 +453,13 @@ def create_app(
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
+    app.include_router(dlq_routes(engine, dlq))
+    app.include_router(audit_routes(engine))
+    from podium_api import routes_run  # it imports this module's roles
+
+    app.include_router(routes_run.router(engine, traces))
+    mount_console(app)
+    from podium_api import routes_pools  # imports this module's auth dependencies
+
+    app.include_router(routes_pools.router)
     return app

@@ -13,9 +13,12 @@ from podium_api.handlers import make_handler
 from podium_api.http import serve_http
 from podium_api.live import Changes
 from podium_api.migrations import HISTORY
+from podium_api.pools import Pools
+from podium_api.routes_pools import configure
 from podium_api.service import Commands
 from podium_api.settings import ApiSettings
 from podium_api.state import meta
+from podium_api.traces import trace_source
 from podium_shared import ServiceSpec, Settings, Topics
 from podium_shared.db import insert_ignore
 from podium_shared.migrations import open_database
@@ -46,6 +49,7 @@ def build(settings: Settings, api_settings: ApiSettings | None = None) -> Servic
     commands = Commands(topics)
     changes = Changes()
     dead_letters = DeadLetters(settings)
+    pools = Pools(settings)
     return ServiceSpec(
         name="api",
         group=group,
@@ -54,13 +58,19 @@ def build(settings: Settings, api_settings: ApiSettings | None = None) -> Servic
         engine=engine,
         background=[
             serve_http(
-                lambda notify: create_app(
-                    engine,
-                    commands,
-                    notify=notify,
-                    page_max=s.page_max,
-                    changes=changes,
-                    dead_letters=dead_letters.summaries,
+                lambda notify: configure(
+                    create_app(
+                        engine,
+                        commands,
+                        notify=notify,
+                        page_max=s.page_max,
+                        changes=changes,
+                        dead_letters=dead_letters.summaries,
+                        dlq=dead_letters,
+                        traces=trace_source(settings.home, s.trace_url),
+                    ),
+                    pools=pools.views,
+                    workflows=settings.workflows,
                 ),
                 s.host,
                 s.port,

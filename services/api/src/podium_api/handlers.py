@@ -24,6 +24,7 @@ from podium_contracts import (
     TaskCancelRequested,
     TaskCompleted,
     TaskFailed,
+    TaskHistoryRecorded,
     TaskRejected,
     TaskSubmitted,
 )
@@ -43,6 +44,7 @@ PROJECTIONS: Mapping[type[Contract], Project] = {
     StepFailed: p.step_failed,
     StepRetryScheduled: p.step_retry_scheduled,
     StepAbandoned: p.step_abandoned,
+    TaskHistoryRecorded: p.task_history_recorded,
 }
 
 
@@ -63,6 +65,7 @@ def make_handler(changed: Callable[[], None] = lambda: None) -> Handler[None]:
 
     def apply_and_tell(event: Event, result: Any, uow: UnitOfWork) -> None:
         apply(event, result, uow)
-        changed()
+        if not isinstance(event.payload, TaskHistoryRecorded):  # changes no run: no wake-up
+            changed()
 
     return Handler(apply=apply_and_tell)

@@ -10,7 +10,12 @@ was away is sent once, as it is now.
 The projection (and the commands) wake the streams through ``Changes.notify`` once
 their transaction has committed; a stream also looks every ``poll_s`` seconds, so a
 change whose wake-up was lost is late, never missed. A quiet stream sends a comment
-every ``heartbeat_s`` seconds so proxies and clients know it is alive."""
+every ``heartbeat_s`` seconds so proxies and clients know it is alive.
+
+New dead letters come in the same stream as ``event: dead_letter`` (their numbers
+are taken from the same sequence, see ``projection.dead_lettered``): the step's
+task, step, DLQ topic, record id and error, in the order of their changes among
+the runs'."""
 
 from __future__ import annotations
 
@@ -18,11 +23,14 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from sqlalchemy.engine import Engine, RowMapping
 from starlette.concurrency import run_in_threadpool
 
-from podium_api.queries import ChangeFilter, changes_after
+from podium_api.queries import ChangeFilter, changes_after, dead_letters_after
 from podium_api.tokens import Principal
 
 HEARTBEAT = b": heartbeat\n\n"
@@ -67,9 +75,40 @@ class Changes:
         self._fire()
 
 
-def frame(seq: int, data: str) -> bytes:
+def frame(seq: int, data: str, event: str = "run") -> bytes:
     # A run summary is one line of JSON: no newline can end the data field early.
-    return f"id: {seq}\nevent: run\ndata: {data}\n\n".encode()
+    return f"id: {seq}\nevent: {event}\ndata: {data}\n\n".encode()
+
+
+def dead_letter_data(row: RowMapping) -> str:
+    """A new dead letter's event data (one line of JSON)."""
+    body: dict[str, Any] = {
+        "topic": row["topic"],
+        "id": row["record_id"],
+        "task_id": row["task_id"],
+        "step_id": row["step_id"],
+        "tenant": row["tenant"],
+        "workflow": row["workflow"],
+        "error": row["error"],
+        "at": datetime.fromtimestamp(row["at"], UTC).isoformat(),
+    }
+    return orjson.dumps(body).decode()
+
+
+def merge(
+    runs: list[RowMapping], dead: list[RowMapping], batch: int
+) -> tuple[list[tuple[int, str, RowMapping]], bool]:
+    """Both kinds of change in the order of their numbers, up to where both reads are
+    complete (a full batch may have more after its last), and whether more wait."""
+    events = sorted(
+        [(r["seq"], "run", r) for r in runs] + [(d["seq"], "dead_letter", d) for d in dead],
+        key=lambda e: e[0],
+    )
+    ends = [rows[-1]["seq"] for rows in (runs, dead) if len(rows) >= batch]
+    if not ends:
+        return events, False
+    upto = min(ends)
+    return [e for e in events if e[0] <= upto], True
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +120,13 @@ class Stream:
     poll_s: float = 2.0
     batch: int = 100
 
-    def _read(self, who: Principal, f: ChangeFilter, after: int) -> list[RowMapping]:
+    def _read(
+        self, who: Principal, f: ChangeFilter, after: int
+    ) -> tuple[list[tuple[int, str, RowMapping]], bool]:
         with self.engine.connect() as conn:
-            return changes_after(conn, who, f, after, limit=self.batch)
+            runs = changes_after(conn, who, f, after, limit=self.batch)
+            dead = dead_letters_after(conn, who, f, after, limit=self.batch)
+        return merge(runs, dead, self.batch)
 
     async def events(self, who: Principal, f: ChangeFilter, after: int) -> AsyncIterator[bytes]:
         """The stream's bytes: changes after ``after``, then each as it commits."""
@@ -93,13 +136,16 @@ class Stream:
         yield b"retry: 2000\n\n"
         while True:
             woken = self.changes.waiter()
-            rows = await run_in_threadpool(self._read, who, f, cursor)
-            for row in rows:
-                cursor = row["seq"]
-                yield frame(cursor, self.render(row))
+            rows, more = await run_in_threadpool(self._read, who, f, cursor)
+            for seq, kind, row in rows:
+                cursor = seq
+                if kind == "run":
+                    yield frame(seq, self.render(row))
+                else:
+                    yield frame(seq, dead_letter_data(row), "dead_letter")
             if rows:
                 sent_at = loop.time()
-                if len(rows) == self.batch:
+                if more:
                     continue  # more are waiting
             if self.changes.closed:
                 return  # what was committed is sent; the client reconnects elsewhere

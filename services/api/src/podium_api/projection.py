@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from podium_api.state import counters, runs, steps
+from podium_api.state import counters, dead_letter_events, history, runs, steps
 from podium_contracts import (
     StepAbandoned,
     StepCompleted,
@@ -31,6 +31,7 @@ from podium_contracts import (
     TaskCancelRequested,
     TaskCompleted,
     TaskFailed,
+    TaskHistoryRecorded,
     TaskRejected,
     TaskSubmitted,
 )
@@ -229,7 +230,13 @@ def task_accepted(conn: Connection, e: TaskAccepted, at: float) -> None:
         e.task_id,
         min(at, accepted),
         ACCEPTED,
-        {"workflow": e.workflow, "workflow_version": e.workflow_version, "accepted_at": accepted},
+        {
+            "workflow": e.workflow,
+            "workflow_version": e.workflow_version,
+            "accepted_at": accepted,
+            # An accepted task from a router before plans were published has none.
+            "plan": [s.model_dump(mode="json") for s in e.steps] or None,
+        },
     )
 
 
@@ -363,3 +370,64 @@ def step_abandoned(conn: Connection, e: StepAbandoned, at: float) -> None:
         attempt=e.attempts,
         fields={"error": _dump(e.error), "dlq": _dump(e.dlq)},
     )
+    if e.dlq is not None:
+        dead_lettered(conn, e, e.dlq.topic, e.dlq.record_id, at)
+
+
+def dead_lettered(
+    conn: Connection, e: StepAbandoned, topic: str, record_id: str, at: float
+) -> None:
+    """A new dead letter for the live streams (once per record: a rebuilt projection
+    or a redelivered event adds none). Why from StepAbandoned and not by consuming
+    the DLQ topics: the projection reads step-failures already, so this costs one
+    insert per dead letter in the transaction that projects it, with no extra
+    consumer, group or ACL, and no re-reading of DLQs whose size grows with time
+    (polling the summaries would read every DLQ from its start on every poll).
+    What it does not see: records dead-lettered as poison by a consumer (they
+    announce no event); those show in ``/v1/dead-letters`` only."""
+    known = conn.execute(
+        sa.select(dead_letter_events.c.seq).where(dead_letter_events.c.record_id == record_id)
+    ).first()
+    if known is not None:
+        return
+    row = {
+        "record_id": record_id,
+        "seq": next_seq(conn),
+        "topic": topic,
+        "task_id": e.task_id,
+        "step_id": e.step_id,
+        "error": _dump(e.error),
+        "at": at,
+    }
+    conn.execute(dead_letter_events.insert(), row)
+
+
+_LAST_ENTRY = sa.select(sa.func.max(history.c.seq)).where(
+    history.c.task_id == sa.bindparam("task_id")
+)
+_ADD_ENTRY = history.insert()
+_DETAIL_FIELDS = ("attempt", "pool", "capability", "model", "workflow_version")
+
+
+def history_entry(e: TaskHistoryRecorded, seq: int) -> dict[str, Any]:
+    """The row of one history entry: its number in the task's history, and the fields
+    it has beyond what, why and what next in ``detail`` (those it tells)."""
+    detail = {k: getattr(e, k) for k in _DETAIL_FIELDS if getattr(e, k) is not None}
+    return {
+        "task_id": e.task_id,
+        "seq": seq,
+        "at": epoch(e.at),
+        "kind": e.kind,
+        "step_id": e.step_id,
+        "cause": e.cause,
+        "next_action": e.next,
+        "detail": detail,
+    }
+
+
+def task_history_recorded(conn: Connection, e: TaskHistoryRecorded, _at: float) -> None:
+    """Append the entry after the task's last: one topic, keyed by task, holds a task's
+    entries in the order the router wrote them, and the inbox drops redeliveries, so
+    the numbers are the same after a rebuild."""
+    last = conn.execute(_LAST_ENTRY, {"task_id": e.task_id}).scalar_one_or_none()
+    conn.execute(_ADD_ENTRY, history_entry(e, (last or 0) + 1))

@@ -13,6 +13,7 @@ from podium_executor.migrations import HISTORY
 from podium_executor.ratelimit import PoolRateLimit
 from podium_executor.service import Executor
 from podium_executor.settings import ExecutorSettings
+from podium_executor.status import replica_name, status_report, status_reporter
 from podium_shared import ServiceSpec, Settings, Topics, secrets
 from podium_shared.migrations import open_database
 from podium_shared.startup import read_settings
@@ -47,11 +48,14 @@ def build(
             ),
         )
     )
+    breakers = Breakers(xs.breaker_failures, xs.breaker_cooldown_s)
+    instance = f"executor-{xs.pool}"
+    replica = replica_name(instance)
     executor = Executor(
         capabilities if capabilities is not None else discover(Resources(xs, http, provider_http)),
         topics,
         ledger=Ledger(engine),
-        breakers=Breakers(xs.breaker_failures, xs.breaker_cooldown_s),
+        breakers=breakers,
         rate_limit=(
             PoolRateLimit(engine, xs.pool, xs.rate_limit_per_s, xs.rate_limit_burst)
             if xs.rate_limit_per_s
@@ -71,7 +75,24 @@ def build(
         # Replicas of a pool share its database, on SQLite too (`podium up --executors N`).
         claim_outbox=True,
         outbox_lease_s=xs.outbox_lease_s,
-        instance=f"executor-{xs.pool}",
+        instance=instance,
+        background=[
+            status_reporter(
+                engine,
+                topics,
+                lambda now: status_report(
+                    pool=xs.pool,
+                    replica=replica,
+                    concurrency=xs.concurrency,
+                    breakers=breakers,
+                    rate_per_s=xs.rate_limit_per_s,
+                    burst=xs.rate_limit_burst,
+                    interval_s=xs.status_interval_s,
+                    now=now,
+                ),
+                xs.status_interval_s,
+            )
+        ],
         details={
             "pool": xs.pool,
             "concurrency": xs.concurrency,

@@ -52,6 +52,21 @@ class Breakers:
     def state(self, provider: str) -> State:
         return self._circuits.get(provider, _Circuit()).state
 
+    def snapshot(self) -> dict[str, tuple[State, int, float | None]]:
+        """Every provider called so far: (state, consecutive failures, seconds until
+        an open circuit lets a trial call through). An open circuit whose cooldown has
+        passed is half-open: the next call is its trial."""
+        now = self._clock()
+        out: dict[str, tuple[State, int, float | None]] = {}
+        for provider, c in self._circuits.items():
+            state, retry_in = c.state, None
+            if state is State.OPEN:
+                retry_in = max(0.0, self._cooldown_s - (now - c.opened_at))
+                if retry_in == 0.0:
+                    state, retry_in = State.HALF_OPEN, None
+            out[provider] = (state, c.failures, retry_in)
+        return out
+
     def before_call(self, provider: str) -> None:
         """Raise ``CircuitOpen`` unless a call to this provider may go ahead."""
         c = self._circuits.setdefault(provider, _Circuit())

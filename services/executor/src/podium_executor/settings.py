@@ -64,6 +64,9 @@ class ExecutorSettings(BaseSettings):
         default=5, ge=1, description="consecutive provider failures that open its circuit"
     )
     breaker_cooldown_s: float = Field(default=30.0, gt=0, description="open circuit's duration")
+    status_interval_s: float = Field(
+        default=10.0, gt=0, le=3600, description="how often the replica reports its breakers"
+    )
     default_timeout_s: float | None = Field(
         default=300.0, gt=0, description="for steps without timeout_s; unset: none"
     )

@@ -8,6 +8,7 @@ from podium_contracts import (
     TaskCancelled,
     TaskCompleted,
     TaskFailed,
+    TaskHistoryRecorded,
     TaskRejected,
 )
 from podium_memory.service import Memory
@@ -20,7 +21,7 @@ def use_cases(memory: Memory) -> UseCases:
     # anything else would be dead-lettered as a processing error. An accepted task has
     # not ended yet; a cancelled one has no outcome to remember (and the cancel was the
     # user's, not the workflow's: an episode of it would teach recall nothing). A
-    # rejected task never ran.
+    # rejected task never ran. A history entry is for readers that show a run's story.
     return {
         StepRequested: memory.run_step,
         TaskCompleted: memory.record_episode,
@@ -28,6 +29,7 @@ def use_cases(memory: Memory) -> UseCases:
         TaskAccepted: None,
         TaskCancelled: None,
         TaskRejected: None,
+        TaskHistoryRecorded: None,
     }
 
 

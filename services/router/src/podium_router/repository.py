@@ -102,11 +102,15 @@ class RunRepository:
             .values(status=StepStatus.CANCELLED, finished_at=at, deadline_at=None)
         )
 
-    def record(self, task_id: str, at: datetime, event: HistoryKind, **values: Any) -> None:
-        """Append one transition to the task's history (its cause with secrets masked)."""
+    def record(
+        self, task_id: str, at: datetime, event: HistoryKind, **values: Any
+    ) -> dict[str, Any]:
+        """Append one transition to the task's history (its cause with secrets masked);
+        returns the columns written, beside ``task_id``, ``at`` and ``event``."""
         if isinstance(cause := values.get("cause"), str):
             values["cause"] = redact(cause)
         self.conn.execute(_RECORD, {"task_id": task_id, "at": at, "event": event, **values})
+        return values
 
     def overdue_steps(self, now: datetime, limit: int = 500) -> list[Step]:
         return [

@@ -19,6 +19,7 @@ from podium_contracts import (
     DlqLocation,
     Event,
     HistoryKind,
+    PlannedStep,
     StepAbandoned,
     StepCompleted,
     StepRetryScheduled,
@@ -29,6 +30,7 @@ from podium_contracts import (
     TaskError,
     TaskErrorType,
     TaskFailed,
+    TaskHistoryRecorded,
     TaskRejected,
     TaskSubmitted,
 )
@@ -199,6 +201,25 @@ class Router:
             topic = self.topics.tenant_task_events(outcome.tenant)
             uow.publish(topic, outcome, key=outcome.task_id)
 
+    def _record(
+        self,
+        repo: RunRepository,
+        uow: UnitOfWork,
+        task_id: str,
+        at: datetime,
+        kind: HistoryKind,
+        **values: Any,
+    ) -> None:
+        """Append one entry to the task's history and, in the same transaction, publish
+        it (TaskHistoryRecorded on task-events, keyed by the task: in order per task),
+        so readers that may not open this database (the api) learn the story too."""
+        written = repo.record(task_id, at, kind, **values)
+        uow.publish(
+            self.topics.task_events,
+            TaskHistoryRecorded(task_id=task_id, at=at, kind=kind.value, **written),
+            key=task_id,
+        )
+
     # -- the watchdog ------------------------------------------------------------------------
 
     def watchdog(self, uow: UnitOfWork, now: datetime | None = None) -> int:
@@ -221,7 +242,9 @@ class Router:
         for step in repo.overdue_steps(now):
             failure = timed_out(step)
             repo.update_step(step.task_id, step.step_id, status=StepStatus.FAILED, deadline_at=None)
-            repo.record(
+            self._record(
+                repo,
+                uow,
                 step.task_id,
                 now,
                 HistoryKind.STEP_TIMED_OUT,
@@ -265,7 +288,9 @@ class Router:
             case Start():
                 raise AssertionError("_apply stores a new run itself")
             case Accept(workflow=workflow):
-                repo.record(
+                self._record(
+                    repo,
+                    uow,
                     task_id,
                     now,
                     HistoryKind.ACCEPTED,
@@ -280,6 +305,10 @@ class Router:
                         workflow_version=workflow.version,
                         accepted_at=now,
                         tenant=run.tenant,
+                        steps=[
+                            PlannedStep(step_id=s.id, capability=s.uses, depends_on=list(s.needs))
+                            for s in workflow.steps
+                        ],
                     ),
                 )
             case Reject(task=task, error=error):
@@ -302,7 +331,9 @@ class Router:
             case Reopen(step_id=step_id, attempt=attempt):
                 repo.update_step(task_id, step_id, status=StepStatus.DISPATCHED)
                 repo.update_run(task_id, status=RunStatus.RUNNING, error=None, finished_at=None)
-                repo.record(
+                self._record(
+                    repo,
+                    uow,
                     task_id,
                     now,
                     HistoryKind.REOPENED,
@@ -325,7 +356,9 @@ class Router:
                     return False
                 repo.update_run(task_id, cost_usd=cost, tokens=tokens)
                 usage = result.usage
-                repo.record(
+                self._record(
+                    repo,
+                    uow,
                     task_id,
                     now,
                     HistoryKind.STEP_COMPLETED,
@@ -351,7 +384,9 @@ class Router:
                     model=retry.model,
                     deadline_at=deadline,
                 )
-                repo.record(
+                self._record(
+                    repo,
+                    uow,
                     task_id,
                     now,
                     HistoryKind.RETRY_SCHEDULED,
@@ -378,7 +413,9 @@ class Router:
                     if abandoned.dlq
                     else ""
                 )
-                repo.record(
+                self._record(
+                    repo,
+                    uow,
                     task_id,
                     now,
                     HistoryKind.STEP_ABANDONED,
@@ -401,7 +438,9 @@ class Router:
                     now,
                     error={"type": TaskErrorType.CANCELLED, "message": reason},
                 )
-                repo.record(
+                self._record(
+                    repo,
+                    uow,
                     task_id,
                     now,
                     HistoryKind.CANCELLED,
@@ -422,7 +461,16 @@ class Router:
                 if kind is None:
                     log.info("event ignored", task_id=task_id, reason=reason)
                 else:
-                    repo.record(task_id, now, kind, step_id=step_id, attempt=attempt, cause=reason)
+                    self._record(
+                        repo,
+                        uow,
+                        task_id,
+                        now,
+                        kind,
+                        step_id=step_id,
+                        attempt=attempt,
+                        cause=reason,
+                    )
             case _:
                 assert_never(action)
         return True
@@ -463,7 +511,9 @@ class Router:
                 deadline_at=now + timedelta(seconds=watch),
                 dispatched_at=now,
             )
-            repo.record(
+            self._record(
+                repo,
+                uow,
                 run.task_id,
                 now,
                 HistoryKind.STEP_DISPATCHED,
@@ -483,8 +533,13 @@ class Router:
         self, repo: RunRepository, uow: UnitOfWork, run: Run, done: Complete, now: datetime
     ) -> None:
         repo.finish_run(run.task_id, RunStatus.COMPLETED, now, output=done.output)
-        repo.record(
-            run.task_id, now, HistoryKind.COMPLETED, cause=f"{len(done.steps)} steps completed"
+        self._record(
+            repo,
+            uow,
+            run.task_id,
+            now,
+            HistoryKind.COMPLETED,
+            cause=f"{len(done.steps)} steps completed",
         )
         self._tell(
             uow,
@@ -507,7 +562,9 @@ class Router:
         repo.finish_run(run.task_id, RunStatus.FAILED, now, error=error.model_dump())
         if fail.close_steps:
             repo.cancel_open_steps(run.task_id, now)
-        repo.record(
+        self._record(
+            repo,
+            uow,
             run.task_id,
             now,
             HistoryKind.FAILED,

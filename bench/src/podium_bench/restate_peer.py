@@ -1,0 +1,308 @@
+"""Restate as a peer (issue 18): its server from the npm registry
+(``@restatedev/restate-server``, pinned in ``bench/restate/package-lock.json`` and
+installed by the bench with ``npm ci`` into ``bench/restate/node_modules``), and a
+service written with the ``restate-sdk`` Python package, served by hypercorn in a
+worker process of its own, one ``ctx.run`` per step:
+
+- ``bench/hello``: one ``echo`` step; ``bench/chain3``: three in a row, each reading
+  the previous output, as podium's ``chain3`` does.
+
+The server runs with its defaults (24 partitions, RocksDB with the WAL fsynced) on
+loopback ports of its own and a data directory in the run's scratch folder; the load
+generator calls the ingress over HTTP (``POST /bench/hello``) and waits for the output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from podium_bench.drivers import Call
+from podium_bench.options import PeerOptions
+from podium_bench.peers import PeerUnavailable, free_port, measure_peer
+
+PACKAGE = "@restatedev/restate-server"
+
+
+def install_dir() -> Path:
+    """``bench/restate`` of the source tree: package.json and package-lock.json."""
+    return Path(__file__).resolve().parents[2] / "restate"
+
+
+def _platform_package() -> str:
+    system = {"Linux": "linux", "Darwin": "darwin"}.get(platform.system())
+    arch = {"x86_64": "x64", "AMD64": "x64", "aarch64": "arm64", "arm64": "arm64"}.get(
+        platform.machine()
+    )
+    if not system or not arch:
+        raise PeerUnavailable(
+            f"{PACKAGE} ships no binary for {platform.system()} {platform.machine()}"
+        )
+    return f"{PACKAGE}-{system}-{arch}"
+
+
+def server_binary(install: bool = True) -> Path:
+    """The native ``restate-server`` of the pinned npm package, installed first with
+    ``npm ci`` (exactly package-lock.json; install scripts off) when it is missing."""
+    here = install_dir()
+    if not (here / "package-lock.json").exists():
+        raise PeerUnavailable(f"no {here}/package-lock.json: the bench's source tree is needed")
+    binary = here / "node_modules" / _platform_package() / "bin" / "restate-server"
+    if binary.exists():
+        return binary
+    if not install:
+        raise PeerUnavailable(f"{binary} is not installed")
+    npm = shutil.which("npm")
+    if npm is None:
+        raise PeerUnavailable("npm is not on PATH: it installs Restate's server")
+    done = subprocess.run(
+        [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"],
+        cwd=here,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if done.returncode != 0 or not binary.exists():
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        raise PeerUnavailable(f"`npm ci` of {PACKAGE} failed: {' '.join(tail)}")
+    return binary
+
+
+def server_version(binary: Path) -> str:
+    out = subprocess.run([str(binary), "--version"], capture_output=True, text=True, timeout=30)
+    return out.stdout.strip()
+
+
+def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise PeerUnavailable(f"{what} exited with {proc.returncode} while starting")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise PeerUnavailable(f"{what} not ready after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class RestateServer:
+    """One ``restate-server`` node on loopback, its data under ``home``."""
+
+    binary: Path
+    home: Path
+    ingress_port: int = field(default_factory=free_port)
+    admin_port: int = field(default_factory=free_port)
+    node_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ingress(self) -> str:
+        return f"http://127.0.0.1:{self.ingress_port}"
+
+    @property
+    def admin(self) -> str:
+        return f"http://127.0.0.1:{self.admin_port}"
+
+    def start(self, timeout_s: float = 60.0) -> RestateServer:
+        self.home.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "RESTATE_INGRESS__BIND_ADDRESS": f"127.0.0.1:{self.ingress_port}",
+            "RESTATE_ADMIN__BIND_ADDRESS": f"127.0.0.1:{self.admin_port}",
+            "RESTATE_BIND_ADDRESS": f"127.0.0.1:{self.node_port}",
+            "RESTATE_ADVERTISED_ADDRESS": f"http://127.0.0.1:{self.node_port}/",
+            "RESTATE_DISABLE_TELEMETRY": "true",
+            "RESTATE_LOG_FILTER": "warn",
+            "RESTATE_LOG_DISABLE_ANSI_CODES": "true",
+        }
+        out = (self.home / "server.log").open("ab")
+        self.proc = subprocess.Popen(
+            [
+                str(self.binary),
+                "--no-logo",
+                "--listen-mode",
+                "tcp",
+                "--node-name",
+                "bench",
+                "--base-dir",
+                str(self.home / "data"),
+            ],
+            cwd=self.home,
+            env=env,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+        try:
+            _wait_http(f"{self.admin}/health", timeout_s, self.proc, "restate-server")
+            _wait_http(f"{self.ingress}/restate/health", timeout_s, self.proc, "restate-server")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def register(self, uri: str, timeout_s: float = 60.0) -> None:
+        """Register the worker's deployment (the server discovers its handlers)."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                r = httpx.post(
+                    f"{self.admin}/deployments", json={"uri": uri, "force": True}, timeout=10
+                )
+                if r.status_code in (200, 201):
+                    return
+                why = f"{r.status_code} {r.text[:200]}"
+            except httpx.HTTPError as exc:
+                why = str(exc)
+            if time.monotonic() > deadline:
+                raise PeerUnavailable(f"registering the Restate deployment failed: {why}")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> RestateServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class Worker:
+    """``python -m podium_bench.restate_peer worker``: the SDK's ASGI app on hypercorn."""
+
+    home: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Worker:
+        out = (self.home / "worker.log").open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "podium_bench.restate_peer", "worker", "--port", str(self.port)],
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        out.close()
+        try:
+            _wait_http(f"{self.uri}/health", 60, self.proc, "the Restate worker")
+        except BaseException:
+            _stop(self.proc)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _stop(self.proc)
+
+
+def restate_side(home: Path, opts: PeerOptions, advance: Callable[[str], None]) -> dict[str, Any]:
+    advance("Restate server starting (npm package)")
+    binary = server_binary()
+    out: dict[str, Any] = {"version": server_version(binary), "sdk": _sdk_version()}
+    with RestateServer(binary, home / "server") as server, Worker(home) as worker:
+        server.register(worker.uri)
+
+        async def measure() -> dict[str, Any]:
+            limits = httpx.Limits(max_connections=opts.in_flight + 8)
+            async with httpx.AsyncClient(base_url=server.ingress, limits=limits) as client:
+                await _first_call(client)
+
+                def calls(workflow: str) -> Call:
+                    async def call(i: int) -> None:
+                        r = await client.post(f"/bench/{workflow}", json={"i": i}, timeout=60)
+                        r.raise_for_status()
+
+                    return call
+
+                return await measure_peer(calls, "Restate", "restate", opts, advance)
+
+        out.update(asyncio.run(measure()))
+    return out
+
+
+async def _first_call(client: httpx.AsyncClient, timeout_s: float = 30.0) -> None:
+    """The ingress learns a new deployment shortly after its registration."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = await client.post("/bench/hello", json={"i": -1}, timeout=30)
+        if r.status_code == 200:
+            return
+        if time.monotonic() > deadline:
+            raise PeerUnavailable(f"Restate's ingress answers {r.status_code}: {r.text[:200]}")
+        await asyncio.sleep(0.1)
+
+
+def _sdk_version() -> str:
+    from importlib.metadata import version
+
+    return version("restate-sdk")
+
+
+# ----- the worker process -----
+
+
+async def _serve(port: int) -> None:
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    config = Config()
+    config.bind = [f"127.0.0.1:{port}"]
+    config.h2_max_concurrent_streams = 4096
+    config.keep_alive_timeout = 3600
+    config.loglevel = "WARNING"
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    from podium_bench.restate_service import app
+
+    await serve(app, config, shutdown_trigger=stop.wait)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m podium_bench.restate_peer")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker", help="serve the bench's Restate service")
+    w.add_argument("--port", type=int, required=True)
+    args = parser.parse_args(argv)
+    asyncio.run(_serve(args.port))
+
+
+if __name__ == "__main__":
+    main()
