@@ -4,9 +4,7 @@ Playwright's Python API (Playwright's own browser downloads are never used).
 A person's journey: sign in with a token, watch a task submitted meanwhile appear
 and complete in the runs list without reloading, open its run page and see its steps
 in the DAG; the same by keyboard alone; and a dead letter found, dry-run, replayed
-with a confirmation and seen completing. The replay test is skipped ONLY when this
-server answers 404 for the dead-letter records endpoint (another part of issue 17);
-anything else fails.
+with a confirmation and seen completing.
 
 Screenshots are kept as test artefacts in ``$PODIUM_TEST_ARTEFACTS/console/`` (default:
 ``.artefacts/console/`` in the repository, ignored by git). Chromium comes from
@@ -211,23 +209,12 @@ def test_the_console_works_by_keyboard(stack: Stack, page: Page) -> None:
     expect(page.get_by_role("heading", name="Dead letters")).to_be_focused()
 
 
-def records_endpoint_missing(stack: Stack, secret: str, topic: str) -> bool:
-    r = httpx.get(
-        f"{stack.api_url}/v1/dead-letters/{topic}/records",
-        headers={"Authorization": f"Bearer {secret}"},
-        timeout=120,
-    )
-    return r.status_code == 404 and r.json().get("detail") == "Not Found"
-
-
 def test_a_dead_letter_found_dry_run_replayed_and_completed(
     stack: Stack, page: Page, drills_root: Path
 ) -> None:
     secret = token(stack, "operator", "*")
     topics = Topics(stack.settings.topic_prefix)
     dlq = topics.dlq(topics.steps("default"))
-    if records_endpoint_missing(stack, secret, dlq):
-        pytest.skip("this server has no /v1/dead-letters/{topic}/records yet (answers 404)")
 
     task_id = tid("replay")
     fixed = drills_root / f"{task_id}.fixed"
