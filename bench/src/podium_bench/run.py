@@ -5,8 +5,10 @@ section; this one runs them in order and writes the outputs (podium_bench.report
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -32,6 +34,30 @@ from podium_shared import Settings
 API_STAGES = 5  # podium_bench.api's stages: reads on SQLite and PostgreSQL, three stack runs
 
 
+@contextlib.contextmanager
+def stage_progress(console: Console, stages: int) -> Iterator[Callable[[str], None]]:
+    """A progress bar of ``stages`` steps; yields ``advance(what)``, which names the
+    stage starting now (the first call only names it), and fills the bar at the end."""
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        bar = progress.add_task("starting", total=stages)
+        first = True
+
+        def advance(what: str) -> None:
+            nonlocal first
+            progress.update(bar, description=what, advance=0 if first else 1)
+            first = False
+
+        yield advance
+        progress.update(bar, completed=stages, description="done")
+
+
 def run_peer_bench(
     settings: Settings, opts: PeerOptions, console: Console | None = None
 ) -> dict[str, Any]:
@@ -54,22 +80,7 @@ def run_peer_bench(
     load_at_start = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     figures = results["figures"]
     started = time.perf_counter()
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task("starting", total=stages)
-        first = True
-
-        def advance(what: str) -> None:
-            nonlocal first
-            progress.update(bar, description=what, advance=0 if first else 1)
-            first = False
-
+    with stage_progress(console, stages) as advance:
         figures["podium"] = podium_side(settings, opts, advance)
         if opts.temporal:
             figures["temporal"] = temporal_side(opts, advance)
@@ -97,7 +108,6 @@ def run_peer_bench(
         results["targets"] = targets(results)
         results["seconds"] = time.perf_counter() - started
         write_outputs(results, opts)
-        progress.update(bar, completed=stages, description="done")
     return results
 
 
@@ -108,22 +118,6 @@ def run_api_only(
     results.json already in ``opts.out_dir`` (a new one when there is none), and the
     report is rendered again from it, so the other sections keep their figures."""
     console = console or Console(stderr=True)
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        bar = progress.add_task("starting", total=API_STAGES)
-        first = True
-
-        def advance(what: str) -> None:
-            nonlocal first
-            progress.update(bar, description=what, advance=0 if first else 1)
-            first = False
-
+    with stage_progress(console, API_STAGES) as advance:
         section = api_section(settings, opts, advance)
-        progress.update(bar, completed=API_STAGES, description="done")
     return write_api_only(section, opts)
