@@ -228,3 +228,50 @@ async def test_the_claiming_relay_parks_too_and_leaves_no_claim(database_url: st
         parked = conn.execute(sa.select(outbox_parked.c.error_type)).scalars().all()
     assert sorted(parked) == ["AssertionError", "MessageSizeTooLargeError"]
     engine.dispose()
+
+
+@dataclass
+class SlowAcknowledgingProducer:
+    """Acknowledges a record only when the test says so, so a stop can arrive while
+    a batch is between the send and the broker's answer."""
+
+    sent: list[bytes | None] = field(default_factory=list)
+    sending: asyncio.Event = field(default_factory=asyncio.Event)
+    acknowledge: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def send(
+        self, topic: str, value: bytes | None = None, key: bytes | None = None, headers: Any = None
+    ) -> asyncio.Future[None]:
+        self.sent.append(key)
+        self.sending.set()
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        acknowledge = self.acknowledge
+
+        async def answer() -> None:
+            await acknowledge.wait()
+            fut.set_result(None)
+
+        asyncio.get_running_loop().create_task(answer())
+        return fut
+
+
+async def test_a_stopped_relay_finishes_its_batch_so_shutdown_sends_nothing_twice(
+    database_url: str,
+) -> None:
+    engine = make_engine(database_url)
+    with engine.begin() as conn:
+        write_outbox(conn, [OutgoingMessage("t.stop", b"k0", b"ok", [])])
+    producer = SlowAcknowledgingProducer()
+    relay = OutboxRelay(engine, producer)
+    running = asyncio.create_task(relay.run())
+    relay.notify()
+    await asyncio.wait_for(producer.sending.wait(), 5)
+    relay.stop()  # while the broker has not answered yet
+    producer.acknowledge.set()
+    await asyncio.wait_for(running, 5)  # ends by itself: no cancellation needed
+    assert not running.cancelled()
+    # What the service's shutdown does next: send what is left. Nothing is.
+    assert await relay.publish_pending() == 0
+    assert producer.sent == [b"k0"]
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar() == 0

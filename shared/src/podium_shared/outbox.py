@@ -324,19 +324,28 @@ class OutboxRelay:
         self._batch = batch
         self.published = 0
         self.parked = 0
+        self._stopping = False
 
     def notify(self) -> None:
         """Wake the relay: a transaction with outbox rows has just committed."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """End ``run`` after the batch in hand, rather than cancelling it: a batch
+        cancelled between the broker's acknowledgement and the delete is sent
+        again at shutdown, a second copy of every one of its records (seen on
+        Apache Kafka: a dead letter copied twice when the router was restarted)."""
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        while True:
+        while not self._stopping:
             # On timeout this is the sweep: publish whatever a crash or a failed send left.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self._sweep_interval_s)
             self._wake.clear()
             try:
-                while await self.publish_pending():
+                while not self._stopping and await self.publish_pending():
                     pass
             except asyncio.CancelledError:
                 raise

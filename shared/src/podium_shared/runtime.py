@@ -192,6 +192,17 @@ async def cancel_all(tasks: list[asyncio.Task[Any]]) -> None:
 CLOSE_GRACE_S = 8.0
 
 
+async def stop_relay(relay: OutboxRelay, relaying: asyncio.Task[Any]) -> None:
+    """Let the relay finish the batch in hand (sent and deleted) before the rest is
+    cancelled; one stuck on a broker that does not answer is cancelled after
+    ``RELAY_STOP_S``, and its rows go again (a duplicate the inbox absorbs)."""
+    relay.stop()
+    await asyncio.wait({relaying}, timeout=RELAY_STOP_S)
+
+
+RELAY_STOP_S = 5.0
+
+
 async def close_clients(clients: Clients, relay: OutboxRelay) -> None:
     """Send what was committed to the outbox (anything left goes on the next start),
     then stop the clients and withdraw readiness, all within ``CLOSE_GRACE_S``."""
@@ -274,9 +285,10 @@ async def run_service(
     clients.consumer.subscribe(spec.topics, listener=guard.listening(listener))
     await clients.producer.start()
     await clients.consumer.start()
+    relaying = asyncio.create_task(relay.run(), name="relay")
     watched = [
         asyncio.create_task(loop.run(), name="consume"),
-        asyncio.create_task(relay.run(), name="relay"),
+        relaying,
         asyncio.create_task(guard.watch(), name="shared-state"),
     ]
     watched += [asyncio.create_task(factory(relay)) for factory in spec.background]
@@ -287,6 +299,7 @@ async def run_service(
     if isinstance(loop, ConcurrentConsumeLoop):
         # In-flight messages finish within the grace period or are released uncommitted.
         released = await loop.shutdown(spec.grace_s)
+    await stop_relay(relay, relaying)
     await cancel_all([*watched, lag])
     await close_clients(clients, relay)
     await guard.close()
