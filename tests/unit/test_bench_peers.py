@@ -5,15 +5,18 @@ the one-in-flight driver, and the report's section (a peer that could not run sa
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from podium import cli
 from podium_bench.peers import (
     PEERS,
     PERSISTS,
+    Worker,
     closed_one,
     parse_peers,
     peer_label,
@@ -161,6 +164,15 @@ def test_a_peers_worker_takes_its_port_and_its_own_options() -> None:
     assert (args.command, args.port, args.database_url) == ("worker", 8123, "postgresql://x")
     with pytest.raises(SystemExit):
         parser.parse_args(["worker"])
+
+
+def test_the_restate_worker_stops_on_sigterm(tmp_path: Path) -> None:
+    """The SDK takes SIGTERM over on its first call: the worker stops through its
+    hooks (exit 0), not killed by stop_process 20 s later (exit -9)."""
+    worker = Worker("podium_bench.restate_peer", tmp_path, "the Restate worker")
+    with worker:
+        assert httpx.get(f"{worker.uri}/health", timeout=10).status_code == 200
+    assert worker.proc is not None and worker.proc.returncode == 0
 
 
 async def test_closed_one_keeps_one_call_in_flight() -> None:

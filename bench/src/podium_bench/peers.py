@@ -187,9 +187,20 @@ def worker_parser(module: str, what: str) -> tuple[argparse.ArgumentParser, Any]
     return parser, worker
 
 
-async def serve_app(app: Any, port: int, **config: Any) -> None:
+SignalHook = Callable[[asyncio.AbstractEventLoop, Callable[[], None], int], None]
+
+
+def _on_signal(loop: asyncio.AbstractEventLoop, hook: Callable[[], None], signum: int) -> None:
+    loop.add_signal_handler(signum, hook)
+
+
+async def serve_app(
+    app: Any, port: int, *, on_signal: SignalHook = _on_signal, **config: Any
+) -> None:
     """Serve the ASGI ``app`` with hypercorn on loopback ``port`` until SIGTERM or
-    SIGINT (a worker process's main); ``config``: more hypercorn settings."""
+    SIGINT (a worker process's main); ``on_signal(loop, hook, signum)`` registers the
+    stop (an app that takes a signal over has its own way); ``config``: more
+    hypercorn settings."""
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
@@ -202,7 +213,7 @@ async def serve_app(app: Any, port: int, **config: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        on_signal(loop, stop.set, sig)
     await serve(app, settings, shutdown_trigger=stop.wait)
 
 

@@ -213,9 +213,17 @@ def _sdk_version() -> str:
 def main(argv: list[str] | None = None) -> None:
     parser, _ = worker_parser(MODULE, "serve the bench's Restate service")
     args = parser.parse_args(argv)
+    from restate.server import install_shutdown_hook
+
     from podium_bench.restate_service import app
 
-    asyncio.run(serve_app(app, args.port, h2_max_concurrent_streams=4096))
+    # The SDK takes SIGTERM over on its first call (its handler replaces the loop's,
+    # to tell open invocations): the stop goes through its hooks, or SIGTERM never
+    # stops the worker and stop_process kills it 20 s later.
+    serving = serve_app(
+        app, args.port, on_signal=install_shutdown_hook, h2_max_concurrent_streams=4096
+    )
+    asyncio.run(serving)
 
 
 if __name__ == "__main__":
