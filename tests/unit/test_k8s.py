@@ -2,7 +2,9 @@
 validated against the Kubernetes API schemas (kubernetes-validate) and KEDA's CRD
 schemas (vendored under infra/k8s/crd-schemas), the wiring checked against what
 the services do (probes, shutdown grace, databases per role and pool, lag
-autoscaling within the topic's partitions), and the result scanned by kube-score.
+autoscaling within the topic's partitions; the operators' api with its HTTP port,
+own Kafka principal, NetworkPolicy and Ingress, and the documented command that
+makes its first token), and the result scanned by kube-score.
 
 kustomize and kube-score are Go programs that `make setup` builds into .tools/bin
 at the versions the Makefile pins. The checks are functions that return the
