@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -17,11 +16,10 @@ import pytest
 from aiokafka import TopicPartition
 
 from podium.stack import Stack
-from podium_api import tokens
 from podium_shared import Settings, Topics
-from podium_shared.db import connect
 from podium_shared.kafka import make_consumer
-from tests.conftest import REPO, stack_settings, unique_prefix
+from tests.conftest import REPO, unique_prefix
+from tests.support.api import api_client, api_stack, make_token, run_of, tid, wait_status
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -29,53 +27,15 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("podium-api-dlq")
     env = {"PODIUM_BREAKER_FAILURES": "1000"}  # the step fails on purpose
-    with Stack(stack_settings(kafka_bootstrap, home), api=True, env=env) as s:
+    with api_stack(kafka_bootstrap, tmp_path_factory, "podium-api-dlq", env=env) as s:
         yield s
 
 
 @pytest.fixture
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
-
-        async def healthy() -> bool:
-            try:
-                return (await client.get("/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, 30, "the api answering /healthz")
+    async with api_client(stack) as client:
         yield client
-
-
-def make_token(stack: Stack, role: tokens.Role, tenant: str, name: str = "") -> dict[str, str]:
-    engine = connect(stack.settings.database_url("api"))
-    try:
-        with engine.begin() as conn:
-            _, secret = tokens.create(conn, role, [tenant], name)
-    finally:
-        engine.dispose()
-    return {"Authorization": f"Bearer {secret}"}
-
-
-def tid(name: str) -> str:
-    return f"{name}-{uuid.uuid4().hex[:8]}"
-
-
-async def run_of(api: httpx.AsyncClient, task_id: str, h: dict[str, str]) -> dict[str, Any]:
-    r = await api.get(f"/v1/runs/{task_id}", headers=h)
-    return r.json() if r.status_code == 200 else {}
-
-
-async def wait_status(
-    api: httpx.AsyncClient, task_id: str, h: dict[str, str], status: str
-) -> dict[str, Any]:
-    async def reached() -> bool:
-        return (await run_of(api, task_id, h)).get("status") == status
-
-    await wait_until(reached, 90, f"{task_id} {status}")
-    return await run_of(api, task_id, h)
 
 
 async def end_offsets(stack: Stack, topic: str) -> dict[int, int]:

@@ -16,8 +16,8 @@ from podium.stack import Stack
 from podium_shared import Settings, Topics
 from podium_shared.kafka import ensure_topics, make_producer
 from podium_shared.topics import TopicSpec
-from tests.conftest import REPO, stack_settings, unique_prefix
-from tests.integration.test_api import make_token
+from tests.conftest import REPO, unique_prefix
+from tests.support.api import api_client, api_stack, make_token
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration
@@ -37,27 +37,21 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    home = tmp_path_factory.mktemp("podium-api-pools")
-    stack = Stack(stack_settings(kafka_bootstrap, home), api=True, executors=2, env=ENV)
     # Up to 3 minutes to start: the CI machine runs several stacks at once.
-    stack.start(timeout_s=STARTUP_S)
-    try:
-        yield stack
-    finally:
-        stack.stop()
+    with api_stack(
+        kafka_bootstrap,
+        tmp_path_factory,
+        "podium-api-pools",
+        env=ENV,
+        executors=2,
+        start_timeout_s=STARTUP_S,
+    ) as s:
+        yield s
 
 
 @pytest.fixture
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
-
-        async def healthy() -> bool:
-            try:
-                return (await client.get("/healthz")).status_code == 200
-            except httpx.TransportError:
-                return False
-
-        await wait_until(healthy, 30, "the api answering /healthz")
+    async with api_client(stack) as client:
         yield client
 
 

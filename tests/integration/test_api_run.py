@@ -8,7 +8,6 @@ is the same after the api's database is deleted and rebuilt from the topics."""
 
 from __future__ import annotations
 
-import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -18,10 +17,15 @@ import pytest
 import sqlalchemy as sa
 
 from podium.stack import Stack
-from podium_api import tokens
 from podium_router.state import history as router_history
 from podium_shared.db import connect
-from tests.conftest import stack_settings
+from tests.support.api import (
+    api_client,
+    api_stack,
+    make_token,
+    restart_api_on_a_new_database,
+    wait_status,
+)
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.waiting import wait_until
 
@@ -40,25 +44,14 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
     }
     with FakeOpenAI() as llm:
         env["PODIUM_LLM_BASE_URL"] = llm.base_url
-        home = tmp_path_factory.mktemp("podium-api-run")
-        with Stack(stack_settings(kafka_bootstrap, home), api=True, env=env) as s:
+        with api_stack(kafka_bootstrap, tmp_path_factory, "podium-api-run", env=env) as s:
             yield s
 
 
 @pytest.fixture
 async def api(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=stack.api_url, timeout=30) as client:
+    async with api_client(stack) as client:
         yield client
-
-
-def make_token(stack: Stack, role: tokens.Role, *tenants: str) -> dict[str, str]:
-    engine = connect(stack.settings.database_url("api"))
-    try:
-        with engine.begin() as conn:
-            _, secret = tokens.create(conn, role, list(tenants))
-    finally:
-        engine.dispose()
-    return {"Authorization": f"Bearer {secret}"}
 
 
 async def get(api: httpx.AsyncClient, path: str, headers: dict[str, str]) -> dict[str, Any]:
@@ -86,26 +79,23 @@ def story(entries: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return [(e["kind"], e["step"], e["cause"], e["next_action"]) for e in entries]
 
 
-@pytest.fixture(scope="module")
-def run_ids() -> dict[str, str]:
-    return {}
-
-
-async def test_one_run_complete_its_dag_usage_history_and_trace(
-    stack: Stack, api: httpx.AsyncClient, run_ids: dict[str, str]
-) -> None:
+async def complete_a_run(stack: Stack, api: httpx.AsyncClient) -> tuple[str, str]:
+    """Submit an ``api-run`` task as a new tenant and wait for it: (task id, tenant)."""
     tenant = f"a-{uuid.uuid4().hex[:6]}"
     mine = make_token(stack, "submitter", tenant)
     task_id = f"run-{uuid.uuid4().hex[:8]}"
-    run_ids.update(task_id=task_id, tenant=tenant)
     body = {"task_id": task_id, "workflow": "api-run", "input": {"text": "remember the run"}}
     r = await api.post("/v1/tasks", json=body, headers=mine)
     assert r.status_code == 202, r.text
+    await wait_status(api, task_id, mine, "completed")
+    return task_id, tenant
 
-    async def completed() -> bool:
-        return (await get(api, f"/v1/runs/{task_id}", mine)).get("status") == "completed"
 
-    await wait_until(completed, 90, f"{task_id} completed")
+async def test_one_run_complete_its_dag_usage_history_and_trace(
+    stack: Stack, api: httpx.AsyncClient
+) -> None:
+    task_id, tenant = await complete_a_run(stack, api)
+    mine = make_token(stack, "viewer", tenant)
     run = await get(api, f"/v1/runs/{task_id}", mine)
     assert run["input"] == {"text": "remember the run"}
     assert run["output"]["chat"] == "echo: remember the run"
@@ -138,7 +128,6 @@ async def test_one_run_complete_its_dag_usage_history_and_trace(
     )
     ats = [e["at"] for e in entries]
     assert ats == sorted(ats)
-    run_ids["history"] = repr(entries)
 
     # The trace: one trace, spans of every service, every parent in it but the root's.
     async def whole() -> bool:
@@ -168,25 +157,14 @@ async def test_one_run_complete_its_dag_usage_history_and_trace(
 
 
 async def test_the_history_is_the_same_after_a_rebuild_from_the_topics(
-    stack: Stack, api: httpx.AsyncClient, run_ids: dict[str, str]
+    stack: Stack, api: httpx.AsyncClient
 ) -> None:
-    """After the run above: the api's database deleted, the api restarted."""
-    if "history" not in run_ids:
-        pytest.skip("needs the run of the test above")
-    task_id, tenant = run_ids["task_id"], run_ids["tenant"]
-    (proc,) = [p for p in stack.processes if p.name == "api"]
-    stack.kill(proc, signal.SIGTERM)
-    for suffix in ("", "-wal", "-shm"):
-        (stack.settings.home / f"api.db{suffix}").unlink(missing_ok=True)
-    stack.respawn(proc)
-
-    async def serving() -> bool:
-        try:
-            return (await api.get("/healthz")).status_code == 200
-        except httpx.TransportError:
-            return False
-
-    await wait_until(serving, 60, "the api answering again")
+    """A run of its own, complete; then the api's database deleted, the api restarted."""
+    task_id, tenant = await complete_a_run(stack, api)
+    h = make_token(stack, "viewer", tenant)
+    before = (await get(api, f"/v1/runs/{task_id}/history", h))["entries"]
+    assert story(before) == router_entries(stack, task_id)
+    await restart_api_on_a_new_database(stack, api)
     h = make_token(stack, "viewer", tenant)  # the old tokens went with the database
 
     async def rebuilt() -> bool:
@@ -195,6 +173,6 @@ async def test_the_history_is_the_same_after_a_rebuild_from_the_topics(
 
     await wait_until(rebuilt, 90, "the history rebuilt from the topics")
     entries = (await get(api, f"/v1/runs/{task_id}/history", h))["entries"]
-    assert repr(entries) == run_ids["history"]
+    assert repr(entries) == repr(before)
     run = await get(api, f"/v1/runs/{task_id}", h)
     assert {s["step_id"]: s["depends_on"] for s in run["steps"]} == NEEDS

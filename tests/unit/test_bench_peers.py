@@ -5,22 +5,27 @@ the one-in-flight driver, and the report's section (a peer that could not run sa
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
+import httpx
 import pytest
 
 from podium import cli
 from podium_bench.peers import (
     PEERS,
     PERSISTS,
+    Worker,
     closed_one,
-    group_memory,
-    merge_numbered,
     parse_peers,
     peer_label,
+    worker_parser,
 )
 from podium_bench.peers_report import SYSTEMS, peers_section, why_absent
+from podium_bench.processes import group_memory, merge_numbered, peak_memory
 from podium_bench.targets import _ahead_of
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.unit
 
@@ -115,6 +120,59 @@ def test_a_group_of_processes_counts_its_shared_memory_once() -> None:
         "DBOS app (Python)": 100.0,
         "restate server": 260.0,
     }
+
+
+class _Process:
+    """What peak_memory reads of a psutil.Process: RSS, and PSS in the full info."""
+
+    def __init__(self, rss_mib: float, pss_mib: float) -> None:
+        self.rss, self.pss = rss_mib * 2**20, pss_mib * 2**20
+
+    def memory_info(self) -> SimpleNamespace:
+        return SimpleNamespace(rss=self.rss)
+
+    def memory_full_info(self) -> SimpleNamespace:
+        return SimpleNamespace(rss=self.rss, pss=self.pss)
+
+
+@pytest.mark.parametrize(
+    ("grouped", "expected"),
+    [
+        # podium's and Temporal's: each process by its own RSS
+        (False, {"postgresql": 150.0, "postgresql 2": 140.0, "restate server": 260.0}),
+        # a peer's: numbered processes as one group, their PSS summed
+        (True, {"postgresql": 52.5, "restate server": 260.0}),
+    ],
+)
+async def test_peak_memory_per_process_or_per_group(
+    grouped: bool, expected: dict[str, float]
+) -> None:
+    procs: dict[str, Any] = {
+        "postgresql": _Process(150.0, 40.0),
+        "postgresql 2": _Process(140.0, 12.5),
+        "restate server": _Process(260.0, 250.0),
+    }
+    with peak_memory(procs, every_s=0.01, grouped=grouped) as peaks:
+        await wait_until(lambda: len(peaks) == len(expected), 10, "a sample")
+    assert peaks == expected
+
+
+def test_a_peers_worker_takes_its_port_and_its_own_options() -> None:
+    parser, worker = worker_parser("podium_bench.dbos_peer", "serve")
+    worker.add_argument("--database-url", required=True)
+    args = parser.parse_args(["worker", "--port", "8123", "--database-url", "postgresql://x"])
+    assert (args.command, args.port, args.database_url) == ("worker", 8123, "postgresql://x")
+    with pytest.raises(SystemExit):
+        parser.parse_args(["worker"])
+
+
+def test_the_restate_worker_stops_on_sigterm(tmp_path: Path) -> None:
+    """The SDK takes SIGTERM over on its first call: the worker stops through its
+    hooks (exit 0), not killed by stop_process 20 s later (exit -9)."""
+    worker = Worker("podium_bench.restate_peer", tmp_path, "the Restate worker")
+    with worker:
+        assert httpx.get(f"{worker.uri}/health", timeout=10).status_code == 200
+    assert worker.proc is not None and worker.proc.returncode == 0
 
 
 async def test_closed_one_keeps_one_call_in_flight() -> None:

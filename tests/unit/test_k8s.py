@@ -2,7 +2,9 @@
 validated against the Kubernetes API schemas (kubernetes-validate) and KEDA's CRD
 schemas (vendored under infra/k8s/crd-schemas), the wiring checked against what
 the services do (probes, shutdown grace, databases per role and pool, lag
-autoscaling within the topic's partitions), and the result scanned by kube-score.
+autoscaling within the topic's partitions; the operators' api with its HTTP port,
+own Kafka principal, NetworkPolicy and Ingress, and the documented command that
+makes its first token), and the result scanned by kube-score.
 
 kustomize and kube-score are Go programs that `make setup` builds into .tools/bin
 at the versions the Makefile pins. The checks are functions that return the
@@ -13,8 +15,11 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 import re
+import shlex
 import subprocess
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,8 +27,10 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
+import sqlalchemy as sa
 import yaml
 
+from podium_api import tokens
 from podium_executor.settings import ExecutorSettings
 from podium_shared.runtime import CLOSE_GRACE_S
 from podium_shared.topics import Topics
@@ -38,7 +45,9 @@ CRD_SCHEMAS = K8S / "crd-schemas"
 # The oldest Kubernetes the manifests are for: every field they use must exist there
 # (matchLabelKeys in pod anti-affinity is GA from 1.33).
 K8S_VERSION = "1.33.0"
-ROLES = ("router", "memory", "recovery")  # one Deployment each; executors: one per pool
+ROLES = ("router", "memory", "recovery", "api")  # one Deployment each; executors: one per pool
+# The operators' api: HTTP on port `http` (PODIUM_API_PORT), its own Kafka principal.
+API_PRINCIPAL = "api"
 
 Obj = dict[str, Any]
 
@@ -204,12 +213,15 @@ def _pod_problems(d: Obj, env: dict[str, Any]) -> list[str]:
     blobs = env.get("PODIUM_BLOB_URL")
     if "persistentVolumeClaim" not in mounts.get(blobs, {}):
         problems.append(f"{name}: PODIUM_BLOB_URL ({blobs}) is not the shared volume")
-    # Ready, and started, once the consumer has joined its group: the readiness file.
-    ready = f"{home}/run/*.ready"
-    for probe in ("startupProbe", "readinessProbe"):
-        command = " ".join(container.get(probe, {}).get("exec", {}).get("command", []))
-        if ready not in command:
-            problems.append(f"{name}: {probe} does not look for {ready}")
+    if _role(d) == "api":
+        problems += _http_problems(d, env)
+    else:
+        # Ready, and started, once the consumer has joined its group: the readiness file.
+        ready = f"{home}/run/*.ready"
+        for probe in ("startupProbe", "readinessProbe"):
+            command = " ".join(container.get(probe, {}).get("exec", {}).get("command", []))
+            if ready not in command:
+                problems.append(f"{name}: {probe} does not look for {ready}")
     port = env.get("PODIUM_METRICS_PORT")
     ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
     if str(ports.get("metrics")) != port:
@@ -222,6 +234,24 @@ def _pod_problems(d: Obj, env: dict[str, Any]) -> list[str]:
     notes = d["spec"]["template"]["metadata"].get("annotations", {})
     if notes.get("prometheus.io/scrape") != "true" or notes.get("prometheus.io/port") != port:
         problems.append(f"{name}: the pods lack the Prometheus scrape annotations")
+    return problems
+
+
+def _http_problems(d: Obj, env: dict[str, Any]) -> list[str]:
+    """The api's HTTP server: on its port `http`, beyond loopback, started and ready
+    once GET /healthz answers there."""
+    problems = []
+    name, container = _name(d), _container(d)
+    port = env.get("PODIUM_API_PORT")
+    ports = {p["name"]: p["containerPort"] for p in container.get("ports", [])}
+    if port is None or str(ports.get("http")) != port:
+        problems.append(f"{name}: port `http` is not PODIUM_API_PORT ({port})")
+    if env.get("PODIUM_API_HOST") != "0.0.0.0":
+        problems.append(f"{name}: the HTTP server listens on loopback only: no Service reaches it")
+    for probe in ("startupProbe", "readinessProbe"):
+        get = container.get(probe, {}).get("httpGet", {})
+        if (get.get("path"), get.get("port")) != ("/healthz", "http"):
+            problems.append(f"{name}: {probe} is not GET /healthz on port `http`")
     return problems
 
 
@@ -266,19 +296,49 @@ def _state_problems(deployments: list[Obj], envs: dict[str, dict[str, Any]]) -> 
                 problems.append(f"{name}: {var} is {ref}, which {owner[ref]} uses too")
         if _role(d) == "executor" and env.get("PODIUM_EXECUTOR_POOL") != _pool(d):
             problems.append(f"{name}: PODIUM_EXECUTOR_POOL is not its pool label {_pool(d)}")
-        for var in ("PODIUM_SASL_USERNAME", "PODIUM_SASL_PASSWORD"):
-            if _secret_ref(env.get(var)) is None:
-                problems.append(f"{name}: {var} is not from a Secret")
+    return problems + _principal_problems(deployments, envs)
+
+
+def _principal_problems(deployments: list[Obj], envs: dict[str, dict[str, Any]]) -> list[str]:
+    """Kafka credentials from Secrets; the api as its own principal, `api` (the ACLs
+    `podium acls` makes for it), with a password no other Deployment has."""
+    problems = []
+    passwords: dict[tuple[str, str], set[str]] = {}
+    for d in deployments:
+        name, env = _name(d), envs[_name(d)]
+        user, password = env.get("PODIUM_SASL_USERNAME"), env.get("PODIUM_SASL_PASSWORD")
+        if _role(d) == "api":
+            if user != API_PRINCIPAL:
+                problems.append(f"{name}: PODIUM_SASL_USERNAME is {user!r}, not {API_PRINCIPAL!r}")
+        elif _secret_ref(user) is None:
+            problems.append(f"{name}: PODIUM_SASL_USERNAME is not from a Secret")
+        ref = _secret_ref(password)
+        if ref is None:
+            problems.append(f"{name}: PODIUM_SASL_PASSWORD is not from a Secret")
+        else:
+            passwords.setdefault(ref, set()).add("api" if _role(d) == "api" else "roles")
+    problems += [
+        f"the api's Kafka password {ref} is another principal's too"
+        for ref, who in passwords.items()
+        if who == {"api", "roles"}
+    ]
     return problems
 
 
 def _companion_problems(objects: list[Obj], d: Obj) -> list[str]:
-    """Exactly one metrics Service and one PodDisruptionBudget select its pods."""
+    """Exactly one metrics Service and one PodDisruptionBudget select its pods; the
+    api's Service has its HTTP port too, which a NetworkPolicy admits."""
     problems = []
     labels = d["spec"]["template"]["metadata"]["labels"]
     services = [s for s in of_kind(objects, "Service") if _selects(s["spec"]["selector"], labels)]
     if len(services) != 1 or not any(p["name"] == "metrics" for p in services[0]["spec"]["ports"]):
         problems.append(f"{_name(d)}: not exactly one Service with a metrics port selects it")
+    elif _role(d) == "api":
+        ports = services[0]["spec"]["ports"]
+        if not any(p["name"] == "http" and p.get("targetPort") == "http" for p in ports):
+            problems.append(f"{_name(d)}: its Service has no port `http` to the pods' `http`")
+    if _role(d) == "api" and not _admitted(objects, labels, "http"):
+        problems.append(f"{_name(d)}: no NetworkPolicy admits connections to port `http`")
     pdbs = [
         p
         for p in of_kind(objects, "PodDisruptionBudget")
@@ -287,6 +347,37 @@ def _companion_problems(objects: list[Obj], d: Obj) -> list[str]:
     if len(pdbs) != 1:
         problems.append(f"{_name(d)}: {len(pdbs)} PodDisruptionBudgets select it, not 1")
     return problems
+
+
+def _admitted(objects: list[Obj], labels: dict[str, str], port: str) -> bool:
+    """Whether a NetworkPolicy selecting pods with ``labels`` admits ``port`` (by name)."""
+    for policy in of_kind(objects, "NetworkPolicy"):
+        if _selects(policy["spec"]["podSelector"].get("matchLabels", {}), labels):
+            for rule in policy["spec"].get("ingress", []):
+                if any(p.get("port") == port for p in rule.get("ports", [])):
+                    return True
+    return False
+
+
+def ingress_problems(objects: list[Obj]) -> list[str]:
+    """Operators reach the api from outside: an Ingress to its Service's port `http`."""
+    api = next((s for s in of_kind(objects, "Service") if s["metadata"]["name"] == "api"), None)
+    backends = [
+        path["backend"]["service"]
+        for ingress in of_kind(objects, "Ingress")
+        for rule in ingress["spec"].get("rules", [])
+        for path in rule.get("http", {}).get("paths", [])
+        if "service" in path.get("backend", {})
+    ]
+    for backend in backends:
+        if backend["name"] == "api" and api is not None:
+            port = backend["port"]
+            if any(
+                p["name"] == "http" and port in ({"name": "http"}, {"number": p["port"]})
+                for p in api["spec"]["ports"]
+            ):
+                return []
+    return [f"no Ingress sends to Service api's port `http` (backends: {backends})"]
 
 
 KEDA_SASL = {"SCRAM-SHA-512": "scram_sha512", "SCRAM-SHA-256": "scram_sha256", "PLAIN": "plaintext"}
@@ -398,6 +489,7 @@ def test_the_base_says_what_podium_needs() -> None:
 def test_the_example_overlay_says_what_podium_needs() -> None:
     objects = render(OVERLAY)
     assert wiring_problems(objects, with_secrets=True) == []
+    assert ingress_problems(objects) == []
     pools = sorted(str(_pool(d)) for d in of_kind(objects, "Deployment") if _pool(d))
     assert pools == ["default", "gpu"]
 
@@ -422,6 +514,48 @@ def test_the_example_secrets_are_marked_as_placeholders() -> None:
     for secret in secrets:
         for key, value in secret["stringData"].items():
             assert "PLACEHOLDER-CHANGE-ME" in value, (secret["metadata"]["name"], key)
+
+
+# The first operator token in a cluster, as docs/deployment.md tells it.
+TOKEN_COMMAND = re.compile(r"^kubectl -n (\S+) exec deploy/(\S+) -c (\S+) -- (.+)$", re.M)
+
+
+def test_the_documented_first_token_command_works_in_the_api_pod(tmp_path: Path) -> None:
+    """The command names the api's Deployment and container in the overlay's
+    namespace, and run with that pod's settings (its database on SQLite here, the
+    Secrets' values made up) it prints an operator token for every tenant."""
+    ((namespace, deployment, container, command),) = TOKEN_COMMAND.findall(
+        (REPO / "docs" / "deployment.md").read_text()
+    )
+    objects = render(OVERLAY)
+    api = _one(objects, "Deployment", deployment)
+    assert (_role(api), api["metadata"]["namespace"]) == ("api", namespace)
+    assert _container(api)["name"] == container
+    argv = shlex.split(command)
+    assert argv[:3] == ["python", "-m", "podium_api"], argv
+    (config_map,) = [o for o in objects if _name(o) == "ConfigMap/podium-config"]
+    env = {
+        k: v if isinstance(v, str) else "made-up-secret"
+        for k, v in _env(api, config_map["data"]).items()
+    }
+    database = tmp_path / "api.db"
+    env |= {"PODIUM_HOME": str(tmp_path), "PODIUM_API_DATABASE_URL": f"sqlite:///{database}"}
+    out = subprocess.run(
+        [sys.executable, *argv[1:]],
+        env={"PATH": os.environ["PATH"], **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    engine = sa.create_engine(f"sqlite:///{database}")
+    try:
+        with engine.connect() as conn:
+            who = tokens.authenticate(conn, out.stdout.strip())
+    finally:
+        engine.dispose()
+    assert who is not None and who.role == "operator" and who.every_tenant
 
 
 # kube-score's checks that stay off, each with why:
@@ -637,6 +771,75 @@ WIRING_MUTATIONS: dict[str, tuple[Mutation, str]] = {
         lambda o: _one(o, "ScaledObject", "executor-default")["spec"].pop("cooldownPeriod"),
         "sets no cooldownPeriod",
     ),
+    "no api": (
+        lambda o: o.remove(_one(o, "Deployment", "api")),
+        "Deployments of roles ['memory', 'recovery', 'router'], not one each of",
+    ),
+    "api database URL as a plain value": (
+        lambda o: _set_env(o, "api", "PODIUM_API_DATABASE_URL", {"value": "sqlite:///x"}),
+        "PODIUM_API_DATABASE_URL is not from a Secret",
+    ),
+    "api on the router's database": (
+        lambda o: _set_env(
+            o,
+            "api",
+            "PODIUM_API_DATABASE_URL",
+            {"valueFrom": {"secretKeyRef": {"name": "podium-databases", "key": "router"}}},
+        ),
+        "is ('podium-databases', 'router'), which ",
+    ),
+    "api database key missing": (
+        lambda o: _one(o, "Secret", "podium-databases")["stringData"].pop("api"),
+        "('podium-databases', 'api') does not exist",
+    ),
+    "api as the roles' principal": (
+        lambda o: _set_env(
+            o,
+            "api",
+            "PODIUM_SASL_USERNAME",
+            {"valueFrom": {"secretKeyRef": {"name": "podium-kafka", "key": "sasl-username"}}},
+        ),
+        "PODIUM_SASL_USERNAME is {'secretKeyRef':",
+    ),
+    "api with the roles' Kafka password": (
+        lambda o: _set_env(
+            o,
+            "api",
+            "PODIUM_SASL_PASSWORD",
+            {"valueFrom": {"secretKeyRef": {"name": "podium-kafka", "key": "sasl-password"}}},
+        ),
+        "the api's Kafka password ('podium-kafka', 'sasl-password') is another principal's",
+    ),
+    "api on loopback": (
+        lambda o: _one(o, "ConfigMap", "podium-config")["data"].update(PODIUM_API_HOST="127.0.0.1"),
+        "Deployment/api: the HTTP server listens on loopback only",
+    ),
+    "api port not its http port": (
+        lambda o: _one(o, "ConfigMap", "podium-config")["data"].update(PODIUM_API_PORT="9000"),
+        "Deployment/api: port `http` is not PODIUM_API_PORT (9000)",
+    ),
+    "api ready on the readiness file": (
+        lambda o: _container(_one(o, "Deployment", "api")).update(
+            readinessProbe={"exec": {"command": ["sh", "-c", "test -f /data/run/api.ready"]}}
+        ),
+        "Deployment/api: readinessProbe is not GET /healthz on port `http`",
+    ),
+    "api without a startup probe": (
+        lambda o: _container(_one(o, "Deployment", "api")).pop("startupProbe"),
+        "Deployment/api: startupProbe is not GET /healthz on port `http`",
+    ),
+    "api Service without http": (
+        lambda o: _one(o, "Service", "api")["spec"]["ports"].pop(0),
+        "Deployment/api: its Service has no port `http`",
+    ),
+    "api port closed by the NetworkPolicy": (
+        lambda o: o.remove(_one(o, "NetworkPolicy", "podium-api")),
+        "Deployment/api: no NetworkPolicy admits connections to port `http`",
+    ),
+    "no api PodDisruptionBudget": (
+        lambda o: o.remove(_one(o, "PodDisruptionBudget", "api")),
+        "Deployment/api: 0 PodDisruptionBudgets select it",
+    ),
 }
 
 
@@ -647,6 +850,28 @@ def test_the_wiring_check_fails_on_a_broken_manifest(case: str) -> None:
     mutate(objects)
     problems = wiring_problems(objects, with_secrets=True)
     assert any(expected in p for p in problems), problems
+
+
+def _ingress_backend(objects: list[Obj]) -> Obj:
+    backend: Obj = _one(objects, "Ingress", "api")["spec"]["rules"][0]["http"]["paths"][0][
+        "backend"
+    ]["service"]
+    return backend
+
+
+INGRESS_MUTATIONS: dict[str, Mutation] = {
+    "no Ingress": lambda o: o.remove(_one(o, "Ingress", "api")),
+    "to the metrics port": lambda o: _ingress_backend(o).update(port={"name": "metrics"}),
+    "to the metrics port by number": lambda o: _ingress_backend(o).update(port={"number": 9464}),
+    "to another Service": lambda o: _ingress_backend(o).update(name="router"),
+}
+
+
+@pytest.mark.parametrize("case", INGRESS_MUTATIONS, ids=list(INGRESS_MUTATIONS))
+def test_the_ingress_check_fails_on_a_broken_manifest(case: str) -> None:
+    objects = render(OVERLAY)
+    INGRESS_MUTATIONS[case](objects)
+    assert ingress_problems(objects) != []
 
 
 # (kube-score does not look at capabilities; the wiring check does.)

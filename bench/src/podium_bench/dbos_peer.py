@@ -17,25 +17,30 @@ the durability nor the CPU of its processes would be DBOS's alone.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
-
-from podium_bench.drivers import Call
 from podium_bench.options import PeerOptions
-from podium_bench.peers import PeerUnavailable, free_port, measure_peer
-from podium_bench.restate_peer import _stop, _wait_http
+from podium_bench.peers import (
+    PeerUnavailable,
+    Worker,
+    free_port,
+    measure_over_http,
+    serve_app,
+    spawn,
+    stop_process,
+    worker_parser,
+)
+
+MODULE = "podium_bench.dbos_peer"
 
 
 def _repo_root() -> Path:
@@ -119,8 +124,7 @@ class Postgres:
         )
         if init.returncode != 0:
             raise PeerUnavailable(f"initdb failed: {init.stderr.strip()[-300:]}")
-        out = (self.home / "server.log").open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             _as_owner(
                 [
                     *(str(self.bindir / "postgres"), "-D", str(data)),
@@ -128,12 +132,8 @@ class Postgres:
                     *("-c", f"unix_socket_directories={self.home}", "-c", "max_connections=200"),
                 ]
             ),
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            self.home / "server.log",
         )
-        out.close()
         deadline = time.monotonic() + timeout_s
         import psycopg
 
@@ -158,7 +158,7 @@ class Postgres:
                 self.proc.wait(30)
             except (OSError, ValueError, subprocess.TimeoutExpired):
                 pass
-        _stop(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> Postgres:
@@ -172,43 +172,6 @@ def _chown_postgres(path: Path) -> None:
     subprocess.run(["chown", "-R", "postgres:", str(path)], check=False, capture_output=True)
 
 
-@dataclass
-class Worker:
-    """``python -m podium_bench.dbos_peer worker``: the DBOS application on hypercorn."""
-
-    home: Path
-    database_url: str
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Worker:
-        out = (self.home / "worker.log").open("ab")
-        self.proc = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "podium_bench.dbos_peer", "worker"),
-                *("--port", str(self.port), "--database-url", self.database_url),
-            ],
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        out.close()
-        try:
-            _wait_http(f"{self.uri}/health", 120, self.proc, "the DBOS worker")
-        except BaseException:
-            _stop(self.proc)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _stop(self.proc)
-
-
 def dbos_side(home: Path, opts: PeerOptions, advance: Callable[[str], None]) -> dict[str, Any]:
     advance("DBOS: PostgreSQL cluster starting")
     from importlib.metadata import version
@@ -216,22 +179,10 @@ def dbos_side(home: Path, opts: PeerOptions, advance: Callable[[str], None]) -> 
     bindir = postgres_bindir()
     pg = Postgres(bindir, home / "postgres")
     out: dict[str, Any] = {"version": version("dbos"), "postgres": pg.version()}
-    with pg, Worker(home, pg.url) as worker:
-
-        async def measure() -> dict[str, Any]:
-            limits = httpx.Limits(max_connections=opts.in_flight + 8)
-            async with httpx.AsyncClient(base_url=worker.uri, limits=limits) as client:
-
-                def calls(workflow: str) -> Call:
-                    async def call(i: int) -> None:
-                        r = await client.post(f"/{workflow}", json={"i": i}, timeout=60)
-                        r.raise_for_status()
-
-                    return call
-
-                return await measure_peer(calls, "DBOS", "dbos", opts, advance)
-
-        out.update(asyncio.run(measure()))
+    worker = Worker(MODULE, home, "the DBOS worker", ("--database-url", pg.url), ready_s=120)
+    with pg, worker:
+        measure = measure_over_http(worker.uri, "/{workflow}", "DBOS", "dbos", opts, advance)
+        out.update(asyncio.run(measure))
     return out
 
 
@@ -239,29 +190,15 @@ def dbos_side(home: Path, opts: PeerOptions, advance: Callable[[str], None]) -> 
 
 
 async def _serve(port: int, database_url: str) -> None:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-
     from podium_bench.dbos_service import app, launch
 
-    launch(database_url)
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.keep_alive_timeout = 3600
-    config.loglevel = "WARNING"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+    launch(database_url)  # on the loop that serves the workflows
+    await serve_app(app, port)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m podium_bench.dbos_peer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="serve the bench's DBOS workflows over HTTP")
-    w.add_argument("--port", type=int, required=True)
-    w.add_argument("--database-url", required=True)
+    parser, worker = worker_parser(MODULE, "serve the bench's DBOS workflows over HTTP")
+    worker.add_argument("--database-url", required=True)
     args = parser.parse_args(argv)
     asyncio.run(_serve(args.port, args.database_url))
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from podium.client import PodiumClient
 from podium_bench.options import PeerOptions
-from podium_bench.processes import cpu_seconds, peak_rss, system_processes
+from podium_bench.processes import cpu_seconds, merge_numbered, peak_memory, system_processes
 from podium_bench.stats import median_of, open_loop_schedule, summary
 from podium_contracts import TaskCompleted, TaskSubmitted
 
@@ -97,18 +97,25 @@ async def measure_throughput(
     for r in range(opts.repeat):
         advance(f"{system} throughput, run {r + 1}/{opts.repeat}")
         await warm(call, opts.warmup)
-        runs.append(await _throughput_run(call, opts, system_processes(system.lower())))
-    return _throughput_figure(runs)
+        runs.append(await throughput_run(call, opts, system_processes(system.lower())))
+    return throughput_figure(runs)
 
 
-async def _throughput_run(call: Call, opts: PeerOptions, procs: dict[str, Any]) -> dict[str, Any]:
+async def throughput_run(
+    call: Call, opts: PeerOptions, procs: dict[str, Any], *, grouped: bool = False
+) -> dict[str, Any]:
+    """One closed-loop run with ``in_flight`` outstanding: tasks/s, and the CPU and
+    peak memory of ``procs`` (per process, or with ``grouped`` per group of numbered
+    processes, as a peer's PostgreSQL with a process per connection)."""
     before = cpu_seconds(procs)
     client_before = time.process_time()
-    with peak_rss(procs) as peaks:
+    with peak_memory(procs, grouped=grouped) as peaks:
         done, elapsed = await closed_loop(call, opts.in_flight, opts.throughput_s)
     after = cpu_seconds(procs)
     client_cpu = time.process_time() - client_before
     cpu = {k: after[k] - before[k] for k in after if k in before}
+    if grouped:
+        cpu = merge_numbered(cpu)
     return {
         "tasks": done,
         "seconds": elapsed,
@@ -116,11 +123,13 @@ async def _throughput_run(call: Call, opts: PeerOptions, procs: dict[str, Any]) 
         "cpu_s_per_1000": sum(cpu.values()) / done * 1000 if done else 0.0,
         "cpu_s_per_1000_by_process": {k: v / done * 1000 for k, v in cpu.items()} if done else {},
         "client_cpu_s_per_1000": client_cpu / done * 1000 if done else 0.0,
+        "processes": len(procs),
         "peak_rss_mib": dict(peaks),
     }
 
 
-def _throughput_figure(runs: list[dict[str, Any]]) -> dict[str, Any]:
+def throughput_figure(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs, the median of their figures, of their peak memory and CPU per process."""
     scalar = median_of(
         [
             {k: float(v) for k, v in r.items() if isinstance(v, int | float) and k != "tasks"}

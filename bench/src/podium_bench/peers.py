@@ -5,29 +5,41 @@ with ``in_flight`` tasks outstanding (CPU and peak RSS of all the peer's process
 and closed-loop latency with one task in flight.
 
 Temporal keeps its own side (``temporal_side``); Restate (``restate_peer``) and DBOS
-(``dbos_peer``) run through ``peer_side`` here. A peer that cannot be installed or
+(``dbos_peer``) run through ``peer_side`` here, each with its service in a worker
+process (``Worker``, ``serve_app``) that the load generator calls over HTTP
+(``measure_over_http``). A peer that cannot be installed or
 started is reported with the reason (``{"unavailable": ...}``), never dropped.
 """
 
 from __future__ import annotations
 
-import contextlib
+import argparse
+import asyncio
 import os
-import re
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 
-from podium_bench.drivers import Call, closed_loop, measure_latency, warm
+from podium_bench.drivers import (
+    Call,
+    closed_loop,
+    measure_latency,
+    throughput_figure,
+    throughput_run,
+    warm,
+)
 from podium_bench.options import PeerOptions
-from podium_bench.processes import cpu_seconds
 from podium_bench.stats import median_of, summary
 
 PEERS = ("temporal", "restate", "dbos")
@@ -90,6 +102,147 @@ def free_port() -> int:
         return port
 
 
+def wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], what: str) -> None:
+    """Until ``url`` answers 200; PeerUnavailable if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise PeerUnavailable(f"{what} exited with {proc.returncode} while starting")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise PeerUnavailable(f"{what} not ready after {timeout_s:.0f} s")
+        time.sleep(0.1)
+
+
+def spawn(argv: list[str], log: Path, **popen: Any) -> subprocess.Popen[bytes]:
+    """Start a peer's process in a session of its own, stdout and stderr appended to
+    ``log``, nothing on stdin."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=out,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            **popen,
+        )
+
+
+def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM, then SIGKILL after 20 s."""
+    if proc is not None and proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@dataclass
+class Worker:
+    """A peer's worker process, ``python -m <module> worker --port <port> [args]``: the
+    peer's service over HTTP (``serve_app``), its output in ``home/worker.log``, ready
+    once ``GET /health`` answers."""
+
+    module: str
+    home: Path
+    what: str  # for errors: "the Restate worker"
+    args: tuple[str, ...] = ()
+    ready_s: float = 60.0
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Worker:
+        self.proc = spawn(
+            [sys.executable, "-m", self.module, "worker", "--port", str(self.port), *self.args],
+            self.home / "worker.log",
+        )
+        try:
+            wait_http(f"{self.uri}/health", self.ready_s, self.proc, self.what)
+        except BaseException:
+            stop_process(self.proc)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        stop_process(self.proc)
+
+
+def worker_parser(module: str, what: str) -> tuple[argparse.ArgumentParser, Any]:
+    """``python -m <module> worker --port N``: the parser and the worker's subparser,
+    for a peer to add its own options to."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    worker = sub.add_parser("worker", help=what)
+    worker.add_argument("--port", type=int, required=True)
+    return parser, worker
+
+
+SignalHook = Callable[[asyncio.AbstractEventLoop, Callable[[], None], int], None]
+
+
+def _on_signal(loop: asyncio.AbstractEventLoop, hook: Callable[[], None], signum: int) -> None:
+    loop.add_signal_handler(signum, hook)
+
+
+async def serve_app(
+    app: Any, port: int, *, on_signal: SignalHook = _on_signal, **config: Any
+) -> None:
+    """Serve the ASGI ``app`` with hypercorn on loopback ``port`` until SIGTERM or
+    SIGINT (a worker process's main); ``on_signal(loop, hook, signum)`` registers the
+    stop (an app that takes a signal over has its own way); ``config``: more
+    hypercorn settings."""
+    from hypercorn.asyncio import serve
+    from hypercorn.config import Config
+
+    settings = Config()
+    settings.bind = [f"127.0.0.1:{port}"]
+    settings.keep_alive_timeout = 3600
+    settings.loglevel = "WARNING"
+    for key, value in config.items():
+        setattr(settings, key, value)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        on_signal(loop, stop.set, sig)
+    await serve(app, settings, shutdown_trigger=stop.wait)
+
+
+async def measure_over_http(
+    base_url: str,
+    path: str,
+    system: str,
+    peer: str,
+    opts: PeerOptions,
+    advance: Any,
+    first: Callable[[httpx.AsyncClient], Awaitable[None]] | None = None,
+) -> dict[str, Any]:
+    """``measure_peer`` with each task one ``POST path.format(workflow=...)`` that
+    answers once the workflow is done; ``first`` is awaited before the measurements."""
+    limits = httpx.Limits(max_connections=opts.in_flight + 8)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits) as client:
+        if first is not None:
+            await first(client)
+
+        def calls(workflow: str) -> Call:
+            async def call(i: int) -> None:
+                r = await client.post(path.format(workflow=workflow), json={"i": i}, timeout=60)
+                r.raise_for_status()
+
+            return call
+
+        return await measure_peer(calls, system, peer, opts, advance)
+
+
 def peer_label(name: str, cmdline: list[str]) -> tuple[str, str] | None:
     """(peer, process label) for a process of a peer, from its name and command line;
     None for any other process (podium's, Temporal's, ``runuser``)."""
@@ -127,88 +280,6 @@ def peer_processes(peer: str) -> dict[str, Any]:
     return out
 
 
-_NUMBERED = re.compile(r"^(.*?) \d+$")
-
-
-def merge_numbered(values: dict[str, float]) -> dict[str, float]:
-    """Sum "postgresql", "postgresql 2", ... into "postgresql" (a process per connection)."""
-    out: dict[str, float] = {}
-    for key, value in values.items():
-        m = _NUMBERED.match(key)
-        base = m.group(1) if m else key
-        out[base] = out.get(base, 0.0) + value
-    return out
-
-
-def group_memory(sample: dict[str, tuple[float, float | None]]) -> dict[str, float]:
-    """One instant's memory (MiB) per process group, from {process: (RSS, PSS)}: a lone
-    process's RSS; for a group of several (PostgreSQL's, a process per connection) the
-    sum of their PSS, so the shared memory all of them map counts once (RSS if no PSS)."""
-    groups: dict[str, list[tuple[float, float | None]]] = {}
-    for key, value in sample.items():
-        m = _NUMBERED.match(key)
-        groups.setdefault(m.group(1) if m else key, []).append(value)
-    out = {}
-    for name, values in groups.items():
-        if len(values) == 1:
-            out[name] = values[0][0]
-        else:
-            out[name] = sum(pss if pss is not None else rss for rss, pss in values)
-    return out
-
-
-@contextlib.contextmanager
-def peak_memory(procs: dict[str, Any], every_s: float = 0.2) -> Iterator[dict[str, float]]:
-    """Sample the processes until the block ends; yields {group: peak MiB} (group_memory)."""
-    peaks: dict[str, float] = {}
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            now: dict[str, tuple[float, float | None]] = {}
-            for name, p in procs.items():
-                with contextlib.suppress(psutil.Error):
-                    if _NUMBERED.match(name) or f"{name} 2" in procs:  # one of a group
-                        full = p.memory_full_info()
-                        pss = getattr(full, "pss", None)
-                        now[name] = (full.rss / 2**20, None if pss is None else pss / 2**20)
-                    else:
-                        now[name] = (p.memory_info().rss / 2**20, None)
-            for group, mib in group_memory(now).items():
-                peaks[group] = max(peaks.get(group, 0.0), mib)
-            stop.wait(every_s)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    try:
-        yield peaks
-    finally:
-        stop.set()
-        thread.join()
-
-
-async def _throughput_run(call: Call, opts: PeerOptions, procs: dict[str, Any]) -> dict[str, Any]:
-    """drivers._throughput_run for a peer: CPU summed per process group, memory by
-    ``peak_memory``."""
-    before = cpu_seconds(procs)
-    client_before = time.process_time()
-    with peak_memory(procs) as peaks:
-        done, elapsed = await closed_loop(call, opts.in_flight, opts.throughput_s)
-    after = cpu_seconds(procs)
-    client_cpu = time.process_time() - client_before
-    cpu = merge_numbered({k: after[k] - before[k] for k in after if k in before})
-    return {
-        "tasks": done,
-        "seconds": elapsed,
-        "tasks_per_s": done / elapsed,
-        "cpu_s_per_1000": sum(cpu.values()) / done * 1000 if done else 0.0,
-        "cpu_s_per_1000_by_process": {k: v / done * 1000 for k, v in cpu.items()} if done else {},
-        "client_cpu_s_per_1000": client_cpu / done * 1000 if done else 0.0,
-        "processes": len(procs),
-        "peak_rss_mib": dict(peaks),
-    }
-
-
 async def closed_one(call: Call, seconds: float) -> list[float]:
     """One task in flight for ``seconds``: the next starts when the last ends; each
     one's latency (ms)."""
@@ -242,19 +313,8 @@ async def measure_peer(
         # Open the connections the load needs before the processes are listed (PostgreSQL
         # starts a process per connection): a short run at full concurrency.
         await closed_loop(call, opts.in_flight, min(1.0, opts.throughput_s))
-        runs.append(await _throughput_run(call, opts, peer_processes(peer)))
-    scalar = median_of(
-        [
-            {k: float(v) for k, v in r.items() if isinstance(v, int | float) and k != "tasks"}
-            for r in runs
-        ]
-    )
-    out["throughput"] = {
-        "runs": runs,
-        "median": scalar,
-        "peak_rss_mib": median_of([r["peak_rss_mib"] for r in runs]),
-        "cpu_by_process": median_of([r["cpu_s_per_1000_by_process"] for r in runs]),
-    }
+        runs.append(await throughput_run(call, opts, peer_processes(peer), grouped=True))
+    out["throughput"] = throughput_figure(runs)
     out["closed_one"] = await measure_closed_one(call, system, opts, advance)
     return out
 

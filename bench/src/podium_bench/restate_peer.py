@@ -14,14 +14,11 @@ generator calls the ingress over HTTP (``POST /bench/hello``) and waits for the 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import platform
 import shutil
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,11 +27,21 @@ from typing import Any
 
 import httpx
 
-from podium_bench.drivers import Call
 from podium_bench.options import PeerOptions
-from podium_bench.peers import PeerUnavailable, free_port, measure_peer
+from podium_bench.peers import (
+    PeerUnavailable,
+    Worker,
+    free_port,
+    measure_over_http,
+    serve_app,
+    spawn,
+    stop_process,
+    wait_http,
+    worker_parser,
+)
 
 PACKAGE = "@restatedev/restate-server"
+MODULE = "podium_bench.restate_peer"
 
 
 def install_dir() -> Path:
@@ -86,31 +93,6 @@ def server_version(binary: Path) -> str:
     return out.stdout.strip()
 
 
-def _wait_http(url: str, timeout_s: float, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if proc.poll() is not None:
-            raise PeerUnavailable(f"{what} exited with {proc.returncode} while starting")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise PeerUnavailable(f"{what} not ready after {timeout_s:.0f} s")
-        time.sleep(0.1)
-
-
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    if proc is not None and proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @dataclass
 class RestateServer:
     """One ``restate-server`` node on loopback, its data under ``home``."""
@@ -142,8 +124,7 @@ class RestateServer:
             "RESTATE_LOG_FILTER": "warn",
             "RESTATE_LOG_DISABLE_ANSI_CODES": "true",
         }
-        out = (self.home / "server.log").open("ab")
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [
                 str(self.binary),
                 "--no-logo",
@@ -154,17 +135,13 @@ class RestateServer:
                 "--base-dir",
                 str(self.home / "data"),
             ],
+            self.home / "server.log",
             cwd=self.home,
             env=env,
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
         )
-        out.close()
         try:
-            _wait_http(f"{self.admin}/health", timeout_s, self.proc, "restate-server")
-            _wait_http(f"{self.ingress}/restate/health", timeout_s, self.proc, "restate-server")
+            wait_http(f"{self.admin}/health", timeout_s, self.proc, "restate-server")
+            wait_http(f"{self.ingress}/restate/health", timeout_s, self.proc, "restate-server")
         except BaseException:
             self.stop()
             raise
@@ -188,7 +165,7 @@ class RestateServer:
             time.sleep(0.2)
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc)
         self.proc = None
 
     def __enter__(self) -> RestateServer:
@@ -198,61 +175,17 @@ class RestateServer:
         self.stop()
 
 
-@dataclass
-class Worker:
-    """``python -m podium_bench.restate_peer worker``: the SDK's ASGI app on hypercorn."""
-
-    home: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Worker:
-        out = (self.home / "worker.log").open("ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "podium_bench.restate_peer", "worker", "--port", str(self.port)],
-            stdout=out,
-            stderr=out,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        out.close()
-        try:
-            _wait_http(f"{self.uri}/health", 60, self.proc, "the Restate worker")
-        except BaseException:
-            _stop(self.proc)
-            raise
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        _stop(self.proc)
-
-
 def restate_side(home: Path, opts: PeerOptions, advance: Callable[[str], None]) -> dict[str, Any]:
     advance("Restate server starting (npm package)")
     binary = server_binary()
     out: dict[str, Any] = {"version": server_version(binary), "sdk": _sdk_version()}
-    with RestateServer(binary, home / "server") as server, Worker(home) as worker:
+    worker = Worker(MODULE, home, "the Restate worker")
+    with RestateServer(binary, home / "server") as server, worker:
         server.register(worker.uri)
-
-        async def measure() -> dict[str, Any]:
-            limits = httpx.Limits(max_connections=opts.in_flight + 8)
-            async with httpx.AsyncClient(base_url=server.ingress, limits=limits) as client:
-                await _first_call(client)
-
-                def calls(workflow: str) -> Call:
-                    async def call(i: int) -> None:
-                        r = await client.post(f"/bench/{workflow}", json={"i": i}, timeout=60)
-                        r.raise_for_status()
-
-                    return call
-
-                return await measure_peer(calls, "Restate", "restate", opts, advance)
-
-        out.update(asyncio.run(measure()))
+        measure = measure_over_http(
+            server.ingress, "/bench/{workflow}", "Restate", "restate", opts, advance, _first_call
+        )
+        out.update(asyncio.run(measure))
     return out
 
 
@@ -277,31 +210,20 @@ def _sdk_version() -> str:
 # ----- the worker process -----
 
 
-async def _serve(port: int) -> None:
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
+def main(argv: list[str] | None = None) -> None:
+    parser, _ = worker_parser(MODULE, "serve the bench's Restate service")
+    args = parser.parse_args(argv)
+    from restate.server import install_shutdown_hook
 
-    config = Config()
-    config.bind = [f"127.0.0.1:{port}"]
-    config.h2_max_concurrent_streams = 4096
-    config.keep_alive_timeout = 3600
-    config.loglevel = "WARNING"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     from podium_bench.restate_service import app
 
-    await serve(app, config, shutdown_trigger=stop.wait)
-
-
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m podium_bench.restate_peer")
-    sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker", help="serve the bench's Restate service")
-    w.add_argument("--port", type=int, required=True)
-    args = parser.parse_args(argv)
-    asyncio.run(_serve(args.port))
+    # The SDK takes SIGTERM over on its first call (its handler replaces the loop's,
+    # to tell open invocations): the stop goes through its hooks, or SIGTERM never
+    # stops the worker and stop_process kills it 20 s later.
+    serving = serve_app(
+        app, args.port, on_signal=install_shutdown_hook, h2_max_concurrent_streams=4096
+    )
+    asyncio.run(serving)
 
 
 if __name__ == "__main__":
