@@ -41,6 +41,7 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Engine
 
 from podium_shared import telemetry
+from podium_shared.idle import IdleBackoff
 from podium_shared.outbox import MessageId, OutboxRelay
 from podium_shared.settle import (
     Handler,
@@ -91,6 +92,7 @@ class LoopParts(TypedDict):
     group: str
     service: str
     poll_timeout_ms: NotRequired[int]  # how long one fetch waits for records; 100 if not given
+    idle: NotRequired[IdleBackoff | None]  # lengthens an idle consumer's fetches (Tansu)
     # topic name → the ce_types it carries (e.g. ``Topics.carries``); None accepts any known type
     carries: NotRequired[Callable[[str], Collection[str]] | None]
     dead_letters: NotRequired[bool]  # False: skip poison instead (an observer of others' topics)
@@ -120,12 +122,15 @@ class ConsumeLoop:
         self._consumer = parts["consumer"]
         self._relay = parts["relay"]
         self._poll_timeout_ms = parts.get("poll_timeout_ms", 100)
+        self._idle = parts.get("idle")
         self.stats = self._settler.stats
 
     async def run(self) -> None:
         while True:
             batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms)
             records = [r for recs in batches.values() for r in recs]
+            if self._idle is not None:
+                self._idle.polled(bool(records))
             if records:
                 await self.process(records)
 
