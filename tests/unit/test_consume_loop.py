@@ -346,3 +346,38 @@ def test_insert_ignore_refuses_a_database_it_cannot_ignore_duplicates_on() -> No
 
     with pytest.raises(NotImplementedError, match="SQLite or PostgreSQL, not mysql"):
         _insert_ignore_statement("mysql", inbox)
+
+
+async def test_events_the_handler_does_not_want_are_committed_without_inbox_or_apply(
+    tmp_path: Path,
+) -> None:
+    calls: list[str] = []
+
+    def count(event: Event, r: None, uow: UnitOfWork) -> None:
+        assert isinstance(event.payload, TaskSubmitted)
+        calls.append(event.payload.task_id)
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    consumer = RecordingConsumer()
+    loop = ConsumeLoop(
+        consumer=consumer,  # type: ignore[arg-type]
+        engine=engine,
+        relay=Relay(),  # type: ignore[arg-type]
+        handler=Handler(
+            apply=count,
+            wants=lambda e: isinstance(e.payload, TaskSubmitted) and e.payload.task_id != "skip",
+        ),
+        group="g",
+        service="svc",
+    )
+    await loop.process(
+        [record(0, *submitted("a")), record(1, *submitted("skip")), record(2, b"{not json", [])]
+    )
+    assert calls == ["a"]
+    with engine.connect() as c:
+        # "a", and the dead-lettered record's place in the log: none for "skip".
+        assert c.execute(sa.select(sa.func.count()).select_from(inbox)).scalar() == 2
+    # The undecodable record is not "unwanted": it is dead-lettered, as before.
+    assert [r.topic for r in outbox_rows(engine)] == ["t.tasks.v1.dlq"]
+    assert loop.stats.passed_over == 1 and loop.stats.handled == 1
+    assert consumer.commits == [{TopicPartition("t.tasks.v1", 0): 3}]
