@@ -381,3 +381,22 @@ async def test_events_the_handler_does_not_want_are_committed_without_inbox_or_a
     assert [r.topic for r in outbox_rows(engine)] == ["t.tasks.v1.dlq"]
     assert loop.stats.passed_over == 1 and loop.stats.handled == 1
     assert consumer.commits == [{TopicPartition("t.tasks.v1", 0): 3}]
+
+
+async def test_the_relay_is_woken_only_by_a_batch_that_wrote(tmp_path: Path) -> None:
+    relay = Relay()
+    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    loop = ConsumeLoop(
+        consumer=RecordingConsumer(),  # type: ignore[arg-type]
+        engine=engine,
+        relay=relay,  # type: ignore[arg-type]
+        handler=Handler(apply=accept, wants=lambda e: e.payload.task_id != "skip"),  # type: ignore[attr-defined]
+        group="g",
+        service="svc",
+    )
+    await loop.process([record(0, *submitted("a", ce_id="a"))])
+    assert relay.notified == 1
+    await loop.process([record(1, *submitted("a", ce_id="a")), record(2, *submitted("skip"))])
+    assert relay.notified == 1  # a duplicate and a passed-over event: nothing to send
+    await loop.process([record(3, b"{not json", [])])
+    assert relay.notified == 2  # a dead letter is an outbox row

@@ -137,6 +137,7 @@ class ConsumeLoop:
     async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Handle one fetched batch and commit its offsets; whatever fails in it is
         dead-lettered (see the module's docstring)."""
+        wrote = self._writes()
         try:
             await self._handle(records)
         except Exception as exc:
@@ -145,8 +146,15 @@ class ConsumeLoop:
             log.exception("batch failed; handling its messages one at a time")
             for r in records:
                 await self._handle_alone(r)
-        self._relay.notify()
+        # A batch of duplicates and passed-over events wrote no outbox row: waking the
+        # relay for it would only read an empty outbox (memory, for every task's events).
+        if self._writes() != wrote:
+            self._relay.notify()
         await self._commit(records)
+
+    def _writes(self) -> int:
+        """How many messages this loop has settled with a write (handled or dead-lettered)."""
+        return self.stats.handled + self.stats.dead_lettered
 
     async def _handle_alone(self, r: ConsumerRecord[bytes, bytes]) -> None:
         try:
