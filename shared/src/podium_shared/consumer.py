@@ -129,10 +129,13 @@ class ConsumeLoop:
         while True:
             batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms)
             records = [r for recs in batches.values() for r in recs]
-            if self._idle is not None:
-                self._idle.polled(bool(records))
+            wrote = self._writes()
             if records:
                 await self.process(records)
+            if self._idle is not None:
+                # Only records it wrote for keep a consumer on the short wait: memory, fed
+                # every task's events and wanting none of a `hello`'s, backs off as if idle.
+                self._idle.polled(self._writes() != wrote)
 
     async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Handle one fetched batch and commit its offsets; whatever fails in it is

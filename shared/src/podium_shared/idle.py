@@ -10,7 +10,9 @@ keep coming, and once it has seen none for ``grace_s`` lets the wait grow, doubl
 every ``step_s``, up to ``ceiling_ms``. The first record after idleness is then late by
 at most the current wait (``ceiling_ms`` once idle for a couple of seconds), on each
 hop whose consumer was idle; a consumer that sees records every second or more often
-never leaves the short wait.
+never leaves the short wait. For ``ConsumeLoop`` a record counts only if the loop wrote
+for it (handled or dead-lettered): memory reads every task's events and passes over a
+`hello`'s, so for it a stream of those is idleness, and its memory steps see the bound.
 """
 
 from __future__ import annotations
