@@ -335,6 +335,8 @@ class Settler:
         passed: list[Message] = []
         if self.handler.wants is not None:
             messages, passed = self._wanted(messages)
+            if not messages:  # nothing to ask the inbox about: no connection either
+                return [], passed
         decoded = [m for m in messages if m.id is not None]
         with self.engine.connect() as conn:
             done, unreadable = seen_each(conn, self.group, [m.id for m in decoded if m.id])
