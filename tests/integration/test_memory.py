@@ -12,6 +12,7 @@ import orjson
 import pytest
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.partitioner import murmur2
 
 from podium.client import Outcome, PodiumClient
 from podium.stack import Stack
@@ -21,6 +22,7 @@ from podium_shared import Topics
 from podium_shared.runtime import ready_file
 from tests.conftest import stack_settings
 from tests.support.kafka import partitions_of
+from tests.support.waiting import wait_until
 from tests.unit.test_memory_store import HOSTILE
 
 pytestmark = pytest.mark.integration
@@ -348,3 +350,41 @@ async def test_killed_with_sigkill_and_restarted_memory_loses_nothing_acknowledg
     assert len(ids) == len(texts)  # one entry per task, none doubled by redelivery
     stored = await recall(stack, tenant, query="", limit=100)
     assert sorted(stored) == sorted(texts)
+
+
+def same_partition_as(task_id: str, prefix: str, partitions: int = 4) -> str:
+    """A new task id whose task events land in ``task_id``'s partition of task-events
+    (keyed by task id, aiokafka's murmur2 partitioner, 4 partitions: podium_shared.topics)."""
+
+    def partition(key: str) -> int:
+        return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+    while True:
+        candidate = uid(prefix)
+        if partition(candidate) == partition(task_id):
+            return candidate
+
+
+async def test_a_task_that_runs_no_memory_step_leaves_no_episode(stack: Stack) -> None:
+    # issue 18: memory used to record an episode of every task with a tenant, at a
+    # transaction each, though only the workflow's own memory steps could ever read it.
+    tenant = uid("tenant")
+    plain = task("hello", {"i": 1}, tenant=tenant, subject="ada")
+    [done] = await run_all(stack, [plain])
+    assert isinstance(done, TaskCompleted)
+    # A memory task whose events follow the plain task's in the same partition: once its
+    # episode is stored, memory has read past the plain task's TaskCompleted.
+    after = task("memory-recall", {"query": ""}, tenant=tenant, subject="ada").model_copy(
+        update={"task_id": same_partition_as(plain.task_id, "memory-recall")}
+    )
+    [done] = await run_all(stack, [after])
+    assert isinstance(done, TaskCompleted)
+
+    async def recorded() -> bool:
+        key = f"episode:{after.task_id}"
+        return bool(await stored_entries(stack, entries.c.idempotency_key == key))
+
+    await wait_until(recorded, 30, "the memory task's episode")
+    assert (
+        await stored_entries(stack, entries.c.idempotency_key == f"episode:{plain.task_id}") == []
+    )

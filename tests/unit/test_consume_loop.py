@@ -3,6 +3,7 @@ inbox dedup, outbox rows, DLQ rows and offset commits, without a broker."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,3 +347,101 @@ def test_insert_ignore_refuses_a_database_it_cannot_ignore_duplicates_on() -> No
 
     with pytest.raises(NotImplementedError, match="SQLite or PostgreSQL, not mysql"):
         _insert_ignore_statement("mysql", inbox)
+
+
+async def test_events_the_handler_does_not_want_are_committed_without_inbox_or_apply(
+    tmp_path: Path,
+) -> None:
+    calls: list[str] = []
+
+    def count(event: Event, r: None, uow: UnitOfWork) -> None:
+        assert isinstance(event.payload, TaskSubmitted)
+        calls.append(event.payload.task_id)
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    consumer = RecordingConsumer()
+    loop = ConsumeLoop(
+        consumer=consumer,  # type: ignore[arg-type]
+        engine=engine,
+        relay=Relay(),  # type: ignore[arg-type]
+        handler=Handler(
+            apply=count,
+            wants=lambda e: isinstance(e.payload, TaskSubmitted) and e.payload.task_id != "skip",
+        ),
+        group="g",
+        service="svc",
+    )
+    await loop.process(
+        [record(0, *submitted("a")), record(1, *submitted("skip")), record(2, b"{not json", [])]
+    )
+    assert calls == ["a"]
+    with engine.connect() as c:
+        # "a", and the dead-lettered record's place in the log: none for "skip".
+        assert c.execute(sa.select(sa.func.count()).select_from(inbox)).scalar() == 2
+    # The undecodable record is not "unwanted": it is dead-lettered, as before.
+    assert [r.topic for r in outbox_rows(engine)] == ["t.tasks.v1.dlq"]
+    assert loop.stats.passed_over == 1 and loop.stats.handled == 1
+    assert consumer.commits == [{TopicPartition("t.tasks.v1", 0): 3}]
+
+
+async def test_the_relay_is_woken_only_by_a_batch_that_wrote(tmp_path: Path) -> None:
+    relay = Relay()
+    engine = make_engine(f"sqlite:///{tmp_path / 'svc.db'}")
+    loop = ConsumeLoop(
+        consumer=RecordingConsumer(),  # type: ignore[arg-type]
+        engine=engine,
+        relay=relay,  # type: ignore[arg-type]
+        handler=Handler(apply=accept, wants=lambda e: e.payload.task_id != "skip"),  # type: ignore[attr-defined]
+        group="g",
+        service="svc",
+    )
+    await loop.process([record(0, *submitted("a", ce_id="a"))])
+    assert relay.notified == 1
+    await loop.process([record(1, *submitted("a", ce_id="a")), record(2, *submitted("skip"))])
+    assert relay.notified == 1  # a duplicate and a passed-over event: nothing to send
+    await loop.process([record(3, b"{not json", [])])
+    assert relay.notified == 2  # a dead letter is an outbox row
+
+
+async def test_only_batches_that_wrote_keep_the_consumer_off_its_idle_wait(
+    tmp_path: Path,
+) -> None:
+    from podium_shared.idle import IdleBackoff, IdlePolicy
+
+    now = [0.0]
+    applied: list[int] = []
+    tp = TopicPartition("t.tasks.v1", 0)
+    script = [
+        [record(0, *submitted("a"))],  # handled at t=0
+        [record(1, *submitted("skip"))],  # passed over at t=2: idle since 0, backs off
+        [record(2, *submitted("b"))],  # handled at t=4: back to the floor
+    ]
+
+    class Scripted(RecordingConsumer):
+        async def getmany(self, timeout_ms: int = 0) -> dict[TopicPartition, Any]:
+            if not script:
+                raise asyncio.CancelledError
+            now[0] = 2.0 * (3 - len(script))  # the batches come at t = 0, 2 and 4 s
+            return {tp: script.pop(0)}
+
+    consumer = Scripted()
+    backoff = IdleBackoff(
+        consumer,
+        IdlePolicy(floor_ms=5, ceiling_ms=250),
+        clock=lambda: now[0],
+        apply=lambda c, ms: applied.append(ms) or True,
+    )
+    loop = ConsumeLoop(
+        consumer=consumer,  # type: ignore[arg-type]
+        engine=make_engine(f"sqlite:///{tmp_path / 'svc.db'}"),
+        relay=Relay(),  # type: ignore[arg-type]
+        handler=Handler(apply=accept, wants=lambda e: e.payload.task_id != "skip"),  # type: ignore[attr-defined]
+        group="g",
+        service="svc",
+        idle=backoff,
+    )
+    with pytest.raises(asyncio.CancelledError):
+        await loop.run()
+    # Two seconds since the last write (the passed-over batch does not count): 160 ms;
+    # the next handled batch puts it back to 5 ms.
+    assert applied == [160, 5]

@@ -364,3 +364,76 @@ def test_task_events_that_are_no_episode_are_read_and_left(h: Harness) -> None:
     )
     cancelled = TaskCancelled(task_id="c", workflow="w", reason="not needed", cancelled_at=now)
     assert h.deliver(rejected) == [] and h.deliver(cancelled) == []
+
+
+def test_only_tasks_that_ran_a_memory_step_leave_an_episode(h: Harness) -> None:
+    # An episode lives in its workflow's scope, read only by that workflow's memory steps:
+    # a task that ran none (a `hello`) leaves nothing, even with its tenant in the event.
+    now = datetime.now(UTC)
+    plain = _completed("plain", tenant="acme", subject="ada").model_copy(
+        update={
+            "steps": [
+                StepSummary(
+                    step_id="s", capability="echo", pool="default", attempts=1, duration_ms=1.0
+                )
+            ]
+        }
+    )
+    assert h.deliver(plain) == []
+    error = TaskError(type="timeout", message="too slow", step_id="s")
+    h.deliver(
+        TaskFailed(
+            task_id="plain-failed",
+            workflow="w",
+            error=error,
+            failed_at=now,
+            tenant="acme",
+            subject="ada",
+        )
+    )
+    # A failed task lists no steps: memory's own note of its memory step decides.
+    h.ok("memory.recall", {}, task_id="used-memory", subject="ada")
+    h.deliver(
+        TaskFailed(
+            task_id="used-memory",
+            workflow="w",
+            error=error,
+            failed_at=now,
+            tenant="acme",
+            subject="ada",
+        )
+    )
+    h.deliver(_completed("recalled", tenant="acme", subject="ada"))
+    assert _episodes(h) == ["recalled", "used-memory"]
+
+
+def test_memory_passes_over_events_it_has_nothing_to_do_with(h: Harness) -> None:
+    wants = h.handler.wants
+    assert wants is not None
+    now = datetime.now(UTC)
+
+    def event(payload: Any) -> Any:
+        return decode(*encode(payload, source="test"))
+
+    used = _completed("t", tenant="acme")
+    unused = used.model_copy(
+        update={"steps": [s.model_copy(update={"pool": "default"}) for s in used.steps]}
+    )
+    error = TaskError(type="timeout", message="too slow")
+    assert wants(event(used))
+    assert not wants(event(unused))
+    assert wants(event(TaskFailed(task_id="t", workflow="w", error=error, failed_at=now)))
+    assert not wants(event(TaskAccepted(task_id="t", workflow="w", accepted_at=now)))
+    assert not wants(event(TaskCancelled(task_id="t", workflow="w", reason="x", cancelled_at=now)))
+    assert not wants(event(TaskRejected(task_id="t", error=error, rejected_at=now)))
+    step = StepRequested(
+        task_id="t",
+        step_id="s",
+        capability="memory.recall",
+        pool="memory",
+        input={"query": "x"},
+        idempotency_key="k",
+        tenant="acme",
+        workflow="w",
+    )
+    assert wants(event(step))

@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -23,10 +24,18 @@ from podium_contracts import (
     decode,
 )
 from podium_recovery import Abandon, Recovery, RecoverySettings, Retry
+from podium_recovery import timers as timer_module
 from podium_recovery.migrations import HISTORY
 from podium_recovery.migrations.skeleton import to_baseline
 from podium_recovery.state import failures, metadata, timers
-from podium_recovery.timers import LostRace, fire_due, make_timer_loop, pending, schedule
+from podium_recovery.timers import (
+    LostRace,
+    fire_due,
+    make_timer_loop,
+    pending,
+    round_wait_s,
+    schedule,
+)
 from podium_shared import OutboxRelay, Topics, UnitOfWork, dlq_headers, make_engine
 from podium_shared.db import outbox
 from podium_shared.migrations import head_revision, migrate, open_database
@@ -288,3 +297,75 @@ def test_migrate_adds_the_new_columns_to_a_skeleton_database(tmp_path: Path) -> 
         assert migrate(engine, HISTORY, legacy=to_baseline) == head_revision(HISTORY)  # idempotent
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("due", "wait"),
+    [
+        (None, 1.0),  # nothing pending: the idle round
+        (100.05, 0.1),  # due sooner than a round: not before interval_s
+        (100.4, 0.4),  # due within the idle round: wake when it is due
+        (130.0, 1.0),  # due later: still look once per idle round
+        (90.0, 0.1),  # overdue yet not fired (another replica holds it): no busy loop
+    ],
+)
+def test_the_timer_loop_waits_until_the_next_timer_within_its_bounds(
+    due: float | None, wait: float
+) -> None:
+    assert round_wait_s(due, 100.0, interval_s=0.1, idle_s=1.0) == pytest.approx(wait)
+
+
+def test_an_idle_timer_loop_looks_once_per_idle_round_and_a_scheduled_timer_wakes_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # issue 18: idle, the loop read its table ten times a second.
+    clock = FakeClock(NOW.timestamp())
+    rounds: list[float] = []
+    real_fire_due = timer_module.fire_due
+
+    def counting(conn: Any, now: float, limit: int = 500) -> int:
+        rounds.append(now)
+        return real_fire_due(conn, now, limit)
+
+    monkeypatch.setattr(timer_module, "fire_due", counting)
+    producer = _Producer()
+    wake = asyncio.Event()
+
+    async def main() -> None:
+        relay = OutboxRelay(engine, producer)
+        loop = asyncio.create_task(
+            make_timer_loop(engine, interval_s=0.1, idle_s=1.0, clock=clock, wake=wake)(relay)
+        )
+        relaying = asyncio.create_task(relay.run())
+        try:
+            await asyncio.sleep(5.05)
+            assert len(rounds) == 6  # at 0, 1, 2, 3, 4 and 5 s
+            # A retry scheduled here, due in 0.3 s, mid-way through an idle round:
+            with engine.begin() as conn:
+                schedule(conn, TOPICS, request(2), NOW + timedelta(seconds=5.35))
+            wake.set()
+            await asyncio.sleep(0.25)
+            assert producer.sent == []
+            await asyncio.sleep(0.1)  # fired when due, not at the next idle round (6 s)
+            assert producer.sent == [(TOPICS.steps("default"), b"t1/s1")]
+        finally:
+            loop.cancel()
+            relaying.cancel()
+            await asyncio.gather(loop, relaying, return_exceptions=True)
+
+    run_in_virtual_time(clock, main())
+
+
+def test_scheduling_a_retry_wakes_the_timer_loop_and_giving_up_does_not(engine: Engine) -> None:
+    woken: list[bool] = []
+    r = Recovery(
+        TOPICS,
+        RecoverySettings(),
+        clock=lambda: NOW,
+        rng=random.Random(3),
+        timer_scheduled=lambda: woken.append(True),
+    )
+    assert isinstance(handle(engine, r, failure(1)), Retry)
+    assert woken == [True]
+    assert isinstance(handle(engine, r, failure(2, error_class="fatal")), Abandon)
+    assert woken == [True]

@@ -16,6 +16,8 @@ class PeerOptions:
     throughput_s: float = 10.0
     in_flight: int = 64  # tasks outstanding in the throughput run, both systems
     raw_samples: int = 300
+    idle_s: float = 30.0  # podium_bench.idle: the window an idle stack's CPU is read over
+    idle_settle_s: float = 5.0  # after start-up, before that window
     sqlite_commits: int = 500
     scaling_seconds: float = 4.0
     scaling_concurrency: int = 8
@@ -55,6 +57,8 @@ class PeerOptions:
             throughput_s=1.5,
             in_flight=8,
             raw_samples=30,
+            idle_s=3.0,
+            idle_settle_s=3.0,
             sqlite_commits=30,
             scaling_seconds=0.5,
             single_concurrency=8,

@@ -4,6 +4,7 @@ and (optionally) a profiled throughput run through the whole stack."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import tempfile
 import uuid
@@ -15,6 +16,7 @@ from podium.client import PodiumClient
 from podium.stack import Stack
 from podium_bench.baselines import raw_hop, sqlite_commit_ms
 from podium_bench.drivers import closed_loop, measure_latency, measure_throughput, podium_call
+from podium_bench.idle import measure_idle
 from podium_bench.options import PeerOptions
 from podium_bench.peers import measure_closed_one
 from podium_bench.processes import system_processes
@@ -65,6 +67,14 @@ def podium_side(
             if stack.broker
             else stack.bootstrap
         )
+        # First, while nothing has run: what the stack costs doing nothing (issue 18).
+        advance(f"idle stack, {opts.idle_s:g} s")
+        out["idle"] = {
+            **measure_idle(opts.idle_s, opts.idle_settle_s),
+            "broker_kind": str(stack.settings.broker),
+            "window_s": opts.idle_s,
+            "load_average": list(os.getloadavg()),
+        }
         raw_runs, tput = [], []
         for r in range(opts.repeat):
             advance(f"raw broker hop, run {r + 1}/{opts.repeat}")

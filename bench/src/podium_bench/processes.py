@@ -19,6 +19,8 @@ def _label(proc: Any) -> str | None:
         return None
     if "tansu" in cmd:
         return "broker (tansu)"
+    if "kafka.Kafka" in cmd:  # podium_shared.kafka_broker: java -cp libs/* kafka.Kafka …
+        return "broker (kafka)"
     if "podium_bench.temporal worker" in cmd:
         return "temporal worker"
     if "temporal" in cmd and "start-dev" in cmd:

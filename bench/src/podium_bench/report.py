@@ -9,6 +9,7 @@ from typing import Any
 
 from podium_bench import api_figures
 from podium_bench.baselines import hops
+from podium_bench.idle import idle_line
 from podium_bench.options import PeerOptions
 from podium_bench.peers_report import peers_section
 from podium_bench.plots import plots
@@ -118,6 +119,8 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
     add(
         f"\nRaw broker throughput, one producer → one consumer: {p['raw_msgs_per_s']:.0f} msgs/s.\n"
     )
+    if "idle" in p:
+        add(idle_line(p["idle"]))
 
     add("## 2. Latency, open-loop\n")
     add(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from podium_bench.idle import IDLE_GOALS
 from podium_bench.stats import ratio
 
 
@@ -92,6 +93,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ok,
         )
     )
+    out.append(idle_target(p.get("idle")))
     out.append(Target("one-step p50 (issue 2)", "< 10 ms", f"{one50:.1f} ms", one50 < 10))
     out.append(Target("throughput (issue 2)", "> 300 tasks/s", f"{tput:.0f} tasks/s", tput > 300))
     return [asdict(x) for x in out]
@@ -121,4 +123,23 @@ def _failover_note(median: dict[str, float]) -> str:
     return (
         f"; the broker alone takes {median['broker_failover_s']:.1f} s to fail over bare "
         f"consumers, so podium's recovery is {median['ratio_to_broker_failover']:.2f}× that"
+    )
+
+
+def idle_target(idle: dict[str, Any] | None) -> Target:
+    """An idle stack's CPU, broker included, against its broker's goal (issue 18)."""
+    if idle is None:
+        return Target(
+            "idle stack (issue 18)", "≤ 0.05 core on Kafka, ≤ 0.10 on Tansu", "not run", None
+        )
+    kind = idle["broker_kind"]
+    goal = IDLE_GOALS.get(kind)
+    measured = (
+        f"{idle['total']:.3f} core on {kind} (services {idle['services']:.3f}, "
+        f"broker {idle['broker']:.3f})"
+    )
+    if goal is None:
+        return Target("idle stack (issue 18)", "a known broker kind", measured, None)
+    return Target(
+        f"idle stack on {kind} (issue 18)", f"≤ {goal:.2f} core", measured, idle["total"] <= goal
     )

@@ -100,6 +100,7 @@ class ConcurrentConsumeLoop:
         self._relay = parts["relay"]
         self._concurrency = concurrency
         self._poll_timeout_ms = parts.get("poll_timeout_ms", 100)
+        self._idle = parts.get("idle")
         self.release_timeout_s = release_timeout_s
         self._offsets: dict[TopicPartition, PartitionOffsets] = {}
         self._tasks: dict[asyncio.Task[None], _InFlight] = {}
@@ -145,6 +146,8 @@ class ConcurrentConsumeLoop:
                     timeout_ms = 0 if self._ready else self._poll_timeout_ms
                     batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=room)
                     records = [r for recs in batches.values() for r in recs]
+                    if self._idle is not None:
+                        self._idle.polled(bool(records) or bool(self._tasks))
                     if records and not self._stopping:
                         self._take(records)
                         continue

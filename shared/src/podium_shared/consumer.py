@@ -41,6 +41,7 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Engine
 
 from podium_shared import telemetry
+from podium_shared.idle import IdleBackoff
 from podium_shared.outbox import MessageId, OutboxRelay
 from podium_shared.settle import (
     Handler,
@@ -91,6 +92,7 @@ class LoopParts(TypedDict):
     group: str
     service: str
     poll_timeout_ms: NotRequired[int]  # how long one fetch waits for records; 100 if not given
+    idle: NotRequired[IdleBackoff | None]  # lengthens an idle consumer's fetches (Tansu)
     # topic name → the ce_types it carries (e.g. ``Topics.carries``); None accepts any known type
     carries: NotRequired[Callable[[str], Collection[str]] | None]
     dead_letters: NotRequired[bool]  # False: skip poison instead (an observer of others' topics)
@@ -120,18 +122,25 @@ class ConsumeLoop:
         self._consumer = parts["consumer"]
         self._relay = parts["relay"]
         self._poll_timeout_ms = parts.get("poll_timeout_ms", 100)
+        self._idle = parts.get("idle")
         self.stats = self._settler.stats
 
     async def run(self) -> None:
         while True:
             batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms)
             records = [r for recs in batches.values() for r in recs]
+            wrote = self._writes()
             if records:
                 await self.process(records)
+            if self._idle is not None:
+                # Only records it wrote for keep a consumer on the short wait: memory, fed
+                # every task's events and wanting none of a `hello`'s, backs off as if idle.
+                self._idle.polled(self._writes() != wrote)
 
     async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Handle one fetched batch and commit its offsets; whatever fails in it is
         dead-lettered (see the module's docstring)."""
+        wrote = self._writes()
         try:
             await self._handle(records)
         except Exception as exc:
@@ -140,8 +149,15 @@ class ConsumeLoop:
             log.exception("batch failed; handling its messages one at a time")
             for r in records:
                 await self._handle_alone(r)
-        self._relay.notify()
+        # A batch of duplicates and passed-over events wrote no outbox row: waking the
+        # relay for it would only read an empty outbox (memory, for every task's events).
+        if self._writes() != wrote:
+            self._relay.notify()
         await self._commit(records)
+
+    def _writes(self) -> int:
+        """How many messages this loop has settled with a write (handled or dead-lettered)."""
+        return self.stats.handled + self.stats.dead_lettered
 
     async def _handle_alone(self, r: ConsumerRecord[bytes, bytes]) -> None:
         try:

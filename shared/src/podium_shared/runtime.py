@@ -28,6 +28,7 @@ from podium_shared import blobs, metrics, secrets, telemetry
 from podium_shared.claiming import ClaimingRelay
 from podium_shared.concurrent_consumer import ConcurrentConsumeLoop, ReleaseOnRevoke
 from podium_shared.consumer import ConsumeLoop, Handler
+from podium_shared.idle import IdleBackoff, idle_policy
 from podium_shared.kafka import (
     BrokerRefused,
     ensure_topics,
@@ -245,6 +246,14 @@ def make_relay(
     return OutboxRelay(spec.engine, producer)
 
 
+def idle_backoff(settings: Settings, consumer: Any) -> IdleBackoff | None:
+    """The idle policy of this broker applied to the real consumer (not its gate)."""
+    policy = idle_policy(
+        settings.broker, settings.fetch_max_wait_ms, settings.idle_fetch_max_wait_ms
+    )
+    return None if policy is None else IdleBackoff(consumer, policy)
+
+
 async def run_service(
     settings: Settings, spec: ServiceSpec, *, instance: str | None = None
 ) -> None:
@@ -271,6 +280,7 @@ async def run_service(
         "service": spec.name,
         "carries": Topics(settings.topic_prefix).carries,
         "dead_letters": spec.dead_letters,
+        "idle": idle_backoff(settings, clients.consumer),
     }
     loop: ConsumeLoop | ConcurrentConsumeLoop
     listener: ConsumerRebalanceListener

@@ -34,6 +34,10 @@ class Settings(BaseSettings):
     # soon as data arrives, so a long wait costs nothing and saves idle polling.
     # Unset: 5 ms on Tansu, 500 ms on Kafka.
     fetch_max_wait_ms: int = Field(default=-1, ge=-1, le=10_000)
+    # Tansu only: the longest fetch wait of a consumer that has seen no record for a
+    # second (podium_shared.idle): the first record after idleness is late by at most
+    # this on each idle hop. 0 (or not above fetch_max_wait_ms) keeps the short wait.
+    idle_fetch_max_wait_ms: int = Field(default=250, ge=0, le=10_000)
     producer_linger_ms: int = Field(default=0, ge=0, le=1_000)
     # auto: ask the broker (an InitProducerId request) at start-up and turn idempotence
     # on where it answers; Tansu (and aiokafka against it) fails that request.

@@ -72,6 +72,10 @@ class Handler(Generic[R]):
     # Called in the transaction that dead-letters a message, so whoever waits on it hears
     # (the router answers a refused submission with TaskRejected).
     refused: Callable[[Refusal, UnitOfWork], None] | None = None
+    # False for an event this handler has nothing to do with (memory and a task that
+    # uses no memory): it is passed over at once, with no inbox record and no
+    # transaction, as a duplicate is. None: every event is handled.
+    wants: Callable[[Event], bool] | None = None
 
 
 @dataclass(slots=True)
@@ -79,6 +83,7 @@ class LoopStats:
     handled: int = 0
     duplicates: int = 0
     dead_lettered: int = 0
+    passed_over: int = 0  # events the handler does not want (Handler.wants)
 
 
 class Outcome(enum.Enum):
@@ -323,8 +328,15 @@ class Settler:
     ) -> tuple[list[Message], list[Message]]:
         """Decode records and ask the inbox: the new messages, in fetch order, and the
         duplicates (seen by the inbox, or in ``claimed``: the ids already on their way,
-        to which the new ones are added). A new message's span starts with ``start``."""
+        to which the new ones are added), with the events the handler passes over among
+        the latter (settled too: nothing to write). A new message's span starts with
+        ``start``."""
         messages = [self._decoded(r) for r in records]
+        passed: list[Message] = []
+        if self.handler.wants is not None:
+            messages, passed = self._wanted(messages)
+            if not messages:  # nothing to ask the inbox about: no connection either
+                return [], passed
         decoded = [m for m in messages if m.id is not None]
         with self.engine.connect() as conn:
             done, unreadable = seen_each(conn, self.group, [m.id for m in decoded if m.id])
@@ -343,7 +355,18 @@ class Settler:
                     continue
                 claimed.add(m.id)
             new.append(m)
-        return new, duplicates
+        return new, duplicates + passed
+
+    def _wanted(self, messages: list[Message]) -> tuple[list[Message], list[Message]]:
+        """The messages to settle, and those whose events the handler does not want."""
+        assert self.handler.wants is not None
+        wanted: list[Message] = []
+        passed: list[Message] = []
+        for m in messages:
+            ok = m.event is None or m.error is not None or self.handler.wants(m.event)
+            (wanted if ok else passed).append(m)
+        self.stats.passed_over += len(passed)
+        return wanted, passed
 
     def start(self, m: Message) -> None:
         """Open the message's ``process <topic>`` span, as its handling begins."""

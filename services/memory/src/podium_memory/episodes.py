@@ -17,6 +17,19 @@ import orjson
 from podium_contracts import TaskCompleted, TaskFailed
 
 PREVIEW_CHARS = 300
+MEMORY_POOL = "memory"  # the pool whose steps this service runs (topics.steps("memory"))
+
+
+def ran_memory_step(event: TaskCompleted | TaskFailed) -> bool | None:
+    """Whether the task ran a memory step, from the event alone: a completed task
+    lists its steps and their pools; a failed one does not (None: ask the noted owner).
+
+    Only such tasks get an episode. An episode lives in its workflow's scope, which only
+    that workflow's memory steps read, so a task of a workflow that never touches memory
+    would leave entries nobody can recall, at a write per task (issue 18)."""
+    if isinstance(event, TaskCompleted):
+        return any(s.pool == MEMORY_POOL for s in event.steps)
+    return None
 
 
 def digest(value: Any) -> str:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from podium_contracts import (
+    Contract,
+    Event,
     StepRequested,
     TaskAccepted,
     TaskCancelled,
@@ -11,6 +13,7 @@ from podium_contracts import (
     TaskHistoryRecorded,
     TaskRejected,
 )
+from podium_memory.episodes import ran_memory_step
 from podium_memory.service import Memory
 from podium_shared import Handler
 from podium_shared.dispatch import UseCases, apply_by_type
@@ -33,5 +36,19 @@ def use_cases(memory: Memory) -> UseCases:
     }
 
 
+def wanted(event: Event, ignored: tuple[type[Contract], ...]) -> bool:
+    """Whether memory has anything to do with an event: its steps, and the outcome of a
+    task that ran a memory step (a failed task's is known only from memory's own note).
+    The rest is passed over before the inbox, so a task that never uses memory costs
+    memory a decode per event, not a transaction. A type outside the table still goes
+    to apply, which dead-letters what memory was not written for."""
+    payload = event.payload
+    if isinstance(payload, TaskCompleted | TaskFailed):
+        return ran_memory_step(payload) is not False
+    return not isinstance(payload, ignored)
+
+
 def make_handler(memory: Memory) -> Handler[None]:
-    return Handler(apply=apply_by_type("memory", use_cases(memory)))
+    cases = use_cases(memory)
+    ignored = tuple(c for c, case in cases.items() if case is None)
+    return Handler(apply=apply_by_type("memory", cases), wants=lambda event: wanted(event, ignored))

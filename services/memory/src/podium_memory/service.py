@@ -21,7 +21,7 @@ from podium_contracts import (
 )
 from podium_memory.budget import within_budget
 from podium_memory.conversation import ExtractiveSummarizer, Summarizer, fold
-from podium_memory.episodes import episode, episode_owner
+from podium_memory.episodes import episode, episode_owner, ran_memory_step
 from podium_memory.fulltext import query_terms
 from podium_memory.inputs import ConversationInput, ForgetInput, RecallInput, RememberInput
 from podium_memory.retention import expires_at
@@ -220,12 +220,19 @@ class Memory:
 
     def record_episode(self, event: TaskCompleted | TaskFailed, uow: UnitOfWork) -> bool:
         """Remember what a finished task did in its workflow's scope, seen only by its
-        subject if it had one; False if its tenant is unknown (an event from a router
-        older than the tenant field, for a task with no memory step)."""
+        subject if it had one; False if the task ran no memory step (nothing could
+        recall the episode) or its tenant is unknown."""
         store = MemoryStore(uow.conn)
-        # The noted owner matters only where the event leaves the tenant or subject open.
-        known = event.tenant is not None and event.subject is not None
+        ran = ran_memory_step(event)
+        if ran is False:
+            return False
+        # The noted owner matters where the event leaves the tenant or subject open, and
+        # says whether a failed task ran a memory step (noted by run_step).
+        known = ran and event.tenant is not None and event.subject is not None
         noted = None if known else store.task_owner(event.task_id)
+        if ran is None and noted is None:
+            log.debug("episode not recorded: the task ran no memory step", task_id=event.task_id)
+            return False
         owner = episode_owner(event.tenant, event.subject, noted)
         if owner is None:
             log.info("episode not recorded: tenant unknown", task_id=event.task_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 
 from podium_recovery.handlers import make_handler
@@ -23,11 +24,20 @@ def build(
     rs = recovery_settings or read_settings(RecoverySettings)
     topics = Topics(settings.topic_prefix)
     engine = open_database(settings.database_url("recovery"), HISTORY, legacy=to_baseline)
+    timer_wake = asyncio.Event()  # a retry scheduled here starts a timer round at once
     return ServiceSpec(
         name="recovery",
         group=topics.group("recovery"),
         topics=[topics.step_failures],
-        handler=make_handler(Recovery(topics, rs, rng=rng)),
+        handler=make_handler(Recovery(topics, rs, rng=rng, timer_scheduled=timer_wake.set)),
         engine=engine,
-        background=[make_timer_loop(engine, interval_s=rs.timer_interval_s, batch=rs.timer_batch)],
+        background=[
+            make_timer_loop(
+                engine,
+                interval_s=rs.timer_interval_s,
+                idle_s=rs.timer_idle_s,
+                batch=rs.timer_batch,
+                wake=timer_wake,
+            )
+        ],
     )

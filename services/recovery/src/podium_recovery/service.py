@@ -43,8 +43,11 @@ class Recovery:
         *,
         clock: Callable[[], datetime] = _now,
         rng: random.Random | None = None,
+        timer_scheduled: Callable[[], None] | None = None,
     ) -> None:
         self.topics = topics
+        # Wakes the timer loop (timers.make_timer_loop), which sleeps long while idle.
+        self._timer_scheduled = timer_scheduled
         self.settings = settings or RecoverySettings()
         self._defaults = self.settings.default_policy()
         self._caps = self.settings.caps()
@@ -135,6 +138,8 @@ class Recovery:
             retry.due_at,
             traceparent=traceparent,
         )
+        if self._timer_scheduled is not None:
+            self._timer_scheduled()
         uow.publish(
             self.topics.step_results,
             StepRetryScheduled.for_failure(

@@ -62,7 +62,12 @@ class RecoverySettings(BaseSettings):
         le=1_000_000,
         description="retries of all one task's steps together",
     )
-    timer_interval_s: float = Field(default=0.1, gt=0, le=60, description="due-timer poll")
+    timer_interval_s: float = Field(
+        default=0.1, gt=0, le=60, description="due-timer poll while a timer is near"
+    )
+    # With no timer due sooner, the loop looks this often (issue 18: an idle recovery
+    # polled its table ten times a second); a timer it schedules itself wakes it at once.
+    timer_idle_s: float = Field(default=1.0, gt=0, le=60, description="due-timer poll, idle")
     timer_batch: int = Field(default=500, ge=1, le=10_000, description="timers fired per tx")
 
     @model_validator(mode="after")

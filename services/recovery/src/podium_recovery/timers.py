@@ -11,6 +11,7 @@ same ``ce_id`` and the executor's inbox drops it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Coroutine
 from datetime import datetime
@@ -88,31 +89,58 @@ def pending(conn: Connection) -> int:
     return int(conn.execute(sa.select(sa.func.count()).select_from(timers)).scalar_one())
 
 
+def next_due(conn: Connection) -> float | None:
+    """When the earliest pending timer is due (epoch seconds), or None if there is none."""
+    due = conn.execute(sa.select(sa.func.min(timers.c.due_at))).scalar_one()
+    return None if due is None else float(due)
+
+
+def round_wait_s(due: float | None, now: float, interval_s: float, idle_s: float) -> float:
+    """How long the timer loop waits before its next round: until the earliest pending
+    timer is due, but at least ``interval_s`` (so a timer fires at most that late and a
+    timer that cannot fire is not retried in a busy loop) and at most ``idle_s`` (how
+    long a timer another replica wrote to a shared database waits to be seen here, should
+    that replica die). A timer this process schedules wakes the loop at once."""
+    longest = max(interval_s, idle_s)
+    if due is None:
+        return longest
+    return min(longest, max(interval_s, due - now))
+
+
 def make_timer_loop(
     engine: Engine,
     *,
     interval_s: float = 0.1,
+    idle_s: float = 1.0,
     batch: int = 500,
     clock: Callable[[], float] = time.time,
+    wake: asyncio.Event | None = None,
 ) -> Callable[[OutboxRelay], Coroutine[Any, Any, None]]:
-    """The background task that fires due timers (a ``ServiceSpec.background`` factory)."""
+    """The background task that fires due timers (a ``ServiceSpec.background`` factory).
+    Idle, it looks once per ``idle_s``, not once per ``interval_s`` (issue 18); ``wake``,
+    set when this process schedules a timer, starts a round at once."""
+    woken = asyncio.Event() if wake is None else wake
 
     async def run(relay: OutboxRelay) -> None:
         while True:
+            woken.clear()  # before the round: a timer scheduled during it wakes the next
             try:
                 with engine.begin() as conn:
                     fired = fire_due(conn, clock(), batch)
+                    due = next_due(conn)
+                wait = round_wait_s(due, clock(), interval_s, idle_s)
             except LostRace as exc:
                 log.debug("timers fired by another replica", detail=str(exc))
-                fired = 0
+                fired, wait = 0, interval_s
             except Exception:
                 log.exception("firing timers failed; trying again")
-                fired = 0
+                fired, wait = 0, interval_s
             if fired:
                 log.info("retries dispatched", count=fired)
                 relay.notify()
                 if fired == batch:
                     continue  # more may be due
-            await asyncio.sleep(interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(woken.wait(), wait)
 
     return run
