@@ -204,6 +204,7 @@ def replay_view(report: dict[str, Any]) -> dict[str, Any]:
     reasons: dict[str, int] = {}
     for s in skipped:
         reasons[s.get("why", "?")] = reasons.get(s.get("why", "?"), 0) + 1
+    seconds = float(report.get("seconds") or 0.0)
     return {
         "topic": report["topic"],
         "selected": report.get("selected", len(replayed) + len(skipped)),
@@ -211,8 +212,9 @@ def replay_view(report: dict[str, Any]) -> dict[str, Any]:
         "replayed": len(replayed),
         "skipped": len(skipped),
         "skipped_by_reason": reasons,
-        "seconds": report.get("seconds", 0.0),
-        "records_per_s": report.get("records_per_s", 0.0),
+        "seconds": round(seconds, 3),
+        # The api's own time for the read-and-send, as the CLI measured it when it sent.
+        "records_per_s": round(len(replayed) / seconds, 1) if seconds > 0 else 0.0,
         "replayed_records": replayed,
         "skipped_records": skipped,
     }

@@ -18,7 +18,6 @@ from podium.cli_common import (
     EXIT_NO_OUTCOME,
     EXIT_TASK_FAILED,
     EXIT_USAGE,
-    LOCAL_UNTIL_MERGE,
     App,
     JsonFlag,
     call_api,
@@ -400,12 +399,9 @@ def history(
     task_id: Annotated[str, typer.Argument(help="the task's id")], as_json: JsonFlag = False
 ) -> None:
     """What ran, what failed, why, and what happens next: the task's audit trail."""
-    if "history" in LOCAL_UNTIL_MERGE:
-        info = _local_history(task_id)
-    else:
-        from podium import api_views as views
+    from podium import api_views as views
 
-        info = call_api(lambda api: views.history_view(api.get_run(task_id), api.history(task_id)))
+    info = call_api(lambda api: views.history_view(api.get_run(task_id), api.history(task_id)))
     lines = [
         f"{info['task_id']} {info['status']} workflow {info['workflow']} "
         f"v{info['workflow_version']}"
@@ -424,17 +420,6 @@ def history(
         lines.append(f"  {e['at']}  {e['event']:<20} {where}  {e['cause']}".rstrip())
     lines.append(f"next: {info['next']}")
     emit(info, as_json, "\n".join(lines))
-
-
-def _local_history(task_id: str) -> dict[str, Any]:
-    """The router's own history of a task, from its database: until the api's history
-    endpoint merges (LOCAL_UNTIL_MERGE)."""
-    from podium.status import StatusError, task_history
-
-    try:
-        return task_history(load_settings(), task_id)
-    except StatusError as exc:
-        fail(str(exc))
 
 
 @app.command()

@@ -92,14 +92,6 @@ def kafka_settings() -> Settings:
     return settings
 
 
-# Commands that still read locally (the router's database, the span files, the DLQ
-# topics) though the api now serves what they show: their api paths are written and
-# unit-tested (tests/unit/test_cli_api_pending.py), and switching them also means every
-# test stack that runs them starts the api. Emptying this set, then deleting the local
-# paths it guards and podium.status, is the next step of issue 17.
-LOCAL_UNTIL_MERGE = frozenset({"history", "trace", "dlq show", "dlq replay"})
-
-
 def call_api(work: Callable[[ApiClient], T]) -> T:
     """``work(client)`` against the operators' API (PODIUM_API_URL and PODIUM_API_TOKEN,
     else the local stack's); an error it answers is the CLI's one line."""

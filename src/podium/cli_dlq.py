@@ -1,34 +1,20 @@
-"""`podium dlq list | show | replay`: the dead-letter topics, for operators."""
+"""`podium dlq list | show | replay`: the dead-letter topics, for operators, through the
+operators' API (show and list as a viewer; replay needs an operator token)."""
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
-from podium.cli_common import (
-    EXIT_USAGE,
-    LOCAL_UNTIL_MERGE,
-    App,
-    JsonFlag,
-    call_api,
-    emit,
-    fail,
-    kafka_settings,
-    load_settings,
-)
+from podium.cli_common import EXIT_USAGE, App, JsonFlag, call_api, emit, fail, load_settings
 
 if TYPE_CHECKING:
-    from rich.progress import Progress
-
-    from podium.dlq import DlqRecord, Filters, ReplayReport
-    from podium_shared import Settings
+    from podium.api_client import ApiClient
 
 dlq_app = App("dlq", "List, inspect and replay dead-letter topics.")
 
-PROGRESS_FROM = 100  # records: smaller replays finish before a bar is worth drawing
 T = TypeVar("T")
 
 TopicArg = Annotated[str, typer.Argument(help="a DLQ topic, with or without the prefix")]
@@ -42,69 +28,18 @@ TaskOpt = Annotated[str | None, typer.Option("--task", help="only this task's re
 LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="the oldest N that match")]
 
 
-def _filters(
-    error_type: str | None,
-    since: str | None,
-    task: str | None,
-    limit: int | None,
-    ids: list[str] | None = None,
-) -> Filters:
-    from podium.dlq import Filters, parse_since
+def _on_topic(work: Callable[[ApiClient], T]) -> T:
+    """``work`` through the api; a topic it does not know is a usage error (exit 2), as
+    a mistyped topic has always been."""
+    from podium.api_client import ApiError, NotFound
 
-    try:
-        since_at = parse_since(since) if since else None
-    except ValueError as exc:
-        fail(str(exc), EXIT_USAGE)
-    return Filters(
-        error_type=error_type, since=since_at, task=task, ids=frozenset(ids or ()), limit=limit
-    )
+    def asking(api: ApiClient) -> T:
+        try:
+            return work(api)
+        except NotFound as exc:
+            raise ApiError(str(exc), EXIT_USAGE) from exc
 
-
-def _run(work: Callable[[], Awaitable[T]]) -> T:
-    import asyncio
-
-    from podium.dlq import DlqError
-
-    try:
-        return asyncio.run(work())  # type: ignore[arg-type]
-    except DlqError as exc:
-        fail(str(exc), EXIT_USAGE if str(exc).startswith("no topic") else 1)
-
-
-async def _read(settings: Settings, topic: str) -> list[DlqRecord]:
-    from podium.dlq import read_records
-    from podium_shared.kafka import make_consumer
-
-    # A consumer per topic: one assigned to a topic tracks only that topic's metadata.
-    consumer = make_consumer(settings, group_id=None, client_id="podium-dlq")
-    try:
-        await consumer.start()  # inside: a consumer that failed to start is closed too
-        return await read_records(consumer, topic)
-    finally:
-        await consumer.stop()
-
-
-async def _topics(settings: Settings, topic: str | None) -> list[str]:
-    from podium.dlq import dlq_topics, resolve_topic
-    from podium_shared.kafka import make_consumer
-
-    consumer = make_consumer(settings, group_id=None, client_id="podium-dlq")
-    try:
-        await consumer.start()
-        if topic:
-            return [await resolve_topic(consumer, topic, settings.topic_prefix)]
-        return await dlq_topics(consumer, settings.topic_prefix)
-    finally:
-        await consumer.stop()
-
-
-async def _selected(
-    settings: Settings, topic: str, filters: Filters
-) -> tuple[str, list[DlqRecord]]:
-    from podium.dlq import select
-
-    (name,) = await _topics(settings, topic)
-    return name, select(await _read(settings, name), filters)
+    return call_api(asking)
 
 
 @dlq_app.command("list")
@@ -148,20 +83,15 @@ def show(
     """Records with their headers and decoded payloads."""
     import orjson
 
-    if "dlq show" in LOCAL_UNTIL_MERGE:
-        settings = kafka_settings()
-        filters = _filters(error_type, since, task, limit)
-        _, records = _run(lambda: _selected(settings, topic, filters))
-        data = [r.as_dict() for r in records]
-    else:
-        from podium import api_views as views
+    from podium import api_views as views
 
-        found = call_api(
-            lambda api: api.dead_letter_records(
-                topic, error_type=error_type, task_id=task, since=_since(since), limit=limit
-            )
+    since_at = _since(since)  # a bad --since is told before anything is asked
+    found = _on_topic(
+        lambda api: api.dead_letter_records(
+            topic, error_type=error_type, task_id=task, since=since_at, limit=limit
         )
-        data = [views.dlq_record(found["topic"], r) for r in found["records"]]
+    )
+    data = [views.dlq_record(found["topic"], r) for r in found["records"]]
     blocks = []
     for d in data:
         head = (
@@ -185,7 +115,7 @@ def show(
 
 def _since(raw: str | None) -> str | None:
     """--since as the api takes it: an RFC 3339 time (an age is from now)."""
-    from podium.dlq import parse_since
+    from podium_shared.dlq_replay import parse_since
 
     if raw is None:
         return None
@@ -195,11 +125,13 @@ def _since(raw: str | None) -> str | None:
         fail(str(exc), EXIT_USAGE)
 
 
-def _api_summary_text(data: dict[str, Any], to: str | None) -> str:
-    """The api's replay report as `podium dlq replay` has always said it."""
+def summary_text(data: dict[str, Any], to: str | None) -> str:
+    """The replay report (the CLI's --json shape) as `podium dlq replay` says it."""
     verb = "would replay" if data["dry_run"] else "replayed"
     where = f" to {to}" if to else " to their original topics"
     text = f"{verb} {data['replayed']} of {data['selected']} from {data['topic']}{where}"
+    if data["replayed"] and not data["dry_run"]:
+        text += f" in {data['seconds']:.2f}s ({data['records_per_s']:.0f} records/s)"
     if data["skipped_by_reason"]:
         text += f"; skipped {data['skipped']}: " + ", ".join(
             f"{n} {why}" for why, n in data["skipped_by_reason"].items()
@@ -207,43 +139,6 @@ def _api_summary_text(data: dict[str, Any], to: str | None) -> str:
         text += "".join(
             f"\n  skipped {s.get('id')} (task {s.get('task_id')}): {s.get('why')}"
             for s in data["skipped_records"][:20]
-        )
-    return text
-
-
-def _progress(total: int, enabled: bool) -> Progress:
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("replay"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
-
-
-def _summary_text(report: ReplayReport, to: str | None) -> str:
-    verb = "would replay" if report.dry_run else "replayed"
-    where = f" to {to}" if to else " to their original topics"
-    text = f"{verb} {len(report.replayed)} of {report.selected} from {report.topic}{where}"
-    if report.replayed and not report.dry_run:
-        text += f" in {report.seconds:.2f}s ({report.records_per_s:.0f} records/s)"
-    skipped = report.skipped_by_reason()
-    if skipped:
-        text += f"; skipped {len(report.skipped)}: " + ", ".join(
-            f"{n} {why}" for why, n in skipped.items()
-        )
-        text += "".join(
-            f"\n  skipped {s['id']} (task {s['task_id']}): {s['why']}" for s in report.skipped[:20]
         )
     return text
 
@@ -259,58 +154,27 @@ def replay_(
         list[str] | None, typer.Option("--id", help="a record's ce_id or partition:offset")
     ] = None,
     to: Annotated[
-        str | None, typer.Option("--to", help="publish here instead of the original topic")
+        str | None,
+        typer.Option("--to", help="publish here instead of the original topic (a DLQ's source)"),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="show what would be sent")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Send the selected records back for another try (the DLQ itself is unchanged)."""
-    if "dlq replay" not in LOCAL_UNTIL_MERGE:
-        from podium import api_views as views
+    from podium import api_views as views
 
-        data = views.replay_view(
-            call_api(
-                lambda api: api.replay(
-                    topic,
-                    ids=ids,
-                    error_type=error_type,
-                    task_id=task,
-                    since=_since(since),
-                    limit=limit,
-                    dry_run=dry_run,
-                    to=to,
-                )
-            )
+    since_at = _since(since)  # a bad --since is told before anything is asked
+    report = _on_topic(
+        lambda api: api.replay(
+            topic,
+            ids=ids,
+            error_type=error_type,
+            task_id=task,
+            since=since_at,
+            limit=limit,
+            dry_run=dry_run,
+            to=to,
         )
-        emit(data, as_json, _api_summary_text(data, to))
-        return
-    from podium.dlq import replay, task_states
-    from podium_shared.kafka import make_producer
-
-    settings = kafka_settings()
-    filters = _filters(error_type, since, task, limit, ids)
-
-    async def work() -> ReplayReport:
-        name, records = await _selected(settings, topic, filters)
-        states = task_states(settings, (t for r in records if (t := r.task_id)))
-        producer = make_producer(settings, client_id="podium-dlq")
-        try:
-            await producer.start()
-            show_bar = not as_json and not dry_run and len(records) >= PROGRESS_FROM
-            with _progress(len(records), show_bar) as bar:
-                job = bar.add_task("replay", total=len(records))
-                return await replay(
-                    producer,
-                    name,
-                    records,
-                    states=states,
-                    to=to,
-                    dry_run=dry_run,
-                    progress=lambda n: bar.advance(job, n),
-                )
-        finally:
-            await producer.stop()
-
-    report = _run(work)
-    emit(report.as_dict(), as_json, _summary_text(report, to))
-    sys.stdout.flush()
+    )
+    data = views.replay_view(report)
+    emit(data, as_json, summary_text(data, to))

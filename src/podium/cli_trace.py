@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from podium.cli_common import LOCAL_UNTIL_MERGE, JsonFlag, call_api, fail, load_settings, print_json
+from podium.cli_common import JsonFlag, call_api, fail, print_json
 
 
 def trace_command(
@@ -19,7 +19,7 @@ def trace_command(
 
     from podium.trace import render
 
-    data = _local(task_id) if "trace" in LOCAL_UNTIL_MERGE else _from_api(task_id)
+    data = _from_api(task_id)
     if as_json:
         print_json(data)
         return
@@ -36,13 +36,3 @@ def _from_api(task_id: str) -> dict[str, Any]:
     if not data["traces"]:
         fail(f"no spans for task {task_id} (source: {found.get('source', '?')})")
     return data
-
-
-def _local(task_id: str) -> dict[str, Any]:
-    """The span files under PODIUM_HOME: until the api's trace endpoint merges."""
-    from podium.trace import TraceNotFound, task_trace
-
-    try:
-        return task_trace(load_settings().home, task_id)
-    except TraceNotFound as exc:
-        fail(str(exc))

@@ -1,26 +1,19 @@
-"""`podium trace TASK_ID`: the cross-service tree of one task, read from the span
-files the services write under ``PODIUM_HOME/spans`` (``PODIUM_TRACING=local``).
+"""`podium trace TASK_ID`: the cross-service tree of one task, drawn from the spans
+the api answers (``GET /v1/runs/{id}/trace``: its span store or the OTLP backend).
 
 A task's trace is every span sharing a trace id with a span whose
 ``podium.task_id`` is the task; the tree follows parent ids, and spans whose
-parent is not in the files (an upstream producer's) are roots.
+parent is not among them (an upstream producer's) are roots.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-
-# The reading of the span store lives in podium_shared (the api reads it too); its
-# names stay importable from here.
-from podium_shared.spans import TASK_ATTR as TASK_ATTR
-from podium_shared.spans import load_spans as load_spans
-from podium_shared.spans import trace_ids_of as trace_ids_of
 
 BAR_WIDTH = 40
 SERVICE_STYLES = {
@@ -29,10 +22,6 @@ SERVICE_STYLES = {
     "memory": "magenta",
     "recovery": "yellow",
 }
-
-
-class TraceNotFound(LookupError):
-    pass
 
 
 @dataclass
@@ -67,18 +56,6 @@ def _walk(nodes: list[SpanNode], depth: int = 0) -> list[tuple[int, SpanNode]]:
         out.append((depth, n))
         out += _walk(n.children, depth + 1)
     return out
-
-
-def task_trace(home: Path, task_id: str) -> dict[str, Any]:
-    """The task's trace(s) as plain data: spans in tree order with depth and timings."""
-    spans = load_spans(home)
-    ids = trace_ids_of(spans, task_id)
-    if not ids:
-        raise TraceNotFound(
-            f"no spans for task {task_id} under {home / 'spans'} "
-            "(tracing must be local: PODIUM_TRACING=local, the default without OTLP)"
-        )
-    return shape(task_id, ids, spans)
 
 
 def shape(task_id: str, ids: list[str], spans: list[dict[str, Any]]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import task_history
 from podium_contracts import TaskCompleted, TaskSubmitted
 from tests.conftest import stack_settings
+from tests.support.router_db import task_history
 
 pytestmark = pytest.mark.integration
 

@@ -1,7 +1,7 @@
-"""`podium status`, `cancel` and `dlq list` go through the api, over the real broker and
-the real service processes: as `podium up` leaves it (URL and operator token under
-PODIUM_HOME), and from elsewhere with PODIUM_API_URL and PODIUM_API_TOKEN only; each
-refusal one line."""
+"""`podium status`, `history`, `trace`, `cancel` and `dlq list/show/replay` go through the
+api, over the real broker and the real service processes: as `podium up` leaves it (URL
+and operator token under PODIUM_HOME), and from elsewhere with PODIUM_API_URL and
+PODIUM_API_TOKEN only; each refusal one line."""
 
 from __future__ import annotations
 
@@ -160,3 +160,46 @@ async def test_dlq_list_reads_the_summaries_from_the_api(stack: Stack, tmp_path:
     other = podium(stack, "dlq", "list", "--json", env=stranger)
     assert other.returncode == 0, other.stderr
     assert [s["count"] for s in orjson.loads(other.stdout) if s["topic"] == dlq] == [0]
+
+
+async def test_history_dlq_show_and_replay_from_another_machine(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """A failed task found, explained and replayed with a token and the api's URL only
+    (no broker to reach, no PODIUM_HOME of the stack's); a viewer's replay refused."""
+    task_id = f"cli-dlq-{uuid.uuid4().hex[:8]}"
+    sent = podium(stack, "submit", "-w", "test-fails", "--task-id", task_id, "--wait")
+    assert sent.returncode == 1, sent.stderr
+    topics = Topics(stack.settings.topic_prefix)
+    dlq = topics.dlq(topics.steps("default"))
+    name = dlq.removeprefix(f"{stack.settings.topic_prefix}.")
+
+    async def failed() -> bool:
+        return await run_status(stack, task_id) == "failed"
+
+    await wait_until(failed, 60, f"the api seeing {task_id} failed")
+    nowhere = {"PODIUM_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}"}
+    viewer = remote(stack, make_token(stack, "viewer", "default"), tmp_path) | nowhere
+    operator = remote(stack, operator_token(stack), tmp_path) | nowhere
+
+    history = podium(stack, "history", task_id, "--json", env=viewer)
+    assert history.returncode == 0, history.stderr
+    info = orjson.loads(history.stdout)
+    events = [e["event"] for e in info["history"]]
+    assert info["status"] == "failed" and (events[0], events[-1]) == ("accepted", "failed"), info
+
+    shown = podium(stack, "dlq", "show", name, "--task", task_id, "--json", env=viewer)
+    assert shown.returncode == 0, shown.stderr
+    (record,) = orjson.loads(shown.stdout)
+    assert (record["topic"], record["task_id"]) == (dlq, task_id), record
+    stranger = remote(stack, make_token(stack, "viewer", "other"), tmp_path) | nowhere
+    hidden = podium(stack, "dlq", "show", name, "--task", task_id, env=stranger)
+    assert (hidden.returncode, hidden.stdout) == (0, "no matching records\n"), hidden.stderr
+
+    refused = podium(stack, "dlq", "replay", name, "--task", task_id, env=viewer)
+    one_line(refused, 2, "the token lacks the role or tenant for this")
+    dry = podium(stack, "dlq", "replay", name, "--task", task_id, "--dry-run", env=operator)
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout == f"would replay 1 of 1 from {dlq} to their original topics\n"
+    unknown = podium(stack, "dlq", "show", "no-such.dlq", env=operator)
+    one_line(unknown, 2, "no topic 'no-such.dlq'")

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
@@ -19,16 +20,26 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import StatusError, task_status
 from podium_contracts import DLQ_HEADER_PREFIX, TaskCompleted, encode
 from podium_shared import Topics, dlq_headers
+from tests.conftest import stack_settings
 from tests.support.contracts_v2 import TaskSubmittedV2, WorkflowRef
 from tests.support.kafka import read_topic
+from tests.support.router_db import StatusError, task_status
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 UPGRADE = REPO / "tests" / "support" / "upgrade_v2"  # its sitecustomize installs v2
+
+
+@pytest.fixture(scope="module")
+def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The four services and the api: `podium dlq replay` asks the api."""
+    home = tmp_path_factory.mktemp("podium-versions")
+    with Stack(stack_settings(kafka_bootstrap, home), api=True) as s:
+        s.operator_token()
+        yield s
 
 
 def podium_cli(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

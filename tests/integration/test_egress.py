@@ -14,12 +14,12 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import task_history
 from podium_contracts import StepErrorType, TaskCompleted, TaskFailed, TaskSubmitted
 from podium_shared import dlq_headers
 from tests.conftest import stack_settings
 from tests.support.http_server import serving
 from tests.support.kafka import read_topic
+from tests.support.router_db import task_history
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,6 @@ from aiokafka import ConsumerRecord
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import StatusError, task_status
 from podium_contracts import (
     DLQ_HEADER_PREFIX,
     MAX_JSON_DEPTH,
@@ -24,6 +23,7 @@ from podium_contracts import (
 )
 from podium_shared import Topics, dlq_headers
 from tests.support.kafka import committed_offsets, read_topic, send_with_raw_header_key
+from tests.support.router_db import StatusError, task_status
 
 pytestmark = pytest.mark.integration
 

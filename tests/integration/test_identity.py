@@ -15,7 +15,6 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import StatusError, task_status
 from podium_contracts import (
     TaskCancelled,
     TaskCancelRequested,
@@ -25,6 +24,7 @@ from podium_contracts import (
 )
 from podium_shared import Topics, dlq_headers
 from tests.support.kafka import committed_offsets, read_topic
+from tests.support.router_db import StatusError, task_status
 from tests.support.waiting import outbox_empty, wait_until
 
 pytestmark = pytest.mark.integration

@@ -1,7 +1,7 @@
 """`podium up --broker kafka --secure`: a local Apache Kafka that speaks only SASL_SSL
 (SCRAM-SHA-512 over TLS), or only SSL with client certificates (`--auth mtls`), each
-service connecting as its own principal; the DLQ replay journey run by the CLI as the
-operator principal."""
+service connecting as its own principal; the DLQ replay journey run by the CLI with the
+operator's api token (the api reads and replays under its own principal)."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from pydantic import SecretStr
 
 from podium.client import PodiumClient
 from podium.stack import Stack, password_file
-from podium.status import task_history, task_status
 from podium_contracts import TaskCompleted, TaskFailed, TaskRejected, TaskSubmitted
 from podium_shared import Settings, Topics, dlq_headers
 from podium_shared.kafka import (
@@ -35,6 +34,7 @@ from podium_shared.kafka import (
 )
 from podium_shared.tls import LocalCA, write_secret
 from tests.conftest import REPO, unique_prefix
+from tests.support.router_db import task_history, task_status
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka_only]
 
@@ -56,7 +56,7 @@ def secure_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # A "backup" pool for the DLQ journey's fallback; the drills fail on purpose, so the
     # circuit breakers stay out of the way (as in test_recovery.py).
     env = {"PODIUM_BREAKER_FAILURES": "1000"}
-    # The api too: `podium dlq list` reads the summaries from it, as `podium up` runs it.
+    # The api too: `podium dlq list/show/replay` go through it, as `podium up` runs it.
     with Stack(settings, pools=("default", "backup"), env=env, secure=True, api=True) as s:
         s.operator_token()
         yield s
@@ -235,8 +235,9 @@ async def test_the_dlq_replay_journey_runs_as_the_operator(
     secure_stack: Stack, tmp_path: Path
 ) -> None:
     """A step dead-lettered after its retries and fallback; `podium dlq list/show/replay`
-    over SASL_SSL as `operator`, from the settings `podium up` prints; the task resumes
-    and completes, each effect once."""
+    through the api with the operator token `podium up` writes (the api reads and sends
+    over SASL_SSL as its own principal); the task resumes and completes, each effect
+    once."""
     cli_env = secure_stack.child_env()
     assert cli_env["PODIUM_SASL_USERNAME"] == "operator"
     assert "PODIUM_SASL_PASSWORD" not in cli_env  # the CLI reads the file, as services do

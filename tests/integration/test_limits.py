@@ -20,7 +20,6 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import task_history
 from podium_contracts import (
     TaskCancelled,
     TaskCompleted,
@@ -32,6 +31,7 @@ from podium_contracts import (
 from podium_shared import Topics, dlq_headers
 from tests.conftest import stack_settings
 from tests.support.kafka import read_to_end
+from tests.support.router_db import task_history
 
 pytestmark = pytest.mark.integration
 

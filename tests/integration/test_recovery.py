@@ -21,16 +21,18 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.structs import RecordMetadata
 
 from podium.client import PodiumClient
-from podium.dlq import Filters, read_records, replay, select, send_all
 from podium.stack import Stack
-from podium.status import task_history, task_status
 from podium_contracts import DLQ_HEADER_PREFIX, DlqHeader, TaskCompleted, TaskFailed, TaskSubmitted
 from podium_recovery.state import timers
 from podium_shared import Topics, dlq_headers
+from podium_shared.dlq_records import read_records
+from podium_shared.dlq_replay import Filters, replay, select, send_all
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 from podium_shared.topics import TopicSpec
 from tests.conftest import stack_settings
+from tests.support.api_runs import until_api_sees
 from tests.support.kafka import committed_offsets, read_topic
+from tests.support.router_db import task_history, task_status
 from tests.support.waiting import outbox_empty, wait_until
 
 pytestmark = pytest.mark.integration
@@ -186,7 +188,9 @@ async def test_exhausted_retries_fall_back_then_dead_letter_and_replay_completes
     assert done.output["value"] == "after"
     assert task_status(stack.settings, task.task_id)["status"] == "completed"
 
-    # Once the task completed, another replay is skipped and says why.
+    # Once the task completed (the api, which replays, has heard it), another replay is
+    # skipped and says why.
+    await until_api_sees(stack, [task.task_id], ["completed"])
     third = podium(stack, "dlq", "replay", backup_dlq, "--task", task.task_id, "--json")
     report = orjson.loads(third.stdout)
     assert (report["replayed"], report["skipped_by_reason"]) == (
@@ -290,14 +294,20 @@ async def test_recovery_killed_with_pending_retries_fires_each_once_after_restar
         assert task_status(stack.settings, t.task_id)["steps"][0]["attempts"] == 2
 
 
-async def test_a_dlq_of_ten_thousand_records_lists_and_replays_with_progress(
+async def test_a_dlq_of_ten_thousand_records_lists_and_replays_through_the_api(
     stack: Stack,
 ) -> None:
     prefix = stack.settings.topic_prefix
     dlq, scratch = f"{prefix}.bulk.v1.dlq", f"{prefix}.bulk-replayed.v1"
+    # --to names the source of a dead-letter topic (the api writes nowhere else): the
+    # scratch topic has its own DLQ.
     await ensure_topics(
         stack.settings,
-        [TopicSpec(dlq, 2, "none", "bulk poison"), TopicSpec(scratch, 4, "none", "scratch")],
+        [
+            TopicSpec(dlq, 2, "none", "bulk poison"),
+            TopicSpec(scratch, 4, "none", "scratch"),
+            TopicSpec(f"{scratch}.dlq", 1, "none", "scratch's dlq"),
+        ],
     )
     poison = []
     for i in range(10_000):
@@ -332,8 +342,11 @@ async def test_a_dlq_of_ten_thousand_records_lists_and_replays_with_progress(
     replayed = podium(stack, "dlq", "replay", dlq, "--to", scratch)
     seconds = time.monotonic() - started
     assert replayed.returncode == 0, replayed.stderr
-    assert f"replayed 10000 of 10000 from {dlq} to {scratch}" in replayed.stdout
-    assert "10000/10000" in replayed.stderr  # the progress bar's last frame
+    assert f"replayed 10000 of 10000 from {dlq} to {scratch} in " in replayed.stdout
+    assert replayed.stdout.rstrip().endswith(" records/s)"), replayed.stdout
+    elsewhere = podium(stack, "dlq", "replay", dlq, "--to", f"{prefix}.bulk.v1.nowhere")
+    assert elsewhere.returncode == 2, elsewhere.stderr
+    assert elsewhere.stderr == "podium: error: not the source of a DLQ topic\n"
     assert seconds < 60, seconds
     copies = await read_topic(stack.bootstrap, scratch, at_least=10_000, timeout_s=60)
     assert len(copies) == 10_000

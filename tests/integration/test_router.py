@@ -19,7 +19,6 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import StatusError, task_history, task_status
 from podium_contracts import (
     TaskCancelled,
     TaskCancelRequested,
@@ -31,6 +30,7 @@ from podium_shared import Settings, Topics
 from tests.conftest import stack_settings
 from tests.support.kafka import read_topic
 from tests.support.postgres import scratch_databases
+from tests.support.router_db import StatusError, task_history, task_status
 
 pytestmark = pytest.mark.integration
 

@@ -16,7 +16,6 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import task_history
 from podium_contracts import (
     TaskCompleted,
     TaskFailed,
@@ -26,6 +25,7 @@ from podium_contracts import (
 from podium_shared import Topics, dlq_headers
 from tests.conftest import stack_settings
 from tests.support.kafka import read_topic
+from tests.support.router_db import task_history
 
 pytestmark = pytest.mark.integration
 

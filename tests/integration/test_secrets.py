@@ -35,6 +35,7 @@ from podium.stack import Stack
 from podium_contracts import TaskCompleted, TaskFailed, TaskSubmitted
 from podium_router.state import history
 from tests.conftest import POSTGRES_ADMIN_URL, stack_settings
+from tests.support.api_runs import until_api_sees
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.kafka import read_topic
 
@@ -99,7 +100,7 @@ def secured(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> I
             "PODIUM_EXECUTOR_LLM_BASE_URL": fake.base_url,
             "PODIUM_EXECUTOR_LLM_MODEL": "gpt-4o-mini",
         }
-        # The api too: `podium status` and `dlq list` read through it.
+        # The api too: `podium status`, `history`, `trace` and `dlq` read through it.
         stack = cleanup.enter_context(
             Stack(stack_settings(kafka_bootstrap, home, **overrides), env=env, api=True)
         )
@@ -167,7 +168,9 @@ def test_no_secret_reaches_logs_spans_metrics_history_dlq_or_json(secured: Secur
     echoed = next(r for r in ours if echo.task_id in (r.value or b"").decode())
     assert b"Bearer ***" in dict(echoed.headers)["podium-dlq-error-message"]
 
-    # Every --json output.
+    # Every --json output (status, history, trace and dlq through the api, once it has
+    # heard the outcomes).
+    asyncio.run(until_api_sees(stack, [t.task_id for t in (hello, chat, echo, doomed)]))
     outputs = {}
     for task in (hello, chat, echo, doomed):
         outputs[f"history {task.task_id}"] = podium(stack, "history", task.task_id, "--json")

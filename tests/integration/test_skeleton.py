@@ -9,7 +9,6 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import task_status
 from podium_contracts import (
     DLQ_HEADER_PREFIX,
     TaskCompleted,
@@ -20,6 +19,7 @@ from podium_contracts import (
 )
 from podium_shared import Topics, dlq_headers
 from tests.support.kafka import committed_offsets, read_topic
+from tests.support.router_db import task_status
 
 pytestmark = pytest.mark.integration
 

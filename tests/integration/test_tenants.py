@@ -18,11 +18,11 @@ from aiokafka import TopicPartition
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.status import StatusError, task_history
 from podium_contracts import TaskCompleted, TaskRejected, TaskSubmitted, decode
 from podium_shared import Topics, dlq_headers
 from tests.conftest import stack_settings
 from tests.support.kafka import read_to_end
+from tests.support.router_db import StatusError, task_history
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.integration

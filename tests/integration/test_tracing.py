@@ -1,6 +1,6 @@
 """Tracing and metrics over the real broker and processes: one task is one
 trace across router, memory, executor and recovery, under the upstream
-producer's span; `podium trace` draws it; /metrics reports lag and latency."""
+producer's span; `podium trace` draws it from the api; /metrics reports lag and latency."""
 
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ import pytest
 
 from podium.client import PodiumClient
 from podium.stack import Stack
-from podium.trace import load_spans, trace_ids_of
 from podium_contracts import TaskCompleted, TaskSubmitted, encode
 from podium_shared import Topics
+from podium_shared.spans import load_spans, trace_ids_of
 from tests.conftest import stack_settings
+from tests.support.api_runs import until_api_sees
 
 pytestmark = pytest.mark.integration
 
@@ -36,7 +37,10 @@ SERVICES = {"router", "executor", "memory", "recovery"}
 @pytest.fixture(scope="module")
 def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     home = tmp_path_factory.mktemp("podium-tracing")
-    with Stack(stack_settings(kafka_bootstrap, home), env={"PODIUM_TRACING": "local"}) as s:
+    # The api too: `podium trace` asks it, as `podium up` runs it (it reads the span files).
+    settings = stack_settings(kafka_bootstrap, home)
+    with Stack(settings, env={"PODIUM_TRACING": "local"}, api=True) as s:
+        s.operator_token()
         yield s
 
 
@@ -57,6 +61,7 @@ def traced_task(stack: Stack) -> dict[str, Any]:
 
     outcome = asyncio.run(run())
     assert isinstance(outcome, TaskCompleted), outcome
+    asyncio.run(until_api_sees(stack, [task.task_id]))
     # Spans reach the files within the exporters' 200 ms batching delay.
     deadline = time.monotonic() + 20
     while True:
@@ -194,7 +199,10 @@ def test_podium_trace_shows_every_service(stack: Stack, traced_task: dict[str, A
         assert service in text.stdout
     assert "█" in text.stdout and "router.route" in text.stdout
     missing = podium(stack, "trace", "no-such-task")
-    assert missing.returncode == 1 and "no spans for task" in missing.stderr
+    assert (missing.returncode, missing.stderr) == (
+        1,
+        "podium: error: no such task 'no-such-task'\n",
+    )
 
 
 def scrape(url: str) -> str:

@@ -17,8 +17,8 @@ from aiokafka.errors import (
 from pydantic import ValidationError
 
 from podium.cli_errors import broker_error, invalid
-from podium.dlq import parse_since
 from podium_contracts import TaskCancelRequested
+from podium_shared.dlq_replay import parse_since
 
 pytestmark = pytest.mark.unit
 

@@ -10,10 +10,11 @@ from typing import Any
 import orjson
 import pytest
 
-from podium.dlq import DlqRecord, Filters, parse_since, plan_replay, replay, select, summarize
 from podium_contracts import DLQ_HEADER_PREFIX
 from podium_shared.blobs import FolderStore
 from podium_shared.dlq import fit
+from podium_shared.dlq_records import DlqRecord, summarize
+from podium_shared.dlq_replay import Filters, parse_since, plan_replay, replay, select
 
 pytestmark = pytest.mark.unit
 

@@ -17,7 +17,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from podium.dlq import read_records, replay, send_all
 from podium.stack import Stack
 from podium_bench.options import PeerOptions
 from podium_bench.scratch import scratch_broker
@@ -33,6 +32,8 @@ from podium_contracts import (
     encode,
 )
 from podium_shared import Settings, Topics, TopicSpec
+from podium_shared.dlq_records import read_records
+from podium_shared.dlq_replay import replay, send_all
 from podium_shared.kafka import ensure_topics, make_consumer, make_producer
 
 

@@ -1,5 +1,6 @@
-"""Reads runs and their history from the router's database, for `podium
-status` and `podium history` (read-only; the router owns the database)."""
+"""Reads runs and their history straight from the router's database, for the tests
+that check what the router itself recorded (read-only; the router owns the database).
+The CLI reads them through the api (`podium status`, `podium history`)."""
 
 from __future__ import annotations
 
@@ -83,25 +84,6 @@ def task_status(settings: Settings, task_id: str) -> dict[str, Any]:
             for s in steps
         ],
     }
-
-
-def list_tasks(
-    settings: Settings,
-    *,
-    status: str | None = None,
-    workflow: str | None = None,
-    tenant: str | None = None,
-    limit: int = 50,
-) -> list[dict[str, Any]]:
-    query = sa.select(runs).order_by(runs.c.accepted_at.desc()).limit(limit)
-    if status:
-        query = query.where(runs.c.status == status)
-    if workflow:
-        query = query.where(runs.c.workflow == workflow)
-    if tenant:
-        query = query.where(runs.c.tenant == tenant)
-    with router_db(settings) as conn:
-        return [_run_summary(r) for r in conn.execute(query)]
 
 
 def task_history(settings: Settings, task_id: str) -> dict[str, Any]:
