@@ -237,3 +237,28 @@ async def test_cancel(client: httpx.AsyncClient, engine: Engine) -> None:
     with engine.connect() as conn:
         (done,) = conn.execute(sa.select(actions)).mappings()
     assert (done["action"], done["detail"]) == ("cancel", "stuck")
+
+
+async def test_the_runs_list_and_a_run_take_one_connection_each(
+    client: httpx.AsyncClient, engine: Engine
+) -> None:
+    """The token is checked on the connection of the query (one pool checkout, one
+    thread-pool hop): the token's lookup no longer takes a connection of its own."""
+    seed(engine, 3, "a")
+    headers = token(engine, "viewer", "a")
+    checkouts: list[int] = []
+
+    def counted(*_: object) -> None:
+        checkouts.append(1)
+
+    sa.event.listen(engine, "checkout", counted)
+    try:
+        assert (await client.get("/v1/runs", headers=headers)).status_code == 200
+        assert len(checkouts) == 1
+        assert (await client.get("/v1/runs/a-0001", headers=headers)).status_code == 200
+        assert len(checkouts) == 2
+        assert (await client.get("/v1/runs", headers=token(engine, "viewer", "b"))).json()[
+            "items"
+        ] == []
+    finally:
+        sa.event.remove(engine, "checkout", counted)
