@@ -262,3 +262,30 @@ async def test_the_runs_list_and_a_run_take_one_connection_each(
         ] == []
     finally:
         sa.event.remove(engine, "checkout", counted)
+
+
+async def test_the_runs_list_and_a_run_take_one_thread_pool_hop(
+    client: httpx.AsyncClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load each hop is a wait for a thread and for the loop: the token, the role,
+    the query and the response's serialisation took four; now the route's one."""
+    import fastapi.dependencies.utils
+    import fastapi.routing
+    from starlette.concurrency import run_in_threadpool
+
+    seed(engine, 3, "a")
+    headers = token(engine, "viewer", "a")
+    hops: list[object] = []
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_in_threadpool(func, *args, **kwargs)
+
+    for module in (fastapi.routing, fastapi.dependencies.utils):
+        monkeypatch.setattr(module, "run_in_threadpool", counted)
+    listed = await client.get("/v1/runs", headers=headers)
+    assert listed.status_code == 200 and len(listed.json()["items"]) == 3
+    assert len(hops) == 1
+    one = await client.get("/v1/runs/a-0001", headers=headers)
+    assert one.status_code == 200 and one.json()["task_id"] == "a-0001"
+    assert len(hops) == 2

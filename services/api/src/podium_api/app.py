@@ -6,11 +6,12 @@ does not cover is 404, exactly as an absent one, so a token learns nothing of
 other tenants. Routes are plain functions: FastAPI runs them in its thread pool,
 so the synchronous database calls never block the service's event loop.
 
-Each thread-pool hop costs a request a wake-up of a thread and of the loop (a profile
-under load showed three per request: the token's lookup, the role check, the query).
-So the dependencies that do no I/O are ``async`` (they run on the loop), and the two
-hot reads (the runs list and one run) check the token in the same hop and on the same
-connection as their query: one hop and one connection per request. Why not a cache of
+Each thread-pool hop costs a request a wake-up of a thread and of the loop (there were
+four per request: the token's lookup, the role check, the query, and FastAPI's check
+and serialisation of the returned model). So the dependencies that do no I/O are
+``async`` (they run on the loop), and the two hot reads (the runs list and one run)
+check the token in the same hop and on the same connection as their query and return
+their JSON ready-made: one hop and one connection per request. Why not a cache of
 tokens instead: a revoked token must fail on its very next request (docs/security.md),
 and the lookup, by the digest's unique index on a connection already open, costs a
 fraction of a millisecond; a cache would save that and cost seconds of revocation."""
@@ -242,6 +243,13 @@ def _requires(role: Role) -> Callable[[Principal], Awaitable[Principal]]:
     return check
 
 
+def _json(model: BaseModel) -> Response:
+    """A model as the response, serialised here. A sync route that returns a model has
+    FastAPI validate and serialise it again in one more thread-pool hop; a Response is
+    sent as it is (the route's ``response_model`` still documents it)."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 def read_engine(engine: Engine) -> Engine:
     """``engine`` for reads on PostgreSQL without a transaction: that spares a request a
     BEGIN and a ROLLBACK, two of its round trips. SQLite begins none for a read anyway
@@ -305,7 +313,10 @@ def create_app(
         return Health(status="ok")
 
     @app.get(
-        "/v1/runs", tags=["runs"], responses={400: {"description": "not a cursor of this API"}}
+        "/v1/runs",
+        tags=["runs"],
+        response_model=RunPage,
+        responses={400: {"description": "not a cursor of this API"}},
     )
     def list_runs(
         token: Token,
@@ -318,7 +329,7 @@ def create_app(
         q: Annotated[str | None, Query(max_length=200, description="in the task id")] = None,
         cursor: Annotated[str | None, Query(max_length=1000)] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 50,
-    ) -> RunPage:
+    ) -> Response:
         """Runs the token's tenants own, newest first; pass ``next_cursor`` for more."""
         f = queries.RunFilter(
             status=status_,
@@ -337,12 +348,17 @@ def create_app(
                 )
         except queries.BadCursor as exc:
             raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from exc
-        return RunPage(
-            items=[RunSummary(**_summary_fields(r)) for r in rows], next_cursor=following
+        return _json(
+            RunPage(items=[RunSummary(**_summary_fields(r)) for r in rows], next_cursor=following)
         )
 
-    @app.get("/v1/runs/{task_id}", tags=["runs"], responses={404: {"description": "no such run"}})
-    def get_run(token: Token, task_id: str) -> RunDetail:
+    @app.get(
+        "/v1/runs/{task_id}",
+        tags=["runs"],
+        response_model=RunDetail,
+        responses={404: {"description": "no such run"}},
+    )
+    def get_run(token: Token, task_id: str) -> Response:
         """One run with its input, output, usage and steps (a DAG: each step names the
         steps it depends on; planned steps not begun yet are ``pending``)."""
         with reads.connect() as conn:
@@ -350,14 +366,16 @@ def create_app(
         if found is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such run")
         run, steps = found
-        return RunDetail(
-            **(
-                _summary_fields(run)
-                | {"usage": run_view.run_usage(run["usage"], (s["usage"] for s in steps))}
-            ),
-            input=run["input"],
-            output=_unwrapped(run["output"]),
-            steps=[_step(s) for s in run_view.dag_steps(run["plan"], steps)],
+        return _json(
+            RunDetail(
+                **(
+                    _summary_fields(run)
+                    | {"usage": run_view.run_usage(run["usage"], (s["usage"] for s in steps))}
+                ),
+                input=run["input"],
+                output=_unwrapped(run["output"]),
+                steps=[_step(s) for s in run_view.dag_steps(run["plan"], steps)],
+            )
         )
 
     @app.post(
