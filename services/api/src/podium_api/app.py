@@ -173,11 +173,16 @@ def _unwrapped(v: Any) -> Any:
     return v["value"] if isinstance(v, dict) and "value" in v else None
 
 
+_SUMMARY_FIELDS = tuple(RunSummary.model_fields)
+
+
 def _summary_fields(row: RowMapping) -> dict[str, Any]:
-    fields = {k: row[k] for k in RunSummary.model_fields if k in row}
+    # A dict first: a RowMapping's ``in`` and ``[]`` were a fifth of a list's CPU.
+    values = dict(row)
+    fields = {k: values[k] for k in _SUMMARY_FIELDS if k in values}
     for k in ("created_at", "accepted_at", "finished_at", "updated_at", "cancel_requested_at"):
-        fields[k] = _time(row[k])
-    fields["usage"] = run_view.usage_view(row["usage"])
+        fields[k] = _time(values[k])
+    fields["usage"] = run_view.usage_view(values["usage"])
     return fields
 
 
