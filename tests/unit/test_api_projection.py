@@ -4,6 +4,8 @@ topics, idempotent through the inbox, and the same when rebuilt."""
 from __future__ import annotations
 
 import itertools
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +33,7 @@ from podium_contracts import (
     StepRetryScheduled,
     StepSummary,
     TaskAccepted,
+    TaskCancelRequested,
     TaskCompleted,
     TaskError,
     TaskFailed,
@@ -317,6 +320,58 @@ def test_a_batch_reads_and_writes_in_a_few_statements(engine: Engine) -> None:
             apply_all(conn, events)
     finally:
         sa.event.remove(engine, "before_cursor_execute", counted)
-    # runs, steps, history's last entries, dead letters; the change numbers; inserts of
-    # runs, steps, history and dead letters; updates of none (every row is new here).
-    assert len(events) > 25 and len(statements) <= 9, statements
+    # the hold on the change numbers; runs, steps, history's last entries, dead letters;
+    # the change numbers; inserts of runs, steps, history and dead letters; no updates
+    # (every row is new here).
+    assert len(events) > 25 and len(statements) <= 10, statements
+
+
+def test_a_second_replica_projects_after_the_first_commits_not_over_it(
+    postgres_url: str,
+) -> None:
+    """Two api replicas sharing one PostgreSQL database, each with a batch of one run:
+    the second waits for the first's commit and merges into what it wrote (its
+    acceptance), rather than into the run as it read it before (a lost acceptance)."""
+    engine = open_database(postgres_url, HISTORY)
+    try:
+        with engine.begin() as conn:
+            apply_all(conn, [story()[0]])  # submitted
+        accepted = event(TaskAccepted(task_id="t1", workflow="wf", accepted_at=at(1)), 1)
+        cancel = event(TaskCancelRequested(task_id="t1"), 2)
+        waiting: list[str] = []
+
+        def replica_b() -> None:
+            with engine.begin() as conn:
+                apply_all(conn, [cancel])
+            waiting.append("done")
+
+        with engine.begin() as conn:
+            apply_all(conn, [accepted])
+            other = threading.Thread(target=replica_b)
+            other.start()
+            with engine.connect() as watch:
+                deadline = time.monotonic() + 10
+                while not blocked(watch):
+                    assert time.monotonic() < deadline, "replica b never waited"
+                    time.sleep(0.02)  # polling the server's view of the wait, not a guess
+            assert waiting == []
+        other.join(10)
+        assert waiting == ["done"]
+        (run,), _ = snapshot(engine)
+        assert run["status"] == "accepted" and run["accepted_at"] == at(1).timestamp()
+        assert run["cancel_requested_at"] == at(2).timestamp()
+    finally:
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+        engine.dispose()
+
+
+def blocked(conn: sa.Connection) -> bool:
+    """Whether another session of this database waits for a lock."""
+    waits = conn.execute(
+        sa.text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+            "AND wait_event_type = 'Lock'"
+        )
+    )
+    return bool(waits.scalar_one())

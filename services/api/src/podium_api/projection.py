@@ -92,6 +92,9 @@ _NEXT_SEQ = (
     .returning(counters.c.value)
 )
 _STEP_COLUMNS = tuple(c.name for c in steps.c)
+# Taken before a batch reads a row (a plain SELECT on SQLite, whose writers queue for
+# the database's lock anyway; FOR UPDATE on PostgreSQL): see ``Batch``.
+_HOLD_CHANGES = sa.select(counters.c.value).where(counters.c.name == "runs").with_for_update()
 
 
 def _keys(table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
@@ -120,7 +123,13 @@ class Batch:
     it left it (here, in memory), in the order the batch holds them, so what is written
     is what applying them one by one wrote. Change numbers are taken at ``write``, all
     at once and in the order the changes were made, inside the transaction: its row lock
-    on ``counters`` still orders them as the commits."""
+    on ``counters`` still orders them as the commits.
+
+    That lock is taken before the batch reads any row: api replicas sharing one
+    PostgreSQL database would otherwise each read a run, merge into what they read and
+    write, and the second commit would undo what the first wrote. Holding it, the
+    second replica reads after the first committed, so one projects after the other
+    (as before, where each waited at its first change number)."""
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
@@ -135,10 +144,17 @@ class Batch:
         self._dead: list[dict[str, Any]] = []
         self._steps_of: set[str] = set()  # tasks whose every step was read
         self._changes = 0
+        self._holding = False
+
+    def _hold(self) -> None:
+        if not self._holding:
+            self.conn.execute(_HOLD_CHANGES)
+            self._holding = True
 
     def load(self, task_ids: Iterable[str], record_ids: Iterable[str] = ()) -> None:
         """Read at once the runs, steps, last history entries and dead letters of these
         tasks and records (what ``run``, ``step``, ... would each have read alone)."""
+        self._hold()
         wanted = sorted(set(task_ids) - self.runs.keys())
         if wanted:
             found = self.conn.execute(sa.select(runs).where(runs.c.task_id.in_(wanted)))
@@ -176,6 +192,7 @@ class Batch:
     def run(self, task_id: str) -> dict[str, Any] | None:
         """The run as the events so far left it (None: not known)."""
         if task_id not in self.runs:
+            self._hold()
             row = self.conn.execute(_SELECT_RUN, {"k_task_id": task_id}).mappings().first()
             self._remember_run(task_id, None if row is None else dict(row))
         return self.runs[task_id]
@@ -186,6 +203,7 @@ class Batch:
             if task_id in self._steps_of:
                 self._remember_step(key, None)  # its task's steps were all read
             else:
+                self._hold()
                 keys = {"k_task_id": task_id, "k_step_id": step_id}
                 row = self.conn.execute(_SELECT_STEP, keys).mappings().first()
                 self._remember_step(key, None if row is None else dict(row))
@@ -199,6 +217,7 @@ class Batch:
 
     def last_entry(self, task_id: str) -> int:
         if task_id not in self._last_entry:
+            self._hold()
             last = self.conn.execute(_LAST_ENTRY, {"task_id": task_id}).scalar_one_or_none()
             self._last_entry[task_id] = last or 0
         return self._last_entry[task_id]
