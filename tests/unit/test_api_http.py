@@ -237,3 +237,55 @@ async def test_cancel(client: httpx.AsyncClient, engine: Engine) -> None:
     with engine.connect() as conn:
         (done,) = conn.execute(sa.select(actions)).mappings()
     assert (done["action"], done["detail"]) == ("cancel", "stuck")
+
+
+async def test_the_runs_list_and_a_run_take_one_connection_each(
+    client: httpx.AsyncClient, engine: Engine
+) -> None:
+    """The token is checked on the connection of the query (one pool checkout, one
+    thread-pool hop): the token's lookup no longer takes a connection of its own."""
+    seed(engine, 3, "a")
+    headers = token(engine, "viewer", "a")
+    checkouts: list[int] = []
+
+    def counted(*_: object) -> None:
+        checkouts.append(1)
+
+    sa.event.listen(engine, "checkout", counted)
+    try:
+        assert (await client.get("/v1/runs", headers=headers)).status_code == 200
+        assert len(checkouts) == 1
+        assert (await client.get("/v1/runs/a-0001", headers=headers)).status_code == 200
+        assert len(checkouts) == 2
+        assert (await client.get("/v1/runs", headers=token(engine, "viewer", "b"))).json()[
+            "items"
+        ] == []
+    finally:
+        sa.event.remove(engine, "checkout", counted)
+
+
+async def test_the_runs_list_and_a_run_take_one_thread_pool_hop(
+    client: httpx.AsyncClient, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under load each hop is a wait for a thread and for the loop: the token, the role,
+    the query and the response's serialisation took four; now the route's one."""
+    import fastapi.dependencies.utils
+    import fastapi.routing
+    from starlette.concurrency import run_in_threadpool
+
+    seed(engine, 3, "a")
+    headers = token(engine, "viewer", "a")
+    hops: list[object] = []
+
+    async def counted(func: Any, *args: Any, **kwargs: Any) -> Any:
+        hops.append(func)
+        return await run_in_threadpool(func, *args, **kwargs)
+
+    for module in (fastapi.routing, fastapi.dependencies.utils):
+        monkeypatch.setattr(module, "run_in_threadpool", counted)
+    listed = await client.get("/v1/runs", headers=headers)
+    assert listed.status_code == 200 and len(listed.json()["items"]) == 3
+    assert len(hops) == 1
+    one = await client.get("/v1/runs/a-0001", headers=headers)
+    assert one.status_code == 200 and one.json()["task_id"] == "a-0001"
+    assert len(hops) == 2

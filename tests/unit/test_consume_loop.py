@@ -445,3 +445,31 @@ async def test_only_batches_that_wrote_keep_the_consumer_off_its_idle_wait(
     # Two seconds since the last write (the passed-over batch does not count): 160 ms;
     # the next handled batch puts it back to 5 ms.
     assert applied == [160, 5]
+async def test_a_handler_taking_the_batch_at_once_gets_it_and_a_failed_one_goes_one_by_one(
+    tmp_path: Path,
+) -> None:
+    """``apply_all`` takes a clean batch in one call; when it fails, the batch is written
+    message by message through ``apply``, which isolates the message at fault."""
+    batches: list[list[str]] = []
+    singles: list[str] = []
+
+    def apply_all(conn: sa.Connection, events: list[Event]) -> None:
+        batches.append([e.envelope.id for e in events])
+        if any(isinstance(e.payload, TaskSubmitted) and e.payload.task_id == "bad" for e in events):
+            raise ValueError("boom")
+
+    def apply(event: Event, r: None, uow: UnitOfWork) -> None:
+        assert isinstance(event.payload, TaskSubmitted)
+        singles.append(event.envelope.id)
+        if event.payload.task_id == "bad":
+            raise ValueError("boom")
+
+    loop, consumer, engine = make_loop(tmp_path, apply)
+    loop._settler.handler = Handler(apply=apply, apply_all=apply_all)
+    await loop.process([record(0, *submitted("a", "1")), record(1, *submitted("b", "2"))])
+    assert batches == [["1", "2"]] and singles == []
+    await loop.process([record(2, *submitted("bad", "3")), record(3, *submitted("c", "4"))])
+    assert batches[1] == ["3", "4"] and singles == ["3", "4"]
+    assert [r.topic for r in outbox_rows(engine)] == ["t.tasks.v1.dlq"]
+    assert loop.stats.handled == 3 and loop.stats.dead_lettered == 1
+    assert consumer.commits[-1] == {TopicPartition("t.tasks.v1", 0): 4}

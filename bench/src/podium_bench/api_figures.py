@@ -124,7 +124,8 @@ def markdown(api: dict[str, Any]) -> str:
     add(
         f"{o['runs']:,} runs (20 tenants, 5 workflows, 1,000 subjects; two steps each, "
         f"{o['big_runs']} of them with {o['steps']} steps) written straight into the api's "
-        "database, then the real api process (`python -m podium_api`, uvicorn, auth on "
+        "database (on PostgreSQL then `ANALYZE`d, as autovacuum would within a minute), "
+        "then the real api process (`python -m podium_api`, uvicorn, auth on "
         "every request) serves them on loopback to a load generator in a process of its "
         f"own (`podium_bench.api_load`): one keep-alive connection, {o['requests']:,} "
         f"requests per case after {o['warmup']} warm-up rounds, the cases taken in turn so "

@@ -30,7 +30,7 @@ from podium_contracts import (
 )
 from podium_shared import Handler, UnitOfWork
 
-Project = Callable[[Connection, Any, float], None]
+Project = Callable[[Connection | p.Batch, Any, float], None]
 
 PROJECTIONS: Mapping[type[Contract], Project] = {
     TaskSubmitted: p.task_submitted,
@@ -48,15 +48,35 @@ PROJECTIONS: Mapping[type[Contract], Project] = {
 }
 
 
-def apply(event: Event, _result: Any, uow: UnitOfWork) -> None:
-    """Project one event; a contract of a later version reaches its base's function."""
+def _project(target: Connection | p.Batch, event: Event) -> None:
     payload = event.payload
     for cls in type(payload).__mro__:
         project = PROJECTIONS.get(cls)
         if project is not None:
-            project(uow.conn, payload, event.envelope.time.timestamp())
+            project(target, payload, event.envelope.time.timestamp())
             return
     raise TypeError(f"api does not project {type(payload).__name__}")
+
+
+def apply(event: Event, _result: Any, uow: UnitOfWork) -> None:
+    """Project one event; a contract of a later version reaches its base's function."""
+    _project(uow.conn, event)
+
+
+def apply_all(conn: Connection, events: list[Event]) -> None:
+    """Project a batch of events in order, its rows read at once and written at once."""
+    batch = p.Batch(conn)
+    batch.load(
+        (str(getattr(e.payload, "task_id", "")) for e in events),
+        (
+            e.payload.dlq.record_id
+            for e in events
+            if isinstance(e.payload, StepAbandoned) and e.payload.dlq is not None
+        ),
+    )
+    for event in events:
+        _project(batch, event)
+    batch.write()
 
 
 def make_handler(changed: Callable[[], None] = lambda: None) -> Handler[None]:
@@ -68,4 +88,9 @@ def make_handler(changed: Callable[[], None] = lambda: None) -> Handler[None]:
         if not isinstance(event.payload, TaskHistoryRecorded):  # changes no run: no wake-up
             changed()
 
-    return Handler(apply=apply_and_tell)
+    def apply_all_and_tell(conn: Connection, events: list[Event]) -> None:
+        apply_all(conn, events)
+        if any(not isinstance(e.payload, TaskHistoryRecorded) for e in events):
+            changed()
+
+    return Handler(apply=apply_and_tell, apply_all=apply_all_and_tell)

@@ -85,8 +85,9 @@ def page_query(
     trigrams: str | None = None,
 ) -> sa.Select[Any]:
     """The statement of one page (``limit`` + 1 rows: the extra one says there is more).
-    ``down_to``: only runs at or above this key; ``trigrams``: the dialect whose index of
-    trigrams narrows ``q`` ("sqlite" names its table; PostgreSQL's planner finds its own)."""
+        ``down_to``: only runs at or above this key; ``trigrams``: the dialect whose index of
+        trigrams narrows ``q`` ("sqlite" names its table; "postgresql" fetches every match
+    first, see ``_every_match_first``)."""
     where: list[sa.ColumnElement[bool]] = [visible(who)]
     if f.status is not None:
         where.append(runs.c.status == f.status)
@@ -109,10 +110,29 @@ def page_query(
             where.append(runs.c.task_id.in_(matches))
     where += _range(cursor, down_to)
     columns = [c for c in runs.c if c.name not in _DETAIL_ONLY]
+    if f.q and trigrams == "postgresql":
+        return _every_match_first(columns, where, limit)
     return (
         sa.select(*columns)
         .where(*where)
         .order_by(runs.c.created_at.desc(), runs.c.task_id.desc())
+        .limit(limit + 1)
+    )
+
+
+def _every_match_first(
+    columns: list[sa.Column[Any]], where: list[sa.ColumnElement[bool]], limit: int
+) -> sa.Select[Any]:
+    """A rare ``q`` on PostgreSQL: every match first (a MATERIALIZED CTE, which the
+    planner fetches through the index of trigrams), then the page sorted from them.
+    Why not the plain query: its ORDER BY ... LIMIT tempts the planner to walk the
+    list's index backwards, filtering every run by the pattern, whenever its estimate
+    of the matches is off (always before the table's first ANALYZE): 100 ms at
+    100,000 runs, where the index of trigrams and a sort of the matches take 1 ms."""
+    matches = sa.select(*columns).where(*where).cte("matches").prefix_with("MATERIALIZED")
+    return (
+        sa.select(*matches.c)
+        .order_by(matches.c.created_at.desc(), matches.c.task_id.desc())
         .limit(limit + 1)
     )
 
