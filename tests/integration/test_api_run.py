@@ -32,6 +32,7 @@ from tests.support.waiting import wait_until
 pytestmark = pytest.mark.integration
 
 SERVICES = {"router", "executor", "memory", "recovery"}
+STEPS_CALLED = {"wobbly", "chat", "join"}  # the executor's calls (remember is memory's)
 NEEDS = {"remember": [], "wobbly": ["remember"], "chat": ["remember"], "join": ["wobbly", "chat"]}
 
 
@@ -135,7 +136,13 @@ async def test_one_run_complete_its_dag_usage_history_and_trace(
         spans = t.get("spans", [])
         known = {s["span_id"] for s in spans}
         closed = sum(1 for s in spans if s["parent_id"] not in known) == 1
-        return {s["service"] for s in spans} >= SERVICES and closed
+        calls = {
+            s["attributes"].get("podium.step_id")
+            for s in spans
+            if s["service"] == "executor" and s["name"] == "executor.call"
+        }
+        # Each process writes its spans in batches of its own: wait for all of them.
+        return {s["service"] for s in spans} >= SERVICES and closed and calls >= STEPS_CALLED
 
     await wait_until(whole, 30, "the run's spans from every service")
     trace = await get(api, f"/v1/runs/{task_id}/trace", mine)
@@ -146,7 +153,7 @@ async def test_one_run_complete_its_dag_usage_history_and_trace(
         for s in trace["spans"]
         if s["service"] == "executor" and s["name"] == "executor.call"
     }
-    assert {"wobbly", "chat", "join"} <= calls
+    assert calls >= STEPS_CALLED
     assert all(s["duration_ms"] >= 0 and s["end"] >= s["start"] for s in trace["spans"])
 
     # Another tenant: nothing of it, as if it did not exist.
