@@ -259,19 +259,24 @@ async def test_a_stopped_relay_finishes_its_batch_so_shutdown_sends_nothing_twic
     database_url: str,
 ) -> None:
     engine = make_engine(database_url)
-    with engine.begin() as conn:
-        write_outbox(conn, [OutgoingMessage("t.stop", b"k0", b"ok", [])])
-    producer = SlowAcknowledgingProducer()
-    relay = OutboxRelay(engine, producer)
-    running = asyncio.create_task(relay.run())
-    relay.notify()
-    await asyncio.wait_for(producer.sending.wait(), 5)
-    relay.stop()  # while the broker has not answered yet
-    producer.acknowledge.set()
-    await asyncio.wait_for(running, 5)  # ends by itself: no cancellation needed
-    assert not running.cancelled()
-    # What the service's shutdown does next: send what is left. Nothing is.
-    assert await relay.publish_pending() == 0
-    assert producer.sent == [b"k0"]
-    with engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar() == 0
+    try:
+        with engine.begin() as conn:
+            write_outbox(conn, [OutgoingMessage("t.stop", b"k0", b"ok", [])])
+        producer = SlowAcknowledgingProducer()
+        relay = OutboxRelay(engine, producer)
+        running = asyncio.create_task(relay.run())
+        relay.notify()
+        await asyncio.wait_for(producer.sending.wait(), 5)
+        relay.stop()  # while the broker has not answered yet
+        producer.acknowledge.set()
+        await asyncio.wait_for(running, 5)  # ends by itself: no cancellation needed
+        assert not running.cancelled()
+        # What the service's shutdown does next: send what is left. Nothing is.
+        assert await relay.publish_pending() == 0
+        assert producer.sent == [b"k0"]
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(outbox)).scalar() == 0
+    finally:
+        # Its PostgreSQL connection closed now, not by the garbage collector in a later
+        # test (a ResourceWarning there fails that test: CI, test_recovery_timers).
+        engine.dispose()
