@@ -129,17 +129,15 @@ class ConsumeLoop:
         while True:
             batches = await self._consumer.getmany(timeout_ms=self._poll_timeout_ms)
             records = [r for recs in batches.values() for r in recs]
-            wrote = self._writes()
-            if records:
-                await self.process(records)
+            wrote = await self.process(records) if records else False
             if self._idle is not None:
                 # Only records it wrote for keep a consumer on the short wait: memory, fed
                 # every task's events and wanting none of a `hello`'s, backs off as if idle.
-                self._idle.polled(self._writes() != wrote)
+                self._idle.polled(wrote)
 
-    async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def process(self, records: list[ConsumerRecord[bytes, bytes]]) -> bool:
         """Handle one fetched batch and commit its offsets; whatever fails in it is
-        dead-lettered (see the module's docstring)."""
+        dead-lettered (see the module's docstring). True if it wrote for any record."""
         wrote = self._writes()
         try:
             await self._handle(records)
@@ -151,9 +149,11 @@ class ConsumeLoop:
                 await self._handle_alone(r)
         # A batch of duplicates and passed-over events wrote no outbox row: waking the
         # relay for it would only read an empty outbox (memory, for every task's events).
-        if self._writes() != wrote:
+        wrote_any = self._writes() != wrote
+        if wrote_any:
             self._relay.notify()
         await self._commit(records)
+        return wrote_any
 
     def _writes(self) -> int:
         """How many messages this loop has settled with a write (handled or dead-lettered)."""
