@@ -10,6 +10,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 import orjson
@@ -79,7 +80,8 @@ def one_line(run: subprocess.CompletedProcess[str], code: int, *words: str) -> N
 async def run_status(stack: Stack, task_id: str) -> str | None:
     token = operator_token(stack)
     async with httpx.AsyncClient(base_url=stack.api_url, timeout=10) as api:
-        r = await api.get(f"/v1/runs/{task_id}", headers={"Authorization": f"Bearer {token}"})
+        path = f"/v1/runs/{quote(task_id, safe='')}"
+        r = await api.get(path, headers={"Authorization": f"Bearer {token}"})
     return r.json()["status"] if r.status_code == 200 else None
 
 
@@ -88,7 +90,8 @@ def operator_token(stack: Stack) -> str:
 
 
 async def test_status_and_cancel_through_the_api_with_roles(stack: Stack, tmp_path: Path) -> None:
-    task_id = f"cli-slow-{uuid.uuid4().hex[:8]}"
+    # A task id may hold any character: '/' and '%' must survive the URL (podium_api.segments).
+    task_id = f"team/cli-slow/{uuid.uuid4().hex[:8]}%2F"
     sent = podium(stack, "submit", "-w", "test-slow", "-i", '{"seconds": 60}', "--task-id", task_id)
     assert sent.returncode == 0, sent.stderr
 
@@ -167,7 +170,7 @@ async def test_history_dlq_show_and_replay_from_another_machine(
 ) -> None:
     """A failed task found, explained and replayed with a token and the api's URL only
     (no broker to reach, no PODIUM_HOME of the stack's); a viewer's replay refused."""
-    task_id = f"cli-dlq-{uuid.uuid4().hex[:8]}"
+    task_id = f"team/cli-dlq/{uuid.uuid4().hex[:8]}"
     sent = podium(stack, "submit", "-w", "test-fails", "--task-id", task_id, "--wait")
     assert sent.returncode == 1, sent.stderr
     topics = Topics(stack.settings.topic_prefix)

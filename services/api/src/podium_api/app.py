@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 from podium_api import audit, projection, queries, run_view
 from podium_api.console_static import mount_console
 from podium_api.live import Changes, Stream
+from podium_api.segments import KeepEncodedSeparators
 from podium_api.service import Cancelled, Commands, Submitted
 from podium_api.tokens import Principal, Role, authenticate
 from podium_api.traces import TraceSource
@@ -298,6 +299,8 @@ def create_app(
         description="Runs of podium's tasks, read from the api service's projection of "
         "the topics, and the commands operators need (submit, cancel).",
     )
+    # A task id may hold '/': route on the segments the client sent (podium_api.segments).
+    app.add_middleware(KeepEncodedSeparators)
     app.state.engine = engine
     reads = read_engine(engine)
     app.state.changes = live  # closed by the HTTP server when it stops
@@ -358,7 +361,7 @@ def create_app(
         )
 
     @app.get(
-        "/v1/runs/{task_id}",
+        "/v1/runs/{task_id:segment}",
         tags=["runs"],
         response_model=RunDetail,
         responses={404: {"description": "no such run"}},
@@ -422,7 +425,7 @@ def create_app(
         return Accepted(task_id=task.task_id, status=outcome.value, location=location)
 
     @app.post(
-        "/v1/runs/{task_id}/cancel",
+        "/v1/runs/{task_id:segment}/cancel",
         tags=["runs"],
         status_code=status.HTTP_202_ACCEPTED,
         responses={

@@ -66,7 +66,7 @@ def history_entry(row: RowMapping) -> HistoryEntry:
 def router(engine: Engine, traces: TraceSource | None) -> APIRouter:
     api = APIRouter(tags=["runs"])
 
-    @api.get("/v1/runs/{task_id}/history", responses={404: {"description": "no such run"}})
+    @api.get("/v1/runs/{task_id:segment}/history", responses={404: {"description": "no such run"}})
     def run_history(who: Viewer, task_id: str) -> RunHistory:
         """The run's history as the router wrote it: what happened, why and what next."""
         with engine.connect() as conn:
@@ -76,7 +76,7 @@ def router(engine: Engine, traces: TraceSource | None) -> APIRouter:
         return RunHistory(task_id=task_id, entries=[history_entry(r) for r in rows])
 
     @api.get(
-        "/v1/runs/{task_id}/trace",
+        "/v1/runs/{task_id:segment}/trace",
         responses={
             404: {"description": "no such run"},
             502: {"description": "the trace backend did not answer"},
