@@ -83,6 +83,21 @@ async def test_health_is_anonymous_and_nothing_else_is(
     assert bad.status_code == 401
 
 
+async def test_an_unknown_token_is_told_401_before_a_bad_parameter_is_told_422(
+    client: httpx.AsyncClient, engine: Engine
+) -> None:
+    """The hot reads check their token inside the route, after FastAPI validated the
+    parameters: a stranger must not learn the route's shape from a 422."""
+    bad_params = {"limit": "-5", "cursor": "%%%"}
+    for auth in ({"Authorization": "Bearer pdm_nope"}, {"Authorization": "Basic eDp5"}):
+        r = await client.get("/v1/runs", params=bad_params, headers=auth)
+        assert (r.status_code, r.headers["www-authenticate"]) == (401, "Bearer"), r.text
+    assert (await client.get("/v1/runs", params=bad_params)).status_code == 401
+    assert (
+        await client.get("/v1/runs", params=bad_params, headers=token(engine, "viewer", "*"))
+    ).status_code == 422
+
+
 async def test_a_revoked_token_is_refused(client: httpx.AsyncClient, engine: Engine) -> None:
     with engine.begin() as conn:
         token_id, secret = tokens.create(conn, "viewer", ["*"])

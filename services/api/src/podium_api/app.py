@@ -25,7 +25,9 @@ from urllib.parse import quote
 
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request, Response, status
-from fastapi.responses import StreamingResponse
+from fastapi.exception_handlers import request_validation_exception_handler
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy.engine import Connection, Engine, RowMapping
@@ -303,6 +305,29 @@ def create_app(
     app.add_middleware(KeepEncodedSeparators)
     app.state.engine = engine
     reads = read_engine(engine)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        # FastAPI validates a route's parameters before it runs, and the hot reads check
+        # their token inside the route (one hop, see the docstring): an unknown token with
+        # a bad parameter would be told 422, the route's shape, before 401. So a request
+        # that fails validation has its token checked first; only this error path pays it.
+        creds = await _bearer(request)
+        token = creds.credentials if creds and creds.scheme.lower() == "bearer" else None
+
+        def known(token: str) -> bool:
+            with reads.connect() as conn:
+                return authenticate(conn, token) is not None
+
+        if token is None or not await run_in_threadpool(known, token):
+            why = "a bearer token is required" if token is None else "unknown or revoked token"
+            return JSONResponse(
+                {"detail": why},
+                status_code=status.HTTP_401_UNAUTHORIZED,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return await request_validation_exception_handler(request, exc)
+
     app.state.changes = live  # closed by the HTTP server when it stops
     stream = Stream(
         engine,
