@@ -204,9 +204,17 @@ async def test_replay_is_for_operators_and_a_dry_run_sends_nothing_but_is_audite
 ) -> None:
     url = f"/v1/dead-letters/{DLQ}/replay"
     for role in ("viewer", "submitter"):
-        denied = await client.post(url, json={"dry_run": False}, headers=token(engine, role, "*"))
+        denied = await client.post(
+            url, json={"dry_run": False}, headers=token(engine, role, "acme", name=role)
+        )
         assert denied.status_code == 403, role
+    assert fake.producer.sent == []
     ops = token(engine, "operator", "acme", name="alice")
+    refusals = (await client.get("/v1/audit", headers=ops)).json()["entries"]
+    assert [(e["who"], e["target"], e["tenant"], e["detail"]) for e in refusals] == [
+        (role, DLQ, "acme", {"result": "refused", "reason": "needs the operator role"})
+        for role in ("submitter", "viewer")
+    ]
     dry = (await client.post(url, json={"dry_run": True}, headers=ops)).json()
     assert fake.producer.sent == []
     assert dry["dry_run"] is True and dry["selected"] == 3
@@ -225,7 +233,7 @@ async def test_replay_is_for_operators_and_a_dry_run_sends_nothing_but_is_audite
     assert real.status_code == 200
     assert [r["id"] for r in real.json()["replayed"]] == ["ce-1"]
     assert fake.producer.sent == [("p.steps.default.v1", b"a2")]
-    log = (await client.get("/v1/audit", headers=ops)).json()["entries"]
+    log = (await client.get("/v1/audit", headers=ops)).json()["entries"][:2]
     assert [(e["action"], e["who"], e["target"], e["detail"]["result"]) for e in log] == [
         ("replay", "alice", DLQ, "replayed"),
         ("replay", "alice", DLQ, "dry_run"),
@@ -272,6 +280,8 @@ async def test_a_replay_goes_only_to_a_dlq_source_and_a_failure_is_audited(
 async def test_every_cancel_is_audited_with_its_result(
     client: httpx.AsyncClient, engine: Engine
 ) -> None:
+    viewer = token(engine, "viewer", "acme", name="eve")
+    assert (await client.post("/v1/runs/a1/cancel", headers=viewer)).status_code == 403
     ops = token(engine, "operator", "acme", name="bob")
     assert (await client.post("/v1/runs/a1/cancel", headers=ops)).status_code == 202
     assert (await client.post("/v1/runs/done/cancel", headers=ops)).status_code == 409
@@ -281,8 +291,9 @@ async def test_every_cancel_is_audited_with_its_result(
         ("o1", None, "not_found"),  # another tenant's run: its tenant is not told
         ("done", "acme", "finished"),
         ("a1", "acme", "published"),
+        ("a1", "acme", "refused"),
     ]
-    assert {e["who"] for e in log} == {"bob"}
+    assert [e["who"] for e in log] == ["bob", "bob", "bob", "eve"]
     other = await client.get("/v1/audit", headers=token(engine, "operator", "other"))
     assert other.json()["entries"] == []
 

@@ -458,8 +458,14 @@ def create_app(
             409: {"description": "the run has finished"},
         },
     )
-    def cancel(who: Operator, task_id: str, body: CancelRequest | None = None) -> CancelAccepted:
-        """Ask the router to cancel a run (operators only); recorded with who asked."""
+    def cancel(who: Viewer, task_id: str, body: CancelRequest | None = None) -> CancelAccepted:
+        """Ask the router to cancel a run (operators only); recorded with who asked, a
+        refused attempt too."""
+        if not who.may("operator"):
+            with engine.begin() as conn:
+                tenant = audit.run_tenant(conn, who, task_id)
+                audit.refused(conn, who, "cancel", task_id, "operator", tenant)
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs the operator role")
         reason = body.reason if body is not None else ""
         with engine.begin() as conn:
             outcome = commands.cancel(conn, who, task_id, reason or f"by token {who.token_id}")

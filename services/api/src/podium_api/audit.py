@@ -1,5 +1,6 @@
 """The audit trail: every replay of dead letters (a dry run too, marked as such) and
-every cancel, recorded in the api's ``audit`` table in the transaction of the action
+every cancel, a refused one too (a token without the operator role: who tried what),
+recorded in the api's ``audit`` table in the transaction of the action
 it records where there is one, and logged with the principal.
 
 An entry names its one tenant when the action touched one (a cancelled run's; the
@@ -67,6 +68,16 @@ def record(
         tenant=tenant,
         **{k: v for k, v in detail.items() if k in ("dry_run", "result", "selected", "replayed")},
     )
+
+
+def refused(
+    conn: Connection, who: Principal, action: str, target: str, needs: str, tenant: str | None
+) -> None:
+    """A known token's attempt its role does not allow, recorded as ``refused`` (under
+    ``tenant``, so that tenant's operators see who tried). An unknown token is not a
+    principal: its 401 is in the server's log, not here."""
+    detail = {"result": "refused", "reason": f"needs the {needs} role"}
+    record(conn, who, action, target, detail, tenant=tenant)
 
 
 def run_tenant(conn: Connection, who: Principal, task_id: str) -> str | None:

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
 from podium_api import audit
-from podium_api.app import Operator, Viewer
+from podium_api.app import Viewer
 from podium_api.dead_letters import (
     NoSuchTopic,
     record_view,
@@ -188,6 +188,11 @@ def dlq_routes(engine: Engine, dlq: DlqSource | None) -> APIRouter:
         with engine.begin() as conn:
             audit.record(conn, who, "replay", target, detail, tenant=tenant)
 
+    def write_refusal(who: Principal, target: str) -> None:
+        with engine.begin() as conn:
+            tenant = None if who.every_tenant else audit.only_tenant(list(who.tenants))
+            audit.refused(conn, who, "replay", target, "operator", tenant)
+
     def states_of(chosen: list[DlqRecord]) -> dict[str, str]:
         with engine.connect() as conn:
             return task_states(conn, (t for r in chosen if (t := r.task_id)))
@@ -202,12 +207,15 @@ def dlq_routes(engine: Engine, dlq: DlqSource | None) -> APIRouter:
             503: {"description": "this api reads no dead letters, or could not read the topic"},
         },
     )
-    async def replay_dead_letters(who: Operator, topic: str, body: ReplayRequest) -> ReplayResult:
+    async def replay_dead_letters(who: Viewer, topic: str, body: ReplayRequest) -> ReplayResult:
         """Send the selected records of the token's tenants back to their original
         topics, exactly as ``podium dlq replay``: a record whose task the projection
         shows completed or cancelled is skipped, a record replayed twice runs its step
         once. ``dry_run`` (the default) sends nothing and says what would be sent.
-        Recorded in the audit trail, a dry run too."""
+        Recorded in the audit trail, a dry run and a refused attempt too."""
+        if not who.may("operator"):
+            await run_in_threadpool(write_refusal, who, topic)
+            raise HTTPException(status.HTTP_403_FORBIDDEN, "this needs the operator role")
         name, records, names = await read(topic)
         if not replay_target_allowed(body.to, names):
             raise HTTPException(status.HTTP_400_BAD_REQUEST, "not the source of a DLQ topic")
