@@ -18,6 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from podium_contracts import DLQ_HEADER_PREFIX, DLQ_SUFFIX, DlqHeader, Headers
+from podium_shared.kafka import read_to_end
 
 __all__ = [
     "DlqError",
@@ -191,27 +192,14 @@ async def read_records(
         raise DlqError(f"topic {topic!r} has no partitions")
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
-    # Tansu 0.6 answers ListOffsets(latest) with the last batch's *base* offset, so
-    # the end offset is a floor: a partition is read once we are past it and two
-    # polls in a row brought nothing more.
     ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
     await consumer.seek_to_beginning(*tps)
     out: list[DlqRecord] = []
-    idle = dict.fromkeys(tps, 0)
-    deadline = time.monotonic() + timeout_s
-    while idle:
-        if time.monotonic() > deadline:
-            raise DlqError(f"reading {topic} took over {timeout_s}s; {len(out)} records read")
-        batches = await consumer.getmany(*idle, timeout_ms=100)
-        for recs in batches.values():
-            out.extend(from_consumer_record(r) for r in recs)
-        for tp in list(idle):
-            if batches.get(tp):
-                idle[tp] = 0
-            elif await consumer.position(tp) >= ends[tp]:
-                idle[tp] += 1
-                if idle[tp] >= 2:
-                    del idle[tp]
+    try:
+        async for r in read_to_end(consumer, ends, deadline=time.monotonic() + timeout_s):
+            out.append(from_consumer_record(r))
+    except TimeoutError:
+        raise DlqError(f"reading {topic} took over {timeout_s}s; {len(out)} records read") from None
     out.sort(key=lambda r: (r.timestamp_ms, r.partition, r.offset))
     return out
 

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import structlog
-from aiokafka import AIOKafkaClient, AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import (
+    AIOKafkaClient,
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
@@ -228,3 +236,32 @@ async def ensure_topics(settings: Settings, specs: list[TopicSpec], *, attempts:
         log.debug("topics created", topics=[s.name for s in missing])
     finally:
         await admin.close()
+
+
+async def read_to_end(
+    consumer: AIOKafkaConsumer,
+    ends: Mapping[TopicPartition, int],
+    *,
+    deadline: float | None = None,
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of the assigned partitions ``ends`` names, from each one's position
+    to its end offset; ``TimeoutError`` once ``time.monotonic()`` passes ``deadline``.
+
+    Tansu 0.6 answers ListOffsets(latest) with the last batch's *base* offset, so an end
+    offset is a floor: a partition is done once past it and two polls in a row brought
+    nothing more (on Kafka that costs one empty poll)."""
+    idle = dict.fromkeys(ends, 0)
+    while idle:
+        if deadline is not None and time.monotonic() > deadline:
+            raise TimeoutError
+        batches = await consumer.getmany(*idle, timeout_ms=100)
+        for recs in batches.values():
+            for r in recs:
+                yield r
+        for tp in list(idle):
+            if batches.get(tp):
+                idle[tp] = 0
+            elif await consumer.position(tp) >= ends[tp]:
+                idle[tp] += 1
+                if idle[tp] >= 2:
+                    del idle[tp]

@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError, for_code
 
 from podium_contracts import ContractError, PoolStatusReported, decode_record
 from podium_shared import Settings, Topics
-from podium_shared.kafka import make_admin, make_consumer
+from podium_shared.kafka import make_admin, make_consumer, read_to_end
 
 log = structlog.get_logger(__name__)
 
@@ -267,20 +267,9 @@ async def _read_tail(consumer: AIOKafkaConsumer, topic: str) -> list[PoolStatusR
     for tp in tps:
         consumer.seek(tp, max(begins[tp], ends[tp] - STATUS_TAIL))
     out: list[PoolStatusReported] = []
-    # Tansu's end offset is its last batch's base offset: a partition is done once
-    # past it and two polls in a row brought nothing (as podium_shared.dlq_records).
-    idle = dict.fromkeys(tps, 0)
-    while idle:
-        batches = await consumer.getmany(*idle, timeout_ms=100)
-        for recs in batches.values():
-            out.extend(r for rec in recs if (r := _report(rec)) is not None)
-        for tp in list(idle):
-            if batches.get(tp):
-                idle[tp] = 0
-            elif await consumer.position(tp) >= ends[tp]:
-                idle[tp] += 1
-                if idle[tp] >= 2:
-                    del idle[tp]
+    async for rec in read_to_end(consumer, ends):
+        if (r := _report(rec)) is not None:
+            out.append(r)
     consumer.unsubscribe()
     return out
 
