@@ -589,11 +589,18 @@ def api_problems(where: str, svc: dict[str, Any], env: dict[str, str]) -> list[s
     command = " ".join(str(t) for t in test) if isinstance(test, list) else str(test)
     if f"http://127.0.0.1:{api.port}/healthz" not in command:
         problems.append(f"{where}: the healthcheck must ask http://127.0.0.1:{api.port}/healthz")
+    # The services export spans to the collector, which sends them to Jaeger; the api has
+    # no span files to read there, so a run's trace must come from Jaeger's query API.
+    if api.trace_url != JAEGER_QUERY:
+        problems.append(
+            f"{where}: PODIUM_API_TRACE_URL must be {JAEGER_QUERY} (runs' traces are in Jaeger)"
+        )
     return problems
 
 
 COLLECTOR = "otel-collector"
 JAEGER = "jaeger"
+JAEGER_QUERY = "http://jaeger:16686"  # Jaeger's query API, inside the compose network
 
 
 def collector_problems(doc: dict[str, Any]) -> list[str]:
@@ -1244,6 +1251,10 @@ MUTATIONS: dict[str, tuple[Mutation, str]] = {
     "api setting misspelt": (
         lambda d: _env(d, "api").update(PODIUM_API_PAGEMAX="50"),
         "unknown settings",
+    ),
+    "api without the trace backend": (
+        lambda d: _env(d, "api").pop("PODIUM_API_TRACE_URL"),
+        "PODIUM_API_TRACE_URL must be http://jaeger:16686",
     ),
     "api on SQLite": (
         lambda d: _env(d, "api").pop("PODIUM_API_DATABASE_URL"),
