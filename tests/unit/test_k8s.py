@@ -380,6 +380,19 @@ def ingress_problems(objects: list[Obj]) -> list[str]:
     return [f"no Ingress sends to Service api's port `http` (backends: {backends})"]
 
 
+def api_admission_problems(objects: list[Obj]) -> list[str]:
+    """In a deployment that has an Ingress, the api's port `http` is admitted only from
+    named peers (the Ingress controller), not from anywhere."""
+    return [
+        f"NetworkPolicy/{policy['metadata']['name']}: admits port `http` from anywhere"
+        for policy in of_kind(objects, "NetworkPolicy")
+        if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/component")
+        == "api"
+        for rule in policy["spec"].get("ingress", [])
+        if any(p.get("port") == "http" for p in rule.get("ports", [])) and not rule.get("from")
+    ]
+
+
 KEDA_SASL = {"SCRAM-SHA-512": "scram_sha512", "SCRAM-SHA-256": "scram_sha256", "PLAIN": "plaintext"}
 
 
@@ -490,6 +503,7 @@ def test_the_example_overlay_says_what_podium_needs() -> None:
     objects = render(OVERLAY)
     assert wiring_problems(objects, with_secrets=True) == []
     assert ingress_problems(objects) == []
+    assert api_admission_problems(objects) == []
     pools = sorted(str(_pool(d)) for d in of_kind(objects, "Deployment") if _pool(d))
     assert pools == ["default", "gpu"]
 
@@ -872,6 +886,14 @@ def test_the_ingress_check_fails_on_a_broken_manifest(case: str) -> None:
     objects = render(OVERLAY)
     INGRESS_MUTATIONS[case](objects)
     assert ingress_problems(objects) != []
+
+
+def test_the_api_port_open_to_anywhere_is_caught() -> None:
+    objects = render(OVERLAY)
+    _one(objects, "NetworkPolicy", "podium-api")["spec"]["ingress"][0].pop("from")
+    assert api_admission_problems(objects) == [
+        "NetworkPolicy/podium-api: admits port `http` from anywhere"
+    ]
 
 
 # (kube-score does not look at capabilities; the wiring check does.)
