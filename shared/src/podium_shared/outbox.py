@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import Contract, Envelope, Headers, encode, new_id
 from podium_shared import metrics, telemetry
-from podium_shared.db import inbox, insert_ignore, outbox, outbox_parked
+from podium_shared.db import inbox, insert_ignore, insert_new_statement, outbox, outbox_parked
 from podium_shared.limits import MAX_PAYLOAD_BYTES, PayloadTooLarge
 
 log = structlog.get_logger(__name__)
@@ -183,6 +183,33 @@ def record_all_received(
             for (source, ce_id), topic in messages
         ],
     )
+
+
+def record_new_received(
+    conn: Connection, consumer: str, messages: Sequence[tuple[MessageId, str]]
+) -> set[MessageId]:
+    """Write the inbox records of ((source, id), topic) pairs the inbox does not hold
+    yet, in one statement, and return those it wrote: the messages to handle. Unlike
+    ``seen_before`` it does not read an unkeyed inbox row (``LEGACY_SOURCE``) as any
+    source's: for a database whose inbox was keyed by source from the start."""
+    if not messages:
+        return set()
+    now = time.time()
+    statement = insert_new_statement(conn.dialect.name, inbox)
+    rows = conn.execute(
+        statement,
+        [
+            {
+                "consumer": consumer,
+                "message_id": ce_id,
+                "source": source,
+                "topic": topic,
+                "received_at": now,
+            }
+            for (source, ce_id), topic in messages
+        ],
+    )
+    return {(r.source, r.message_id) for r in rows}
 
 
 class Sender(Protocol):
