@@ -185,6 +185,18 @@ def record_all_received(
     )
 
 
+# PostgreSQL: the batch as three arrays, so the statement's text is the same whatever
+# the batch's size. As a multi-row VALUES list (five parameters a message) the driver
+# parsed a new text of thousands of placeholders for every batch: 4 ms for 500 messages.
+_TAKE_NEW_PG = sa.text(
+    "INSERT INTO inbox (consumer, message_id, source, topic, received_at) "
+    "SELECT :consumer, m.id, m.source, m.topic, :now "
+    "FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:sources AS VARCHAR[]), "
+    "CAST(:topics AS VARCHAR[])) AS m(id, source, topic) "
+    "ON CONFLICT DO NOTHING RETURNING source, message_id"
+)
+
+
 def record_new_received(
     conn: Connection, consumer: str, messages: Sequence[tuple[MessageId, str]]
 ) -> set[MessageId]:
@@ -195,20 +207,31 @@ def record_new_received(
     if not messages:
         return set()
     now = time.time()
-    statement = insert_new_statement(conn.dialect.name, inbox)
-    rows = conn.execute(
-        statement,
-        [
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(
+            _TAKE_NEW_PG,
             {
                 "consumer": consumer,
-                "message_id": ce_id,
-                "source": source,
-                "topic": topic,
-                "received_at": now,
-            }
-            for (source, ce_id), topic in messages
-        ],
-    )
+                "now": now,
+                "ids": [ce_id for (_, ce_id), _ in messages],
+                "sources": [source for (source, _), _ in messages],
+                "topics": [topic for _, topic in messages],
+            },
+        )
+    else:
+        rows = conn.execute(
+            insert_new_statement(conn.dialect.name, inbox),
+            [
+                {
+                    "consumer": consumer,
+                    "message_id": ce_id,
+                    "source": source,
+                    "topic": topic,
+                    "received_at": now,
+                }
+                for (source, ce_id), topic in messages
+            ],
+        )
     return {(r.source, r.message_id) for r in rows}
 
 
