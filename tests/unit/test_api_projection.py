@@ -6,18 +6,19 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from aiokafka import ConsumerRecord, TopicPartition
 from sqlalchemy.engine import Engine
 
 from podium_api import projection
 from podium_api.bootstrap import consumer_group, database_epoch
-from podium_api.handlers import PROJECTIONS, apply, apply_all
+from podium_api.handlers import PROJECTIONS, apply, apply_all, make_handler
 from podium_api.migrations import HISTORY
 from podium_api.state import dead_letter_events, history, runs, steps
 from podium_contracts import (
@@ -39,8 +40,9 @@ from podium_contracts import (
     TaskFailed,
     TaskHistoryRecorded,
     TaskSubmitted,
+    encode,
 )
-from podium_shared import Topics, UnitOfWork
+from podium_shared import ConsumeLoop, Topics, UnitOfWork
 from podium_shared.migrations import open_database
 
 pytestmark = pytest.mark.unit
@@ -324,6 +326,137 @@ def test_a_batch_reads_and_writes_in_a_few_statements(engine: Engine) -> None:
     # the change numbers; inserts of runs, steps, history and dead letters; no updates
     # (every row is new here).
     assert len(events) > 25 and len(statements) <= 10, statements
+
+
+class Consumer:
+    """Enough of a consumer for ``ConsumeLoop.process``: every partition is ours."""
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(t, 0) for t in ("p.tasks.v1", "p.task-events.v1")}
+
+    async def commit(self, offsets: dict[TopicPartition, Any]) -> None:
+        pass
+
+
+class Relay:
+    def notify(self) -> None:
+        pass
+
+
+def records(events: list[tuple[str, Any]]) -> list[ConsumerRecord[bytes, bytes]]:
+    out = []
+    for offset, (topic, payload) in enumerate(events):
+        value, headers = encode(payload, source="test", time=at(offset))
+        out.append(
+            ConsumerRecord(
+                topic=topic,
+                partition=0,
+                offset=offset,
+                timestamp=0,
+                timestamp_type=0,
+                key=payload.task_id.encode(),
+                value=value,
+                checksum=None,
+                serialized_key_size=len(payload.task_id),
+                serialized_value_size=len(value),
+                headers=tuple(headers),
+            )
+        )
+    return out
+
+
+def hello_tasks(first: int, count: int) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
+    """``count`` tasks of one step, eight events each, as two batches: how each task
+    began (new runs and steps), then how it ended (changes to them)."""
+    began: list[tuple[str, Any]] = []
+    ended: list[tuple[str, Any]] = []
+    err = StepError(type="unavailable", message="down", error_class="retryable")
+    summary = StepSummary(step_id="a", capability="echo", pool="default", attempts=2, duration_ms=3)
+    for n in range(first, first + count):
+        t, ev = f"task-{n}", "p.task-events.v1"
+        began += [
+            ("p.tasks.v1", TaskSubmitted(task_id=t, workflow="hello", tenant="acme")),
+            (ev, TaskHistoryRecorded(task_id=t, at=at(n), kind="accepted")),
+            (ev, TaskAccepted(task_id=t, workflow="hello", accepted_at=at(n))),
+            (
+                ev,
+                StepRetryScheduled(
+                    task_id=t, step_id="a", attempt=2, pool="default", due_at=at(n), error=err
+                ),
+            ),
+        ]
+        completed = StepCompleted(
+            task_id=t,
+            step_id="a",
+            capability="echo",
+            pool="default",
+            output={"x": 1},
+            attempt=2,
+            duration_ms=3,
+        )
+        ended += [
+            (ev, completed),
+            (ev, TaskHistoryRecorded(task_id=t, at=at(n), kind="step_completed", step_id="a")),
+            (ev, TaskHistoryRecorded(task_id=t, at=at(n), kind="completed")),
+            (
+                ev,
+                TaskCompleted(
+                    task_id=t,
+                    workflow="hello",
+                    output={"done": True},
+                    steps=[summary],
+                    accepted_at=at(n),
+                    completed_at=at(n + 1),
+                ),
+            ),
+        ]
+    return began, ended
+
+
+async def test_a_batch_costs_the_same_round_trips_to_the_database_whatever_its_size(
+    engine: Engine,
+) -> None:
+    """What bounds the projection on PostgreSQL is its round trips per fetched batch, so a
+    batch of 400 events makes as many as a batch of 4 (a dozen, where it made 18: the
+    inbox is asked in the batch's transaction, rows are upserted)."""
+    loop = ConsumeLoop(
+        consumer=Consumer(),  # type: ignore[arg-type]
+        engine=engine,
+        relay=Relay(),  # type: ignore[arg-type]
+        handler=make_handler(),
+        group="g",
+        service="api",
+    )
+    trips: list[str] = []
+
+    def count(name: str) -> Callable[..., None]:
+        return lambda *_: trips.append(name)
+
+    # Each statement, BEGIN, COMMIT and ROLLBACK is one; a checkout is a ping (pre_ping).
+    for name in ("before_cursor_execute", "begin", "commit", "rollback"):
+        sa.event.listen(engine, name, count(name))
+    sa.event.listen(engine.pool, "checkout", count("checkout"))
+    per_batch: dict[int, list[int]] = {}
+    sent: list[list[ConsumerRecord[bytes, bytes]]] = []
+    for first, tasks in ((0, 1), (1, 50)):
+        for batch in hello_tasks(first, tasks):
+            trips.clear()
+            sent.append(records(batch))
+            await loop.process(sent[-1])
+            per_batch.setdefault(len(batch), []).append(len(trips))
+    assert loop.stats.handled == 8 * 51
+    assert per_batch[4] == per_batch[200], per_batch
+    assert max(per_batch[200]) <= 12, trips
+    written, written_steps = snapshot(engine)
+    # A batch redelivered (its offsets' commit lost) is told apart by the inbox insert:
+    # its events are duplicates, and nothing changes.
+    await loop.process(sent[1] + sent[0])
+    assert loop.stats.handled == 8 * 51 and loop.stats.duplicates == 8
+    assert snapshot(engine) == (written, written_steps)
+    assert [r["status"] for r in written] == ["completed"] * 51
+    assert all(s["status"] == "completed" and s["attempts"] == 2 for s in written_steps)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(history)).scalar() == 3 * 51
 
 
 def test_a_second_replica_projects_after_the_first_commits_not_over_it(

@@ -445,6 +445,8 @@ async def test_only_batches_that_wrote_keep_the_consumer_off_its_idle_wait(
     # Two seconds since the last write (the passed-over batch does not count): 160 ms;
     # the next handled batch puts it back to 5 ms.
     assert applied == [160, 5]
+
+
 async def test_a_handler_taking_the_batch_at_once_gets_it_and_a_failed_one_goes_one_by_one(
     tmp_path: Path,
 ) -> None:
@@ -473,3 +475,48 @@ async def test_a_handler_taking_the_batch_at_once_gets_it_and_a_failed_one_goes_
     assert [r.topic for r in outbox_rows(engine)] == ["t.tasks.v1.dlq"]
     assert loop.stats.handled == 3 and loop.stats.dead_lettered == 1
     assert consumer.commits[-1] == {TopicPartition("t.tasks.v1", 0): 4}
+
+
+async def test_a_handler_asking_the_inbox_at_write_applies_only_what_it_had_not_seen(
+    tmp_path: Path,
+) -> None:
+    """``inbox_at_write``: no read before the batch's transaction; its inbox insert skips
+    the messages recorded before (a redelivery), which are counted as duplicates."""
+    batches: list[list[str]] = []
+
+    def apply_all(conn: sa.Connection, events: list[Event]) -> None:
+        batches.append([e.envelope.id for e in events])
+
+    def apply(event: Event, r: None, uow: UnitOfWork) -> None:
+        raise AssertionError("a clean batch goes to apply_all")
+
+    loop, consumer, engine = make_loop(tmp_path, apply)
+    loop._settler.handler = Handler(apply=apply, apply_all=apply_all, inbox_at_write=True)
+    transactions: list[str] = []
+    sa.event.listen(engine, "begin", lambda *a: transactions.append("begin"))
+    statements: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    await loop.process([record(0, *submitted("a", "1")), record(1, *submitted("b", "2"))])
+    assert batches == [["1", "2"]] and transactions == ["begin"]
+    assert [s.split()[0] for s in statements] == ["INSERT"]  # no SELECT of the inbox
+    # Redelivered after a lost offset commit, with a new one behind them; and again, all seen.
+    again = [("a", "1"), ("b", "2"), ("c", "3")]
+    await loop.process([record(n, *submitted(t, i)) for n, (t, i) in enumerate(again)])
+    await loop.process([record(0, *submitted("a", "1"))])
+    assert batches == [["1", "2"], ["3"]]
+    assert loop.stats.handled == 3 and loop.stats.duplicates == 3
+    with engine.connect() as c:
+        assert c.execute(sa.select(sa.func.count()).select_from(inbox)).scalar() == 3
+    assert consumer.commits[-1] == {TopicPartition("t.tasks.v1", 0): 1}
+
+
+def test_inbox_at_write_needs_a_handler_taking_the_batch_and_reading_nothing_ahead() -> None:
+    def apply(event: Event, r: None, uow: UnitOfWork) -> None: ...
+
+    def apply_all(conn: sa.Connection, events: list[Event]) -> None: ...
+
+    with pytest.raises(ValueError, match="inbox_at_write"):
+        Handler(apply=apply, inbox_at_write=True)
+    with pytest.raises(ValueError, match="inbox_at_write"):
+        Handler(apply=apply, apply_all=apply_all, prepare=lambda c, e: None, inbox_at_write=True)
+    assert Handler(apply=apply, apply_all=apply_all, inbox_at_write=True).inbox_at_write

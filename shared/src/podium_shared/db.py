@@ -152,6 +152,14 @@ def _insert_ignore_statement(dialect: str, table: sa.Table) -> Any:
     raise NotImplementedError(f"podium stores state in SQLite or PostgreSQL, not {dialect}")
 
 
+@functools.cache
+def insert_new_statement(dialect: str, table: sa.Table) -> Any:
+    """An insert of many rows that skips those whose primary key exists and returns the
+    keys of the rows it inserted (SQLite 3.35 and PostgreSQL both answer RETURNING
+    on an insert that does nothing on conflict)."""
+    return _insert_ignore_statement(dialect, table).returning(*table.primary_key)
+
+
 def insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
     """Insert one row unless its primary key exists; True when it was inserted."""
     statement = _insert_ignore_statement(conn.dialect.name, table)

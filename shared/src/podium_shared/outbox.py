@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import Contract, Envelope, Headers, encode, new_id
 from podium_shared import metrics, telemetry
-from podium_shared.db import inbox, insert_ignore, outbox, outbox_parked
+from podium_shared.db import inbox, insert_ignore, insert_new_statement, outbox, outbox_parked
 from podium_shared.limits import MAX_PAYLOAD_BYTES, PayloadTooLarge
 
 log = structlog.get_logger(__name__)
@@ -183,6 +183,56 @@ def record_all_received(
             for (source, ce_id), topic in messages
         ],
     )
+
+
+# PostgreSQL: the batch as three arrays, so the statement's text is the same whatever
+# the batch's size. As a multi-row VALUES list (five parameters a message) the driver
+# parsed a new text of thousands of placeholders for every batch: 4 ms for 500 messages.
+_TAKE_NEW_PG = sa.text(
+    "INSERT INTO inbox (consumer, message_id, source, topic, received_at) "
+    "SELECT :consumer, m.id, m.source, m.topic, :now "
+    "FROM unnest(CAST(:ids AS VARCHAR[]), CAST(:sources AS VARCHAR[]), "
+    "CAST(:topics AS VARCHAR[])) AS m(id, source, topic) "
+    "ON CONFLICT DO NOTHING RETURNING source, message_id"
+)
+
+
+def record_new_received(
+    conn: Connection, consumer: str, messages: Sequence[tuple[MessageId, str]]
+) -> set[MessageId]:
+    """Write the inbox records of ((source, id), topic) pairs the inbox does not hold
+    yet, in one statement, and return those it wrote: the messages to handle. Unlike
+    ``seen_before`` it does not read an unkeyed inbox row (``LEGACY_SOURCE``) as any
+    source's: for a database whose inbox was keyed by source from the start."""
+    if not messages:
+        return set()
+    now = time.time()
+    if conn.dialect.name == "postgresql":
+        rows = conn.execute(
+            _TAKE_NEW_PG,
+            {
+                "consumer": consumer,
+                "now": now,
+                "ids": [ce_id for (_, ce_id), _ in messages],
+                "sources": [source for (source, _), _ in messages],
+                "topics": [topic for _, topic in messages],
+            },
+        )
+    else:
+        rows = conn.execute(
+            insert_new_statement(conn.dialect.name, inbox),
+            [
+                {
+                    "consumer": consumer,
+                    "message_id": ce_id,
+                    "source": source,
+                    "topic": topic,
+                    "received_at": now,
+                }
+                for (source, ce_id), topic in messages
+            ],
+        )
+    return {(r.source, r.message_id) for r in rows}
 
 
 class Sender(Protocol):

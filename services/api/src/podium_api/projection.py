@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any, Concatenate, ParamSpec
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 
 from podium_api.state import counters, dead_letter_events, history, runs, steps
@@ -68,22 +69,13 @@ def epoch(t: datetime) -> float:
 # Built once and executed with parameters: every event reads and writes one run or
 # step, and building a statement per event cost more than running it (a profile of
 # the projection: two thirds of its time in SQLAlchemy's statement construction).
-# An update writes the whole merged row, so one compiled form serves every event.
+# A write is the whole merged row (``upsert``), so one compiled form serves every event.
 def _by_key(table: sa.Table) -> sa.ColumnElement[bool]:
     return sa.and_(*(c == sa.bindparam(f"k_{c.name}", type_=c.type) for c in table.primary_key))
 
 
-def _update(table: sa.Table) -> sa.Update:
-    rest = {c.name: sa.bindparam(c.name, type_=c.type) for c in table.c if not c.primary_key}
-    return table.update().where(_by_key(table)).values(rest)
-
-
 _SELECT_RUN = sa.select(runs).where(_by_key(runs))
-_INSERT_RUN = runs.insert()
-_UPDATE_RUN = _update(runs)
 _SELECT_STEP = sa.select(steps).where(_by_key(steps))
-_INSERT_STEP = steps.insert()
-_UPDATE_STEP = _update(steps)
 _RUN_COLUMNS = tuple(c.name for c in runs.c)
 _NEXT_SEQ = (
     counters.update()
@@ -97,8 +89,23 @@ _STEP_COLUMNS = tuple(c.name for c in steps.c)
 _HOLD_CHANGES = sa.select(counters.c.value).where(counters.c.name == "runs").with_for_update()
 
 
-def _keys(table: sa.Table, row: Mapping[str, Any]) -> dict[str, Any]:
-    return {f"k_{c.name}": row[c.name] for c in table.primary_key}
+@functools.cache
+def upsert(dialect: str, table: sa.Table) -> Any:
+    """An insert of whole rows that, where a row's key exists, writes the row over it
+    (``INSERT .. ON CONFLICT (key) DO UPDATE``): a batch's new and changed rows of one
+    table in one statement."""
+    keys, columns = list(table.primary_key), [c.name for c in table.c if not c.primary_key]
+    if dialect == "sqlite":
+        lite = sqlite.insert(table)
+        return lite.on_conflict_do_update(
+            index_elements=keys, set_={c: lite.excluded[c] for c in columns}
+        )
+    if dialect == "postgresql":
+        pg = postgresql.insert(table)
+        return pg.on_conflict_do_update(
+            index_elements=keys, set_={c: pg.excluded[c] for c in columns}
+        )
+    raise NotImplementedError(f"podium stores state in SQLite or PostgreSQL, not {dialect}")
 
 
 def next_seq(conn: Connection, count: int = 1) -> int:
@@ -260,19 +267,11 @@ class Batch:
         rows: list[tuple[dict[str, Any] | None, dict[str, Any] | None]],
         real: Callable[[dict[str, Any]], dict[str, Any]],
     ) -> None:
-        """Insert the rows that were not there, update those that changed."""
-        new = [real(now) for now, read in rows if now is not None and read is None]
-        changed = [real(now) for now, read in rows if now is not None and read not in (None, now)]
-        if new:
-            self.conn.execute(_INSERT_RUN if table is runs else _INSERT_STEP, new)
-        if changed:
-            self.conn.execute(
-                _UPDATE_RUN if table is runs else _UPDATE_STEP,
-                [
-                    {k: v for k, v in r.items() if not table.c[k].primary_key} | _keys(table, r)
-                    for r in changed
-                ],
-            )
+        """Write the rows that were not there or changed, in one statement (an upsert:
+        on PostgreSQL an insert and an update were two round trips per batch)."""
+        written = [real(now) for now, read in rows if now is not None and now != read]
+        if written:
+            self.conn.execute(upsert(self.conn.dialect.name, table), written)
 
 
 P = ParamSpec("P")
