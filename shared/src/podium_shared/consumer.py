@@ -26,6 +26,8 @@ uncommitted: the messages are redelivered, nothing is lost.
 The path of one message (take, execute, write, dead-letter) is
 ``podium_shared.settle``, which ``ConcurrentConsumeLoop`` calls too; this module
 holds the loop that runs it one fetched batch at a time, and the offset commit.
+On PostgreSQL a batch's inbox question and its write run on the engine's database
+threads, the event loop going on meanwhile (``podium_shared.dbthread``).
 """
 
 from __future__ import annotations
