@@ -231,10 +231,12 @@ async def test_replicas_on_postgresql_lose_and_double_nothing_when_an_executor_a
         # whose result the victim had recorded is answered from the shared ledger, so no
         # more steps ran twice than the victim had in flight. With a ledger per replica
         # (SQLite in each home) the steps it had finished but not committed run again
-        # too: 34 in one trial.
+        # too: 34 in one trial. In flight is up to twice the concurrency: the slots, and
+        # as many finished steps waiting for the writer, which on PostgreSQL writes on
+        # its database thread while the next steps run (25 seen at concurrency 16).
         results = await events_on(kafka_bootstrap, topics.step_results, StepCompleted)
         rerun = len({f"{e.task_id}/{e.step_id}" for _, e in results if not e.output["appended"]})
-        assert 0 < rerun <= CONCURRENCY, rerun
+        assert 0 < rerun <= 2 * CONCURRENCY, rerun
 
     record_property("start_s", round(ready - started, 1))
     record_property("batch_s", round(finished - ready, 1))

@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from podium_shared.db import outbox, outbox_claims
-from podium_shared.outbox import OutboxRelay, Sender, park, send_rows, settle
+from podium_shared.outbox import OutboxRelay, Sender, Settled, park, send_rows, settle
 
 
 class ClaimingRelay(OutboxRelay):
@@ -83,10 +83,15 @@ class ClaimingRelay(OutboxRelay):
         return outbox_claims.insert().from_select(columns, unclaimed)
 
     async def publish_pending(self) -> int:
-        rows = self.claim()
+        rows = await self._db.run(self.claim)
         if not rows:
             return 0
         done = settle(rows, await send_rows(self._producer, rows))
+        await self._db.run(self._settle_rows, done)
+        return self._count(done)
+
+    def _settle_rows(self, done: Settled) -> None:
+        """Delete the rows sent, park those that never will be, and drop the claims."""
         settled = [r.id for r in done.sent] + [r.id for r, _ in done.parked]
         # Only rows still claimed by us: if our lease lapsed, another relay owns them
         # now (and SQLite may even have reused an id for a new row).
@@ -107,4 +112,3 @@ class ClaimingRelay(OutboxRelay):
                     outbox_claims.c.owner == self.owner, outbox_claims.c.outbox_id.in_(settled)
                 )
             )
-        return self._count(done)

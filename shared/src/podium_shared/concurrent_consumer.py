@@ -39,6 +39,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from podium_shared import telemetry
 from podium_shared.consumer import LoopParts, commit_offsets, settler_of
+from podium_shared.dbthread import db_threads
 from podium_shared.outbox import MessageId
 from podium_shared.settle import Message, describe, unavailable
 
@@ -96,6 +97,8 @@ class ConcurrentConsumeLoop:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         self._settler = settler_of(parts)
+        # PostgreSQL's round trips leave the event loop (podium_shared.dbthread).
+        self._reads, self._db = db_threads(parts["engine"])
         self._consumer = parts["consumer"]
         self._relay = parts["relay"]
         self._concurrency = concurrency
@@ -110,6 +113,9 @@ class ConcurrentConsumeLoop:
         self._ready: deque[_InFlight] = deque()
         self._ids_in_flight: set[MessageId] = set()
         self._to_write: list[_InFlight] = []
+        # One flush at a time, as when its write blocked the loop: a release's flush
+        # waits for the writer's, so what finished is marked before it commits.
+        self._flushing = asyncio.Lock()
         self._write_wake = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = False
@@ -149,7 +155,7 @@ class ConcurrentConsumeLoop:
                     if self._idle is not None:
                         self._idle.polled(bool(records) or bool(self._tasks))
                     if records and not self._stopping:
-                        self._take(records)
+                        await self._take(records)
                         continue
                 if self._ready or self._free_slots() <= 0:
                     await self._wait_for_slot()
@@ -170,16 +176,24 @@ class ConcurrentConsumeLoop:
             self._consumer.pause(*self._consumer.assignment())
             await self._consumer.getmany(timeout_ms=0)
 
-    def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+    async def _take(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         """Decode a fetched batch, drop what the inbox has seen, queue the rest."""
+        tracked: dict[TopicPartition, PartitionOffsets] = {}
         for r in records:
-            self._tracked(r).started(r.offset)
-        new, duplicates = self._settler.take(records, self._ids_in_flight)
+            tp = TopicPartition(r.topic, r.partition)
+            tracked[tp] = self._tracked(r)
+            tracked[tp].started(r.offset)
+        new, duplicates = await self._settler.taken(records, self._ids_in_flight, self._reads)
         for m in duplicates:
-            self._tracked(m.record).finished(m.record.offset)
+            tracked[TopicPartition(m.record.topic, m.record.partition)].finished(m.record.offset)
         for m in new:
             tp = TopicPartition(m.record.topic, m.record.partition)
-            self._ready.append(_InFlight(m, tp, self._tracked(m.record)))
+            if self._offsets.get(tp) is not tracked[tp]:
+                # Released (revoked, or a stop) while the inbox was asked: the next
+                # owner runs it; nothing of it is committed here.
+                self._forget(m)
+                continue
+            self._ready.append(_InFlight(m, tp, tracked[tp]))
         self._commit_wake.set()  # duplicates may have moved a commit point
         self._start_ready()
 
@@ -231,19 +245,23 @@ class ConcurrentConsumeLoop:
 
     async def flush(self) -> None:
         """Write every finished message in one transaction; wake the committer."""
+        async with self._flushing:
+            await self._flush()
+
+    async def _flush(self) -> None:
         batch, self._to_write = self._to_write, []
         if not batch:
             return
         written = batch
         try:
-            self._settler.write([m.message for m in batch])
+            await self._db.run(self._settler.write, [m.message for m in batch])
         except Exception as exc:
             if unavailable(exc):
                 written = []
             else:
                 # One message made the write fail: write each alone, which isolates it.
                 log.exception("writing finished messages failed; writing them one at a time")
-                written = [m for m in batch if self._write_alone(m.message)]
+                written = [m for m in batch if await self._db.run(self._write_alone, m.message)]
             if len(written) < len(batch):
                 # The database refused (locked, gone): keep the rest and retry.
                 log.warning("database unavailable; retrying", waiting=len(batch) - len(written))

@@ -26,6 +26,8 @@ uncommitted: the messages are redelivered, nothing is lost.
 The path of one message (take, execute, write, dead-letter) is
 ``podium_shared.settle``, which ``ConcurrentConsumeLoop`` calls too; this module
 holds the loop that runs it one fetched batch at a time, and the offset commit.
+On PostgreSQL a batch's inbox question and its write run on the engine's database
+threads, the event loop going on meanwhile (``podium_shared.dbthread``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from aiokafka.structs import OffsetAndMetadata
 from sqlalchemy.engine import Engine
 
 from podium_shared import telemetry
+from podium_shared.dbthread import db_threads
 from podium_shared.idle import IdleBackoff
 from podium_shared.outbox import MessageId, OutboxRelay
 from podium_shared.settle import (
@@ -119,6 +122,8 @@ class ConsumeLoop:
 
     def __init__(self, **parts: Unpack[LoopParts]) -> None:
         self._settler = settler_of(parts)
+        # PostgreSQL's round trips leave the event loop (podium_shared.dbthread).
+        self._reads, self._db = db_threads(parts["engine"])
         self._consumer = parts["consumer"]
         self._relay = parts["relay"]
         self._poll_timeout_ms = parts.get("poll_timeout_ms", 100)
@@ -167,16 +172,16 @@ class ConsumeLoop:
                 raise
             log.exception("message failed alone; dead-lettering", topic=r.topic, offset=r.offset)
             # Raises only when the database refuses: then nothing is committed.
-            self._settler.dead_letter_alone(Message(r), exc)
+            await self._db.run(self._settler.dead_letter_alone, Message(r), exc)
 
     async def _handle(self, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         claimed: set[MessageId] = set()  # a message twice in one batch is handled once
-        messages, _ = self._settler.take(records, claimed)
+        messages, _ = await self._settler.taken(records, claimed, self._reads)
         for m in messages:
             self._settler.start(m)
         try:
             await asyncio.gather(*(self._settler.execute(m) for m in messages))
-            self._settler.write(messages)
+            await self._db.run(self._settler.write, messages)
         except BaseException as exc:
             for m in messages:  # tried again alone, in spans of their own
                 telemetry.end(m.span, exc)

@@ -34,6 +34,7 @@ from sqlalchemy.engine import Connection, Engine
 from podium_contracts import Contract, Envelope, Headers, encode, new_id
 from podium_shared import metrics, telemetry
 from podium_shared.db import inbox, insert_ignore, insert_new_statement, outbox, outbox_parked
+from podium_shared.dbthread import DbThread, off_loop
 from podium_shared.limits import MAX_PAYLOAD_BYTES, PayloadTooLarge
 
 log = structlog.get_logger(__name__)
@@ -368,6 +369,9 @@ class OutboxRelay:
         self, engine: Engine, producer: Sender, *, sweep_interval_s: float = 1.0, batch: int = 1000
     ) -> None:
         self._engine = engine
+        # PostgreSQL's round trips leave the event loop, on a thread of the relay's own
+        # (podium_shared.dbthread): it sends the previous batch while the next is written.
+        self._db = DbThread(threaded=off_loop(engine.dialect.name), name="podium-relay")
         self._producer = producer
         self._wake = asyncio.Event()
         self._sweep_interval_s = sweep_interval_s
@@ -406,16 +410,24 @@ class OutboxRelay:
     async def publish_pending(self) -> int:
         """Send up to one batch of rows in id order; return how many left the outbox
         (sent or parked). Raises ``RelayStalled`` when none could, for now."""
-        with self._engine.connect() as conn:
-            rows = conn.execute(sa.select(outbox).order_by(outbox.c.id).limit(self._batch)).all()
+        rows = await self._db.run(self._pending)
         if not rows:
             return 0
         done = settle(rows, await send_rows(self._producer, rows))
+        await self._db.run(self._settle_rows, done)
+        return self._count(done)
+
+    def _pending(self) -> Sequence[Any]:
+        """Up to one batch of rows to send, in id order."""
+        with self._engine.connect() as conn:
+            return conn.execute(sa.select(outbox).order_by(outbox.c.id).limit(self._batch)).all()
+
+    def _settle_rows(self, done: Settled) -> None:
+        """Delete the rows sent and park those that never will be, in one transaction."""
         with self._engine.begin() as conn:
             if done.sent:
                 conn.execute(outbox.delete().where(outbox.c.id.in_([r.id for r in done.sent])))
             park(conn, [r for r, _ in done.parked], [e for _, e in done.parked])
-        return self._count(done)
 
     def _count(self, done: Settled) -> int:
         self.published += len(done.sent)

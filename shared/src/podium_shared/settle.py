@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import threading
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -39,6 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from podium_contracts import ContractError, Event, Headers, decode_record
 from podium_shared import metrics, telemetry
+from podium_shared.dbthread import DbThread
 from podium_shared.dlq import DlqReason, dead_letter
 from podium_shared.outbox import (
     MessageId,
@@ -342,6 +344,9 @@ class Settler:
         self.service = service
         self._decode = RecordDecoder(carries)
         self.stats = LoopStats()
+        # Counted on the loop (duplicates found by the inbox) and on the database thread
+        # (what a write settled, podium_shared.dbthread): one count at a time.
+        self._counting = threading.RLock()
 
     def take(
         self, records: list[ConsumerRecord[bytes, bytes]], claimed: set[MessageId]
@@ -350,21 +355,39 @@ class Settler:
         duplicates (seen by the inbox, or in ``claimed``: the ids already on their way,
         to which the new ones are added), with the events the handler passes over among
         the latter (settled too: nothing to write). A new message's span starts with
-        ``start``."""
-        messages = [self._decoded(r) for r in records]
-        passed: list[Message] = []
-        if self.handler.wants is not None:
-            messages, passed = self._wanted(messages)
-            if not messages:  # nothing to ask the inbox about: no connection either
-                return [], passed
-        done: set[MessageId] = set()
-        if not self.handler.inbox_at_write:  # else asked at write, in its inbox insert
-            done = self._ask_inbox(messages)
-        new, duplicates = self._sorted(messages, done, claimed)
-        return new, duplicates + passed
+        ``start``. ``taken`` is the same with the inbox asked on a database thread."""
+        messages, passed = self.decode(records)
+        return self.sort(messages, self.ask(messages), claimed, passed)
 
-    def _ask_inbox(self, messages: list[Message]) -> set[MessageId]:
-        """The ids the inbox holds; the handler reads ahead for the rest (``prepare``)."""
+    async def taken(
+        self, records: list[ConsumerRecord[bytes, bytes]], claimed: set[MessageId], db: DbThread
+    ) -> tuple[list[Message], list[Message]]:
+        """``take``, with the inbox asked on ``db``'s thread while the loop goes on.
+
+        An id in ``claimed`` when the question was asked counts as claimed even if it
+        was written and left ``claimed`` meanwhile: the inbox's answer may predate that
+        write, and the message must not run twice."""
+        messages, passed = self.decode(records)
+        on_their_way = set(claimed)
+        done = await db.run(self.ask, messages) if messages else set()
+        return self.sort(messages, done | on_their_way, claimed, passed)
+
+    def decode(
+        self, records: list[ConsumerRecord[bytes, bytes]]
+    ) -> tuple[list[Message], list[Message]]:
+        """The records decoded: the messages to settle, and those the handler passes over."""
+        messages = [self._decoded(r) for r in records]
+        if self.handler.wants is not None:
+            return self._wanted(messages)
+        return messages, []
+
+    def ask(self, messages: list[Message]) -> set[MessageId]:
+        """The ids the inbox has seen among ``messages``, read ahead for the rest
+        (``prepare``); a message the inbox could not be asked about gets its error.
+        Nothing to ask: no connection either; nor for a handler whose inbox is asked
+        at write, in its inbox insert (``Handler.inbox_at_write``)."""
+        if not messages or self.handler.inbox_at_write:
+            return set()
         decoded = [m for m in messages if m.id is not None]
         with self.engine.connect() as conn:
             done, unreadable = seen_each(conn, self.group, [m.id for m in decoded if m.id])
@@ -375,10 +398,15 @@ class Settler:
             prepare_quietly(conn, self.handler, fresh)
         return done
 
-    def _sorted(
-        self, messages: list[Message], done: set[MessageId], claimed: set[MessageId]
+    def sort(
+        self,
+        messages: list[Message],
+        done: set[MessageId],
+        claimed: set[MessageId],
+        passed: list[Message],
     ) -> tuple[list[Message], list[Message]]:
-        """The new messages and the duplicates (in ``done`` or ``claimed``), in order."""
+        """The new messages and the duplicates (with ``passed``), given the ids the
+        inbox has seen (``done``); the new ones join ``claimed``."""
         new: list[Message] = []
         duplicates: list[Message] = []
         for m in messages:
@@ -399,7 +427,8 @@ class Settler:
         for m in messages:
             ok = m.event is None or m.error is not None or self.handler.wants(m.event)
             (wanted if ok else passed).append(m)
-        self.stats.passed_over += len(passed)
+        with self._counting:
+            self.stats.passed_over += len(passed)
         return wanted, passed
 
     def start(self, m: Message) -> None:
@@ -536,6 +565,10 @@ class Settler:
 
     def _settled(self, batch: list[Message]) -> None:
         """Count what the committed transaction settled and end the messages' spans."""
+        with self._counting:
+            self._count(batch)
+
+    def _count(self, batch: list[Message]) -> None:
         for m in batch:
             topic = m.record.topic
             if m.outcome is Outcome.DUPLICATE:
@@ -555,7 +588,8 @@ class Settler:
 
     def _duplicate(self, m: Message) -> None:
         """Count and log a message the inbox had already taken (same source and id)."""
-        self.stats.duplicates += 1
+        with self._counting:
+            self.stats.duplicates += 1
         metrics.duplicate(self.service, m.record.topic)
         if m.event is None:  # a record dead-lettered before, redelivered
             r = m.record

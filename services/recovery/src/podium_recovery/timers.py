@@ -24,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 from podium_contracts import StepRequested, encode, new_id
 from podium_recovery.state import timers
 from podium_shared import OutboxRelay, OutgoingMessage, Topics, UnitOfWork
+from podium_shared.dbthread import db_threads
 
 log = structlog.get_logger(__name__)
 
@@ -120,14 +121,17 @@ def make_timer_loop(
     Idle, it looks once per ``idle_s``, not once per ``interval_s`` (issue 18); ``wake``,
     set when this process schedules a timer, starts a round at once."""
     woken = asyncio.Event() if wake is None else wake
+    db = db_threads(engine).writes  # PostgreSQL's round trips leave the event loop
+
+    def fire() -> tuple[int, float | None]:
+        with engine.begin() as conn:
+            return fire_due(conn, clock(), batch), next_due(conn)
 
     async def run(relay: OutboxRelay) -> None:
         while True:
             woken.clear()  # before the round: a timer scheduled during it wakes the next
             try:
-                with engine.begin() as conn:
-                    fired = fire_due(conn, clock(), batch)
-                    due = next_due(conn)
+                fired, due = await db.run(fire)
                 wait = round_wait_s(due, clock(), interval_s, idle_s)
             except LostRace as exc:
                 log.debug("timers fired by another replica", detail=str(exc))
