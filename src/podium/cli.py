@@ -581,6 +581,9 @@ def bench(
         int | None, typer.Option(min=1, help="tasks in flight in the throughput run (64)")
     ] = None,
     temporal: Annotated[bool, typer.Option(help="measure Temporal too")] = True,
+    postgres: Annotated[
+        bool, typer.Option(help="measure the whole stack on PostgreSQL too")
+    ] = True,
     api: Annotated[
         bool, typer.Option(help="measure the api service too (reads, projection)")
     ] = True,
@@ -639,6 +642,7 @@ def bench(
         if value is not None:
             setattr(opts, key, value)
     opts.api = api
+    opts.postgres = postgres
     try:
         opts.peers = tuple(p for p in parse_peers(peers) if temporal or p != "temporal")
     except ValueError as exc:

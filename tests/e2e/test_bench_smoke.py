@@ -46,6 +46,19 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert podium["scaling"]["scaling"]["1"]["efficiency"] == 1.0
     assert podium["scaling"]["scaling"]["2"]["steps_s"] > 0
 
+    # The stack again on PostgreSQL (issue 18); only a machine without a server skips it.
+    pg = podium["postgres"]
+    if "skipped" in pg:
+        assert not os.environ.get("CI"), pg["skipped"]
+        assert pg["skipped"].startswith("no PostgreSQL server"), pg["skipped"]
+    else:
+        assert pg["latency"]["hello"]["median"]["p50"] > 0
+        assert pg["throughput"]["median"]["tasks_per_s"] > 0
+        counted = set(pg["throughput"]["cpu_by_process"])
+        assert {"router", "executor", "broker (tansu)"} <= counted
+        assert {"postgresql (router)", "postgresql (executor)", "postgresql (server)"} <= counted
+        assert "podium on PostgreSQL" in report.read_text()
+
     recovery = f["recovery"]
     assert recovery["median"]["in_flight_at_kill"] > 0
     assert recovery["lost_total"] == 0
@@ -67,7 +80,10 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert f["memory"]["figures"]["entries"] == 300
     assert "replay_records_s" in f["recovery_service"]["figures"]
     assert results["versions"]["python"]
-    assert {t["name"] for t in results["targets"]} >= {"recovery after kill -9"}
+    assert {t["name"] for t in results["targets"]} >= {
+        "recovery after kill -9",
+        "throughput on PostgreSQL ÷ on SQLite (issue 18)",
+    }
 
     record = json.loads((out_dir / "results.json").read_text())
     assert "samples" not in record["figures"]["podium"]["latency"]["hello"]  # percentiles only

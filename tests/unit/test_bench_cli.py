@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from podium import cli
+from podium_bench.options import PeerOptions
 
 pytestmark = pytest.mark.unit
 
@@ -22,3 +23,20 @@ def test_bench_without_the_bench_package_says_how_to_get_it(
     assert exit_.value.code == cli.EXIT_USAGE
     err = capsys.readouterr().err
     assert err == "podium: error: the bench is not installed: run `make bench`\n"
+
+
+@pytest.mark.parametrize(("flag", "postgres"), [([], True), (["--no-postgres"], False)])
+def test_the_stack_on_postgresql_is_measured_unless_declined(
+    monkeypatch: pytest.MonkeyPatch, flag: list[str], postgres: bool
+) -> None:
+    import podium_bench.run
+
+    chosen: list[PeerOptions] = []
+
+    def run(settings: object, opts: PeerOptions) -> dict[str, object]:
+        chosen.append(opts)
+        return {"targets": []}
+
+    monkeypatch.setattr(podium_bench.run, "run_peer_bench", run)
+    cli.app(["bench", "--quick", "--peers", "none", *flag], standalone_mode=False)
+    assert [o.postgres for o in chosen] == [postgres]

@@ -336,9 +336,9 @@ def postgres_admin_url() -> tuple[str | None, str]:
 
 
 @contextlib.contextmanager
-def postgres_database(admin_url: str) -> Iterator[str]:
-    """A fresh database on the server, dropped afterwards."""
-    name = f"podium_bench_api_{uuid.uuid4().hex[:10]}"
+def postgres_database(admin_url: str, name: str | None = None) -> Iterator[str]:
+    """A fresh database on the server (``name``, else a new one), dropped afterwards."""
+    name = name or f"podium_bench_api_{uuid.uuid4().hex[:10]}"
     admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))

@@ -89,15 +89,25 @@ async def measure_latency(
 
 
 async def measure_throughput(
-    call: Call, system: str, opts: PeerOptions, advance: Advance
+    call: Call,
+    system: str,
+    opts: PeerOptions,
+    advance: Advance,
+    *,
+    processes: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """``repeat`` closed-loop runs, each after a warm-up, with the CPU and peak RSS of
-    the system's processes (``system_processes``: "podium" or "temporal")."""
+    the system's processes: ``processes()``, by default ``system_processes(system)``
+    ("podium" or "temporal"). They are listed after a second at full concurrency, so
+    that a server with a process per connection (PostgreSQL) has opened the ones the
+    load needs; numbered ones ("postgresql 2", ...) count as one."""
+    listing = processes or (lambda: system_processes(system.lower()))
     runs = []
     for r in range(opts.repeat):
         advance(f"{system} throughput, run {r + 1}/{opts.repeat}")
         await warm(call, opts.warmup)
-        runs.append(await throughput_run(call, opts, system_processes(system.lower())))
+        await closed_loop(call, opts.in_flight, min(1.0, opts.throughput_s))
+        runs.append(await throughput_run(call, opts, listing(), grouped=True))
     return throughput_figure(runs)
 
 

@@ -39,6 +39,8 @@ class PeerOptions:
     api_warmup: int = 50
     api_postgres: bool = True  # the reads and the projection on PostgreSQL too
     api_lag_every_s: float = 0.5
+    # podium_bench.stack_postgres: the whole stack again with every service on PostgreSQL.
+    postgres: bool = True
     temporal: bool = True
     # The durable-execution peers that run (podium_bench.peers.PEERS; `--peers`).
     peers: tuple[str, ...] = ("temporal", "restate", "dbos")

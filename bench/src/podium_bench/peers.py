@@ -33,10 +33,8 @@ import psutil
 
 from podium_bench.drivers import (
     Call,
-    closed_loop,
     measure_latency,
-    throughput_figure,
-    throughput_run,
+    measure_throughput,
     warm,
 )
 from podium_bench.options import PeerOptions
@@ -306,15 +304,9 @@ async def measure_peer(
         for wf in ("hello", "chain3")
     }
     call = calls("hello")
-    runs = []
-    for r in range(opts.repeat):
-        advance(f"{system} throughput, run {r + 1}/{opts.repeat}")
-        await warm(call, opts.warmup)
-        # Open the connections the load needs before the processes are listed (PostgreSQL
-        # starts a process per connection): a short run at full concurrency.
-        await closed_loop(call, opts.in_flight, min(1.0, opts.throughput_s))
-        runs.append(await throughput_run(call, opts, peer_processes(peer), grouped=True))
-    out["throughput"] = throughput_figure(runs)
+    out["throughput"] = await measure_throughput(
+        call, system, opts, advance, processes=lambda: peer_processes(peer)
+    )
     out["closed_one"] = await measure_closed_one(call, system, opts, advance)
     return out
 

@@ -1,5 +1,6 @@
 """The podium side: the baselines on the stack's broker, then latency, throughput
-and (optionally) a profiled throughput run through the whole stack."""
+and (optionally) a profiled throughput run through the whole stack; then ``hello``'s
+latency and throughput again with every service on PostgreSQL (``stack_postgres``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from podium_bench.options import PeerOptions
 from podium_bench.peers import measure_closed_one
 from podium_bench.processes import system_processes
 from podium_bench.profiling import profile_services
+from podium_bench.stack_postgres import podium_on_postgres
 from podium_bench.stats import median, median_of, summary
 from podium_shared import Settings
 
@@ -90,4 +92,10 @@ def podium_side(
         out["sqlite_commit_ms"] = {"runs": commits, "median": median_of(commits)}
         out.update(asyncio.run(_podium_latency_and_throughput(stack.settings, opts, advance)))
     shutil.rmtree(home, ignore_errors=True)
+    # The same figures with every service on PostgreSQL, after the SQLite stack has stopped.
+    out["postgres"] = (
+        podium_on_postgres(settings, opts, advance)
+        if opts.postgres
+        else {"skipped": "not chosen (`--no-postgres`)"}
+    )
     return out

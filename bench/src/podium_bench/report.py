@@ -165,7 +165,8 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
         "| system | tasks/s | CPU-s per 1,000 tasks | CPU-s per 1,000 by process | peak RSS by process |"
     )
     add("|---|---|---|---|---|")
-    for name, side in (("podium", p), ("Temporal", t)):
+    pg = p.get("postgres", {})
+    for name, side in (("podium", p), ("podium on PostgreSQL", pg), ("Temporal", t)):
         if "throughput" not in side:
             continue
         th = side["throughput"]
@@ -181,6 +182,8 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
             "the CPU per task. Baseline: the raw broker moves "
             f"{p['raw_msgs_per_s']:.0f} msgs/s; a one-step task is {hops(1)} messages plus outbox commits.\n"
         )
+    if "postgres" in p:  # results.json of runs before issue 18 have no such figure
+        add(postgres_line(p))
     if "throughput.png" in r.get("plots", []):
         add(f"![throughput and CPU per task]({rel}/throughput.png)\n")
 
@@ -292,6 +295,25 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
     if "api" in f:
         add(api_figures.markdown(f["api"]).strip() + "\n")
     return "\n".join(lines)
+
+
+def postgres_line(p: dict[str, Any]) -> str:
+    """The stack on PostgreSQL beside the SQLite stack of the same run."""
+    pg = p.get("postgres", {})
+    if "throughput" not in pg:
+        return f"podium on PostgreSQL: {pg.get('skipped', 'not run')}.\n"
+    sq_t, pg_t = (x["throughput"]["median"]["tasks_per_s"] for x in (p, pg))
+    sq_l, pg_l = (x["latency"]["hello"]["median"] for x in (p, pg))
+    return (
+        f"podium on PostgreSQL ({pg['server']}; {pg['databases']}; `fsync` and "
+        "`synchronous_commit` off there, as SQLite's WAL at `synchronous=NORMAL` does not "
+        "fsync per commit either): the same `hello` load, the same drivers, after the SQLite "
+        f"stack stopped. Throughput {pg_t:.0f} against {sq_t:.0f} tasks/s on SQLite, "
+        f"{ratio(pg_t, sq_t):.2f}×; open-loop `hello` p50 {_ms(pg_l['p50'])} (SQLite "
+        f"{_ms(sq_l['p50'])}), p99 {_ms(pg_l['p99'])} (SQLite {_ms(sq_l['p99'])}). "
+        "`postgresql (<service>)`: the server's backends for that service's database; "
+        "`postgresql (server)`: the postmaster and its background processes.\n"
+    )
 
 
 def render(record_path: Path, output: Path) -> None:

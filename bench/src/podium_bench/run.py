@@ -26,6 +26,7 @@ from podium_bench.recovery import recovery_drill
 from podium_bench.recovery_service import recovery_service_section
 from podium_bench.report import jsonable, write_api_only, write_outputs
 from podium_bench.scaling import podium_scaling
+from podium_bench.stack_postgres import stages as postgres_stages
 from podium_bench.targets import targets
 from podium_bench.temporal_side import temporal_side
 from podium_bench.tracing import tracing_tax
@@ -67,6 +68,7 @@ def run_peer_bench(
         opts.repeat * (2 + 2 + 1 + 1)
         + 1
         + (1 if opts.profile else 0)
+        + postgres_stages(opts)
         + opts.repeat
         + opts.repeat
         + opts.repeat  # the broker's own failover, beside each recovery drill

@@ -93,6 +93,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             ok,
         )
     )
+    out.append(postgres_target(tput, p.get("postgres")))
     out.append(idle_target(p.get("idle")))
     out.append(Target("one-step p50 (issue 2)", "< 10 ms", f"{one50:.1f} ms", one50 < 10))
     out.append(Target("throughput (issue 2)", "> 300 tasks/s", f"{tput:.0f} tasks/s", tput > 300))
@@ -124,6 +125,18 @@ def _failover_note(median: dict[str, float]) -> str:
         f"; the broker alone takes {median['broker_failover_s']:.1f} s to fail over bare "
         f"consumers, so podium's recovery is {median['ratio_to_broker_failover']:.2f}× that"
     )
+
+
+def postgres_target(sqlite_tput: float, pg: dict[str, Any] | None) -> Target:
+    """The stack's throughput with every service on PostgreSQL against the SQLite
+    stack's of the same run (issue 18): at least half."""
+    name, goal = "throughput on PostgreSQL ÷ on SQLite (issue 18)", "≥ 0.50"
+    if pg is None or "throughput" not in pg:
+        why = (pg or {}).get("skipped", "not run")
+        return Target(name, goal, f"not measured: {why}", None)
+    tput = pg["throughput"]["median"]["tasks_per_s"]
+    x = ratio(tput, sqlite_tput)
+    return Target(name, goal, f"{x:.2f} ({tput:.0f} vs {sqlite_tput:.0f} tasks/s)", x >= 0.5)
 
 
 def idle_target(idle: dict[str, Any] | None) -> Target:

@@ -3,8 +3,9 @@ readiness file and a clean shutdown on SIGTERM/SIGINT.
 
 ``serve`` is what every service's ``__main__`` calls: it reads the shared settings,
 sets up logging, builds the service with its ``bootstrap.build`` and runs it with
-``run_service``; a bad setting or definition exits 2 with one line (``startup``).
-A ``ServiceSpec`` says which loop to run: the sequential one (router, memory,
+``run_service`` on the event loop ``PODIUM_EVENT_LOOP`` names (``loop_factory``); a
+bad setting or definition exits 2 with one line (``startup``).
+A ``ServiceSpec`` says which consume loop to run: the sequential one (router, memory,
 recovery), or with ``concurrency`` the concurrent one whose revoked partitions
 finish or release their in-flight messages (the executor)."""
 
@@ -303,7 +304,13 @@ async def run_service(
     ]
     watched += [asyncio.create_task(factory(relay)) for factory in spec.background]
     lag = asyncio.create_task(metrics.watch_lag(clients.consumer, spec.group), name="lag")
-    log.info("service started", topics=spec.topics, group=spec.group, **spec.details)
+    log.info(
+        "service started",
+        topics=spec.topics,
+        group=spec.group,
+        event_loop=type(asyncio.get_running_loop()).__module__,
+        **spec.details,
+    )
     crashed = await run_until_stopped(watched)
     released = None
     if isinstance(loop, ConcurrentConsumeLoop):
@@ -329,6 +336,18 @@ async def run_service(
     guard.raise_if_ended()
 
 
+def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``PODIUM_EVENT_LOOP`` names, as ``asyncio.Runner``'s
+    ``loop_factory``: None for asyncio's own, uvloop's ``new_event_loop`` for uvloop."""
+    if name == "asyncio":
+        return None
+    if name == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop
+    raise ValueError(f"no event loop {name!r}: asyncio or uvloop")
+
+
 def serve(
     service: str,
     build: Callable[[Settings], ServiceSpec],
@@ -347,6 +366,7 @@ def serve(
         configure(service, settings.log_level)
         spec = build(settings)
     try:
-        asyncio.run(run_service(settings, spec))
+        with asyncio.Runner(loop_factory=loop_factory(settings.event_loop)) as runner:
+            runner.run(run_service(settings, spec))
     except (UnsharedState, BrokerRefused) as exc:  # restarting will not help: exit 2, one line
         refuse(service, str(exc))

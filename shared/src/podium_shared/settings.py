@@ -86,6 +86,9 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="a relay's claim on outbox rows expires after this"
     )
     log_level: str = "INFO"
+    # The event loop every service runs on: asyncio's own, or uvloop's (libuv). Opt-in
+    # until a measurement says it pays (docs/benchmarks.md, "What limits podium").
+    event_loop: Literal["asyncio", "uvloop"] = "asyncio"
     # Tenants bound to topics of their own (comma-separated): the router reads each one's
     # <prefix>.tenant.<name>.tasks.v1 and answers on its own task-events topic; with
     # Kafka ACLs only that tenant's principal may use them (docs/security.md, Tenants).
@@ -122,6 +125,11 @@ class Settings(BaseSettings):
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             raise ValueError("PODIUM_SSL_CERTFILE and PODIUM_SSL_KEYFILE go together")
         return self
+
+    @field_validator("event_loop", mode="before")
+    @classmethod
+    def _event_loop_name(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
 
     @field_validator("tenants")
     @classmethod
