@@ -149,7 +149,8 @@ def test_replica_counts_not_measured_are_said_so() -> None:
     s["curve"] = curve(s["rounds"], cores=2)
     s["not_measured"] = {"2": "replicas need a shared database (no server)"}
     text = markdown(s)
-    assert "every role's database on SQLite." in text
+    assert "every role's database on SQLite, each executor at concurrency 64" in text
+    assert "PostgreSQL backends" not in text
     assert "| 2 | not measured: replicas need a shared database (no server) |" in text
     assert "| 4 |" not in text
 

@@ -62,24 +62,24 @@ def curve(rounds: list[dict[str, dict[str, Any]]], cores: int) -> dict[str, Any]
 
 def markdown(s: dict[str, Any]) -> str:
     """The report's section (its heading included)."""
-    shared = (
-        " (one per role, shared by its replicas; each process its own PODIUM_HOME)"
-        if s["database"] == "PostgreSQL"
-        else ""
-    )
+    pg = s["database"] == "PostgreSQL"
+    shared = " (one per role, shared by its replicas; each process its own PODIUM_HOME)"
+    shared = shared if pg else ""
+    backends = " and the PostgreSQL backends of the stack's databases" if pg else ""
     partitions = ", ".join(f"`{t}` {p}" for t, p in s["partitions"].items())
     load = s["load_average"]
     lines = [
         "## 4b. Whole-stack scaling: routers and executors\n",
         f"`hello` (one `echo` step) with {s['in_flight']} in flight for {s['seconds']:g} s per "
         "run (`podium_bench.drivers`' throughput run) through n routers AND n executors, on "
-        f"{s['broker_kind']}, every role's database on {s['database']}{shared}. Partitions: "
+        f"{s['broker_kind']}, every role's database on {s['database']}{shared}, each "
+        f"executor at concurrency {s['in_flight']} (so that only n changes). Partitions: "
         f"{partitions}. Each round runs every n on a fresh stack; S(n) = T(n)/T(1) and "
         "E(n) = S(n)/n against the same round's n = 1, then the median of the rounds. CPU: "
-        "the services, the broker and the PostgreSQL backends of the stack's databases; the "
-        f"load generator's beside it. This machine has **{s['cores']} cores**: the CPU "
-        "ceiling is the rate at which the stack's and the load generator's CPU per task "
-        "would fill them all, which no replica count can pass. Load average (1 min) "
+        f"the services, the broker{backends}; the load generator's beside it. This machine "
+        f"has **{s['cores']} cores**: the CPU ceiling is the rate at which the stack's and "
+        "the load generator's CPU per task would fill them all, which no replica count can "
+        "pass. Load average (1 min) "
         f"{load['start'][0]:.1f} at the start, {load['end'][0]:.1f} at the end.\n",
         "| n routers + n executors | tasks/s T(n) | S(n) | E(n) | CPU-s per 1,000 tasks "
         "(stack) | by process | load generator | cores busy | CPU ceiling, tasks/s |",

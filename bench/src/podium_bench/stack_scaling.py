@@ -100,8 +100,14 @@ def measure_point(settings: Settings, n: int, opts: PeerOptions, admin_url: str 
         point = point.model_copy(
             update={f"{role}_database_url": SecretStr(url) for role, url in urls.items()}
         )
-        env = {"PODIUM_BLOB_URL": str(point.home / "blobs")}  # shared, as an object store
-        with Stack(point, executors=n, routers=n, separate_homes=bool(urls), env=env) as stack:
+        env = {
+            "PODIUM_BLOB_URL": str(point.home / "blobs"),  # shared, as an object store
+            # Slots for every task in flight in each replica: n changes, nothing else.
+            "PODIUM_EXECUTOR_CONCURRENCY": str(opts.in_flight),
+        }
+        stack = Stack(point, executors=n, routers=n, separate_homes=bool(urls), env=env)
+        # Up to 10 processes importing at once on a small machine: more than the 60 s default.
+        with stack.start(timeout_s=180):
             names = {role: url.rsplit("/", 1)[1] for role, url in urls.items()}
             return asyncio.run(_loaded(stack, opts, names))
 
