@@ -17,7 +17,7 @@ from podium_bench.stack_figures import (
     markdown,
     too_few_partitions,
 )
-from podium_bench.stack_scaling import consumed_topics
+from podium_bench.stack_scaling import backend_database, consumed_topics
 from podium_shared import Topics
 from tests.conftest import REPO
 
@@ -179,3 +179,15 @@ def test_the_plot_is_written(tmp_path: Path) -> None:
     name = stack_scaling_plot(plt, section(), tmp_path)
     assert name == "stack-scaling.png"
     assert (tmp_path / name).stat().st_size > 10_000
+
+
+def test_a_backend_is_known_by_its_database_from_its_process_title() -> None:
+    title = "postgres: postgres podium_bench_api_1a2b 127.0.0.1(43210) idle"
+    assert backend_database([title, "", "", ""]) == "podium_bench_api_1a2b"
+    assert backend_database(["postgres: postgres db [local] idle in transaction"]) == "db"
+    # The server's own processes serve no database.
+    assert backend_database(["postgres: walwriter ", "", ""]) is None
+    assert backend_database(["postgres: autovacuum launcher ", ""]) is None
+    assert backend_database(["postgres: logical replication launcher "]) is None
+    assert backend_database(["python", "-m", "podium_router"]) is None
+    assert backend_database([]) is None

@@ -48,23 +48,34 @@ def consumed_topics(topics: Topics) -> list[str]:
     return [topics.tasks, topics.step_results, topics.steps(POOL)]
 
 
+def backend_database(cmdline: list[str]) -> str | None:
+    """The database a PostgreSQL backend serves, from its process title
+    (``postgres: <user> <database> <client> <state>``, padded with empty arguments);
+    None for any other process, the server's own background workers included."""
+    words = " ".join(cmdline).split()
+    if len(words) < 4 or words[0] != "postgres:":
+        return None
+    client = words[3]  # "127.0.0.1(43210)", or "[local]" on a Unix socket
+    if "(" not in client and client != "[local]":
+        return None
+    return words[2]
+
+
 def postgres_backends(databases: dict[str, str]) -> dict[str, Any]:
     """The PostgreSQL backend processes connected to ``databases`` (role -> database
-    name), labelled "postgresql <role>", "postgresql <role> 2", ... A backend's title
-    is ``postgres: <user> <database> <client> <state>``."""
+    name), labelled "postgresql <role>", "postgresql <role> 2", ..."""
+    roles = {name: role for role, name in databases.items()}
     out: dict[str, Any] = {}
     for proc in psutil.process_iter():
         with contextlib.suppress(psutil.Error):
-            words = " ".join(proc.cmdline()).split()
-            if len(words) < 3 or words[0] != "postgres:":
+            role = roles.get(backend_database(proc.cmdline()) or "")
+            if role is None:
                 continue
-            for role, name in databases.items():
-                if words[2] == name:
-                    label, i = f"postgresql {role}", 1
-                    while label in out:
-                        i += 1
-                        label = f"postgresql {role} {i}"
-                    out[label] = proc
+            label, i = f"postgresql {role}", 1
+            while label in out:
+                i += 1
+                label = f"postgresql {role} {i}"
+            out[label] = proc
     return out
 
 
