@@ -118,9 +118,12 @@ def measure_point(settings: Settings, n: int, opts: PeerOptions, admin_url: str 
         }
         stack = Stack(point, executors=n, routers=n, separate_homes=bool(urls), env=env)
         # Up to 10 processes importing at once on a small machine: more than the 60 s default.
-        with stack.start(timeout_s=180):
+        stack.start(timeout_s=180)  # not `with`: its __enter__ starts with the default
+        try:
             names = {role: url.rsplit("/", 1)[1] for role, url in urls.items()}
             return asyncio.run(_loaded(stack, opts, names))
+        finally:
+            stack.stop()
 
 
 def stack_scaling(
