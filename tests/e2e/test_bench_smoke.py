@@ -14,7 +14,7 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
 
 
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
@@ -27,7 +27,7 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         text=True,
         env=env,
         cwd=REPO,
-        timeout=560,
+        timeout=860,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -58,6 +58,16 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
         assert {"router", "executor", "broker (tansu)"} <= counted
         assert {"postgresql (router)", "postgresql (executor)", "postgresql (server)"} <= counted
         assert "podium on PostgreSQL" in report.read_text()
+
+    stack = f["stack_scaling"]  # n routers and n executors: 1 and 2 under --quick
+    assert stack["curve"]["1"]["efficiency"] == 1.0
+    assert stack["curve"]["1"]["cpu_s_per_1000"] > 0
+    assert stack["cores"] >= 1
+    if stack["database"] == "PostgreSQL":
+        assert stack["curve"]["2"]["tasks_per_s"] > 0
+        assert stack["curve"]["2"]["cpu_by_role"]["postgresql router"] > 0
+    else:
+        assert "2" in stack["not_measured"]
 
     recovery = f["recovery"]
     assert recovery["median"]["in_flight_at_kill"] > 0
@@ -96,3 +106,5 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert (out_dir / "latency-cdf.png").stat().st_size > 0
     assert (out_dir / "scaling.png").stat().st_size > 0
     assert (out_dir / "throughput.png").stat().st_size > 0
+    assert (out_dir / "stack-scaling.png").stat().st_size > 0
+    assert "## 4b. Whole-stack scaling" in text

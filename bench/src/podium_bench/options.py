@@ -24,6 +24,8 @@ class PeerOptions:
     single_concurrency: int = 64
     replicas: tuple[int, ...] = (1, 2, 4)
     sleep_s: float = 0.1
+    # podium_bench.stack_scaling: n routers and n executors, `hello` at in_flight.
+    stack_replicas: tuple[int, ...] = (1, 2, 4)
     recovery_tasks: int = 32
     recovery_hold_s: float = 1.0
     recovery_records: int = 10_000  # podium_bench.recovery_service: dead letters replayed
@@ -65,6 +67,7 @@ class PeerOptions:
             scaling_seconds=0.5,
             single_concurrency=8,
             replicas=(1, 2),
+            stack_replicas=(1, 2),
             recovery_tasks=6,
             recovery_hold_s=0.5,
             recovery_records=200,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from podium_bench.stack_figures import cpu_groups
 from podium_bench.stats import cdf
 
 
@@ -75,6 +76,9 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
     plt.close(fig)
     written.append(path.name)
 
+    if f.get("stack_scaling", {}).get("curve"):
+        written.append(stack_scaling_plot(plt, f["stack_scaling"], out_dir))
+
     tp = [
         (s, f[s]["throughput"]["median"])
         for s in ("podium", "temporal", "restate", "dbos")
@@ -97,3 +101,47 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[str]:
         plt.close(fig)
         written.append(path.name)
     return written
+
+
+def stack_scaling_plot(plt: Any, s: dict[str, Any], out_dir: Path) -> str:
+    """podium_bench.stack_scaling's curve: T(n) beside linear and the CPU ceiling on
+    this machine's cores; CPU per 1,000 tasks by process, stacked, per n."""
+    c = s["curve"]
+    ns = sorted(int(n) for n in c)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    a1.plot(ns, [c[str(n)]["tasks_per_s"] for n in ns], "o-", label="podium T(n)")
+    t1 = c[str(ns[0])]["tasks_per_s"] / ns[0]
+    a1.plot(ns, [n * t1 for n in ns], ":", color="grey", label="linear n·T(1)")
+    a1.plot(
+        ns,
+        [c[str(n)]["cpu_ceiling_tasks_per_s"] for n in ns],
+        "--",
+        color="C3",
+        label=f"CPU ceiling on {s['cores']} cores",
+    )
+    a1.set_xticks(ns)
+    a1.set_xlabel("n routers + n executors")
+    a1.set_ylabel("hello tasks/s")
+    a1.set_title(f"whole stack, {s['in_flight']} in flight, {s['broker_kind']}, {s['database']}")
+    a1.set_ylim(bottom=0)
+    a1.grid(True, alpha=0.3)
+    a1.legend()
+    groups = [cpu_groups(c[str(n)]["cpu_by_role"]) for n in ns]
+    names = sorted({k for g in groups for k in g})
+    bottom = [0.0] * len(ns)
+    labels = [str(n) for n in ns]
+    for name in names:
+        values = [g.get(name, 0.0) for g in groups]
+        a2.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+    client = [c[str(n)]["client_cpu_s_per_1000"] for n in ns]
+    a2.bar(labels, client, bottom=bottom, label="load generator", color="lightgrey")
+    a2.set_xlabel("n routers + n executors")
+    a2.set_ylabel("CPU-seconds per 1,000 tasks")
+    a2.set_title("cost per task")
+    a2.legend(fontsize="small")
+    fig.tight_layout()
+    path = out_dir / "stack-scaling.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path.name

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from podium_bench import api_figures
+from podium_bench import api_figures, stack_figures
 from podium_bench.baselines import hops
 from podium_bench.idle import idle_line
 from podium_bench.options import PeerOptions
@@ -215,6 +215,10 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
     )
     if "scaling.png" in r.get("plots", []):
         add(f"![scaling, podium and Temporal]({rel}/scaling.png)\n")
+    if "stack_scaling" in f:
+        add(stack_figures.markdown(f["stack_scaling"]))
+        if "stack-scaling.png" in r.get("plots", []):
+            add(f"![whole-stack scaling]({rel}/stack-scaling.png)\n")
 
     add("## 5. Recovery: kill -9 one of two executors\n")
     rec = f["recovery"]

@@ -27,6 +27,7 @@ from podium_bench.recovery_service import recovery_service_section
 from podium_bench.report import jsonable, write_api_only, write_outputs
 from podium_bench.scaling import podium_scaling
 from podium_bench.stack_postgres import stages as postgres_stages
+from podium_bench.stack_scaling import stack_scaling
 from podium_bench.targets import targets
 from podium_bench.temporal_side import temporal_side
 from podium_bench.tracing import tracing_tax
@@ -70,6 +71,7 @@ def run_peer_bench(
         + (1 if opts.profile else 0)
         + postgres_stages(opts)
         + opts.repeat
+        + opts.repeat * len(opts.stack_replicas)  # whole-stack scaling: a stack per n per run
         + opts.repeat
         + opts.repeat  # the broker's own failover, beside each recovery drill
         + (1 + opts.repeat * (2 + 1 + 1 + len(opts.replicas)) if opts.temporal else 0)
@@ -95,6 +97,7 @@ def run_peer_bench(
                 else {"skipped": "not chosen (`--peers`)"}
             )
         figures["podium"]["scaling"] = podium_scaling(settings, opts, advance)
+        figures["stack_scaling"] = stack_scaling(settings, opts, advance)
         figures["recovery"] = recovery_drill(settings, opts, advance)
         figures["tracing"] = tracing_tax(settings, opts, advance)
         advance("memory store")
