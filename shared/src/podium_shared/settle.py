@@ -12,7 +12,8 @@ and which offsets they commit::
             ─▶ execute   the handler's outside work, no transaction (a failure stays on it)
             ─▶ write     one transaction: apply each (or dead-letter it), inbox and outbox
                          ├ clean batch: one inbox insert, one outbox insert, no savepoints
-                         │              (``apply_all``: the handler takes the batch at once)
+                         │              (``apply_all``: the handler takes the batch at once;
+                         │              ``batch``: its ``apply`` calls share one scope)
                          └ otherwise:   one savepoint per message, which isolates the one at fault
     a message that still fails alone ─▶ dead_letter_alone, in a transaction of its own
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import Awaitable, Callable, Collection
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -81,6 +83,12 @@ class Handler(Generic[R]):
     # publishes nothing and can write a batch in fewer statements (the api's projection).
     # A batch it fails goes message by message through ``apply``, as any other.
     apply_all: Callable[[Connection, list[Event]], None] | None = None
+    # The scope of a clean batch's ``apply`` calls, given the batch's events: entered
+    # after its inbox insert, left before its outbox insert, in the same transaction. A
+    # handler reads for the whole batch on entering (the router: its runs, locked) and
+    # writes what its ``apply`` calls held back on leaving. The message-by-message retry
+    # of a batch that failed runs without it.
+    batch: Callable[[Connection, list[Event]], AbstractContextManager[object]] | None = None
 
 
 @dataclass(slots=True)
@@ -430,10 +438,11 @@ class Settler:
                     self.handler.apply_all(conn, [m.event for m in batch if m.event is not None])
                 else:
                     outgoing: list[OutgoingMessage] = []
-                    for m in batch:
-                        assert m.event is not None
-                        with telemetry.activate(m.span, m.event):
-                            outgoing.extend(self._applied(conn, m, m.event).pending)
+                    with self._batch_scope(conn, batch):
+                        for m in batch:
+                            assert m.event is not None
+                            with telemetry.activate(m.span, m.event):
+                                outgoing.extend(self._applied(conn, m, m.event).pending)
                     write_outbox(conn, outgoing)
         except Exception as refused:
             log.debug("batch write refused; writing message by message", error=describe(refused))
@@ -442,6 +451,13 @@ class Settler:
             m.outcome = Outcome.HANDLED
         self._settled(batch)
         return True
+
+    def _batch_scope(
+        self, conn: Connection, batch: list[Message]
+    ) -> AbstractContextManager[object]:
+        if self.handler.batch is None:
+            return nullcontext()
+        return self.handler.batch(conn, [m.event for m in batch if m.event is not None])
 
     def _applied(self, conn: Connection, m: Message, e: Event) -> UnitOfWork:
         """Run the handler's ``apply``; its messages are in the returned unit of work."""
