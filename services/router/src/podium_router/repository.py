@@ -53,6 +53,7 @@ _RUN_FIELDS = tuple(f.name for f in fields(Run))
 # for each of its steps (or one with the step's columns empty when it has none).
 _RUN_COLUMNS = tuple(c.name for c in runs.c)
 _STEP_COLUMNS = tuple(c.name for c in run_steps.c)
+_RUN_KEY, _STEP_KEY = _RUN_COLUMNS.index("task_id"), _STEP_COLUMNS.index("task_id")
 _WITH_STEPS = (
     sa.select(*runs.c, *run_steps.c)
     .set_label_style(sa.LABEL_STYLE_TABLENAME_PLUS_COL)
@@ -64,7 +65,9 @@ _WITH_STEPS = (
 # Every history column a transition may name, with what an entry that does not name
 # it stores: a batch's entries then share one column set, hence one executemany.
 _HISTORY_DEFAULTS: dict[str, Any] = {
-    c.name: "" if c.name in ("cause", "next") else None
+    c.name: getattr(c.default, "arg", None)
+    if c.default is not None and c.default.is_scalar
+    else None
     for c in history.c
     if c.name not in ("id", "task_id", "at", "event")
 }
@@ -82,13 +85,13 @@ class RunRepository:
             return found
         width = len(_RUN_COLUMNS)
         for row in self.conn.execute(_WITH_STEPS, {"task_ids": sorted(task_ids)}):
-            task_id = row[0]
+            task_id = row[_RUN_KEY]
             if task_id not in found:
                 found[task_id] = (
                     Run.from_columns(dict(zip(_RUN_COLUMNS, row[:width], strict=True))),
                     [],
                 )
-            if row[width] is not None:  # the step's task_id: None when the run has no step
+            if row[width + _STEP_KEY] is not None:  # None: a run without steps
                 step = Step.from_columns(dict(zip(_STEP_COLUMNS, row[width:], strict=True)))
                 found[task_id][1].append(step)
         return found
