@@ -11,6 +11,9 @@ A handler is two plain functions:
   failure in one go; otherwise again with one savepoint per message);
 - ``prepare(conn, events)`` (optional, sync): read what ``execute`` will need for
   a whole fetched batch in one query, instead of one query per message.
+- ``batch(conn, events)`` (optional): a context manager around a clean batch's
+  ``apply`` calls, in their transaction, for a handler that reads for the whole
+  batch and writes it in fewer statements (the router).
 - ``refused(refusal, uow)`` (optional, sync): told of each message the loop
   dead-letters, in the same transaction, to answer whoever waits on it.
 

@@ -14,7 +14,8 @@ and which offsets they commit::
                          ├ clean batch: one inbox insert, one outbox insert, no savepoints
                          │              (``apply_all``: the handler takes the batch at once;
                          │              ``inbox_at_write``: the inbox insert, not ``take``,
-                         │              tells the duplicates, one round trip fewer)
+                         │              tells the duplicates, one round trip fewer;
+                         │              ``batch``: its ``apply`` calls share one scope)
                          └ otherwise:   one savepoint per message, which isolates the one at fault
     a message that still fails alone ─▶ dead_letter_alone, in a transaction of its own
 
@@ -30,6 +31,7 @@ import asyncio
 import enum
 import threading
 from collections.abc import Awaitable, Callable, Collection
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -92,6 +94,12 @@ class Handler(Generic[R]):
     # (the api's projection, which ``execute``s and ``prepare``s nothing). For an inbox
     # keyed by source from the start (see ``outbox.record_new_received``).
     inbox_at_write: bool = False
+    # The scope of a clean batch's ``apply`` calls, given the batch's events: entered
+    # after its inbox insert, left before its outbox insert, in the same transaction. A
+    # handler reads for the whole batch on entering (the router: its runs, locked) and
+    # writes what its ``apply`` calls held back on leaving. The message-by-message retry
+    # of a batch that failed runs without it.
+    batch: Callable[[Connection, list[Event]], AbstractContextManager[object]] | None = None
 
     def __post_init__(self) -> None:
         if self.inbox_at_write and (
@@ -496,10 +504,11 @@ class Settler:
                 else:
                     record_all_received(conn, self.group, ids)
                     outgoing: list[OutgoingMessage] = []
-                    for m in batch:
-                        assert m.event is not None
-                        with telemetry.activate(m.span, m.event):
-                            outgoing.extend(self._applied(conn, m, m.event).pending)
+                    with self._batch_scope(conn, batch):
+                        for m in batch:
+                            assert m.event is not None
+                            with telemetry.activate(m.span, m.event):
+                                outgoing.extend(self._applied(conn, m, m.event).pending)
                     write_outbox(conn, outgoing)
         except Exception as refused:
             log.debug("batch write refused; writing message by message", error=describe(refused))
@@ -511,6 +520,13 @@ class Settler:
             m.outcome = Outcome.HANDLED if taken is None or m.id in taken else Outcome.DUPLICATE
         self._settled(batch)
         return True
+
+    def _batch_scope(
+        self, conn: Connection, batch: list[Message]
+    ) -> AbstractContextManager[object]:
+        if self.handler.batch is None:
+            return nullcontext()
+        return self.handler.batch(conn, [m.event for m in batch if m.event is not None])
 
     def _applied(self, conn: Connection, m: Message, e: Event) -> UnitOfWork:
         """Run the handler's ``apply``; its messages are in the returned unit of work."""

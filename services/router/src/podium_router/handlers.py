@@ -31,4 +31,4 @@ def make_handler(router: Router) -> Handler[None]:
     def bound(event: Event, result: None, uow: UnitOfWork) -> None:
         apply(router.bind(event), result, uow)
 
-    return Handler(apply=bound, refused=router.reject)
+    return Handler(apply=bound, refused=router.reject, batch=router.batch)

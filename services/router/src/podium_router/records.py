@@ -46,13 +46,18 @@ class Run:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Run:
+        return cls.from_columns(row._asdict())
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> Run:
+        """The run of a row's columns, by name."""
         return cls(
             **{
-                **row._asdict(),
-                "status": RunStatus(row.status),
-                "deadline": aware(row.deadline),
-                "accepted_at": aware(row.accepted_at),
-                "finished_at": aware(row.finished_at),
+                **columns,
+                "status": RunStatus(columns["status"]),
+                "deadline": aware(columns["deadline"]),
+                "accepted_at": aware(columns["accepted_at"]),
+                "finished_at": aware(columns["finished_at"]),
             }
         )
 
@@ -79,12 +84,17 @@ class Step:
 
     @classmethod
     def from_row(cls, row: sa.Row[Any]) -> Step:
+        return cls.from_columns(row._asdict())
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, Any]) -> Step:
+        """The step of a row's columns, by name."""
         return cls(
             **{
-                **row._asdict(),
-                "status": StepStatus(row.status),
-                "deadline_at": aware(row.deadline_at),
-                "dispatched_at": aware(row.dispatched_at),
-                "finished_at": aware(row.finished_at),
+                **columns,
+                "status": StepStatus(columns["status"]),
+                "deadline_at": aware(columns["deadline_at"]),
+                "dispatched_at": aware(columns["dispatched_at"]),
+                "finished_at": aware(columns["finished_at"]),
             }
         )

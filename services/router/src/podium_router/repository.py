@@ -2,10 +2,18 @@
 where rows become typed records (``Run``, ``Step``) and records become rows.
 
 Rows are locked ``FOR UPDATE`` where two router replicas could race (on
-PostgreSQL; SQLite has one writer and ignores the clause)."""
+PostgreSQL; SQLite has one writer and ignores the clause).
+
+``RunRepository`` writes as it is told; ``BatchRepository`` serves a fetched
+batch of messages in a handful of statements whatever its size: one query reads
+every run of the batch with its steps, and the writes wait for ``flush``, which
+runs each kind (new runs, new steps, step and run changes, history) as one
+executemany. A run it holds a write for is read again from the database, after
+a flush, so each message still decides on what the ones before it wrote."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import fields
 from datetime import datetime
 from typing import Any
@@ -41,11 +49,56 @@ _ADD_RUN = runs.insert()
 _ADD_STEP = run_steps.insert()
 _RECORD = history.insert()
 _RUN_FIELDS = tuple(f.name for f in fields(Run))
+# A run with its steps, or the runs of a batch with theirs, in one query: a run row
+# for each of its steps (or one with the step's columns empty when it has none).
+_RUN_COLUMNS = tuple(c.name for c in runs.c)
+_STEP_COLUMNS = tuple(c.name for c in run_steps.c)
+_RUN_KEY, _STEP_KEY = _RUN_COLUMNS.index("task_id"), _STEP_COLUMNS.index("task_id")
+_WITH_STEPS = (
+    sa.select(*runs.c, *run_steps.c)
+    .set_label_style(sa.LABEL_STYLE_TABLENAME_PLUS_COL)
+    .select_from(runs.outerjoin(run_steps, run_steps.c.task_id == runs.c.task_id))
+    .where(runs.c.task_id.in_(sa.bindparam("task_ids", expanding=True)))
+    .order_by(runs.c.task_id, run_steps.c.dispatched_at, run_steps.c.step_id)
+    .with_for_update(of=runs)
+)
+# Every history column a transition may name, with what an entry that does not name
+# it stores: a batch's entries then share one column set, hence one executemany.
+_HISTORY_DEFAULTS: dict[str, Any] = {
+    c.name: getattr(c.default, "arg", None)
+    if c.default is not None and c.default.is_scalar
+    else None
+    for c in history.c
+    if c.name not in ("id", "task_id", "at", "event")
+}
 
 
 class RunRepository:
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+
+    def runs_with_steps(self, task_ids: Collection[str]) -> dict[str, tuple[Run, list[Step]]]:
+        """These runs (locked), each with its steps in the order they were dispatched,
+        in one query; a task without a run is not in the answer."""
+        found: dict[str, tuple[Run, list[Step]]] = {}
+        if not task_ids:
+            return found
+        width = len(_RUN_COLUMNS)
+        for row in self.conn.execute(_WITH_STEPS, {"task_ids": sorted(task_ids)}):
+            task_id = row[_RUN_KEY]
+            if task_id not in found:
+                found[task_id] = (
+                    Run.from_columns(dict(zip(_RUN_COLUMNS, row[:width], strict=True))),
+                    [],
+                )
+            if row[width + _STEP_KEY] is not None:  # None: a run without steps
+                step = Step.from_columns(dict(zip(_STEP_COLUMNS, row[width:], strict=True)))
+                found[task_id][1].append(step)
+        return found
+
+    def run_with_steps(self, task_id: str) -> tuple[Run | None, list[Step]]:
+        """The run (locked) and its steps in the order they were dispatched, in one query."""
+        return self.runs_with_steps([task_id]).get(task_id) or (None, [])
 
     def get_run(self, task_id: str, *, lock: bool = True) -> Run | None:
         query = _RUN_LOCKED if lock else _RUN
@@ -112,6 +165,9 @@ class RunRepository:
         self.conn.execute(_RECORD, {"task_id": task_id, "at": at, "event": event, **values})
         return values
 
+    def flush(self) -> None:
+        """Nothing to write: this repository writes as it is told."""
+
     def overdue_steps(self, now: datetime, limit: int = 500) -> list[Step]:
         return [
             Step.from_row(r)
@@ -141,3 +197,101 @@ class RunRepository:
                 .with_for_update(skip_locked=True)
             )
         ]
+
+
+class BatchRepository(RunRepository):
+    """The repository of one fetched batch (see the module's docstring): ``flush`` once
+    the batch's messages are applied, in the same transaction."""
+
+    def __init__(self, conn: Connection, task_ids: Collection[str]) -> None:
+        super().__init__(conn)
+        # Runs as read and not written since (None: no run); a run written to leaves.
+        self._read: dict[str, tuple[Run, list[Step]] | None] = dict.fromkeys(task_ids)
+        self._read.update(self.runs_with_steps(task_ids))
+        self._new_runs: list[dict[str, Any]] = []
+        self._new_steps: list[dict[str, Any]] = []
+        self._run_changes: dict[str, dict[str, Any]] = {}
+        self._step_changes: dict[tuple[str, str], dict[str, Any]] = {}
+        self._history: list[dict[str, Any]] = []
+
+    def run_with_steps(self, task_id: str) -> tuple[Run | None, list[Step]]:
+        if task_id in self._read:
+            found = self._read[task_id]
+            return (found[0], list(found[1])) if found is not None else (None, [])
+        self.flush()
+        return super().run_with_steps(task_id)
+
+    def get_run(self, task_id: str, *, lock: bool = True) -> Run | None:
+        self.flush()
+        return super().get_run(task_id, lock=lock)
+
+    def steps(self, task_id: str) -> list[Step]:
+        self.flush()
+        return super().steps(task_id)
+
+    def add_run(self, run: Run) -> None:
+        self._read.pop(run.task_id, None)
+        self._new_runs.append({name: getattr(run, name) for name in _RUN_FIELDS})
+
+    def update_run(self, task_id: str, **values: Any) -> None:
+        self._read.pop(task_id, None)
+        self._run_changes.setdefault(task_id, {}).update(values)
+
+    def add_step(self, **values: Any) -> None:
+        self._read.pop(values["task_id"], None)
+        self._new_steps.append({"status": StepStatus.DISPATCHED, "attempts": 1, **values})
+
+    def update_step(
+        self, task_id: str, step_id: str, *, only_if: set[StepStatus] | None = None, **values: Any
+    ) -> bool:
+        if only_if:
+            read = self._read.get(task_id)
+            if read is None:  # written to in this batch (or no run): ask the database
+                self.flush()
+                self._read.pop(task_id, None)
+                return super().update_step(task_id, step_id, only_if=only_if, **values)
+            # The run is locked since it was read, and its steps unwritten: as they were read.
+            step = next((s for s in read[1] if s.step_id == step_id), None)
+            if step is None or step.status not in only_if:
+                return False
+        self._read.pop(task_id, None)
+        self._step_changes.setdefault((task_id, step_id), {}).update(values)
+        return True
+
+    def cancel_open_steps(self, task_id: str, at: datetime) -> None:
+        self.flush()
+        self._read.pop(task_id, None)
+        super().cancel_open_steps(task_id, at)
+
+    def record(
+        self, task_id: str, at: datetime, event: HistoryKind, **values: Any
+    ) -> dict[str, Any]:
+        if isinstance(cause := values.get("cause"), str):
+            values["cause"] = redact(cause)
+        row = {"task_id": task_id, "at": at, "event": event, **_HISTORY_DEFAULTS, **values}
+        self._history.append(row)
+        return values
+
+    def flush(self) -> None:
+        """Write what the batch's messages asked for: new rows before the changes to
+        them, steps after their runs (the foreign key), the history in its order."""
+        new_runs, new_steps, entries = self._new_runs, self._new_steps, self._history
+        run_changes, step_changes = self._run_changes, self._step_changes
+        self._new_runs, self._new_steps, self._history = [], [], []
+        self._run_changes, self._step_changes = {}, {}
+        self._execute(_ADD_RUN, new_runs)
+        self._execute(_ADD_STEP, new_steps)
+        self._execute(
+            _UPDATE_STEP,
+            ({"_task_id": t, "_step_id": s, **v} for (t, s), v in step_changes.items()),
+        )
+        self._execute(_UPDATE_RUN, ({"_task_id": t, **v} for t, v in run_changes.items()))
+        self._execute(_RECORD, entries)
+
+    def _execute(self, statement: sa.Executable, rows: Iterable[dict[str, Any]]) -> None:
+        """One executemany per set of columns named (one, in the common case)."""
+        alike: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        for row in rows:
+            alike.setdefault(tuple(sorted(row)), []).append(row)
+        for group in alike.values():
+            self.conn.execute(statement, group)

@@ -7,13 +7,16 @@ the stored state, the history and the outbox, in the caller's transaction."""
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, assert_never
 
 import orjson
 import structlog
+from sqlalchemy.engine import Connection
 
 from podium_contracts import (
     DlqLocation,
@@ -58,7 +61,7 @@ from podium_router.decisions import (
 )
 from podium_router.records import Run
 from podium_router.rejections import Submission, refused_submission
-from podium_router.repository import RunRepository
+from podium_router.repository import BatchRepository, RunRepository
 from podium_router.settings import DEFAULT_LIMITS, Limits
 from podium_router.state import RunStatus, StepStatus
 from podium_router.workflows import WorkflowCatalog
@@ -69,6 +72,10 @@ log = structlog.get_logger(__name__)
 
 Clock = Callable[[], datetime]
 TaskEvent = TaskAccepted | TaskCompleted | TaskFailed | TaskCancelled | TaskRejected
+
+# The repository of the batch being applied (``Router.batch``), if any: a context
+# variable, so a batch written on a worker thread never meets another's.
+_BATCH: ContextVar[BatchRepository | None] = ContextVar("podium_router_batch", default=None)
 
 
 def utc_now() -> datetime:
@@ -135,11 +142,30 @@ class Router:
         """Stop dispatching and end the task as cancelled."""
         self._handle(request, uow)
 
+    @contextmanager
+    def batch(self, conn: Connection, events: list[Event]) -> Iterator[None]:
+        """Apply a fetched batch's messages in few statements (``BatchRepository``):
+        their runs read at once, their writes held until the last one is applied.
+        Nothing is written if any of them fails; the consume loop then applies them
+        one at a time, each writing as it goes."""
+        task_ids = {t for e in events if isinstance(t := getattr(e.payload, "task_id", None), str)}
+        repo = BatchRepository(conn, task_ids)
+        token = _BATCH.set(repo)
+        try:
+            yield
+            repo.flush()
+        finally:
+            _BATCH.reset(token)
+
+    def _repository(self, conn: Connection) -> RunRepository:
+        """The batch's repository when this connection writes one, else one of its own."""
+        batch = _BATCH.get()
+        return batch if batch is not None and batch.conn is conn else RunRepository(conn)
+
     def _handle(self, event: Trigger, uow: UnitOfWork) -> None:
-        """Load the run (locked) and its steps, decide, apply."""
-        repo = RunRepository(uow.conn)
-        run = repo.get_run(event.task_id)
-        steps = repo.steps(event.task_id) if run is not None else []
+        """Load the run (locked) with its steps, decide, apply."""
+        repo = self._repository(uow.conn)
+        run, steps = repo.run_with_steps(event.task_id)
         now = self.clock()
         decision = decide(
             run,
