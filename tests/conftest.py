@@ -161,24 +161,31 @@ _postgres_skipped: list[str] = []
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> Iterator[str]:
-    """A scratch PostgreSQL database for this test session, dropped afterwards.
+def postgres_admin_url() -> str:
+    """The PostgreSQL server's admin URL, for a test that makes databases of its own.
 
     Without a server the test is skipped and the run's last lines say so; under CI a
     missing server is a broken setup, and the test fails."""
-    import sqlalchemy as sa
-
     if not POSTGRES_ADMIN_URL:
         if os.environ.get("CI"):
             pytest.fail(_NO_POSTGRES)
         _postgres_skipped.append(_NO_POSTGRES)
         pytest.skip(_NO_POSTGRES)
+    return POSTGRES_ADMIN_URL
+
+
+@pytest.fixture(scope="session")
+def postgres_url(postgres_admin_url: str) -> Iterator[str]:
+    """A scratch PostgreSQL database for this test session, dropped afterwards (skipped,
+    or failed under CI, without a server: ``postgres_admin_url``)."""
+    import sqlalchemy as sa
+
     name = f"podium_test_{uuid.uuid4().hex[:10]}"
-    admin = sa.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     try:
-        yield POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+        yield postgres_admin_url.rsplit("/", 1)[0] + f"/{name}"
     finally:
         with admin.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

@@ -4,7 +4,6 @@ the server's processes beside the services', the target and the report's line.""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import psutil
@@ -22,7 +21,6 @@ from podium_bench.stack_postgres import (
     service_databases,
 )
 from podium_bench.targets import postgres_target
-from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.unit
 
@@ -115,16 +113,14 @@ def _databases(admin_url: str) -> set[str]:
         engine.dispose()
 
 
-def test_each_service_gets_a_database_of_its_own_dropped_afterwards() -> None:
-    if not POSTGRES_ADMIN_URL:
-        if os.environ.get("CI"):
-            pytest.fail("PODIUM_TEST_POSTGRES_URL is unset under CI")
-        pytest.skip("no PostgreSQL server (PODIUM_TEST_POSTGRES_URL is unset)")
-    with service_databases(POSTGRES_ADMIN_URL) as urls:
+def test_each_service_gets_a_database_of_its_own_dropped_afterwards(
+    postgres_admin_url: str,
+) -> None:
+    with service_databases(postgres_admin_url) as urls:
         names = {role: url.rsplit("/", 1)[1] for role, url in urls.items()}
         assert set(urls) == set(ROLES)
         assert len(set(names.values())) == len(ROLES)
-        assert set(names.values()) <= _databases(POSTGRES_ADMIN_URL)
+        assert set(names.values()) <= _databases(postgres_admin_url)
         engine = sa.create_engine(urls["router"])
         try:
             with engine.connect() as conn:
@@ -135,4 +131,4 @@ def test_each_service_gets_a_database_of_its_own_dropped_afterwards() -> None:
                 assert not any("executor" in name for name in procs)  # no connection there
         finally:
             engine.dispose()
-    assert not set(names.values()) & _databases(POSTGRES_ADMIN_URL)
+    assert not set(names.values()) & _databases(postgres_admin_url)
