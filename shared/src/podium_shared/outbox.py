@@ -170,20 +170,23 @@ def record_all_received(
 ) -> None:
     """Write the inbox records of ((source, id), topic) pairs in one statement; a
     message recorded before fails the whole statement (IntegrityError)."""
-    now = time.time()
-    conn.execute(
-        _INBOX_INSERT,
-        [
-            {
-                "consumer": consumer,
-                "message_id": ce_id,
-                "source": source,
-                "topic": topic,
-                "received_at": now,
-            }
-            for (source, ce_id), topic in messages
-        ],
-    )
+    conn.execute(_INBOX_INSERT, _inbox_rows(consumer, messages, time.time()))
+
+
+def _inbox_rows(
+    consumer: str, messages: Sequence[tuple[MessageId, str]], now: float
+) -> list[dict[str, object]]:
+    """The inbox rows of ((source, id), topic) pairs, received ``now``."""
+    return [
+        {
+            "consumer": consumer,
+            "message_id": ce_id,
+            "source": source,
+            "topic": topic,
+            "received_at": now,
+        }
+        for (source, ce_id), topic in messages
+    ]
 
 
 # PostgreSQL: the batch as three arrays, so the statement's text is the same whatever
@@ -222,16 +225,7 @@ def record_new_received(
     else:
         rows = conn.execute(
             insert_new_statement(conn.dialect.name, inbox),
-            [
-                {
-                    "consumer": consumer,
-                    "message_id": ce_id,
-                    "source": source,
-                    "topic": topic,
-                    "received_at": now,
-                }
-                for (source, ce_id), topic in messages
-            ],
+            _inbox_rows(consumer, messages, now),
         )
     return {(r.source, r.message_id) for r in rows}
 
