@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Engine
 
 from podium_shared.db import outbox, outbox_claims
 from podium_shared.outbox import OutboxRelay, Sender, Settled, park, send_rows, settle
@@ -42,45 +43,23 @@ class ClaimingRelay(OutboxRelay):
         self.owner = owner
         self.lease_s = lease_s
         self._clock = clock
+        self._built: tuple[str, _ClaimStatements] | None = None
 
     def claim(self) -> Sequence[Any]:
         """Claim up to one batch of unclaimed rows; return every row this relay holds."""
         now = self._clock()
         with self._engine.begin() as conn:
-            conn.execute(
-                outbox_claims.delete().where(outbox_claims.c.claimed_at < now - self.lease_s)
-            )
-            conn.execute(self._claim_statement(conn, now))
-        with self._engine.connect() as conn:
-            return conn.execute(
-                sa.select(outbox)
-                .join(outbox_claims, outbox_claims.c.outbox_id == outbox.c.id)
-                .where(outbox_claims.c.owner == self.owner)
-                .order_by(outbox.c.id)
-                .limit(self._batch)
-            ).all()
+            statements = self._statements(conn.dialect.name)
+            conn.execute(statements.expire, {"expired_before": now - self.lease_s})
+            conn.execute(statements.claim, {"owner": self.owner, "now": now})
+            return conn.execute(statements.mine, {"owner": self.owner}).all()
 
-    def _claim_statement(self, conn: Connection, now: float) -> Any:
-        unclaimed = (
-            sa.select(outbox.c.id, sa.literal(self.owner), sa.literal(now))
-            .where(outbox.c.id.not_in(sa.select(outbox_claims.c.outbox_id)))
-            .order_by(outbox.c.id)
-            .limit(self._batch)
-        )
-        columns = ["outbox_id", "owner", "claimed_at"]
-        if conn.dialect.name == "postgresql":
-            return (
-                postgresql.insert(outbox_claims)
-                .from_select(columns, unclaimed)
-                .on_conflict_do_nothing()
-            )
-        if conn.dialect.name == "sqlite":
-            return (
-                sqlite.insert(outbox_claims)
-                .from_select(columns, unclaimed)
-                .on_conflict_do_nothing()
-            )
-        return outbox_claims.insert().from_select(columns, unclaimed)
+    def _statements(self, dialect: str) -> _ClaimStatements:
+        # Built once and executed with parameters: SQLAlchemy then reuses their compiled
+        # form, where a statement built per call is compiled (or cache-keyed) each time.
+        if self._built is None or self._built[0] != dialect:
+            self._built = (dialect, _ClaimStatements.build(dialect, self._batch))
+        return self._built[1]
 
     async def publish_pending(self) -> int:
         rows = await self._db.run(self.claim)
@@ -95,20 +74,69 @@ class ClaimingRelay(OutboxRelay):
         settled = [r.id for r in done.sent] + [r.id for r, _ in done.parked]
         # Only rows still claimed by us: if our lease lapsed, another relay owns them
         # now (and SQLite may even have reused an id for a new row).
-        mine = sa.select(outbox_claims.c.outbox_id).where(
-            outbox_claims.c.owner == self.owner, outbox_claims.c.outbox_id.in_(settled)
-        )
         with self._engine.begin() as conn:
-            still_mine = {row[0] for row in conn.execute(mine)}
+            statements = self._statements(conn.dialect.name)
+            ours = {"owner": self.owner, "ids": settled}
+            still_mine = {row[0] for row in conn.execute(statements.still_mine, ours)}
             parked = [(r, e) for r, e in done.parked if r.id in still_mine]
             park(conn, [r for r, _ in parked], [e for _, e in parked])
-            conn.execute(
-                outbox.delete().where(
-                    outbox.c.id.in_([r.id for r in done.sent if r.id in still_mine])
-                )
+            sent = [r.id for r in done.sent if r.id in still_mine]
+            if sent:
+                conn.execute(statements.delete_rows, {"ids": sent})
+            conn.execute(statements.release, ours)
+
+
+@dataclass(frozen=True)
+class _ClaimStatements:
+    """A relay's statements, with their values as parameters (see ``_statements``)."""
+
+    expire: Any
+    claim: Any
+    mine: Any
+    still_mine: Any
+    delete_rows: Any
+    release: Any
+
+    @classmethod
+    def build(cls, dialect: str, batch: int) -> _ClaimStatements:
+        owner = sa.bindparam("owner", type_=outbox_claims.c.owner.type)
+        ids: sa.BindParameter[Any] = sa.bindparam("ids", expanding=True)
+        unclaimed = (
+            sa.select(
+                outbox.c.id, owner, sa.bindparam("now", type_=outbox_claims.c.claimed_at.type)
             )
-            conn.execute(
-                outbox_claims.delete().where(
-                    outbox_claims.c.owner == self.owner, outbox_claims.c.outbox_id.in_(settled)
-                )
+            .where(outbox.c.id.not_in(sa.select(outbox_claims.c.outbox_id)))
+            .order_by(outbox.c.id)
+            .limit(batch)
+        )
+        columns = ["outbox_id", "owner", "claimed_at"]
+        claim: Any
+        if dialect == "postgresql":
+            claim = (
+                postgresql.insert(outbox_claims)
+                .from_select(columns, unclaimed)
+                .on_conflict_do_nothing()
             )
+        elif dialect == "sqlite":
+            claim = (
+                sqlite.insert(outbox_claims)
+                .from_select(columns, unclaimed)
+                .on_conflict_do_nothing()
+            )
+        else:
+            claim = outbox_claims.insert().from_select(columns, unclaimed)
+        ours = sa.and_(outbox_claims.c.owner == owner, outbox_claims.c.outbox_id.in_(ids))
+        return cls(
+            expire=outbox_claims.delete().where(
+                outbox_claims.c.claimed_at < sa.bindparam("expired_before")
+            ),
+            claim=claim,
+            mine=sa.select(outbox)
+            .join(outbox_claims, outbox_claims.c.outbox_id == outbox.c.id)
+            .where(outbox_claims.c.owner == owner)
+            .order_by(outbox.c.id)
+            .limit(batch),
+            still_mine=sa.select(outbox_claims.c.outbox_id).where(ours),
+            delete_rows=outbox.delete().where(outbox.c.id.in_(ids)),
+            release=outbox_claims.delete().where(ours),
+        )
