@@ -43,6 +43,12 @@ def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
     assert podium["throughput"]["median"]["tasks_per_s"] > 0
     assert podium["throughput"]["median"]["cpu_s_per_1000"] > 0
     assert {"router", "executor", "broker (tansu)"} <= set(podium["throughput"]["peak_rss_mib"])
+    # Where one task's time goes: every task's trace read back, its stages tiling its latency.
+    stages = podium["stages"]
+    assert stages["tasks"] == 5, stages
+    assert all(s["p50_ms"] >= 0 for s in stages["stages"])
+    assert 0 < sum(stages["by_kind_ms"].values()) <= 2 * stages["total_p50_ms"]
+    assert "Where one task's time goes" in report.read_text()
     assert podium["scaling"]["scaling"]["1"]["efficiency"] == 1.0
     assert podium["scaling"]["scaling"]["2"]["steps_s"] > 0
 

@@ -13,6 +13,7 @@ class PeerOptions:
     rate_per_s: float = 20.0  # open-loop arrival rate for the latency figures
     latency_s: float = 10.0
     warmup: int = 20
+    stage_tasks: int = 100  # podium_bench.latency_stages: `hello` tasks one at a time
     throughput_s: float = 10.0
     in_flight: int = 64  # tasks outstanding in the throughput run, both systems
     raw_samples: int = 300
@@ -58,6 +59,7 @@ class PeerOptions:
             rate_per_s=10.0,
             latency_s=1.0,
             warmup=3,
+            stage_tasks=5,
             throughput_s=1.5,
             in_flight=8,
             raw_samples=30,

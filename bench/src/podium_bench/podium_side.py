@@ -15,6 +15,7 @@ from typing import Any
 
 from podium.client import PodiumClient
 from podium.stack import Stack
+from podium_bench import latency_stages
 from podium_bench.baselines import raw_hop, sqlite_commit_ms
 from podium_bench.drivers import closed_loop, measure_latency, measure_throughput, podium_call
 from podium_bench.idle import measure_idle
@@ -30,6 +31,8 @@ from podium_shared import Settings
 async def _podium_latency_and_throughput(
     settings: Settings, opts: PeerOptions, advance: Callable[[str], None]
 ) -> dict[str, Any]:
+    """The open-loop latencies, one in flight, where one task's time goes, throughput
+    (and its profile): the JVM of a Kafka broker is warm by the stage breakdown."""
     out: dict[str, Any] = {"latency": {}, "throughput": {}}
     async with PodiumClient(settings) as client:
         for workflow in ("hello", "chain3"):
@@ -40,6 +43,9 @@ async def _podium_latency_and_throughput(
         call = podium_call(client, "hello")
         out["throughput"] = await measure_throughput(call, "podium", opts, advance)
         out["closed_one"] = await measure_closed_one(call, "podium", opts, advance)
+        out["stages"] = await latency_stages.measure(
+            client, settings.home, opts.stage_tasks, opts.warmup, advance
+        )
         if opts.profile:
             advance("podium throughput under py-spy (not counted)")
             procs = system_processes("podium")

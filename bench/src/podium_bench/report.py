@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from podium_bench import api_figures, stack_figures
+from podium_bench import api_figures, latency_stages, stack_figures
 from podium_bench.baselines import hops
 from podium_bench.idle import idle_line
 from podium_bench.options import PeerOptions
@@ -154,6 +154,8 @@ def markdown(r: dict[str, Any], limits: str | None, opts: PeerOptions) -> str:
     if not has_t:
         add(f"\nTemporal: {t.get('skipped', 'not run')}.\n")
 
+    if "stages" in p:
+        add(latency_stages.markdown(p["stages"], raw["p50"]))
     add("## 3. Throughput\n")
     add(
         f"`hello` tasks with {o['in_flight']} in flight for {o['throughput_s']:g} s per run (a "
