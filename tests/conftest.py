@@ -90,10 +90,11 @@ def drills_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Kafka-only drills are deselected (not skipped) on Tansu: they are not tests of
-    Tansu that fail, they are tests that do not apply to it."""
-    if config.getoption("--broker") == "kafka":
-        return
-    kept = [i for i in items if i.get_closest_marker("kafka_only") is None]
+    Tansu that fail, they are tests that do not apply to it. On Kafka, the tests that
+    start a broker of their own (``own_broker``) are deselected: the Tansu tier runs them
+    already, and the same run again would only lengthen CI."""
+    unwanted = "own_broker" if config.getoption("--broker") == "kafka" else "kafka_only"
+    kept = [i for i in items if i.get_closest_marker(unwanted) is None]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[i for i in items if i not in kept])
         items[:] = kept

@@ -14,7 +14,8 @@ import pytest
 
 from tests.conftest import REPO
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(900)]
+# `podium bench --quick` starts its own (embedded) broker, so it runs in the Tansu tier only.
+pytestmark = [pytest.mark.e2e, pytest.mark.own_broker, pytest.mark.timeout(900)]
 
 
 def test_quick_bench_writes_every_figure(tmp_path: Path) -> None:
