@@ -343,10 +343,10 @@ async def test_a_message_recorded_meanwhile_is_skipped_and_the_rest_written(
 
 
 def test_insert_ignore_refuses_a_database_it_cannot_ignore_duplicates_on() -> None:
-    from podium_shared.db import _insert_ignore_statement
+    from podium_shared.db import insert_ignore_statement
 
     with pytest.raises(NotImplementedError, match="SQLite or PostgreSQL, not mysql"):
-        _insert_ignore_statement("mysql", inbox)
+        insert_ignore_statement("mysql", inbox)
 
 
 async def test_events_the_handler_does_not_want_are_committed_without_inbox_or_apply(

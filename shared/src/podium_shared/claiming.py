@@ -18,10 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from podium_shared.db import outbox, outbox_claims
+from podium_shared.db import insert_ignore_statement, outbox, outbox_claims
 from podium_shared.outbox import OutboxRelay, Sender, Settled, park, send_rows, settle
 
 
@@ -43,23 +42,18 @@ class ClaimingRelay(OutboxRelay):
         self.owner = owner
         self.lease_s = lease_s
         self._clock = clock
-        self._built: tuple[str, _ClaimStatements] | None = None
+        # Built once and executed with parameters: SQLAlchemy then reuses their compiled
+        # form, where a statement built per call is compiled (or cache-keyed) each time.
+        self._statements = _ClaimStatements.build(engine.dialect.name, batch)
 
     def claim(self) -> Sequence[Any]:
         """Claim up to one batch of unclaimed rows; return every row this relay holds."""
         now = self._clock()
         with self._engine.begin() as conn:
-            statements = self._statements(conn.dialect.name)
+            statements = self._statements
             conn.execute(statements.expire, {"expired_before": now - self.lease_s})
             conn.execute(statements.claim, {"owner": self.owner, "now": now})
             return conn.execute(statements.mine, {"owner": self.owner}).all()
-
-    def _statements(self, dialect: str) -> _ClaimStatements:
-        # Built once and executed with parameters: SQLAlchemy then reuses their compiled
-        # form, where a statement built per call is compiled (or cache-keyed) each time.
-        if self._built is None or self._built[0] != dialect:
-            self._built = (dialect, _ClaimStatements.build(dialect, self._batch))
-        return self._built[1]
 
     async def publish_pending(self) -> int:
         rows = await self._db.run(self.claim)
@@ -75,7 +69,7 @@ class ClaimingRelay(OutboxRelay):
         # Only rows still claimed by us: if our lease lapsed, another relay owns them
         # now (and SQLite may even have reused an id for a new row).
         with self._engine.begin() as conn:
-            statements = self._statements(conn.dialect.name)
+            statements = self._statements
             ours = {"owner": self.owner, "ids": settled}
             still_mine = {row[0] for row in conn.execute(statements.still_mine, ours)}
             parked = [(r, e) for r, e in done.parked if r.id in still_mine]
@@ -88,7 +82,7 @@ class ClaimingRelay(OutboxRelay):
 
 @dataclass(frozen=True)
 class _ClaimStatements:
-    """A relay's statements, with their values as parameters (see ``_statements``)."""
+    """A relay's statements, with their values as parameters."""
 
     expire: Any
     claim: Any
@@ -110,21 +104,7 @@ class _ClaimStatements:
             .limit(batch)
         )
         columns = ["outbox_id", "owner", "claimed_at"]
-        claim: Any
-        if dialect == "postgresql":
-            claim = (
-                postgresql.insert(outbox_claims)
-                .from_select(columns, unclaimed)
-                .on_conflict_do_nothing()
-            )
-        elif dialect == "sqlite":
-            claim = (
-                sqlite.insert(outbox_claims)
-                .from_select(columns, unclaimed)
-                .on_conflict_do_nothing()
-            )
-        else:
-            claim = outbox_claims.insert().from_select(columns, unclaimed)
+        claim = insert_ignore_statement(dialect, outbox_claims).from_select(columns, unclaimed)
         ours = sa.and_(outbox_claims.c.owner == owner, outbox_claims.c.outbox_id.in_(ids))
         return cls(
             expire=outbox_claims.delete().where(

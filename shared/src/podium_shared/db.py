@@ -141,7 +141,9 @@ def make_engine(url: str, table_metadata: sa.MetaData | None = None) -> Engine:
 
 
 @functools.cache
-def _insert_ignore_statement(dialect: str, table: sa.Table) -> Any:
+def insert_ignore_statement(dialect: str, table: sa.Table) -> Any:
+    """An insert into ``table`` that skips a row whose key exists (add ``.from_select``
+    or execute it with values)."""
     # Built once per table and executed with its values as parameters: SQLAlchemy
     # then reuses the compiled form instead of re-keying a new statement per row.
     if dialect == "sqlite":
@@ -157,10 +159,10 @@ def insert_new_statement(dialect: str, table: sa.Table) -> Any:
     """An insert of many rows that skips those whose primary key exists and returns the
     keys of the rows it inserted (SQLite 3.35 and PostgreSQL both answer RETURNING
     on an insert that does nothing on conflict)."""
-    return _insert_ignore_statement(dialect, table).returning(*table.primary_key)
+    return insert_ignore_statement(dialect, table).returning(*table.primary_key)
 
 
 def insert_ignore(conn: Connection, table: sa.Table, values: Mapping[str, Any]) -> bool:
     """Insert one row unless its primary key exists; True when it was inserted."""
-    statement = _insert_ignore_statement(conn.dialect.name, table)
+    statement = insert_ignore_statement(conn.dialect.name, table)
     return bool(conn.execute(statement, dict(values)).rowcount)
