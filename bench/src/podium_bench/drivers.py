@@ -62,13 +62,21 @@ async def warm(call: Call, count: int) -> None:
         await call(i)
 
 
+def bench_task(workflow: str, i: int) -> TaskSubmitted:
+    return TaskSubmitted(task_id=uuid.uuid4().hex, workflow=workflow, input={"i": i})
+
+
+async def run_task(client: PodiumClient, task: TaskSubmitted) -> None:
+    """Submit ``task`` and wait for its outcome; a failed task fails the bench."""
+    await client.submit(task)
+    out = (await client.wait_for([task.task_id], 60))[task.task_id]
+    if not isinstance(out, TaskCompleted):
+        raise RuntimeError(f"bench task failed: {out}")
+
+
 def podium_call(client: PodiumClient, workflow: str) -> Call:
     async def call(i: int) -> None:
-        task = TaskSubmitted(task_id=uuid.uuid4().hex, workflow=workflow, input={"i": i})
-        await client.submit(task)
-        out = (await client.wait_for([task.task_id], 60))[task.task_id]
-        if not isinstance(out, TaskCompleted):
-            raise RuntimeError(f"bench task failed: {out}")
+        await run_task(client, bench_task(workflow, i))
 
     return call
 

@@ -22,15 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 from podium.client import PodiumClient
-from podium_bench.drivers import podium_call, warm
+from podium_bench.drivers import bench_task, podium_call, run_task, warm
 from podium_bench.stats import median
-from podium_contracts import TaskCompleted, TaskSubmitted
 from podium_shared.spans import TASK_ATTR, load_spans
 
 Kind = Literal["hop", "handling", "relay"]
@@ -143,14 +141,10 @@ async def _one_at_a_time(client: PodiumClient, count: int) -> dict[str, tuple[in
     """Send ``count`` `hello` tasks, each after the last one's outcome; their wall times."""
     marks: dict[str, tuple[int, int]] = {}
     for i in range(count):
-        task = TaskSubmitted(task_id=uuid.uuid4().hex, workflow="hello", input={"i": i})
+        task = bench_task("hello", i)
         sent = time.time_ns()
-        await client.submit(task)
-        out = (await client.wait_for([task.task_id], 60))[task.task_id]
-        seen = time.time_ns()
-        if not isinstance(out, TaskCompleted):
-            raise RuntimeError(f"bench task failed: {out}")
-        marks[task.task_id] = (sent, seen)
+        await run_task(client, task)
+        marks[task.task_id] = (sent, time.time_ns())
     return marks
 
 
